@@ -1,0 +1,123 @@
+"""A per-process cache of every campaign's live state, refreshed every few milliseconds.
+
+It is what lets a waiting customer's poll and a proxy's auth check cost no Redis round
+trip. It also knows whether Redis is reachable: a refresh that fails marks the cache
+stale at once, and a stale cache makes the gate fail closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from gate.campaign import CampaignSpec, load_stored_spec
+from gate.errors import GateError, Unavailable
+from gate.keys import valid_campaign_id
+from gate.room import CampaignState, Room
+
+log = logging.getLogger("gate.cache")
+RATE_WINDOW_S = 10.0
+SPEC_RELOAD_S = 1.0
+
+
+@dataclass
+class LiveCampaign:
+    spec: CampaignSpec
+    state: CampaignState
+    revoked: frozenset[int] = frozenset()
+    samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=2048))
+
+    def record(self, now: float) -> None:
+        self.samples.append((now, self.state.admitted))
+        while self.samples and now - self.samples[0][0] > RATE_WINDOW_S:
+            self.samples.popleft()
+
+    def admission_rate(self) -> float:
+        """Customers admitted per second, measured over the last few seconds."""
+        if len(self.samples) >= 2:
+            (t0, a0), (t1, a1) = self.samples[0], self.samples[-1]
+            if t1 - t0 >= 1.0 and a1 > a0:
+                return (a1 - a0) / (t1 - t0)
+        return self.state.rate
+
+
+class CampaignCache:
+    def __init__(self, room: Room, *, refresh_interval_s: float, stale_after_s: float):
+        self.room = room
+        self.refresh_interval_s = refresh_interval_s
+        self.stale_after_s = stale_after_s
+        self.campaigns: dict[str, LiveCampaign] = {}
+        self.last_ok = 0.0
+        self.last_error = 0.0
+        self._last_spec_reload = 0.0
+
+    def fresh(self) -> bool:
+        """True while the cache proves the current state: Redis answered just now."""
+        now = time.monotonic()
+        return self.last_error < self.last_ok and now - self.last_ok < self.stale_after_s
+
+    def peek(self, campaign: str) -> LiveCampaign | None:
+        return self.campaigns.get(campaign)
+
+    async def get(self, campaign: str) -> LiveCampaign | None:
+        """The cached campaign, loading it from Redis the first time it is asked for."""
+        live = self.campaigns.get(campaign)
+        if live is not None or not valid_campaign_id(campaign):
+            return live
+        return await self._load(campaign)
+
+    async def _load(self, campaign: str) -> LiveCampaign | None:
+        meta = await self.room.meta(campaign)
+        if meta is None:
+            return None
+        snapshot = (await self.room.snapshot([campaign]))[campaign]
+        if snapshot is None:
+            return None
+        live = LiveCampaign(load_stored_spec(meta["spec"]), snapshot)
+        if snapshot.rev:
+            live.revoked = await self.room.revoked(campaign)
+        self.campaigns[campaign] = live
+        return live
+
+    async def refresh_once(self) -> None:
+        now = time.monotonic()
+        if now - self._last_spec_reload >= SPEC_RELOAD_S:
+            self._last_spec_reload = now
+            for campaign in await self.room.list_ids():
+                if campaign in self.campaigns:
+                    meta = await self.room.meta(campaign)
+                    if meta is not None:
+                        self.campaigns[campaign].spec = load_stored_spec(meta["spec"])
+                else:
+                    await self._load(campaign)
+        names = list(self.campaigns)
+        if names:
+            snapshots = await self.room.snapshot(names)
+            for campaign, snapshot in snapshots.items():
+                live = self.campaigns.get(campaign)
+                if live is None:
+                    continue
+                if snapshot is None:
+                    del self.campaigns[campaign]
+                    continue
+                if snapshot.rev != live.state.rev:
+                    live.revoked = await self.room.revoked(campaign)
+                live.state = snapshot
+                live.record(time.monotonic())
+        self.last_ok = time.monotonic()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh_once()
+            except Unavailable:
+                if self.last_error <= self.last_ok:
+                    log.warning("event=redis_unreachable component=cache")
+                self.last_error = time.monotonic()
+            except GateError as exc:
+                self.last_error = time.monotonic()
+                log.error("event=refresh_failed error=%s", exc.message)
+            await asyncio.sleep(self.refresh_interval_s)

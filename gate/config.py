@@ -1,0 +1,198 @@
+"""Configuration: one frozen dataclass from a TOML file plus ``GATE_*`` environment variables.
+
+The environment wins over the file. Every value is validated once, at start, and a bad
+one stops start-up with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gate.errors import ConfigError
+
+Tokens = tuple[tuple[str, str], ...]
+_HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Config:
+    redis_url: str = ""
+    data_dir: Path = Path("./.gate-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    admin_tokens: Tokens = ()
+    core_tokens: Tokens = ()
+    customer_header: str = "X-Customer-Id"
+    signing_keys: Path | None = None
+    workers: int = 1
+    admin_url: str = "http://127.0.0.1:8081"
+    admin_token: str = ""
+    # Durability: with an external Redis that runs `appendfsync everysec`, wait for this
+    # many replicas to acknowledge each batch before answering a customer.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 200
+    redis_timeout_ms: int = 500
+    admit_interval_ms: int = 50
+    refresh_interval_ms: int = 10
+    # A cache older than this no longer proves that a pass was not revoked: fail closed.
+    stale_after_ms: int = 1000
+    join_batch_window_ms: float = 1.0
+    join_batch_max: int = 500
+    max_body_bytes: int = 16384
+    cookie_secure: bool = True
+    log_level: str = "INFO"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.signing_keys if self.signing_keys is not None else self.data_dir / "keys.json"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _parse_tokens(name: str, raw: Any) -> Tokens:
+    """``name:token`` pairs (or bare tokens, named by position), comma separated or a list."""
+    items: list[str]
+    if isinstance(raw, str):
+        items = [part.strip() for part in raw.split(",") if part.strip()]
+    elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        items = [x.strip() for x in raw if x.strip()]
+    else:
+        raise ConfigError(f"{name}: expected a comma-separated string or a list of strings")
+    pairs: list[tuple[str, str]] = []
+    for index, item in enumerate(items):
+        label, sep, token = item.partition(":")
+        if not sep:
+            label, token = f"token{index + 1}", item
+        if not label or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", label):
+            raise ConfigError(f"{name}: bad token name {label!r}")
+        if len(token) < 16:
+            raise ConfigError(f"{name}: token {label!r} is shorter than 16 characters")
+        pairs.append((label, token))
+    return tuple(pairs)
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    f = _FIELDS[name]
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            value = int(raw)
+            if value < 0:
+                raise ValueError
+            return value
+        if kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError
+            fvalue = float(raw)
+            if not fvalue >= 0:
+                raise ValueError
+            return fvalue
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind == "Path":
+            return Path(str(raw))
+        if kind == "Path | None":
+            return Path(str(raw)) if str(raw) else None
+        if kind == "Tokens":
+            return _parse_tokens(name, raw)
+        if not isinstance(raw, str):
+            raise ValueError
+        return raw
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: invalid value {raw!r} (expected {kind})") from None
+
+
+def _validate(cfg: Config) -> None:
+    for name in ("port", "admin_port"):
+        value = getattr(cfg, name)
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"{name}: {value} is not a TCP port")
+    if cfg.workers < 1 or cfg.workers > 256:
+        raise ConfigError(f"workers: {cfg.workers} must be between 1 and 256")
+    if not _HEADER_RE.match(cfg.customer_header):
+        raise ConfigError(f"customer_header: {cfg.customer_header!r} is not a header name")
+    if cfg.redis_url and not re.match(r"^(redis|rediss|redis\+sentinel|unix)://", cfg.redis_url):
+        raise ConfigError(
+            "redis_url: must start with redis://, rediss://, redis+sentinel:// or unix://"
+        )
+    if cfg.admit_interval_ms < 5 or cfg.admit_interval_ms > 5000:
+        raise ConfigError("admit_interval_ms: must be between 5 and 5000")
+    if cfg.refresh_interval_ms < 1 or cfg.refresh_interval_ms > 1000:
+        raise ConfigError("refresh_interval_ms: must be between 1 and 1000")
+    if cfg.stale_after_ms < 100 or cfg.stale_after_ms > 60000:
+        raise ConfigError("stale_after_ms: must be between 100 and 60000")
+    if cfg.join_batch_max < 1 or cfg.join_batch_max > 5000:
+        raise ConfigError("join_batch_max: must be between 1 and 5000")
+    if cfg.join_batch_window_ms > 50:
+        raise ConfigError("join_batch_window_ms: must be at most 50")
+    if cfg.max_body_bytes < 256 or cfg.max_body_bytes > 1 << 20:
+        raise ConfigError("max_body_bytes: must be between 256 and 1048576")
+    if cfg.redis_timeout_ms < 10:
+        raise ConfigError("redis_timeout_ms: must be at least 10")
+    if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("log_level: must be DEBUG, INFO, WARNING or ERROR")
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Config:
+    """Build the configuration: defaults < TOML file < environment < explicit overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        section = data.get("gate", data)
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {path}: [gate] must be a table")
+        for key, raw in section.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"{key}: unknown setting in {path}")
+            values[key] = _coerce(key, raw)
+    environ = os.environ if env is None else env
+    for name in _FIELDS:
+        var = f"GATE_{name.upper()}"
+        if var in environ:
+            values[name] = _coerce(name, environ[var])
+    for key, raw in overrides.items():
+        if raw is None:
+            continue
+        if key not in _FIELDS:
+            raise ConfigError(f"{key}: unknown setting")
+        values[key] = _coerce(key, raw)
+    cfg = Config(**values)
+    _validate(cfg)
+    return cfg
+
+
+def default_config(**overrides: Any) -> Config:
+    """A configuration from defaults and overrides only (tests, the demo)."""
+    return load_config(None, env={}, **overrides)
+
+
+__all__ = ["Config", "ConfigError", "default_config", "load_config"]

@@ -1,0 +1,176 @@
+"""The admin listener, on its own port: campaigns and live controls, bearer tokens only.
+
+Every call that changes something is itself an audit entry, written by the same script,
+with the name of the operator's token as the actor.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from aiohttp import web
+
+from gate.campaign import load_stored_spec, parse_patch, parse_spec
+from gate.errors import BadRequest, NotFound, Unauthorized
+from gate.http.common import GATE_KEY, Handler, gate_of, make_error_middleware, read_body, respond
+from gate.keys import valid_campaign_id
+from gate.service import Gate
+from gate.tokens import customer_digest
+
+ACTOR_KEY = web.RequestKey("actor", str)
+
+
+def authenticate(tokens: tuple[tuple[str, str], ...], header: str | None) -> str | None:
+    """The name of the token presented, comparing against every token in constant time."""
+    if not header or not header.startswith("Bearer "):
+        return None
+    presented = header[len("Bearer ") :].strip().encode()
+    found: str | None = None
+    for name, token in tokens:
+        if hmac.compare_digest(presented, token.encode()):
+            found = name
+    return found
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == "/healthz":
+        return await handler(request)
+    gate = request.app[GATE_KEY]
+    actor = authenticate(gate.config.admin_tokens, request.headers.get("Authorization"))
+    if actor is None:
+        raise Unauthorized("a valid admin bearer token is required", code="bad_admin_token")
+    request[ACTOR_KEY] = actor
+    return await handler(request)
+
+
+def _campaign(request: web.Request) -> str:
+    campaign = request.match_info["campaign"]
+    if not valid_campaign_id(campaign):
+        raise NotFound(f"no campaign {campaign[:64]!r}", code="unknown_campaign")
+    return campaign
+
+
+async def _view(gate: Gate, campaign: str) -> dict[str, Any]:
+    meta = await gate.room.meta(campaign)
+    if meta is None:
+        raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
+    stats = await gate.room.stats(campaign)
+    live = gate.cache.peek(campaign)
+    stats["admission_rate_per_s"] = round(live.admission_rate(), 3) if live else None
+    return {
+        "id": campaign,
+        "spec": load_stored_spec(meta["spec"]).to_json(),
+        "state": stats["state"],
+        "stats": stats,
+    }
+
+
+async def create_campaign(request: web.Request) -> web.Response:
+    gate = gate_of(request)
+    spec = parse_spec(await read_body(request))
+    await gate.room.create(spec, request[ACTOR_KEY])
+    await gate.cache.refresh_once()
+    return respond(request, await _view(gate, spec.id), 201)
+
+
+async def list_campaigns(request: web.Request) -> web.Response:
+    gate = gate_of(request)
+    out = []
+    for campaign in await gate.room.list_ids():
+        meta = await gate.room.meta(campaign)
+        if meta is not None:
+            out.append(
+                {
+                    "id": campaign,
+                    "state": meta["state"],
+                    "joined": int(meta["seq"]),
+                    "cursor": int(meta["cursor"]),
+                }
+            )
+    return respond(request, {"campaigns": out})
+
+
+async def show_campaign(request: web.Request) -> web.Response:
+    return respond(request, await _view(gate_of(request), _campaign(request)))
+
+
+async def update_campaign(request: web.Request) -> web.Response:
+    gate = gate_of(request)
+    campaign = _campaign(request)
+    body = await read_body(request)
+    meta = await gate.room.meta(campaign)
+    if meta is None:
+        raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
+    spec, fields = parse_patch(body, load_stored_spec(meta["spec"]))
+    await gate.room.update(campaign, spec, fields, request[ACTOR_KEY])
+    await gate.cache.refresh_once()
+    return respond(request, await _view(gate, campaign))
+
+
+def _state_change(action: str) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        gate = gate_of(request)
+        campaign = _campaign(request)
+        await read_body(request)
+        await gate.room.set_state(campaign, action, request[ACTOR_KEY])
+        await gate.cache.refresh_once()
+        return respond(request, await _view(gate, campaign))
+
+    return handler
+
+
+async def _customer_action(request: web.Request) -> tuple[Gate, str, bytes, str]:
+    gate = gate_of(request)
+    campaign = _campaign(request)
+    body = await read_body(request)
+    customer = body.get("customer")
+    if not isinstance(customer, str) or not customer.strip() or len(customer) > 256:
+        raise BadRequest("customer: a customer id is required", code="bad_customer")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise BadRequest("reason: at most 500 characters", code="bad_reason")
+    return gate, campaign, customer_digest(gate.keys, campaign, customer.strip()), reason
+
+
+async def block_customer(request: web.Request) -> web.Response:
+    gate, campaign, digest, reason = await _customer_action(request)
+    seq = await gate.room.block(campaign, digest, request[ACTOR_KEY], reason)
+    await gate.cache.refresh_once()
+    return respond(request, {"campaign": campaign, "blocked": True, "seq": seq or None})
+
+
+async def revoke_customer(request: web.Request) -> web.Response:
+    gate, campaign, digest, reason = await _customer_action(request)
+    seq = await gate.room.revoke(campaign, digest, request[ACTOR_KEY], reason)
+    await gate.cache.refresh_once()
+    return respond(request, {"campaign": campaign, "revoked": True, "seq": seq})
+
+
+async def campaign_stats(request: web.Request) -> web.Response:
+    view = await _view(gate_of(request), _campaign(request))
+    return respond(request, {"id": view["id"], **view["stats"]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return respond(request, {"ok": True})
+
+
+def create_admin_app(gate: Gate) -> web.Application:
+    app = web.Application(
+        client_max_size=gate.config.max_body_bytes,
+        middlewares=[make_error_middleware("admin"), require_token],
+    )
+    app[GATE_KEY] = gate
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/admin/campaigns", create_campaign)
+    app.router.add_get("/admin/campaigns", list_campaigns)
+    app.router.add_get("/admin/campaigns/{campaign}", show_campaign)
+    app.router.add_patch("/admin/campaigns/{campaign}", update_campaign)
+    for action in ("pause", "resume", "close"):
+        app.router.add_post(f"/admin/campaigns/{{campaign}}/{action}", _state_change(action))
+    app.router.add_post("/admin/campaigns/{campaign}/block", block_customer)
+    app.router.add_post("/admin/campaigns/{campaign}/revoke", revoke_customer)
+    app.router.add_get("/admin/campaigns/{campaign}/stats", campaign_stats)
+    return app

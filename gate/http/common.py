@@ -1,0 +1,134 @@
+"""What both listeners share: the error middleware, body parsing and content negotiation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from gate.errors import BadRequest, GateError, Unavailable
+from gate.service import Gate
+
+log = logging.getLogger("gate.http")
+GATE_KEY = web.AppKey("gate", Gate)
+MSGPACK = "application/msgpack"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "timeout",
+    413: "body_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    431: "headers_too_large",
+}
+
+
+def gate_of(request: web.Request) -> Gate:
+    return request.app[GATE_KEY]
+
+
+def wants_msgpack(request: web.Request) -> bool:
+    return MSGPACK in request.headers.get("Accept", "")
+
+
+def respond(
+    request: web.Request, data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    if wants_msgpack(request):
+        return web.Response(
+            body=msgpack.packb(data), status=status, content_type=MSGPACK, headers=headers
+        )
+    return web.Response(
+        text=json.dumps(data, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(
+    request: web.Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return respond(request, {"error": {"code": code, "message": message}}, status, headers)
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    """The request body as a dict: JSON or msgpack by Content-Type; empty body = {}."""
+    max_size = gate_of(request).config.max_body_bytes
+    if request.content_length is not None and request.content_length > max_size:
+        raise GateError(
+            f"the body is larger than {max_size} bytes", code="body_too_large", status=413
+        )
+    raw = await request.read()
+    if not raw:
+        return {}
+    ctype = request.content_type
+    if ctype == MSGPACK:
+        try:
+            data = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_buffer_size=max_size)
+        except Exception:  # msgpack raises a zoo of types for bad input
+            raise BadRequest("the body is not valid msgpack", code="bad_msgpack") from None
+    elif ctype in ("application/json", "text/plain", "application/octet-stream", ""):
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("the body is not valid JSON", code="bad_json") from None
+    else:
+        raise GateError(
+            f"unsupported Content-Type {ctype!r}; send JSON or msgpack",
+            code="unsupported_media_type",
+            status=415,
+        )
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be an object", code="bad_body")
+    return data
+
+
+def make_error_middleware(listener: str) -> Any:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        gate = request.app[GATE_KEY]
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except Unavailable as exc:
+            response = error_response(
+                request, 503, exc.code, exc.message, {"Retry-After": str(exc.retry_after_s)}
+            )
+        except GateError as exc:
+            if exc.status >= 500:
+                log.error(
+                    "event=gate_error route=%s code=%s message=%s", route, exc.code, exc.message
+                )
+            response = error_response(request, exc.status, exc.code, exc.message)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = _HTTP_CODES.get(exc.status, "http_error")
+            response = error_response(request, exc.status, code, exc.reason)
+            if exc.status == 405:
+                response.headers["Allow"] = exc.headers.get("Allow", "")
+        except Exception:
+            log.exception("event=unhandled route=%s", route)
+            response = error_response(request, 500, "internal", "internal error")
+        gate.metrics.requests.labels(listener, route, str(response.status)).inc()
+        gate.metrics.latency.labels(listener, route).observe(time.perf_counter() - started)
+        return response
+
+    return errors

@@ -1,0 +1,283 @@
+"""The public listener, behind the bank's reverse proxy: join, status, proxy auth, page.
+
+A waiting customer's poll and a proxy's auth check are answered from the signed token
+and the per-process cache, without a Redis round trip. Only the first poll after
+admission (to log `pass` and check the deadline) and joins (batched) reach Redis.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gate.cache import LiveCampaign
+from gate.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
+from gate.http.common import GATE_KEY, gate_of, make_error_middleware, read_body, respond
+from gate.http.page import waiting_room_page
+from gate.keys import valid_campaign_id
+from gate.room import JOIN_CLOSED, JOIN_NOT_OPEN, JOIN_UNKNOWN
+from gate.service import Gate
+from gate.tokens import PASS, TICKET, Token, TokenError, customer_digest
+
+PASS_COOKIE = "fg_pass"
+PASS_HEADER = "X-Gate-Pass"
+CAMPAIGN_HEADER = "X-Gate-Campaign"
+MAX_CUSTOMER_ID = 256
+
+
+def _campaign_id(request: web.Request) -> str:
+    campaign = request.match_info["campaign"]
+    if not valid_campaign_id(campaign):
+        raise NotFound(f"no campaign {campaign[:64]!r}", code="unknown_campaign")
+    return campaign
+
+
+async def _campaign(request: web.Request, campaign: str) -> LiveCampaign:
+    gate = gate_of(request)
+    if not gate.cache.fresh():
+        raise Unavailable()
+    live = await gate.cache.get(campaign)
+    if live is None:
+        raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
+    return live
+
+
+def _customer_id(request: web.Request, *, required: bool) -> str | None:
+    header = gate_of(request).config.customer_header
+    value = request.headers.get(header)
+    if value is None or not value.strip():
+        if required:
+            raise BadRequest(f"the {header} header is missing or empty", code="missing_customer")
+        return None
+    value = value.strip()
+    if len(value) > MAX_CUSTOMER_ID or not value.isprintable():
+        raise BadRequest(f"the {header} header is not a valid customer id", code="bad_customer")
+    return value
+
+
+def _check_customer(request: web.Request, token: Token) -> None:
+    """When the proxy names the customer, the token must be theirs."""
+    customer = _customer_id(request, required=False)
+    if customer is None:
+        return
+    gate = gate_of(request)
+    if customer_digest(gate.keys, token.campaign, customer) != token.digest:
+        raise Forbidden("this token belongs to another customer", code="wrong_customer")
+
+
+def poll_after_ms(position: int, rate: float, rng: random.Random) -> int:
+    """Grows with the position, with ±20% jitter so browsers do not poll in lock-step."""
+    expected_ms = position / rate * 1000 if rate > 0 else 30000
+    base = min(max(expected_ms / 4, 500), 30000)
+    return int(base * rng.uniform(0.8, 1.2))
+
+
+def _queue_view(live: LiveCampaign, seq: int, rng: random.Random) -> dict[str, Any]:
+    state = live.state
+    position = max(0, seq - state.cursor)
+    now_us = time.time() * 1_000_000
+    if now_us < state.opens_at_us:
+        until_open_ms = (state.opens_at_us - now_us) / 1000
+        return {
+            "state": "prequeue",
+            "position": position,
+            "eta_s": None,
+            "opens_at": live.spec.to_json()["opens_at"],
+            "poll_after_ms": int(min(max(until_open_ms, 500), 30000) * rng.uniform(0.8, 1.0)),
+        }
+    rate = live.admission_rate()
+    eta = math.ceil(position / rate) if rate > 0 and state.state == "open" else None
+    return {
+        "state": "waiting",
+        "position": position,
+        "eta_s": eta,
+        "poll_after_ms": poll_after_ms(position, rate, rng),
+    }
+
+
+async def join(request: web.Request) -> web.Response:
+    gate = gate_of(request)
+    campaign = _campaign_id(request)
+    customer = _customer_id(request, required=True)
+    assert customer is not None
+    await read_body(request)  # no fields yet, but a malformed body is still refused
+    live = await _campaign(request, campaign)
+    digest = customer_digest(gate.keys, campaign, customer)
+    outcome = await gate.batcher.join(campaign, digest)
+    if outcome.status == JOIN_UNKNOWN:
+        raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
+    if outcome.status == JOIN_CLOSED:
+        raise Conflict("the campaign is closed", code="campaign_closed")
+    if outcome.status == JOIN_NOT_OPEN:
+        raise Conflict(
+            f"the queue opens {live.spec.prequeue.window_s}s before "
+            f"{live.spec.to_json()['opens_at']}",
+            code="not_open_yet",
+        )
+    if outcome.seq == 0:
+        raise Forbidden("this customer may not join this campaign", code="blocked")
+    ticket = gate.signer.issue(TICKET, campaign, outcome.seq, digest)
+    body: dict[str, Any] = {
+        "campaign": campaign,
+        "ticket": ticket,
+        "seq": outcome.seq,
+        "created": outcome.created,
+    }
+    body.update(_queue_view(live, outcome.seq, request.app[RNG_KEY]))
+    if outcome.seq <= live.state.cursor and body["state"] == "waiting":
+        body.update(state="admitted", position=0, eta_s=0, poll_after_ms=0)
+    body["receipt"] = None  # signed receipts arrive with the audit log's sealer
+    return respond(request, body, 201 if outcome.created else 200)
+
+
+async def status(request: web.Request) -> web.Response:
+    gate = gate_of(request)
+    campaign = _campaign_id(request)
+    text = request.query.get("ticket", "")
+    if not text:
+        raise BadRequest("the ticket query parameter is missing", code="missing_ticket")
+    try:
+        token = gate.signer.verify(text, TICKET)
+    except TokenError as exc:
+        raise Unauthorized(f"invalid ticket: {exc}", code="bad_ticket") from None
+    if token.campaign != campaign:
+        raise Forbidden("this ticket is for another campaign", code="wrong_campaign")
+    _check_customer(request, token)
+    live = await _campaign(request, campaign)
+    base: dict[str, Any] = {"campaign": campaign, "seq": token.seq}
+    if token.seq in live.revoked:
+        raise Forbidden("this customer's admission was revoked", code="revoked")
+    if token.seq > live.state.cursor:
+        if live.state.state == "closed":
+            return respond(
+                request,
+                {**base, "state": "closed", "position": None, "eta_s": None, "poll_after_ms": None},
+            )
+        return respond(request, {**base, **_queue_view(live, token.seq, request.app[RNG_KEY])})
+    state, value = await gate.room.pass_check(campaign, token.seq, token.digest)
+    if state == "revoked":
+        raise Forbidden("this customer's admission was revoked", code="revoked")
+    if state == "waiting":  # another process's cache ran ahead of ours; keep waiting
+        return respond(request, {**base, **_queue_view(live, token.seq, request.app[RNG_KEY])})
+    if state != "admitted":
+        return respond(
+            request,
+            {**base, "state": state, "position": None, "eta_s": None, "poll_after_ms": None},
+        )
+    expires_at = value // 1_000_000
+    pass_token = gate.signer.issue(PASS, campaign, token.seq, token.digest, exp=expires_at)
+    response = respond(
+        request,
+        {
+            **base,
+            "state": "admitted",
+            "position": 0,
+            "eta_s": 0,
+            "poll_after_ms": None,
+            "pass": pass_token,
+            "pass_expires_at": expires_at,
+        },
+    )
+    response.set_cookie(
+        PASS_COOKIE,
+        pass_token,
+        max_age=max(1, expires_at - int(time.time())),
+        httponly=True,
+        secure=gate.config.cookie_secure,
+        samesite="Lax",
+        path="/",
+    )
+    return response
+
+
+async def auth(request: web.Request) -> web.Response:
+    """For nginx auth_request, Envoy ext_authz and Traefik ForwardAuth: 200, 401 or 403."""
+    gate = gate_of(request)
+    text = request.headers.get(PASS_HEADER) or request.cookies.get(PASS_COOKIE, "")
+    if not text:
+        raise Unauthorized("no pass", code="no_pass")
+    try:
+        token = gate.signer.verify(text, PASS)
+    except TokenError as exc:
+        raise Unauthorized(f"invalid pass: {exc}", code="bad_pass") from None
+    if token.exp <= time.time():
+        raise Unauthorized("the pass has expired", code="pass_expired")
+    wanted = request.headers.get(CAMPAIGN_HEADER) or request.query.get("campaign")
+    if wanted and wanted != token.campaign:
+        raise Forbidden("this pass is for another campaign", code="wrong_campaign")
+    _check_customer(request, token)
+    if not gate.cache.fresh():
+        # Without fresh state we cannot prove the pass was not revoked: fail closed.
+        raise Unauthorized("the gate cannot check passes right now", code="unavailable")
+    live = gate.cache.peek(token.campaign)
+    if live is None:
+        raise Unauthorized("unknown campaign", code="unknown_campaign")
+    if live.state.state == "closed":
+        raise Forbidden("the campaign is closed", code="campaign_closed")
+    if token.seq in live.revoked:
+        raise Forbidden("this pass was revoked", code="revoked")
+    return respond(
+        request,
+        {"ok": True, "campaign": token.campaign, "seq": token.seq},
+        headers={"X-Gate-Campaign": token.campaign, "X-Gate-Seq": str(token.seq)},
+    )
+
+
+async def page(request: web.Request) -> web.Response:
+    campaign = _campaign_id(request)
+    live = await _campaign(request, campaign)
+    return web.Response(
+        text=waiting_room_page(campaign, live.spec),
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return respond(request, {"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gate = gate_of(request)
+    ready = gate.scripts_loaded and gate.cache.fresh()
+    body = {"ready": ready, "redis": gate.cache.fresh(), "scripts": gate.scripts_loaded}
+    return respond(request, body, 200 if ready else 503, None if ready else {"Retry-After": "1"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=gate_of(request).metrics.render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+async def public_keys(request: web.Request) -> web.Response:
+    return respond(request, gate_of(request).keys.public_keys())
+
+
+RNG_KEY = web.AppKey("rng", random.Random)
+
+
+def create_public_app(gate: Gate) -> web.Application:
+    app = web.Application(
+        client_max_size=gate.config.max_body_bytes, middlewares=[make_error_middleware("public")]
+    )
+    app[GATE_KEY] = gate
+    app[RNG_KEY] = random.Random()
+    app.router.add_post("/q/{campaign}/join", join)
+    app.router.add_get("/q/{campaign}/status", status)
+    app.router.add_get("/q/{campaign}", page)
+    app.router.add_get("/gate/auth", auth)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/.well-known/fairgate/keys", public_keys)
+    return app
+
+
+__all__ = ["create_public_app", "poll_after_ms"]

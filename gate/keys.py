@@ -1,0 +1,61 @@
+"""Every Redis key name fairgate uses, in one place.
+
+All keys of one campaign carry the hash tag ``{campaign}`` so that each Lua script
+touches a single Redis Cluster slot. Only the campaign registry lives outside a tag.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PREFIX = "fg"
+REGISTRY = f"{PREFIX}:campaigns"
+CAMPAIGN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def valid_campaign_id(campaign: str) -> bool:
+    return bool(CAMPAIGN_ID_RE.match(campaign))
+
+
+@dataclass(frozen=True)
+class CampaignKeys:
+    campaign: str
+
+    def _key(self, name: str) -> str:
+        return f"{PREFIX}:{{{self.campaign}}}:{name}"
+
+    @property
+    def meta(self) -> str:
+        """Hash: the spec, the live counters (seq, cursor, bucket) and the state."""
+        return self._key("meta")
+
+    @property
+    def tickets(self) -> str:
+        """Hash: customer digest (16 raw bytes) -> seq."""
+        return self._key("tickets")
+
+    @property
+    def active(self) -> str:
+        """Sorted set: admitted seq -> pass deadline (microseconds, Redis time)."""
+        return self._key("active")
+
+    @property
+    def blocked(self) -> str:
+        """Set: digests of blocked customers (they may not join)."""
+        return self._key("blocked")
+
+    @property
+    def revoked(self) -> str:
+        """Set: seqs whose pass is revoked (blocked customers' seqs included)."""
+        return self._key("revoked")
+
+    @property
+    def passed(self) -> str:
+        """Set: seqs that have been issued a pass (so `pass` is logged once)."""
+        return self._key("passed")
+
+    @property
+    def audit(self) -> str:
+        """List: msgpack audit entries, index gap-free (meta field audit_n)."""
+        return self._key("audit")

@@ -1,0 +1,86 @@
+--[[
+  Admit the next customers in seq order. Any number of gate processes call this every
+  ~50 ms; the token bucket and the active cap hold whatever their number.
+  First expires active entries whose pass deadline has passed (bounded, logged), then
+  advances the cursor by k = min(bucket tokens, free active slots, waiting, max_per_call),
+  skipping revoked seqs (logged in the same entry).
+  KEYS[1] meta hash      fg:{c}:meta
+  KEYS[2] active zset    fg:{c}:active    seq -> pass deadline (us)
+  KEYS[3] revoked set    fg:{c}:revoked
+  KEYS[4] audit list     fg:{c}:audit
+  ARGV[1] max_per_call   most customers admitted by this call
+  ARGV[2] expire_limit   most active entries expired by this call
+  Returns {admitted, cursor, active, expired, state}, or {-1} when there is no such campaign.
+]]
+--!include lib/common.lua
+local max_per_call = int_arg(ARGV[1], 0, 'max_per_call')
+local expire_limit = int_arg(ARGV[2], 1, 'expire_limit')
+
+local m = rcall('HMGET', KEYS[1], 'state', 'opens_at_us', 'closes_at_us', 'rate', 'burst',
+  'max_active', 'pass_ttl_us', 'seq', 'cursor', 'tokens', 'bucket_us')
+if not m[1] then return {-1} end
+local state = m[1]
+local now = now_us()
+if state ~= 'closed' and now >= tonumber(m[3]) then
+  state = 'closed'
+  rcall('HSET', KEYS[1], 'state', state)
+  audit(KEYS[1], KEYS[4], now, {k = 'close', a = 'schedule'})
+end
+
+local expired = {}
+if state ~= 'closed' then
+  expired = rcall('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, expire_limit)
+  if #expired > 0 then
+    for i = 1, #expired do expired[i] = tonumber(expired[i]) end
+    for i = 1, #expired, 500 do
+      rcall('ZREM', KEYS[2], unpack(expired, i, math.min(i + 499, #expired)))
+    end
+    rcall('HINCRBY', KEYS[1], 'expired', #expired)
+    audit(KEYS[1], KEYS[4], now, {k = 'expire', s = expired})
+  end
+end
+
+local rate, burst = tonumber(m[4]), tonumber(m[5])
+local tokens = refill(tonumber(m[10]), tonumber(m[11]), rate, burst, now)
+local last_seq, cursor = tonumber(m[8]), tonumber(m[9])
+local active = rcall('ZCARD', KEYS[2])
+if state ~= 'open' or now < tonumber(m[2]) then
+  rcall('HSET', KEYS[1], 'tokens', tostring(tokens), 'bucket_us', now)
+  return {0, cursor, active, #expired, state}
+end
+
+local k = math.min(math.floor(tokens), tonumber(m[6]) - active, last_seq - cursor, max_per_call)
+local admitted, skipped = {}, {}
+local deadline = now + tonumber(m[7])
+local has_revoked = rcall('SCARD', KEYS[3]) > 0
+local s = cursor + 1
+while #admitted < k and s <= last_seq do
+  if has_revoked and rcall('SISMEMBER', KEYS[3], s) == 1 then
+    skipped[#skipped + 1] = s
+  else
+    admitted[#admitted + 1] = s
+  end
+  s = s + 1
+end
+local new_cursor = s - 1
+if new_cursor > cursor then
+  local zargs = {}
+  for i = 1, #admitted do
+    zargs[#zargs + 1] = deadline
+    zargs[#zargs + 1] = admitted[i]
+    if #zargs >= 1000 then
+      rcall('ZADD', KEYS[2], unpack(zargs))
+      zargs = {}
+    end
+  end
+  if #zargs > 0 then rcall('ZADD', KEYS[2], unpack(zargs)) end
+  tokens = tokens - #admitted
+  rcall('HSET', KEYS[1], 'cursor', new_cursor)
+  rcall('HINCRBY', KEYS[1], 'admitted', #admitted)
+  if #skipped > 0 then rcall('HINCRBY', KEYS[1], 'skipped', #skipped) end
+  local entry = {k = 'admit', f = cursor + 1, l = new_cursor, n = #admitted, d = deadline}
+  if #skipped > 0 then entry['x'] = skipped end
+  audit(KEYS[1], KEYS[4], now, entry)
+end
+rcall('HSET', KEYS[1], 'tokens', tostring(tokens), 'bucket_us', now)
+return {#admitted, new_cursor, active + #admitted, #expired, state}

@@ -1,0 +1,50 @@
+--[[
+  Shared helpers, included (not copied) into each script by the loader.
+  now_us()                      Redis TIME in microseconds (exact in a double until year 2255)
+  audit(meta, log, now, entry)  append one entry; the index comes from meta.audit_n (gap-free)
+  int_arg(v, lo, name)          an integer ARGV, or a script error naming it
+]]
+local rcall = redis.call
+
+local function now_us()
+  local t = rcall('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function audit(meta_key, log_key, now, entry)
+  entry['i'] = rcall('HINCRBY', meta_key, 'audit_n', 1)
+  entry['t'] = now
+  rcall('RPUSH', log_key, cmsgpack.pack(entry))
+  return entry['i']
+end
+
+local function int_arg(value, lo, name)
+  local n = tonumber(value)
+  if n == nil or n ~= math.floor(n) or n < lo or n > 9007199254740991 then
+    error('bad argument ' .. name .. ': ' .. tostring(value))
+  end
+  return n
+end
+
+local function num_arg(value, lo, name)
+  local n = tonumber(value)
+  if n == nil or n ~= n or n < lo or n > 1e12 then
+    error('bad argument ' .. name .. ': ' .. tostring(value))
+  end
+  return n
+end
+
+-- Refill a token bucket of capacity max(burst, 1) up to `now`; returns the new level.
+local function refill(tokens, bucket_us, rate, burst, now)
+  local capacity = math.max(burst, 1)
+  local elapsed = now - bucket_us
+  if elapsed < 0 then elapsed = 0 end
+  local level = tokens + rate * elapsed / 1000000
+  if level > capacity then level = capacity end
+  return level
+end
+
+-- An integer as a decimal string (tostring would switch to 1.7e+15 notation).
+local function int_str(n)
+  return string.format('%.0f', n)
+end

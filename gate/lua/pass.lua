@@ -1,0 +1,26 @@
+--[[
+  Check an admitted customer before the gate signs a pass; logs `pass` once per seq.
+  KEYS[1] meta hash      fg:{c}:meta
+  KEYS[2] active zset    fg:{c}:active
+  KEYS[3] revoked set    fg:{c}:revoked
+  KEYS[4] passed set     fg:{c}:passed
+  KEYS[5] audit list     fg:{c}:audit
+  ARGV[1] seq            ARGV[2] customer digest (16 raw bytes, from the signed ticket)
+  Returns {state, value}: {"admitted", deadline_us}, {"waiting", cursor}, {"expired"},
+  {"revoked"}, {"closed"}, or {"unknown"} when there is no such campaign.
+]]
+--!include lib/common.lua
+local seq = int_arg(ARGV[1], 1, 'seq')
+if string.len(ARGV[2] or '') ~= 16 then error('bad argument: digest') end
+local m = rcall('HMGET', KEYS[1], 'state', 'cursor')
+if not m[1] then return {'unknown'} end
+if m[1] == 'closed' then return {'closed'} end
+if rcall('SISMEMBER', KEYS[3], seq) == 1 then return {'revoked'} end
+if seq > tonumber(m[2]) then return {'waiting', m[2]} end
+local deadline = rcall('ZSCORE', KEYS[2], seq)
+local now = now_us()
+if not deadline or tonumber(deadline) <= now then return {'expired'} end
+if rcall('SADD', KEYS[4], seq) == 1 then
+  audit(KEYS[1], KEYS[5], now, {k = 'pass', s = seq, c = ARGV[2], d = tonumber(deadline)})
+end
+return {'admitted', deadline}

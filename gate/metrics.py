@@ -1,0 +1,68 @@
+"""Prometheus metrics, one registry per process (no module-level state)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from gate.service import Gate
+
+
+class _CampaignCollector(Collector):
+    def __init__(self, gate: Gate):
+        self.gate = gate
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        joined = GaugeMetricFamily(
+            "fairgate_campaign_joined", "tickets issued", labels=["campaign"]
+        )
+        cursor = GaugeMetricFamily(
+            "fairgate_campaign_cursor", "highest seq admitted", labels=["campaign"]
+        )
+        waiting = GaugeMetricFamily(
+            "fairgate_campaign_waiting", "customers waiting", labels=["campaign"]
+        )
+        rate = GaugeMetricFamily(
+            "fairgate_campaign_admission_rate",
+            "measured admissions per second",
+            labels=["campaign"],
+        )
+        open_ = GaugeMetricFamily(
+            "fairgate_campaign_open", "1 while admitting", labels=["campaign"]
+        )
+        for name, live in list(self.gate.cache.campaigns.items()):
+            joined.add_metric([name], live.state.seq)
+            cursor.add_metric([name], live.state.cursor)
+            waiting.add_metric([name], max(0, live.state.seq - live.state.cursor))
+            rate.add_metric([name], live.admission_rate())
+            open_.add_metric([name], 1.0 if live.state.state == "open" else 0.0)
+        fresh = GaugeMetricFamily("fairgate_redis_fresh", "1 while the cache is fresh")
+        fresh.add_metric([], 1.0 if self.gate.cache.fresh() else 0.0)
+        yield from (joined, cursor, waiting, rate, open_, fresh)
+
+
+class Metrics:
+    def __init__(self, gate: Gate):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "fairgate_http_requests",
+            "HTTP requests",
+            ["listener", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "fairgate_http_seconds",
+            "HTTP handling time",
+            ["listener", "route"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+        self.registry.register(_CampaignCollector(gate))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

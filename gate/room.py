@@ -1,0 +1,311 @@
+"""The Python face of the Lua scripts: one method per atomic operation, plus reads.
+
+Redis connection failures become `Unavailable` (the gate fails closed); a script that
+refuses its arguments becomes `ScriptError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from redis.asyncio import Redis
+from redis.exceptions import BusyLoadingError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gate import keys as keynames
+from gate.campaign import CampaignSpec, to_us
+from gate.errors import Conflict, NotFound, ScriptError, Unavailable
+from gate.keys import CampaignKeys
+from gate.scripts import ScriptArg, Scripts
+
+JOIN_OK, JOIN_UNKNOWN, JOIN_CLOSED, JOIN_NOT_OPEN = 1, -1, -2, -3
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    status: int
+    now_us: int
+    tickets: list[tuple[int, bool]]  # (seq, created); seq 0 = blocked
+
+
+@dataclass(frozen=True)
+class AdmitResult:
+    admitted: int
+    cursor: int
+    active: int
+    expired: int
+    state: str
+
+
+@dataclass(frozen=True)
+class CampaignState:
+    """What every process caches about a campaign, refreshed every few ms."""
+
+    state: str
+    seq: int
+    cursor: int
+    rev: int
+    opens_at_us: int
+    closes_at_us: int
+    prequeue_from_us: int
+    rate: float
+    admitted: int
+
+
+_SNAPSHOT_FIELDS = (
+    b"state",
+    b"seq",
+    b"cursor",
+    b"rev",
+    b"opens_at_us",
+    b"closes_at_us",
+    b"prequeue_from_us",
+    b"rate",
+    b"admitted",
+)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _int(value: bytes | None) -> int:
+    return int(value) if value is not None else 0
+
+
+@asynccontextmanager
+async def guarded() -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError) as exc:
+        raise Unavailable() from exc
+    except ResponseError as exc:
+        if "READONLY" in str(exc) or "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
+            raise Unavailable() from exc
+        raise ScriptError(f"Redis refused a script: {exc}") from exc
+
+
+class Room:
+    def __init__(
+        self, redis: Redis, scripts: Scripts, *, wait_replicas: int = 0, wait_timeout_ms: int = 200
+    ):
+        self.redis = redis
+        self.scripts = scripts
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+
+    async def _call(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        async with guarded():
+            return await self.scripts.call(self.redis, name, keys, args)
+
+    async def durable(self) -> None:
+        """With `appendfsync everysec`, hold the answer until replicas have the write."""
+        if self.wait_replicas <= 0:
+            return
+        async with guarded():
+            acked = await self.redis.wait(self.wait_replicas, self.wait_timeout_ms)
+        if int(acked) < self.wait_replicas:
+            raise Unavailable("not enough replicas acknowledged the write; retry")
+
+    # -- campaigns -------------------------------------------------------------------
+
+    async def create(self, spec: CampaignSpec, actor: str) -> int:
+        k = CampaignKeys(spec.id)
+        prequeue_from = to_us(spec.opens_at) - spec.prequeue.window_s * 1_000_000
+        reply = await self._call(
+            "campaign_create",
+            [k.meta, k.audit],
+            [
+                spec.id,
+                spec.dumps(),
+                to_us(spec.opens_at),
+                to_us(spec.closes_at),
+                prequeue_from,
+                repr(float(spec.admission.rate_per_s)),
+                spec.admission.burst,
+                spec.admission.max_active,
+                spec.admission.pass_ttl_s * 1_000_000,
+                actor,
+            ],
+        )
+        if int(reply[0]) == 0:
+            raise Conflict(f"campaign {spec.id} already exists", code="campaign_exists")
+        async with guarded():
+            await self.redis.sadd(keynames.REGISTRY, spec.id)
+        await self.durable()
+        return int(reply[1])
+
+    async def update(
+        self, campaign: str, spec: CampaignSpec, fields: dict[str, str], actor: str
+    ) -> None:
+        k = CampaignKeys(campaign)
+        args: list[ScriptArg] = [actor, spec.dumps()]
+        for name, value in fields.items():
+            args += [name, value]
+        reply = await self._call("campaign_update", [k.meta, k.audit], args)
+        self._check_exists(campaign, reply)
+        if int(reply[0]) == 0:
+            raise Conflict(f"campaign {campaign} is closed", code="campaign_closed")
+        await self.durable()
+
+    async def set_state(self, campaign: str, action: str, actor: str) -> str:
+        k = CampaignKeys(campaign)
+        reply = await self._call("campaign_state", [k.meta, k.audit], [action, actor])
+        self._check_exists(campaign, reply)
+        state = reply[1].decode()
+        if int(reply[0]) == 0:
+            raise Conflict(f"cannot {action} campaign {campaign}: it is {state}", code="bad_state")
+        await self.durable()
+        return str(state)
+
+    @staticmethod
+    def _check_exists(campaign: str, reply: Any) -> None:
+        if int(reply[0]) == -1:
+            raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
+
+    async def list_ids(self) -> list[str]:
+        async with guarded():
+            members = await self.redis.smembers(keynames.REGISTRY)
+        return sorted(_text(m) for m in members)
+
+    async def meta(self, campaign: str) -> dict[str, str] | None:
+        async with guarded():
+            raw = await self.redis.hgetall(CampaignKeys(campaign).meta)
+        if not raw:
+            return None
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def snapshot(self, campaigns: Sequence[str]) -> dict[str, CampaignState | None]:
+        """One round trip for the live state of every cached campaign."""
+        async with guarded():
+            pipe = self.redis.pipeline(transaction=False)
+            for campaign in campaigns:
+                pipe.hmget(CampaignKeys(campaign).meta, _SNAPSHOT_FIELDS)
+            rows = await pipe.execute()
+        out: dict[str, CampaignState | None] = {}
+        for campaign, row in zip(campaigns, rows, strict=True):
+            if row[0] is None:
+                out[campaign] = None
+                continue
+            out[campaign] = CampaignState(
+                state=row[0].decode(),
+                seq=_int(row[1]),
+                cursor=_int(row[2]),
+                rev=_int(row[3]),
+                opens_at_us=_int(row[4]),
+                closes_at_us=_int(row[5]),
+                prequeue_from_us=_int(row[6]),
+                rate=float(row[7] or 0),
+                admitted=_int(row[8]),
+            )
+        return out
+
+    async def revoked(self, campaign: str) -> frozenset[int]:
+        async with guarded():
+            members = await self.redis.smembers(CampaignKeys(campaign).revoked)
+        return frozenset(int(m) for m in members)
+
+    async def stats(self, campaign: str) -> dict[str, Any]:
+        k = CampaignKeys(campaign)
+        async with guarded():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(k.meta)
+            pipe.zcard(k.active)
+            pipe.scard(k.blocked)
+            pipe.scard(k.revoked)
+            meta_raw, active, blocked, revoked = await pipe.execute()
+        if not meta_raw:
+            raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
+        meta = {key.decode(): value.decode() for key, value in meta_raw.items()}
+        joined, cursor = int(meta["seq"]), int(meta["cursor"])
+        return {
+            "state": meta["state"],
+            "joined": joined,
+            "cursor": cursor,
+            "waiting": joined - cursor,
+            "admitted": int(meta["admitted"]),
+            "active": int(active),
+            "expired": int(meta["expired"]),
+            "skipped": int(meta["skipped"]),
+            "blocked": int(blocked),
+            "revoked": int(revoked),
+            "audit_entries": int(meta.get("audit_n", 0)),
+        }
+
+    # -- customers -------------------------------------------------------------------
+
+    async def join(self, campaign: str, digests: Sequence[bytes]) -> JoinResult:
+        k = CampaignKeys(campaign)
+        reply = await self._call("join", [k.meta, k.tickets, k.blocked, k.audit], digests)
+        status = int(reply[0])
+        if status != JOIN_OK:
+            return JoinResult(status, int(reply[1]) if len(reply) > 1 else 0, [])
+        flat = reply[2:]
+        tickets = [(int(flat[i]), bool(int(flat[i + 1]))) for i in range(0, len(flat), 2)]
+        if any(created for _, created in tickets):
+            await self.durable()
+        return JoinResult(status, int(reply[1]), tickets)
+
+    async def admit(
+        self, campaign: str, *, max_per_call: int = 5000, expire_limit: int = 1000
+    ) -> AdmitResult | None:
+        k = CampaignKeys(campaign)
+        reply = await self._call(
+            "admit", [k.meta, k.active, k.revoked, k.audit], [max_per_call, expire_limit]
+        )
+        if int(reply[0]) == -1:
+            return None
+        return AdmitResult(
+            int(reply[0]), int(reply[1]), int(reply[2]), int(reply[3]), reply[4].decode()
+        )
+
+    async def pass_check(self, campaign: str, seq: int, digest: bytes) -> tuple[str, int]:
+        k = CampaignKeys(campaign)
+        reply = await self._call(
+            "pass", [k.meta, k.active, k.revoked, k.passed, k.audit], [seq, digest]
+        )
+        state = reply[0].decode()
+        value = int(reply[1]) if len(reply) > 1 else 0
+        if state == "admitted":
+            await self.durable()
+        return state, value
+
+    async def block(self, campaign: str, digest: bytes, actor: str, reason: str) -> int:
+        k = CampaignKeys(campaign)
+        reply = await self._call(
+            "block",
+            [k.meta, k.tickets, k.blocked, k.revoked, k.active, k.audit],
+            [digest, actor, reason],
+        )
+        self._check_exists(campaign, reply)
+        await self.durable()
+        return int(reply[1])
+
+    async def revoke(self, campaign: str, digest: bytes, actor: str, reason: str) -> int:
+        k = CampaignKeys(campaign)
+        reply = await self._call(
+            "revoke", [k.meta, k.tickets, k.revoked, k.active, k.audit], [digest, actor, reason]
+        )
+        self._check_exists(campaign, reply)
+        if int(reply[1]) == 0:
+            raise NotFound("that customer has no ticket in this campaign", code="no_ticket")
+        await self.durable()
+        return int(reply[1])
+
+    async def audit_entries(
+        self, campaign: str, start: int = 0, stop: int = -1
+    ) -> list[dict[str, Any]]:
+        """Decoded audit entries (0-based list positions); digests stay raw bytes."""
+        async with guarded():
+            raw = await self.redis.lrange(CampaignKeys(campaign).audit, start, stop)
+        return [decode_entry(item) for item in raw if isinstance(item, bytes)]
+
+
+def decode_entry(item: bytes) -> dict[str, Any]:
+    entry = msgpack.unpackb(item, raw=True, strict_map_key=False)
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}

