@@ -26,10 +26,20 @@ class Admitter:
         self.max_per_call = max_per_call
         self.calls = 0
         self.admitted = 0
+        self.finalized: set[str] = set()
 
     async def tick(self) -> None:
         for campaign, live in list(self.cache.campaigns.items()):
             if live.state.state == "closed":
+                if (
+                    live.spec.policy == "ballot"
+                    and campaign not in self.finalized
+                    and await self.room.finalize_ballot(campaign)
+                ):
+                    self.finalized.add(campaign)
+                    log.info("event=ballot_allocated campaign=%s", campaign)
+                # held reservations still expire after close
+                await self.room.admit(campaign, max_per_call=0)
                 continue
             result = await self.room.admit(campaign, max_per_call=self.max_per_call)
             self.calls += 1

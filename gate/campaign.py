@@ -11,7 +11,11 @@ from typing import Any
 from gate.errors import BadRequest
 from gate.keys import valid_campaign_id
 
-MAX_AMOUNT = 10**30
+MAX_AMOUNT = 10**30 - 1
+# min and step are divisors inside Lua, where they must stay exact doubles.
+SMALL_LIMIT = 10**13
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def _fail(field: str, message: str) -> BadRequest:
@@ -25,7 +29,7 @@ def _obj(value: Any, field: str) -> dict[str, Any]:
 
 
 def _only(obj: dict[str, Any], allowed: set[str], field: str) -> None:
-    unknown = sorted(set(obj) - allowed)
+    unknown = sorted(str(key) for key in set(obj) - allowed)  # msgpack keys may be bytes
     if unknown:
         where = f"{field}.{unknown[0]}" if field else unknown[0]
         raise _fail(where, "unknown field")
@@ -40,7 +44,14 @@ def parse_time(value: Any, field: str) -> datetime:
         raise _fail(field, f"{value!r} is not an ISO 8601 time") from None
     if parsed.tzinfo is None:
         raise _fail(field, "must carry a time zone (Z or +09:00)")
-    return parsed.astimezone(UTC)
+    try:
+        moment = parsed.astimezone(UTC)
+    except OverflowError:
+        raise _fail(field, "out of range") from None
+    # Times travel to Lua in microseconds, exact only below 2^53 (the year 2255).
+    if not EARLIEST <= moment < LATEST:
+        raise _fail(field, "must be between the years 2000 and 2199")
+    return moment
 
 
 def parse_amount(value: Any, field: str) -> int:
@@ -89,6 +100,9 @@ class Admission:
     max_active: int
     pass_ttl_s: int
     reservation_ttl_s: int
+    # Admit up to overbook x the customers the remaining quota can serve at its minimum
+    # (1.0: never more than it can serve; above 1 when many admitted customers abandon).
+    overbook: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +174,12 @@ def parse_quota(raw: Any) -> Quota:
         raise _fail("quota.max", "must be at least quota.min")
     if step < 1:
         raise _fail("quota.step", "must be at least 1")
+    if low >= SMALL_LIMIT:
+        raise _fail("quota.min", f"must be below {SMALL_LIMIT}")
+    if step >= SMALL_LIMIT:
+        raise _fail("quota.step", f"must be below {SMALL_LIMIT}")
+    if low % step:
+        raise _fail("quota.min", "must be a multiple of quota.step")
     if unit == "item" and (low != 1 or high != 1):
         raise _fail("quota.min", "an item quota has min = max = 1")
     return Quota(unit, total, low, high, step, partial)
@@ -167,7 +187,11 @@ def parse_quota(raw: Any) -> Quota:
 
 def parse_admission(raw: Any) -> Admission:
     a = _obj(raw, "admission")
-    _only(a, {"rate_per_s", "burst", "max_active", "pass_ttl_s", "reservation_ttl_s"}, "admission")
+    _only(
+        a,
+        {"rate_per_s", "burst", "max_active", "pass_ttl_s", "reservation_ttl_s", "overbook"},
+        "admission",
+    )
     if "rate_per_s" not in a:
         raise _fail("admission.rate_per_s", "is required")
     return Admission(
@@ -179,6 +203,9 @@ def parse_admission(raw: Any) -> Admission:
         pass_ttl_s=_int(a.get("pass_ttl_s", 300), "admission.pass_ttl_s", 1, 86400),
         reservation_ttl_s=_int(
             a.get("reservation_ttl_s", 120), "admission.reservation_ttl_s", 1, 86400
+        ),
+        overbook=_number(
+            a.get("overbook", 1.0), "admission.overbook", lo=1.0, hi=1000.0, integer=False
         ),
     )
 
@@ -216,7 +243,7 @@ def parse_spec(raw: Any) -> CampaignSpec:
     )
 
 
-PATCHABLE = ("rate_per_s", "burst", "max_active", "pass_ttl_s", "closes_at")
+PATCHABLE = ("rate_per_s", "burst", "max_active", "pass_ttl_s", "overbook", "closes_at")
 
 
 def parse_patch(raw: Any, current: CampaignSpec) -> tuple[CampaignSpec, dict[str, str]]:
@@ -230,7 +257,7 @@ def parse_patch(raw: Any, current: CampaignSpec) -> tuple[CampaignSpec, dict[str
     if not flat:
         raise _fail("body", f"nothing to change; allowed: {', '.join(PATCHABLE)}")
     merged = dataclasses.asdict(current.admission)
-    for name in ("rate_per_s", "burst", "max_active", "pass_ttl_s"):
+    for name in ("rate_per_s", "burst", "max_active", "pass_ttl_s", "overbook"):
         if name in flat:
             merged[name] = flat[name]
     admission = parse_admission(merged)
@@ -249,6 +276,8 @@ def parse_patch(raw: Any, current: CampaignSpec) -> tuple[CampaignSpec, dict[str
         fields["max_active"] = str(admission.max_active)
     if "pass_ttl_s" in flat:
         fields["pass_ttl_us"] = str(admission.pass_ttl_s * 1_000_000)
+    if "overbook" in flat:
+        fields["overbook"] = repr(float(admission.overbook))
     if "closes_at" in flat:
         fields["closes_at_us"] = str(to_us(closes))
     return new, fields

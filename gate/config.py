@@ -86,8 +86,8 @@ def _coerce(name: str, raw: Any) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
         if kind == "int":
-            if isinstance(raw, bool):
-                raise ValueError
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError  # int() would quietly turn 8080.5 into 8080
             value = int(raw)
             if value < 0:
                 raise ValueError
@@ -128,7 +128,7 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{name}: {value} is not a TCP port")
     if cfg.workers < 1 or cfg.workers > 256:
         raise ConfigError(f"workers: {cfg.workers} must be between 1 and 256")
-    if not _HEADER_RE.match(cfg.customer_header):
+    if not _HEADER_RE.fullmatch(cfg.customer_header):
         raise ConfigError(f"customer_header: {cfg.customer_header!r} is not a header name")
     if cfg.redis_url and not re.match(r"^(redis|rediss|redis\+sentinel|unix)://", cfg.redis_url):
         raise ConfigError(

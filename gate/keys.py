@@ -15,7 +15,7 @@ CAMPAIGN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 def valid_campaign_id(campaign: str) -> bool:
-    return bool(CAMPAIGN_ID_RE.match(campaign))
+    return bool(CAMPAIGN_ID_RE.fullmatch(campaign))
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,38 @@ class CampaignKeys:
     def audit(self) -> str:
         """List: msgpack audit entries, index gap-free (meta field audit_n)."""
         return self._key("audit")
+
+    @property
+    def reservations(self) -> str:
+        """Hash: reservation id -> msgpack {seq, amount, state, expires_us, digest, asked}."""
+        return self._key("res")
+
+    @property
+    def reservation_expiries(self) -> str:
+        """Sorted set: held reservation id -> expires_us."""
+        return self._key("resexp")
+
+    @property
+    def spent(self) -> str:
+        """Hash: seq -> amount held + confirmed by that customer (decimal string)."""
+        return self._key("spent")
+
+    @property
+    def holds(self) -> str:
+        """Hash: seq -> id of the customer's held reservation (one at a time)."""
+        return self._key("holds")
+
+    @property
+    def idempotency(self) -> str:
+        """Hash: "seq:key" -> reservation id, so a retried claim gets the same answer."""
+        return self._key("idem")
+
+    @property
+    def subscriptions(self) -> str:
+        """Hash (ballot): seq -> msgpack {amount, digest}."""
+        return self._key("subs")
+
+    @property
+    def allocations(self) -> str:
+        """Hash (ballot): seq -> allocated amount, written at close."""
+        return self._key("alloc")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ class _CampaignCollector(Collector):
     def __init__(self, gate: Gate):
         self.gate = gate
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         joined = GaugeMetricFamily(
             "fairgate_campaign_joined", "tickets issued", labels=["campaign"]
         )
@@ -43,7 +43,16 @@ class _CampaignCollector(Collector):
             open_.add_metric([name], 1.0 if live.state.state == "open" else 0.0)
         fresh = GaugeMetricFamily("fairgate_redis_fresh", "1 while the cache is fresh")
         fresh.add_metric([], 1.0 if self.gate.cache.fresh() else 0.0)
-        yield from (joined, cursor, waiting, rate, open_, fresh)
+        # Per process: with several gates, these show that each one takes part in admission.
+        admit_calls = CounterMetricFamily(
+            "fairgate_admit_calls", "admit script calls made by this process"
+        )
+        admit_calls.add_metric([], self.gate.admitter.calls)
+        admitted = CounterMetricFamily(
+            "fairgate_admitted", "customers admitted by this process's admit calls"
+        )
+        admitted.add_metric([], self.gate.admitter.admitted)
+        yield from (joined, cursor, waiting, rate, open_, fresh, admit_calls, admitted)
 
 
 class Metrics:

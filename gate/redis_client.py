@@ -5,19 +5,32 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gate.errors import ConfigError
 
 
 def connect(url: str, *, timeout_s: float, max_connections: int = 64) -> Redis:
-    """A client whose commands fail within `timeout_s` instead of hanging (I7)."""
+    """A client whose commands fail within `timeout_s` instead of hanging (I7).
+
+    When every connection is busy, a caller waits up to `timeout_s` for one instead of
+    failing at once: a burst of concurrent joins must queue, not answer 503. The retry
+    policy is explicit, not redis-py's (which changes between versions): a dropped
+    connection (Redis restarted) is retried once, at once, and a command that timed out
+    is never re-sent, so an answer costs at most about one timeout.
+    """
     common: dict[str, Any] = {
         "socket_timeout": timeout_s,
-        "socket_connect_timeout": min(timeout_s, 0.25),
+        # Not capped below `timeout_s`: an event loop that is busy for a moment (a burst
+        # of requests) would otherwise fail healthy connects and answer 503 needlessly.
+        "socket_connect_timeout": timeout_s,
         "decode_responses": False,
         "health_check_interval": 0,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
     if url.startswith("redis+sentinel://"):
         # redis+sentinel://[:password@]host:port[,host:port]/service_name[?db=N]
@@ -42,6 +55,9 @@ def connect(url: str, *, timeout_s: float, max_connections: int = 64) -> Redis:
         )
         return master
     try:
-        return Redis.from_url(url, max_connections=max_connections, **common)
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout_s, **common
+        )
+        return Redis.from_pool(pool)
     except ValueError as exc:
         raise ConfigError(f"redis_url: {exc}") from None

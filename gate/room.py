@@ -6,6 +6,8 @@ refuses its arguments becomes `ScriptError`.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gate import keys as keynames
+from gate.ballot import Subscription, allocate
 from gate.campaign import CampaignSpec, to_us
 from gate.errors import Conflict, NotFound, ScriptError, Unavailable
 from gate.keys import CampaignKeys
@@ -43,6 +46,27 @@ class AdmitResult:
 
 
 @dataclass(frozen=True)
+class ClaimResult:
+    """A reservation, or a refusal with its code (sold_out, over_customer_limit, ...)."""
+
+    ok: bool
+    code: str = ""
+    detail: str = ""
+    reservation: str = ""
+    amount: int = 0
+    expires_us: int = 0
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class ReservationOutcome:
+    ok: bool
+    state: str
+    seq: int
+    amount: int
+
+
+@dataclass(frozen=True)
 class CampaignState:
     """What every process caches about a campaign, refreshed every few ms."""
 
@@ -55,6 +79,14 @@ class CampaignState:
     prequeue_from_us: int
     rate: float
     admitted: int
+    policy: str = "first_come"
+    remaining: int = 1  # quota neither held nor confirmed
+    minimum: int = 1
+
+    @property
+    def soldout(self) -> bool:
+        """Nobody more can be served: what is left is below the per-customer minimum."""
+        return self.policy == "first_come" and self.remaining < self.minimum
 
 
 _SNAPSHOT_FIELDS = (
@@ -67,6 +99,11 @@ _SNAPSHOT_FIELDS = (
     b"prequeue_from_us",
     b"rate",
     b"admitted",
+    b"policy",
+    b"q_total",
+    b"q_min",
+    b"held",
+    b"confirmed",
 )
 
 
@@ -117,6 +154,9 @@ class Room:
     async def create(self, spec: CampaignSpec, actor: str) -> int:
         k = CampaignKeys(spec.id)
         prequeue_from = to_us(spec.opens_at) - spec.prequeue.window_s * 1_000_000
+        # Commit-reveal: the seed's hash is published now, the seed itself at close.
+        seed = secrets.token_bytes(32)
+        quota = spec.quota
         reply = await self._call(
             "campaign_create",
             [k.meta, k.audit],
@@ -131,6 +171,17 @@ class Room:
                 spec.admission.max_active,
                 spec.admission.pass_ttl_s * 1_000_000,
                 actor,
+                spec.policy,
+                quota.unit,
+                str(quota.total),
+                str(quota.min),
+                str(quota.max),
+                str(quota.step),
+                "1" if quota.partial_fill else "0",
+                spec.admission.reservation_ttl_s * 1_000_000,
+                seed.hex(),
+                hashlib.sha256(seed).hexdigest(),
+                repr(float(spec.admission.overbook)),
             ],
         )
         if int(reply[0]) == 0:
@@ -202,6 +253,9 @@ class Room:
                 prequeue_from_us=_int(row[6]),
                 rate=float(row[7] or 0),
                 admitted=_int(row[8]),
+                policy=_text(row[9] or b"first_come"),
+                remaining=_int(row[10]) - _int(row[12]) - _int(row[13]),
+                minimum=_int(row[11]),
             )
         return out
 
@@ -235,6 +289,25 @@ class Room:
             "blocked": int(blocked),
             "revoked": int(revoked),
             "audit_entries": int(meta.get("audit_n", 0)),
+            "policy": meta.get("policy", "first_come"),
+            "unit": meta.get("unit", "item"),
+            "total": meta.get("q_total", "0"),
+            "held": meta.get("held", "0"),
+            "confirmed": meta.get("confirmed", "0"),
+            "released": meta.get("released", "0"),
+            "expired_amount": meta.get("expired_amount", "0"),
+            "remaining": str(
+                int(meta.get("q_total", "0"))
+                - int(meta.get("held", "0"))
+                - int(meta.get("confirmed", "0"))
+            ),
+            "claims": int(meta.get("claims", 0)),
+            "holding": int(meta.get("holding", 0)),
+            "confirms": int(meta.get("confirms", 0)),
+            "releases": int(meta.get("releases", 0)),
+            "reservations_expired": int(meta.get("reservations_expired", 0)),
+            "subscriptions": int(meta.get("subscriptions", 0)),
+            "subscribed": meta.get("subscribed", "0"),
         }
 
     # -- customers -------------------------------------------------------------------
@@ -256,7 +329,18 @@ class Room:
     ) -> AdmitResult | None:
         k = CampaignKeys(campaign)
         reply = await self._call(
-            "admit", [k.meta, k.active, k.revoked, k.audit], [max_per_call, expire_limit]
+            "admit",
+            [
+                k.meta,
+                k.active,
+                k.revoked,
+                k.audit,
+                k.reservations,
+                k.reservation_expiries,
+                k.holds,
+                k.spent,
+            ],
+            [max_per_call, expire_limit],
         )
         if int(reply[0]) == -1:
             return None
@@ -267,13 +351,135 @@ class Room:
     async def pass_check(self, campaign: str, seq: int, digest: bytes) -> tuple[str, int]:
         k = CampaignKeys(campaign)
         reply = await self._call(
-            "pass", [k.meta, k.active, k.revoked, k.passed, k.audit], [seq, digest]
+            "pass",
+            [k.meta, k.active, k.revoked, k.passed, k.audit, k.holds, k.spent, k.subscriptions],
+            [seq, digest],
         )
         state = reply[0].decode()
         value = int(reply[1]) if len(reply) > 1 else 0
         if state == "admitted":
             await self.durable()
         return state, value
+
+    async def claim(
+        self, campaign: str, seq: int, digest: bytes, amount: int, idempotency_key: str
+    ) -> ClaimResult:
+        k = CampaignKeys(campaign)
+        reply = await self._call(
+            "claim",
+            [
+                k.meta,
+                k.active,
+                k.revoked,
+                k.reservations,
+                k.reservation_expiries,
+                k.spent,
+                k.holds,
+                k.idempotency,
+                k.audit,
+            ],
+            [seq, digest, str(amount), idempotency_key],
+        )
+        self._check_exists(campaign, reply)
+        if int(reply[0]) == 0:
+            return ClaimResult(False, _text(reply[1]), _text(reply[2]))
+        result = ClaimResult(
+            True,
+            reservation=_text(reply[1]),
+            amount=int(reply[2]),
+            expires_us=int(reply[3]),
+            replayed=bool(int(reply[4])),
+        )
+        await self.durable()
+        return result
+
+    async def subscribe(self, campaign: str, seq: int, digest: bytes, amount: int) -> ClaimResult:
+        k = CampaignKeys(campaign)
+        reply = await self._call(
+            "subscribe",
+            [k.meta, k.active, k.revoked, k.subscriptions, k.audit],
+            [seq, digest, str(amount)],
+        )
+        self._check_exists(campaign, reply)
+        if int(reply[0]) == 0:
+            return ClaimResult(False, _text(reply[1]), _text(reply[2]))
+        await self.durable()
+        return ClaimResult(True, amount=int(reply[1]), replayed=bool(int(reply[2])))
+
+    async def _finish(
+        self, script: str, campaign: str, reservation: str, args: list[ScriptArg]
+    ) -> ReservationOutcome:
+        k = CampaignKeys(campaign)
+        reply = await self._call(
+            script,
+            [k.meta, k.active, k.reservations, k.reservation_expiries, k.holds, k.spent, k.audit],
+            [reservation, *args],
+        )
+        self._check_exists(campaign, reply)
+        if int(reply[0]) == -2:
+            raise NotFound(f"no reservation {reservation}", code="unknown_reservation")
+        outcome = ReservationOutcome(
+            bool(int(reply[0])), _text(reply[1]), int(reply[2]), int(reply[3])
+        )
+        await self.durable()
+        return outcome
+
+    async def confirm(self, campaign: str, reservation: str, actor: str) -> ReservationOutcome:
+        return await self._finish("confirm", campaign, reservation, [actor])
+
+    async def release(
+        self, campaign: str, reservation: str, actor: str, reason: str = ""
+    ) -> ReservationOutcome:
+        return await self._finish("release", campaign, reservation, [actor, reason])
+
+    async def subscriptions(self, campaign: str) -> list[Subscription]:
+        k = CampaignKeys(campaign)
+        out: list[Subscription] = []
+        async with guarded():
+            async for field, value in self.redis.hscan_iter(k.subscriptions, count=1000):
+                amount, digest = msgpack.unpackb(value, raw=True)
+                out.append(Subscription(int(field), digest, int(amount)))
+        return out
+
+    async def finalize_ballot(self, campaign: str, chunk_size: int = 1000) -> bool:
+        """Compute and store a closed ballot's allocation; True once it is stored.
+
+        Deterministic from the subscriptions and the committed seed, so any process may
+        do it; the script's chunk fencing keeps a chunk from being written twice.
+        """
+        meta = await self.meta(campaign)
+        if meta is None or meta.get("policy") != "ballot" or meta["state"] != "closed":
+            return False
+        if meta.get("alloc_next") == "done":
+            return True
+        subs = await self.subscriptions(campaign)
+        result = allocate(
+            int(meta["q_total"]), int(meta["q_step"]), subs, bytes.fromhex(meta["seed"])
+        )
+        items = sorted(result.items())
+        chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)] or [[]]
+        k = CampaignKeys(campaign)
+        start = int(meta.get("alloc_next") or 0)
+        for index in range(start, len(chunks)):
+            args: list[ScriptArg] = [index, "1" if index == len(chunks) - 1 else "0"]
+            for seq, amount in chunks[index]:
+                args += [seq, str(amount)]
+            reply = await self._call("ballot_store", [k.meta, k.allocations, k.audit], args)
+            if int(reply[0]) != 1:
+                return _text(reply[1]) == "done" if len(reply) > 1 else False
+        await self.durable()
+        return True
+
+    async def allocation(self, campaign: str, seq: int) -> tuple[int | None, int | None]:
+        """A ballot customer's (subscribed, allocated) amounts; None where there is none."""
+        k = CampaignKeys(campaign)
+        async with guarded():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hget(k.subscriptions, str(seq))
+            pipe.hget(k.allocations, str(seq))
+            sub, alloc = await pipe.execute()
+        subscribed = int(msgpack.unpackb(sub, raw=True)[0]) if sub else None
+        return subscribed, int(alloc) if alloc is not None else None
 
     async def block(self, campaign: str, digest: bytes, actor: str, reason: str) -> int:
         k = CampaignKeys(campaign)

@@ -26,12 +26,17 @@ SCRIPT_NAMES = (
     "pass",
     "block",
     "revoke",
+    "claim",
+    "subscribe",
+    "confirm",
+    "release",
+    "ballot_store",
 )
 
 ScriptArg = str | bytes | int | float
 
 
-def _read(relative: str) -> str:
+def read_lua(relative: str) -> str:
     return (importlib.resources.files("gate") / "lua" / relative).read_text(encoding="utf-8")
 
 
@@ -39,9 +44,9 @@ def render(name: str) -> str:
     """The full text of a script with its includes spliced in."""
 
     def splice(match: re.Match[str]) -> str:
-        return _read(match.group(1))
+        return read_lua(match.group(1))
 
-    return _INCLUDE_RE.sub(splice, _read(f"{name}.lua"))
+    return _INCLUDE_RE.sub(splice, read_lua(f"{name}.lua"))
 
 
 @dataclass(frozen=True)

@@ -37,15 +37,29 @@ class Gate:
             wait_replicas=config.redis_wait_replicas,
             wait_timeout_ms=config.redis_wait_timeout_ms,
         )
+        # The cache (whose refresh is the gate's proof that Redis answers) and the
+        # admission loop get their own connections: a burst of customer requests queueing
+        # for the shared pool must not pass for a Redis outage and fail every pass closed.
+        self.control_redis = connect(
+            config.redis_url, timeout_s=config.redis_timeout_ms / 1000, max_connections=4
+        )
+        self.control_room = Room(
+            self.control_redis,
+            self.scripts,
+            wait_replicas=config.redis_wait_replicas,
+            wait_timeout_ms=config.redis_wait_timeout_ms,
+        )
         self.cache = CampaignCache(
-            self.room,
+            self.control_room,
             refresh_interval_s=config.refresh_interval_ms / 1000,
             stale_after_s=config.stale_after_ms / 1000,
         )
         self.batcher = JoinBatcher(
             self.room, window_s=config.join_batch_window_ms / 1000, max_batch=config.join_batch_max
         )
-        self.admitter = Admitter(self.room, self.cache, interval_s=config.admit_interval_ms / 1000)
+        self.admitter = Admitter(
+            self.control_room, self.cache, interval_s=config.admit_interval_ms / 1000
+        )
         self.metrics = Metrics(self)
         self.scripts_loaded = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -71,11 +85,18 @@ class Gate:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            # A cancellation that lands inside a Redis call can come out as a timeout
+            # error, which the loop takes for an outage and survives: cancel again until
+            # the task is done, or the process never exits on SIGTERM.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
         await self.batcher.close()
         await self.redis.aclose()
+        await self.control_redis.aclose()
 
     async def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout_s

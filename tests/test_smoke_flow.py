@@ -24,8 +24,9 @@ async def test_join_wait_admit_pass_auth(public: Any, admin: Any) -> None:
     state: dict[str, Any] = {}
 
     async def admitted() -> bool:
-        r = await public.get("/q/c1/status", params={"ticket": ticket},
-                             headers={"X-Customer-Id": "alice"})
+        r = await public.get(
+            "/q/c1/status", params={"ticket": ticket}, headers={"X-Customer-Id": "alice"}
+        )
         assert r.status == 200, await r.text()
         state.update(await r.json())
         return bool(state["state"] == "admitted")
@@ -34,8 +35,9 @@ async def test_join_wait_admit_pass_auth(public: Any, admin: Any) -> None:
     pass_token = state["pass"]
     r = await public.get("/gate/auth", headers={"X-Gate-Pass": pass_token})
     assert r.status == 200, await r.text()
-    r = await public.get("/gate/auth", headers={"X-Gate-Pass": pass_token,
-                                                "X-Customer-Id": "mallory"})
+    r = await public.get(
+        "/gate/auth", headers={"X-Gate-Pass": pass_token, "X-Customer-Id": "mallory"}
+    )
     assert r.status == 403
     assert public.session.cookie_jar.filter_cookies(public.make_url("/"))["fg_pass"]
     public.session.cookie_jar.clear()

@@ -25,7 +25,9 @@ def authenticate(tokens: tuple[tuple[str, str], ...], header: str | None) -> str
     """The name of the token presented, comparing against every token in constant time."""
     if not header or not header.startswith("Bearer "):
         return None
-    presented = header[len("Bearer ") :].strip().encode()
+    # A header with non-ASCII bytes arrives with surrogate escapes: compare it as bytes
+    # (it matches no token) instead of failing to encode it.
+    presented = header[len("Bearer ") :].strip().encode("utf-8", "surrogateescape")
     found: str | None = None
     for name, token in tokens:
         if hmac.compare_digest(presented, token.encode()):

@@ -79,13 +79,13 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     ctype = request.content_type
     if ctype == MSGPACK:
         try:
-            data = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_buffer_size=max_size)
+            data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
         except Exception:  # msgpack raises a zoo of types for bad input
             raise BadRequest("the body is not valid msgpack", code="bad_msgpack") from None
     elif ctype in ("application/json", "text/plain", "application/octet-stream", ""):
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadRequest("the body is not valid JSON", code="bad_json") from None
     else:
         raise GateError(

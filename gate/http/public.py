@@ -89,6 +89,15 @@ def _queue_view(live: LiveCampaign, seq: int, rng: random.Random) -> dict[str, A
             "opens_at": live.spec.to_json()["opens_at"],
             "poll_after_ms": int(min(max(until_open_ms, 500), 30000) * rng.uniform(0.8, 1.0)),
         }
+    if state.soldout:
+        # Nothing left for anyone waiting; released or expired amounts may still return,
+        # so the page keeps asking, slowly.
+        return {
+            "state": "soldout",
+            "position": position,
+            "eta_s": None,
+            "poll_after_ms": int(10000 * rng.uniform(0.8, 1.2)),
+        }
     rate = live.admission_rate()
     eta = math.ceil(position / rate) if rate > 0 and state.state == "open" else None
     return {
@@ -143,7 +152,7 @@ async def status(request: web.Request) -> web.Response:
     try:
         token = gate.signer.verify(text, TICKET)
     except TokenError as exc:
-        raise Unauthorized(f"invalid ticket: {exc}", code="bad_ticket") from None
+        raise Forbidden(f"invalid ticket: {exc}", code="bad_ticket") from None
     if token.campaign != campaign:
         raise Forbidden("this ticket is for another campaign", code="wrong_campaign")
     _check_customer(request, token)
@@ -164,10 +173,22 @@ async def status(request: web.Request) -> web.Response:
     if state == "waiting":  # another process's cache ran ahead of ours; keep waiting
         return respond(request, {**base, **_queue_view(live, token.seq, request.app[RNG_KEY])})
     if state != "admitted":
-        return respond(
-            request,
-            {**base, "state": state, "position": None, "eta_s": None, "poll_after_ms": None},
-        )
+        final: dict[str, Any] = {
+            **base,
+            "state": state,
+            "position": None,
+            "eta_s": None,
+            "poll_after_ms": None,
+        }
+        if state == "claimed":
+            final["claimed"] = str(value)
+        elif state == "closed" and live.spec.policy == "ballot":
+            subscribed, allocated = await gate.room.allocation(campaign, token.seq)
+            final["subscribed"] = None if subscribed is None else str(subscribed)
+            final["allocation"] = None if allocated is None else str(allocated)
+            # until the allocation is stored, the page asks again
+            final["poll_after_ms"] = 2000 if allocated is None and subscribed else None
+        return respond(request, final)
     expires_at = value // 1_000_000
     pass_token = gate.signer.issue(PASS, campaign, token.seq, token.digest, exp=expires_at)
     response = respond(
@@ -194,8 +215,9 @@ async def status(request: web.Request) -> web.Response:
     return response
 
 
-async def auth(request: web.Request) -> web.Response:
-    """For nginx auth_request, Envoy ext_authz and Traefik ForwardAuth: 200, 401 or 403."""
+def verified_pass(request: web.Request) -> tuple[Token, LiveCampaign]:
+    """The request's pass, checked with no Redis round trip: signature, expiry, campaign,
+    customer, and the cached revocations (a stale cache fails closed)."""
     gate = gate_of(request)
     text = request.headers.get(PASS_HEADER) or request.cookies.get(PASS_COOKIE, "")
     if not text:
@@ -220,6 +242,12 @@ async def auth(request: web.Request) -> web.Response:
         raise Forbidden("the campaign is closed", code="campaign_closed")
     if token.seq in live.revoked:
         raise Forbidden("this pass was revoked", code="revoked")
+    return token, live
+
+
+async def auth(request: web.Request) -> web.Response:
+    """For nginx auth_request, Envoy ext_authz and Traefik ForwardAuth: 200, 401 or 403."""
+    token, _ = verified_pass(request)
     return respond(
         request,
         {"ok": True, "campaign": token.campaign, "seq": token.seq},
@@ -277,7 +305,10 @@ def create_public_app(gate: Gate) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/.well-known/fairgate/keys", public_keys)
+    from gate.http.claims import add_claim_routes  # claims builds on this module's checks
+
+    add_claim_routes(app)
     return app
 
 
-__all__ = ["create_public_app", "poll_after_ms"]
+__all__ = ["create_public_app", "poll_after_ms", "verified_pass"]

@@ -1,23 +1,31 @@
 --[[
   Admit the next customers in seq order. Any number of gate processes call this every
   ~50 ms; the token bucket and the active cap hold whatever their number.
-  First expires active entries whose pass deadline has passed (bounded, logged), then
-  advances the cursor by k = min(bucket tokens, free active slots, waiting, max_per_call),
-  skipping revoked seqs (logged in the same entry).
+  First expires held reservations past their deadline (their amount returns to the pool)
+  and active entries past theirs (bounded, logged), then advances the cursor by
+  k = min(bucket tokens, free active slots, waiting, max_per_call, customers the quota
+  can still serve), skipping revoked seqs (logged in the same entry). A first_come
+  campaign admits nobody while what is left is below the per-customer minimum.
   KEYS[1] meta hash      fg:{c}:meta
   KEYS[2] active zset    fg:{c}:active    seq -> pass deadline (us)
   KEYS[3] revoked set    fg:{c}:revoked
   KEYS[4] audit list     fg:{c}:audit
+  KEYS[5] reservations   fg:{c}:res
+  KEYS[6] expiries zset  fg:{c}:resexp
+  KEYS[7] holds hash     fg:{c}:holds
+  KEYS[8] spent hash     fg:{c}:spent
   ARGV[1] max_per_call   most customers admitted by this call
   ARGV[2] expire_limit   most active entries expired by this call
   Returns {admitted, cursor, active, expired, state}, or {-1} when there is no such campaign.
 ]]
 --!include lib/common.lua
+--!include lib/money.lua
+--!include lib/reservations.lua
 local max_per_call = int_arg(ARGV[1], 0, 'max_per_call')
 local expire_limit = int_arg(ARGV[2], 1, 'expire_limit')
 
 local m = rcall('HMGET', KEYS[1], 'state', 'opens_at_us', 'closes_at_us', 'rate', 'burst',
-  'max_active', 'pass_ttl_us', 'seq', 'cursor', 'tokens', 'bucket_us')
+  'max_active', 'pass_ttl_us', 'seq', 'cursor', 'tokens', 'bucket_us', 'policy')
 if not m[1] then return {-1} end
 local state = m[1]
 local now = now_us()
@@ -28,6 +36,19 @@ if state ~= 'closed' and now >= tonumber(m[3]) then
 end
 
 local expired = {}
+-- Held reservations past their deadline go back to the pool, even after close.
+local stale = rcall('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, expire_limit)
+if #stale > 0 then
+  local k = {meta = KEYS[1], active = KEYS[2], res = KEYS[5], resexp = KEYS[6],
+             holds = KEYS[7], spent = KEYS[8]}
+  local seqs, amounts = {}, {}
+  for i = 1, #stale do
+    local r = res_load(KEYS[5], stale[i])
+    seqs[i], amounts[i] = r[1], r[2]
+    res_finish(k, stale[i], r, 'expired')
+  end
+  audit(KEYS[1], KEYS[4], now, {k = 'expire-res', r = stale, s = seqs, m = amounts})
+end
 if state ~= 'closed' then
   expired = rcall('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, expire_limit)
   if #expired > 0 then
@@ -40,6 +61,7 @@ if state ~= 'closed' then
   end
 end
 
+if state == 'closed' then return {0, tonumber(m[9]), rcall('ZCARD', KEYS[2]), 0, state} end
 local rate, burst = tonumber(m[4]), tonumber(m[5])
 local tokens = refill(tonumber(m[10]), tonumber(m[11]), rate, burst, now)
 local last_seq, cursor = tonumber(m[8]), tonumber(m[9])
@@ -50,6 +72,17 @@ if state ~= 'open' or now < tonumber(m[2]) then
 end
 
 local k = math.min(math.floor(tokens), tonumber(m[6]) - active, last_seq - cursor, max_per_call)
+if m[12] == 'first_come' and k > 0 then
+  -- Admit no more customers than what is left can serve at the minimum each, counting
+  -- the admitted customers who have not claimed yet.
+  local q = rcall('HMGET', KEYS[1], 'q_total', 'q_min', 'held', 'confirmed', 'holding',
+    'overbook')
+  local left = money_sub(q[1], money_add(q[3], q[4]))
+  local servable = money_div(left, tonumber(q[2]))
+  local can_serve = #servable > 12 and 1e12 or tonumber(servable)
+  if can_serve > 0 then can_serve = math.floor(can_serve * tonumber(q[6] or '1')) end
+  k = math.min(k, math.max(0, can_serve - (active - tonumber(q[5]))))
+end
 local admitted, skipped = {}, {}
 local deadline = now + tonumber(m[7])
 local has_revoked = rcall('SCARD', KEYS[3]) > 0

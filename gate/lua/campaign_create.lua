@@ -7,9 +7,15 @@
   ARGV[3] opens_at_us    ARGV[4] closes_at_us    ARGV[5] prequeue_from_us
   ARGV[6] rate_per_s     ARGV[7] burst           ARGV[8] max_active
   ARGV[9] pass_ttl_us    ARGV[10] actor (operator token name)
+  ARGV[11] policy (first_come | ballot)   ARGV[12] unit
+  ARGV[13] quota total   ARGV[14] min   ARGV[15] max   ARGV[16] step (decimal strings)
+  ARGV[17] partial fill (0|1)   ARGV[18] reservation_ttl_us
+  ARGV[19] seed (hex; revealed at close)   ARGV[20] seed hash (hex; published now)
+  ARGV[21] overbook (>= 1)
   Returns {1, now_us} when created, {0, "exists"} when the id is taken.
 ]]
 --!include lib/common.lua
+--!include lib/money.lua
 local id = ARGV[1]
 local spec = ARGV[2]
 local opens = int_arg(ARGV[3], 0, 'opens_at_us')
@@ -20,6 +26,20 @@ local burst = int_arg(ARGV[7], 1, 'burst')
 local max_active = int_arg(ARGV[8], 1, 'max_active')
 local pass_ttl = int_arg(ARGV[9], 1000000, 'pass_ttl_us')
 local actor = ARGV[10]
+local policy, unit = ARGV[11], ARGV[12]
+local total, low, high, step = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
+local res_ttl = int_arg(ARGV[18], 1000000, 'reservation_ttl_us')
+local overbook = num_arg(ARGV[21], 1, 'overbook')
+if policy ~= 'first_come' and policy ~= 'ballot' then error('bad argument: policy') end
+if ARGV[17] ~= '0' and ARGV[17] ~= '1' then error('bad argument: partial') end
+for _, v in ipairs({total, low, high, step}) do
+  if not money_ok(v) or v == '0' then error('bad argument: quota amount ' .. tostring(v)) end
+end
+-- min and step stay below 10^13 so money_mod and money_div work on Lua doubles
+if money_cmp(high, low) < 0 or #step > 13 or #low > 13 then
+  error('bad argument: quota bounds')
+end
+if #(ARGV[19] or '') ~= 64 or #(ARGV[20] or '') ~= 64 then error('bad argument: seed') end
 if closes <= opens or prequeue > opens then error('bad argument: window') end
 if id == nil or id == '' or spec == nil or actor == nil then error('bad argument: id/spec/actor') end
 
@@ -30,6 +50,10 @@ rcall('HSET', KEYS[1],
   'opens_at_us', opens, 'closes_at_us', closes, 'prequeue_from_us', prequeue,
   'rate', ARGV[6], 'burst', burst, 'max_active', max_active, 'pass_ttl_us', pass_ttl,
   'seq', 0, 'cursor', 0, 'tokens', 0, 'bucket_us', now,
-  'admitted', 0, 'expired', 0, 'skipped', 0, 'rev', 0, 'created_us', now)
-audit(KEYS[1], KEYS[2], now, {k = 'admin-create', a = actor, spec = spec})
+  'admitted', 0, 'expired', 0, 'skipped', 0, 'rev', 0, 'created_us', now,
+  'policy', policy, 'unit', unit, 'q_total', total, 'q_min', low, 'q_max', high,
+  'q_step', step, 'partial', ARGV[17], 'res_ttl_us', res_ttl, 'held', '0', 'confirmed', '0',
+  'released', '0', 'expired_amount', '0', 'holding', 0, 'claims', 0, 'confirms', 0,
+  'releases', 0, 'reservations_expired', 0, 'seed', ARGV[19], 'seed_hash', ARGV[20], 'overbook', ARGV[21])
+audit(KEYS[1], KEYS[2], now, {k = 'admin-create', a = actor, spec = spec, h = ARGV[20]})
 return {1, int_str(now)}

@@ -5,7 +5,7 @@
   KEYS[2] audit list     fg:{c}:audit
   ARGV[1] actor
   ARGV[2] new spec JSON (stored as given)
-  ARGV[3..] field, value pairs; fields: rate, burst, max_active, closes_at_us, pass_ttl_us
+  ARGV[3..] field, value pairs; fields: rate, burst, max_active, closes_at_us, pass_ttl_us, overbook
   Returns {1, now_us}, {-1} when there is no such campaign, {0, state} when it is closed.
 ]]
 --!include lib/common.lua
@@ -18,6 +18,7 @@ local checks = {
   max_active = function(v) return int_arg(v, 1, 'max_active') end,
   closes_at_us = function(v) return int_arg(v, 0, 'closes_at_us') end,
   pass_ttl_us = function(v) return int_arg(v, 1000000, 'pass_ttl_us') end,
+  overbook = function(v) return num_arg(v, 1, 'overbook') end,
 }
 if (#ARGV - 2) % 2 ~= 0 or #ARGV < 4 then error('bad argument: field/value pairs') end
 for i = 3, #ARGV, 2 do

@@ -25,12 +25,14 @@ local created = {}
 local has_blocked = rcall('SCARD', KEYS[3]) > 0
 for i = 1, #ARGV do
   local digest = ARGV[i]
+  -- a blocked customer is refused even when they already hold a ticket
+  local blocked = has_blocked and rcall('SISMEMBER', KEYS[3], digest) == 1
   local seq = rcall('HGET', KEYS[2], digest)
-  if seq then
+  if blocked then
+    reply[#reply + 1] = 0
+    reply[#reply + 1] = 0
+  elseif seq then
     reply[#reply + 1] = tonumber(seq)
-    reply[#reply + 1] = 0
-  elseif has_blocked and rcall('SISMEMBER', KEYS[3], digest) == 1 then
-    reply[#reply + 1] = 0
     reply[#reply + 1] = 0
   else
     local new_seq = rcall('HINCRBY', KEYS[1], 'seq', 1)

@@ -5,9 +5,13 @@
   KEYS[3] revoked set    fg:{c}:revoked
   KEYS[4] passed set     fg:{c}:passed
   KEYS[5] audit list     fg:{c}:audit
+  KEYS[6] holds hash     fg:{c}:holds
+  KEYS[7] spent hash     fg:{c}:spent
+  KEYS[8] subscriptions  fg:{c}:subs
   ARGV[1] seq            ARGV[2] customer digest (16 raw bytes, from the signed ticket)
   Returns {state, value}: {"admitted", deadline_us}, {"waiting", cursor}, {"expired"},
-  {"revoked"}, {"closed"}, or {"unknown"} when there is no such campaign.
+  {"claimed", amount} (held, confirmed or subscribed), {"revoked"}, {"closed"}, or
+  {"unknown"} when there is no such campaign.
 ]]
 --!include lib/common.lua
 local seq = int_arg(ARGV[1], 1, 'seq')
@@ -17,10 +21,16 @@ if not m[1] then return {'unknown'} end
 if m[1] == 'closed' then return {'closed'} end
 if rcall('SISMEMBER', KEYS[3], seq) == 1 then return {'revoked'} end
 if seq > tonumber(m[2]) then return {'waiting', m[2]} end
+local spent = rcall('HGET', KEYS[7], seq)
+if rcall('HEXISTS', KEYS[6], seq) == 1 or (spent and spent ~= '0') then
+  return {'claimed', spent}
+end
+local sub = rcall('HGET', KEYS[8], seq)
+if sub then return {'claimed', cmsgpack.unpack(sub)[1]} end
 local deadline = rcall('ZSCORE', KEYS[2], seq)
 local now = now_us()
 if not deadline or tonumber(deadline) <= now then return {'expired'} end
 if rcall('SADD', KEYS[4], seq) == 1 then
   audit(KEYS[1], KEYS[5], now, {k = 'pass', s = seq, c = ARGV[2], d = tonumber(deadline)})
 end
-return {'admitted', deadline}
+return {'admitted', int_str(tonumber(deadline))}

@@ -1,0 +1,168 @@
+"""Claims on the public listener, and the core system's confirm/release callbacks.
+
+A claim needs a pass (checked like /gate/auth, no Redis round trip) and then one Lua
+call that reserves the amount atomically or refuses it with a reason. The core system
+confirms a reservation once the deposit is booked, or releases it when it fails;
+unanswered reservations expire and their amount returns to the pool.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from gate.campaign import MAX_AMOUNT
+from gate.errors import BadRequest, Conflict, Forbidden, GateError, Unauthorized
+from gate.http.admin import authenticate
+from gate.http.common import gate_of, read_body, respond
+from gate.http.public import _campaign_id, verified_pass
+from gate.room import ClaimResult, ReservationOutcome
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_RESERVATION_RE = re.compile(r"^r[0-9]{1,20}$")
+_REFUSALS = {
+    "below_minimum": 400,
+    "bad_step": 400,
+    "not_admitted": 403,
+    "sold_out": 409,
+    "over_customer_limit": 409,
+    "reservation_pending": 409,
+    "idempotency_key_reused": 409,
+    "already_subscribed": 409,
+    "wrong_policy": 409,
+    "closed": 409,
+}
+_MESSAGES = {
+    "below_minimum": "the amount is below the minimum of {detail}",
+    "bad_step": "the amount must be a multiple of {detail}",
+    "not_admitted": "this pass no longer admits a claim (expired, used or revoked)",
+    "sold_out": "sold out: {detail} left",
+    "over_customer_limit": "over this customer's limit: at most {detail} more",
+    "reservation_pending": "a reservation ({detail}) is waiting for the core system",
+    "idempotency_key_reused": "this idempotency key was used for another amount ({detail})",
+    "already_subscribed": "already subscribed for {detail}",
+    "wrong_policy": "this campaign's policy is {detail}",
+    "closed": "the campaign is closed",
+}
+
+
+def parse_claim_amount(value: Any) -> int:
+    if isinstance(value, bool) or value is None:
+        raise BadRequest("amount: an integer or a decimal string is required", code="bad_amount")
+    if isinstance(value, int):
+        amount = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 30:
+        amount = int(value)
+    else:
+        raise BadRequest("amount: an integer or a decimal string is required", code="bad_amount")
+    if not 1 <= amount <= MAX_AMOUNT:
+        raise BadRequest("amount: out of range", code="bad_amount")
+    return amount
+
+
+def _refusal(result: ClaimResult) -> GateError:
+    status = _REFUSALS.get(result.code, 409)
+    message = _MESSAGES.get(result.code, result.code).format(detail=result.detail)
+    return GateError(message, code=result.code, status=status)
+
+
+async def claim(request: web.Request) -> web.Response:
+    gate = gate_of(request)
+    campaign = _campaign_id(request)
+    token, live = verified_pass(request)
+    if token.campaign != campaign:
+        raise Forbidden("this pass is for another campaign", code="wrong_campaign")
+    body = await read_body(request)
+    amount = parse_claim_amount(body.get("amount"))
+    key = body.get("idempotency_key", "-")
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise BadRequest(
+            "idempotency_key: 1 to 64 of A-Z a-z 0-9 _ . : -", code="bad_idempotency_key"
+        )
+    unit = live.spec.quota.unit
+    if live.spec.policy == "ballot":
+        result = await gate.room.subscribe(campaign, token.seq, token.digest, amount)
+        if not result.ok:
+            raise _refusal(result)
+        return respond(
+            request,
+            {"campaign": campaign, "subscribed": str(result.amount), "unit": unit},
+            200 if result.replayed else 201,
+        )
+    result = await gate.room.claim(campaign, token.seq, token.digest, amount, key)
+    if not result.ok:
+        raise _refusal(result)
+    return respond(
+        request,
+        {
+            "campaign": campaign,
+            "reservation": result.reservation,
+            "amount": str(result.amount),
+            "unit": unit,
+            "expires_at": result.expires_us / 1_000_000,
+            "partial": result.amount < amount,
+        },
+        200 if result.replayed else 201,
+    )
+
+
+def _core_actor(request: web.Request) -> str:
+    actor = authenticate(gate_of(request).config.core_tokens, request.headers.get("Authorization"))
+    if actor is None:
+        raise Unauthorized("a valid core-system bearer token is required", code="bad_core_token")
+    return actor
+
+
+def _reservation_id(request: web.Request) -> str:
+    reservation = request.match_info["reservation"]
+    if not _RESERVATION_RE.match(reservation):
+        raise BadRequest("not a reservation id", code="bad_reservation")
+    return reservation
+
+
+def _outcome(
+    request: web.Request, reservation: str, outcome: ReservationOutcome, wanted: str
+) -> web.Response:
+    if not outcome.ok:
+        raise Conflict(
+            f"reservation {reservation} is {outcome.state}, it cannot be {wanted}",
+            code=f"reservation_{outcome.state}",
+        )
+    return respond(
+        request,
+        {
+            "reservation": reservation,
+            "state": outcome.state,
+            "seq": outcome.seq,
+            "amount": str(outcome.amount),
+        },
+    )
+
+
+async def confirm(request: web.Request) -> web.Response:
+    actor = _core_actor(request)
+    campaign = _campaign_id(request)
+    reservation = _reservation_id(request)
+    await read_body(request)
+    outcome = await gate_of(request).room.confirm(campaign, reservation, actor)
+    return _outcome(request, reservation, outcome, "confirmed")
+
+
+async def release(request: web.Request) -> web.Response:
+    actor = _core_actor(request)
+    campaign = _campaign_id(request)
+    reservation = _reservation_id(request)
+    body = await read_body(request)
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise BadRequest("reason: at most 500 characters", code="bad_reason")
+    outcome = await gate_of(request).room.release(campaign, reservation, actor, reason)
+    return _outcome(request, reservation, outcome, "released")
+
+
+def add_claim_routes(app: web.Application) -> None:
+    app.router.add_post("/q/{campaign}/claim", claim)
+    app.router.add_post("/q/{campaign}/reservations/{reservation}/confirm", confirm)
+    app.router.add_post("/q/{campaign}/reservations/{reservation}/release", release)

@@ -1,0 +1,50 @@
+--[[
+  Store one chunk of a closed ballot's allocation; the last chunk reveals the seed.
+  Chunks are fenced by index, so two processes that computed the same (deterministic)
+  allocation cannot write a chunk twice.
+  KEYS[1] meta hash        fg:{c}:meta
+  KEYS[2] allocations      fg:{c}:alloc     seq -> amount
+  KEYS[3] audit list       fg:{c}:audit
+  ARGV[1] chunk index (0, 1, ...)   ARGV[2] last chunk (0|1)
+  ARGV[3..] seq, amount pairs
+  Returns {1, next_chunk} when stored, {0, expected_chunk} when this chunk is not the next
+  one (already stored by another process), {-1} no such campaign, {-2} not closed yet,
+  {-3} not a ballot.
+]]
+--!include lib/common.lua
+--!include lib/money.lua
+local chunk = int_arg(ARGV[1], 0, 'chunk')
+local last = ARGV[2]
+if last ~= '0' and last ~= '1' then error('bad argument: last') end
+if (#ARGV - 2) % 2 ~= 0 then error('bad argument: seq/amount pairs') end
+for i = 3, #ARGV, 2 do
+  int_arg(ARGV[i], 1, 'seq')
+  if not money_ok(ARGV[i + 1]) then error('bad argument: amount') end
+end
+local m = rcall('HMGET', KEYS[1], 'state', 'policy', 'alloc_next', 'alloc_sum', 'q_total', 'seed')
+if not m[1] then return {-1} end
+if m[1] ~= 'closed' then return {-2} end
+if m[2] ~= 'ballot' then return {-3} end
+local expected = tonumber(m[3] or '0')
+if chunk ~= expected or m[3] == 'done' then return {0, m[3] or '0'} end
+local sum = m[4] or '0'
+local pairs_ = {}
+for i = 3, #ARGV, 2 do
+  sum = money_add(sum, ARGV[i + 1])
+  pairs_[#pairs_ + 1] = tonumber(ARGV[i])
+  pairs_[#pairs_ + 1] = ARGV[i + 1]
+end
+if money_cmp(sum, m[5]) > 0 then error('ballot allocation exceeds the total') end
+local now = now_us()
+if #pairs_ > 0 then
+  rcall('HSET', KEYS[2], unpack(ARGV, 3))
+  audit(KEYS[1], KEYS[3], now, {k = 'allot', n = chunk, s = pairs_})
+end
+rcall('HSET', KEYS[1], 'alloc_sum', sum)
+if last == '1' then
+  rcall('HSET', KEYS[1], 'alloc_next', 'done')
+  audit(KEYS[1], KEYS[3], now, {k = 'ballot-result', seed = m[6], m = sum})
+else
+  rcall('HSET', KEYS[1], 'alloc_next', chunk + 1)
+end
+return {1, chunk + 1}

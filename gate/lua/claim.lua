@@ -1,0 +1,80 @@
+--[[
+  Claim an amount (first_come): reserve it atomically, or refuse with a reason.
+  Never oversells: held + confirmed <= total after every call (I1), and a customer's
+  held + confirmed stays <= max.
+  KEYS[1] meta hash         fg:{c}:meta
+  KEYS[2] active zset       fg:{c}:active
+  KEYS[3] revoked set       fg:{c}:revoked
+  KEYS[4] reservations      fg:{c}:res       rid -> msgpack record
+  KEYS[5] expiries zset     fg:{c}:resexp    rid -> expires_us
+  KEYS[6] spent hash        fg:{c}:spent     seq -> amount held + confirmed
+  KEYS[7] holds hash        fg:{c}:holds     seq -> rid of the customer's held reservation
+  KEYS[8] idempotency hash  fg:{c}:idem      seq:key -> rid
+  KEYS[9] audit list        fg:{c}:audit
+  ARGV[1] seq   ARGV[2] customer digest (16 bytes)   ARGV[3] amount (decimal string)
+  ARGV[4] idempotency key (1..64 bytes)
+  Returns {1, rid, amount, expires_us, replayed(0|1)} when reserved,
+          {0, code, detail} when refused, {-1} when there is no such campaign.
+  Codes: closed, wrong_policy, not_admitted, below_minimum, bad_step,
+         over_customer_limit, sold_out, reservation_pending, idempotency_key_reused.
+]]
+--!include lib/common.lua
+--!include lib/money.lua
+--!include lib/reservations.lua
+local seq = int_arg(ARGV[1], 1, 'seq')
+local digest, amount, key = ARGV[2], ARGV[3], ARGV[4]
+if string.len(digest or '') ~= 16 then error('bad argument: digest') end
+if not money_ok(amount) then error('bad argument: amount') end
+if key == nil or #key < 1 or #key > 64 then error('bad argument: idempotency key') end
+
+local m = rcall('HMGET', KEYS[1], 'state', 'policy', 'q_total', 'q_min', 'q_max', 'q_step',
+  'partial', 'held', 'confirmed', 'res_ttl_us')
+if not m[1] then return {-1} end
+local idem_field = seq .. ':' .. key
+local previous = rcall('HGET', KEYS[8], idem_field)
+if previous then
+  local r = res_load(KEYS[4], previous)
+  if r[6] ~= amount then return {0, 'idempotency_key_reused', r[6]} end
+  return {1, previous, r[2], r[4], 1}
+end
+if m[1] == 'closed' then return {0, 'closed', ''} end
+if m[2] ~= 'first_come' then return {0, 'wrong_policy', m[2]} end
+local now = now_us()
+local deadline = rcall('ZSCORE', KEYS[2], seq)
+if not deadline or tonumber(deadline) <= now or rcall('SISMEMBER', KEYS[3], seq) == 1 then
+  return {0, 'not_admitted', ''}
+end
+if rcall('HEXISTS', KEYS[7], seq) == 1 then
+  return {0, 'reservation_pending', rcall('HGET', KEYS[7], seq)}
+end
+local total, low, high, step = m[3], m[4], m[5], tonumber(m[6])
+if money_cmp(amount, low) < 0 then return {0, 'below_minimum', low} end
+if money_mod(amount, step) ~= 0 then return {0, 'bad_step', m[6]} end
+local spent = rcall('HGET', KEYS[6], seq) or '0'
+if money_cmp(amount, high) > 0 or money_cmp(money_add(spent, amount), high) > 0 then
+  return {0, 'over_customer_limit', money_sub(high, money_min(spent, high))}
+end
+local remaining = money_sub(total, money_add(m[8], m[9]))
+local grant = amount
+if money_cmp(amount, remaining) > 0 then
+  if m[7] ~= '1' then return {0, 'sold_out', remaining} end
+  -- partial fill: the largest multiple of step that is left, if it reaches the minimum
+  grant = money_sub(remaining, tostring(money_mod(remaining, step)))
+  if money_cmp(grant, low) < 0 then return {0, 'sold_out', remaining} end
+end
+
+local rid = 'r' .. rcall('HINCRBY', KEYS[1], 'res_n', 1)
+local expires = now + tonumber(m[10])
+rcall('HSET', KEYS[4], rid, cmsgpack.pack({seq, grant, 'held', expires, digest, amount}))
+rcall('ZADD', KEYS[5], expires, rid)
+rcall('HSET', KEYS[6], seq, money_add(spent, grant))
+rcall('HSET', KEYS[7], seq, rid)
+rcall('HSET', KEYS[8], idem_field, rid)
+rcall('HSET', KEYS[1], 'held', money_add(m[8], grant))
+rcall('HINCRBY', KEYS[1], 'holding', 1)
+rcall('HINCRBY', KEYS[1], 'claims', 1)
+-- the customer stays active (counts against max_active) until the core system answers
+if tonumber(deadline) < expires then rcall('ZADD', KEYS[2], 'XX', expires, seq) end
+audit(KEYS[1], KEYS[9], now, {k = 'claim', s = seq, c = digest, r = rid, m = grant,
+  q = amount, e = expires})
+return {1, rid, grant, expires, 0}
