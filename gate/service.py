@@ -85,9 +85,10 @@ class Gate:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            # A cancellation that lands inside a Redis call can come out as a timeout
-            # error, which the loop takes for an outage and survives: cancel again until
-            # the task is done, or the process never exits on SIGTERM.
+            # On Python 3.11, asyncio.wait_for (which redis-py uses for every command when
+            # socket_timeout is set) can swallow a cancellation (CPython gh-86296): the
+            # loop then goes on as if nothing happened. Cancel again until the task is
+            # done, or the process never exits on SIGTERM.
             while not task.done():
                 task.cancel()
                 await asyncio.wait({task}, timeout=0.1)

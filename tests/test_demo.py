@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from gate.demo.report import peak_window, percentile
+from gate.demo.report import peak_window, percentile, write_plot
 from gate.demo.run import run_demo
 from gate.errors import GateError
 
@@ -100,3 +101,22 @@ def test_peak_window_and_percentile() -> None:
     assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.0
     assert percentile([3.0, 1.0, 2.0, 4.0], 95) == 4.0
     assert percentile([], 50) is None
+
+
+def test_plot_is_written_only_when_matplotlib_is_there(tmp_path: Path) -> None:
+    figures = {
+        "customers": 3,
+        "config": {"rate_per_s": 2.0, "burst": 1},
+        "timeline": [[0.1, 3], [0.2, -1], [0.7, -2]],
+        "series": [{"t": 0, "joins": 3, "admitted": 3, "waiting": 0, "core_served": 3}],
+    }
+    path = tmp_path / "admission.png"
+    written = write_plot(figures, path)
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        assert written is False
+        assert not path.exists()
+    else:
+        assert written is True
+        assert path.read_bytes().startswith(b"\x89PNG")

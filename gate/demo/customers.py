@@ -63,6 +63,7 @@ class Traffic:
 
     by_status: Counter[int] = field(default_factory=Counter)
     transport_errors: int = 0
+    errors_5xx: Counter[str] = field(default_factory=Counter)  # "route status code" -> count
 
     @property
     def responses_5xx(self) -> int:
@@ -118,8 +119,14 @@ class Customers:
                         body = await response.json(content_type=None)
                     except ValueError:
                         body = {}
+                    if not isinstance(body, dict):
+                        body = {}
                     if response.status < 500:
-                        return response.status, body if isinstance(body, dict) else {}
+                        return response.status, body
+                    error = body.get("error")
+                    code = error.get("code") if isinstance(error, dict) else None
+                    route = url.rsplit("/", 1)[-1]
+                    self.traffic.errors_5xx[f"{route} {response.status} {code}"] += 1
                     retry_after = float(response.headers.get("Retry-After", "1"))
             except (aiohttp.ClientError, TimeoutError):
                 self.traffic.transport_errors += 1
@@ -261,6 +268,7 @@ def result_to_json(result: CrowdResult) -> dict[str, Any]:
         "traffic": {
             "by_status": {str(k): v for k, v in result.traffic.by_status.items()},
             "transport_errors": result.traffic.transport_errors,
+            "errors_5xx": dict(result.traffic.errors_5xx),
         },
         "probes": [list(p) for p in result.probes],
     }
@@ -270,6 +278,7 @@ def result_from_json(data: dict[str, Any]) -> CrowdResult:
     traffic = Traffic(
         Counter({int(k): int(v) for k, v in data["traffic"]["by_status"].items()}),
         int(data["traffic"]["transport_errors"]),
+        Counter({str(k): int(v) for k, v in data["traffic"]["errors_5xx"].items()}),
     )
     return CrowdResult(
         float(data["started_at"]),
