@@ -77,6 +77,14 @@ def poll_after_ms(position: int, rate: float, rng: random.Random) -> int:
 
 
 def _queue_view(live: LiveCampaign, seq: int, rng: random.Random) -> dict[str, Any]:
+    view = _waiting_view(live, seq, rng)
+    if live.state.policy == "first_come":
+        # what is still neither held nor confirmed, so nobody waits for nothing
+        view["remaining"] = str(max(0, live.state.remaining))
+    return view
+
+
+def _waiting_view(live: LiveCampaign, seq: int, rng: random.Random) -> dict[str, Any]:
     state = live.state
     position = max(0, seq - state.cursor)
     now_us = time.time() * 1_000_000
