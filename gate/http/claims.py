@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from gate.campaign import MAX_AMOUNT
-from gate.errors import BadRequest, Conflict, Forbidden, GateError, Unauthorized
+from gate.errors import BadRequest, Conflict, Forbidden, GateError, Unauthorized, Unavailable
 from gate.http.admin import authenticate
 from gate.http.common import gate_of, read_body, respond
 from gate.http.public import _campaign_id, verified_pass
@@ -71,6 +71,10 @@ def _refusal(result: ClaimResult) -> GateError:
 async def claim(request: web.Request) -> web.Response:
     gate = gate_of(request)
     campaign = _campaign_id(request)
+    if not gate.cache.fresh():
+        # Redis is out: a claim cannot be decided, so say "retry" (503), not "your pass is
+        # bad" (the 401 that verified_pass gives a proxy's auth check in this case).
+        raise Unavailable()
     token, live = verified_pass(request)
     if token.campaign != campaign:
         raise Forbidden("this pass is for another campaign", code="wrong_campaign")

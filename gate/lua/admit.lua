@@ -81,7 +81,9 @@ if m[12] == 'first_come' and k > 0 then
   local servable = money_div(left, tonumber(q[2]))
   local can_serve = #servable > 12 and 1e12 or tonumber(servable)
   if can_serve > 0 then can_serve = math.floor(can_serve * tonumber(q[6] or '1')) end
-  k = math.min(k, math.max(0, can_serve - (active - tonumber(q[5]))))
+  -- Customers holding a reservation whose active entry is gone (revoked, blocked) still
+  -- count in `holding`: never let them make room for more admissions than can be served.
+  k = math.min(k, math.max(0, can_serve - math.max(0, active - tonumber(q[5]))))
 end
 local admitted, skipped = {}, {}
 local deadline = now + tonumber(m[7])
