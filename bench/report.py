@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.auditcost import render_markdown as auditcost_markdown
+
 
 def _num(value: Any, digits: int = 2) -> str:
     if value is None:
@@ -192,6 +194,11 @@ def render_markdown(results: dict[str, Any]) -> str:
             *_lua_table(results["lua"]),
             "",
         ]
+    if "audit_cost" in results:
+        if "skipped" in results["audit_cost"]:
+            parts += ["## Audit write cost", "", f"skipped: {results['audit_cost']['skipped']}"]
+        else:
+            parts.append(auditcost_markdown(results["audit_cost"]))
     return "\n".join(parts)
 
 

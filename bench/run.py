@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
+from bench.auditcost import measure_audit_cost
 from bench.load import LoadResult, Target
 from bench.luacost import benchmark_binary, measure_lua
 from bench.openloop import run_load
@@ -62,6 +63,9 @@ class Settings:
     customers_ahead: int
     repeat: int
     lua_requests: dict[str, int] = field(default_factory=dict)
+    audit_cost: bool = True
+    audit_rounds: int = 21
+    audit_calls: dict[int, int] = field(default_factory=dict)
 
 
 def cores() -> int:
@@ -109,6 +113,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--no-wrk", action="store_true", help="closed loop without wrk")
     parser.add_argument("--no-scale-out", action="store_true", help="skip the workers=1 pass")
     parser.add_argument("--no-lua", action="store_true", help="skip the redis-benchmark part")
+    parser.add_argument(
+        "--no-audit-cost", action="store_true", help="skip join.lua with/without its audit write"
+    )
     args = parser.parse_args(argv)
 
     n_cores = cores()
@@ -150,6 +157,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         customers_ahead=200 if args.quick else 1000,
         repeat=args.repeat,
         lua_requests=lua,
+        audit_cost=not args.no_audit_cost,
+        audit_rounds=11 if args.quick else 21,
+        audit_calls={1: 2000, 100: 60} if args.quick else {1: 3000, 100: 100},
     )
 
 
@@ -632,6 +642,31 @@ async def run_lua(settings: Settings, redis_server: RedisServer, redis: Redis) -
     return results
 
 
+async def run_audit_cost(
+    settings: Settings, redis_server: RedisServer, redis: Redis
+) -> dict[str, Any]:
+    """bench/auditcost.py on the run's redis-server, with `appendfsync no` meanwhile (the
+    disk would add the same fsync to both variants and hide the difference)."""
+    binary = benchmark_binary(redis_server.binary)
+    if binary is None:
+        return {"skipped": "no redis-benchmark next to redis-server or on PATH"}
+    print("audit cost: join.lua with and without its audit write ...", flush=True)
+    await redis.config_set("appendfsync", "no")
+    try:
+        results = await measure_audit_cost(
+            redis=redis,
+            port=redis_server.port,
+            binary=binary,
+            requests=settings.audit_calls,
+            rounds=settings.audit_rounds,
+        )
+    finally:
+        await redis.config_set("appendfsync", redis_server.appendfsync)
+    results["appendfsync"] = "no"
+    results["redis_version"] = redis_server.version()
+    return results
+
+
 def scale_out(passes: dict[str, Any], many: int) -> dict[str, Any]:
     one = passes.get("workers=1")
     top = passes.get(f"workers={many}")
@@ -686,6 +721,12 @@ async def main_async(settings: Settings) -> dict[str, Any]:
                 except Exception as exc:
                     failures.append(f"lua: {exc!r}")
                     print(f"FAILED lua: {exc!r}", flush=True)
+            if settings.audit_cost:
+                try:
+                    results["audit_cost"] = await run_audit_cost(settings, redis_server, redis)
+                except Exception as exc:
+                    failures.append(f"audit cost: {exc!r}")
+                    print(f"FAILED audit cost: {exc!r}", flush=True)
             results["failures"] = failures
             results["conditions"]["loadavg_end"] = list(os.getloadavg())
             results["conditions"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")

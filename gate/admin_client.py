@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, BinaryIO
 
 from gate.errors import GateError
 
@@ -19,6 +20,48 @@ class AdminClient:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
+
+    def stream(self, path: str, sink: BinaryIO, *, chunk_size: int = 65536) -> int:
+        """GET a streamed body (the audit export) into `sink` as it arrives; returns the
+        bytes written. A body cut short (the gate died mid-stream) is an error."""
+        request = urllib.request.Request(
+            self.base_url + path,
+            method="GET",
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        written = 0
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                while True:
+                    chunk = response.read(chunk_size)
+                    if not chunk:
+                        return written
+                    sink.write(chunk)
+                    written += len(chunk)
+        except urllib.error.HTTPError as exc:
+            raise self._http_error(exc) from None
+        except http.client.IncompleteRead:
+            raise GateError(
+                f"the stream from {self.base_url} was cut short after {written} bytes",
+                code="incomplete",
+                status=502,
+            ) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise GateError(
+                f"cannot reach the admin API at {self.base_url}: {reason}",
+                code="unreachable",
+                status=503,
+            ) from None
+
+    @staticmethod
+    def _http_error(exc: urllib.error.HTTPError) -> GateError:
+        try:
+            error = json.loads(exc.read())["error"]
+            code, message = error["code"], error["message"]
+        except (ValueError, KeyError, TypeError):
+            code, message = "http_error", f"HTTP {exc.code}"
+        return GateError(message, code=code, status=exc.code)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -36,12 +79,7 @@ class AdminClient:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
-            try:
-                error = json.loads(exc.read())["error"]
-                code, message = error["code"], error["message"]
-            except (ValueError, KeyError, TypeError):
-                code, message = "http_error", f"HTTP {exc.code}"
-            raise GateError(message, code=code, status=exc.code) from None
+            raise self._http_error(exc) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise GateError(

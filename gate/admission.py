@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from gate.cache import CampaignCache
 from gate.errors import GateError, Unavailable
@@ -30,6 +31,18 @@ class Admitter:
 
     async def tick(self) -> None:
         for campaign, live in list(self.cache.campaigns.items()):
+            # At opening, shuffle the pre-queue into seqs 1..P (admit waits for it). The
+            # script checks the opening by Redis time, so a fast local clock costs nothing.
+            opening = (
+                live.state.prequeue_state == "assigning"
+                or time.time() * 1_000_000 >= live.state.opens_at_us
+            )
+            if (
+                live.state.prequeue_pending
+                and opening
+                and await self.room.assign_prequeue(campaign)
+            ):
+                log.info("event=prequeue_assigned campaign=%s", campaign)
             if live.state.state == "closed":
                 if (
                     live.spec.policy == "ballot"

@@ -7,9 +7,17 @@ one `join` script call; while a call is in flight, new arrivals form the next ba
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from gate.room import JOIN_OK, Room
+from gate.room import JOIN_OK, JoinResult, Room
+
+if TYPE_CHECKING:
+    from gate.audit.receipts import ReceiptBook
+
+log = logging.getLogger("gate")
 
 
 @dataclass(frozen=True)
@@ -18,11 +26,20 @@ class JoinOutcome:
     now_us: int
     seq: int
     created: bool
+    receipt: dict[str, Any] | None = None  # the signed receipt of a new ticket's batch
 
 
 class JoinBatcher:
-    def __init__(self, room: Room, *, window_s: float, max_batch: int):
+    def __init__(
+        self,
+        room: Room,
+        *,
+        window_s: float,
+        max_batch: int,
+        receipts: ReceiptBook | None = None,
+    ):
         self.room = room
+        self.receipts = receipts
         self.window_s = window_s
         self.max_batch = max_batch
         self._pending: dict[str, list[tuple[bytes, asyncio.Future[JoinOutcome]]]] = {}
@@ -63,15 +80,51 @@ class JoinBatcher:
                     future.set_exception(exc)
             return
         self.batches += 1
+        receipts: dict[int, dict[str, Any]] = {}
+        if self.receipts is not None and result.status == JOIN_OK:
+            receipts = await self._receipts(campaign, batch, result)
         for index, (_, future) in enumerate(batch):
             if future.done():
                 continue
             if result.status != JOIN_OK:
                 future.set_result(JoinOutcome(result.status, result.now_us, 0, False))
             else:
-                seq, created = result.tickets[index]
-                self.joined += created
-                future.set_result(JoinOutcome(result.status, result.now_us, seq, created))
+                seq, created_now = result.tickets[index]
+                self.joined += created_now
+                receipt = receipts.get(seq)
+                future.set_result(
+                    JoinOutcome(result.status, result.now_us, seq, created_now, receipt)
+                )
+
+    async def _receipts(
+        self,
+        campaign: str,
+        batch: list[tuple[bytes, asyncio.Future[JoinOutcome]]],
+        result: JoinResult,
+    ) -> dict[int, dict[str, Any]]:
+        """New tickets: one signature for the whole batch (its join entry), right after
+        the script. Tickets that existed: the receipt they were given then."""
+        assert self.receipts is not None
+        created = [
+            (seq, digest)
+            for (digest, _), (seq, new) in zip(batch, result.tickets, strict=True)
+            if new and seq > 0
+        ]
+        retried = [seq for seq, new in result.tickets if not new and seq > 0]
+        out: dict[int, dict[str, Any]] = {}
+        work: list[Awaitable[Any]] = []
+        if created and result.entry:
+            issued, item = self.receipts.sign_batch(campaign, result.entry, result.now_us, created)
+            out.update((r["seq"], r) for r in issued)
+            work.append(self.receipts.record(campaign, [item]))
+        if retried:
+            work.append(self.receipts.receipts_for(campaign, retried))
+        for done in await asyncio.gather(*work, return_exceptions=True):
+            if isinstance(done, BaseException):  # a join never fails for want of a receipt
+                log.warning("event=receipt_failed campaign=%s error=%s", campaign, done)
+            elif isinstance(done, dict):
+                out.update(done)
+        return out
 
     async def close(self) -> None:
         for campaign in list(self._pending):

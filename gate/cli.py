@@ -1,10 +1,11 @@
-"""`gate`: serve, demo, campaign administration and keys."""
+"""`gate`: serve, demo, campaign administration, the audit log, and keys."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,38 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("campaign")
         p.add_argument("--customer", required=True)
         p.add_argument("--reason", default="")
+
+    audit = sub.add_parser("audit", help="the audit log: query, export, verify, dispute")
+    audit.add_argument("--config")
+    audit.add_argument("--admin-url")
+    audit.add_argument("--token")
+    asub = audit.add_subparsers(dest="action", required=True)
+    query = asub.add_parser("query", help="entries about a customer, seqs or a time range")
+    query.add_argument("campaign")
+    query.add_argument("--customer", help="the customer id (the gate computes its digest)")
+    query.add_argument("--from-seq", type=int)
+    query.add_argument("--to-seq", type=int)
+    query.add_argument("--since", help="ISO 8601 time, e.g. 2026-12-01T00:00:00Z")
+    query.add_argument("--until", help="ISO 8601 time")
+    export = asub.add_parser("export", help="the whole log as JSON Lines, to stdout")
+    export.add_argument("campaign")
+    export.add_argument("--out", default="-", help="file to write (default: stdout)")
+    verify = asub.add_parser(
+        "verify",
+        help="replay an export offline; exit 0 when it is clean, 1 naming the first problem",
+    )
+    verify.add_argument("file", help="the export ('-' = stdin)")
+    verify.add_argument("--keys", help="the public keys (JSON of /.well-known/fairgate/keys)")
+    verify.add_argument(
+        "--sealed", action="store_true", help="fail when entries follow the last checkpoint"
+    )
+    verify.add_argument(
+        "--receipt", action="append", default=[], help="also check this receipt (JSON file)"
+    )
+    dispute = asub.add_parser("dispute", help="a plain account of one customer, with proofs")
+    dispute.add_argument("campaign")
+    dispute.add_argument("--customer", required=True)
+    dispute.add_argument("--keys", help="check the proofs with these public keys")
 
     keys = sub.add_parser("keys", help="signing keys")
     ksub = keys.add_subparsers(dest="action", required=True)
@@ -118,6 +151,114 @@ def _campaign_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_json(path: str, what: str) -> Any:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        return json.loads(text)
+    except OSError as exc:
+        raise GateError(f"{what} {path}: {exc.strerror}", code="bad_file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GateError(f"{what} {path}: not JSON ({exc})", code="bad_file") from None
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from gate.audit.verify import VerificationFailed, load_public_keys, verify_lines
+
+    keys = _read_json(args.keys, "keys file") if args.keys else None
+    if keys is not None:
+        try:
+            load_public_keys(keys)
+        except ValueError as exc:
+            raise GateError(f"keys file {args.keys}: {exc}", code="bad_keys") from None
+    receipts = [(path, _read_json(path, "receipt")) for path in args.receipt]
+    try:
+        with (
+            open(sys.stdin.fileno(), "rb", closefd=False)
+            if args.file == "-"
+            else open(args.file, "rb") as fh
+        ):
+            report = verify_lines(
+                fh,
+                keys,
+                keys_from=f"from {args.keys}" if args.keys else "",
+                require_sealed=args.sealed,
+                receipts=receipts,
+            )
+    except OSError as exc:
+        raise GateError(f"{args.file}: {exc.strerror}", code="bad_file") from None
+    except VerificationFailed as exc:
+        print(f"FAILED {exc.failure.describe()}")
+        print(f"gate: error: verify_failed: {exc.failure.describe()}", file=sys.stderr)
+        return 1
+    print("\n".join(report.lines()))
+    return 0
+
+
+def _audit_command(args: argparse.Namespace) -> int:
+    if args.action == "verify":
+        return _audit_verify(args)  # offline: no configuration, no gate
+    config = load_config(args.config, admin_url=args.admin_url, admin_token=args.token)
+    client = AdminClient(config.admin_url, config.admin_token)
+    base = f"/admin/campaigns/{urllib.parse.quote(args.campaign, safe='')}"
+    if args.action == "export":
+        if args.out == "-":
+            client.stream(f"{base}/audit/export", sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            tmp = Path(args.out + ".part")
+            try:
+                with open(tmp, "wb") as fh:
+                    size = client.stream(f"{base}/audit/export", fh)
+                tmp.replace(args.out)
+            except OSError as exc:
+                raise GateError(f"{args.out}: {exc.strerror}", code="bad_file") from None
+            finally:
+                tmp.unlink(missing_ok=True)
+            print(f"wrote {args.out} ({size} bytes)", file=sys.stderr)
+        return 0
+    if args.action == "query":
+        params = {
+            name: str(value)
+            for name, value in (
+                ("customer", args.customer),
+                ("from_seq", args.from_seq),
+                ("to_seq", args.to_seq),
+                ("since", args.since),
+                ("until", args.until),
+            )
+            if value is not None
+        }
+        result: dict[str, Any] = {}
+        entries: list[Any] = []
+        after = 0
+        while True:  # every page
+            page = client.call(
+                "GET", f"{base}/audit?{urllib.parse.urlencode({**params, 'after': after})}"
+            )
+            entries += page["entries"]
+            result = page
+            if page.get("next_after") is None:
+                break
+            after = page["next_after"]
+        result.update(entries=entries, count=len(entries), next_after=None)
+        _print(result)
+        return 0
+    from gate.audit.dispute import check_account, render_text
+    from gate.audit.verify import load_public_keys
+
+    account = client.call(
+        "GET", f"{base}/audit/dispute?{urllib.parse.urlencode({'customer': args.customer})}"
+    )
+    document = _read_json(args.keys, "keys file") if args.keys else account.get("keys")
+    try:
+        public_keys = load_public_keys(document)
+    except ValueError as exc:
+        raise GateError(f"public keys: {exc}", code="bad_keys") from None
+    checks = check_account(account, public_keys)
+    sys.stdout.write(render_text(account, checks))
+    return 0 if all(ok for _, ok in checks) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -142,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "campaign":
             return _campaign_command(args)
+        if args.command == "audit":
+            return _audit_command(args)
         if args.command == "keys":
             from gate.signing import generate_keys_document, write_keys
 

@@ -50,6 +50,12 @@ class Config:
     max_body_bytes: int = 16384
     cookie_secure: bool = True
     log_level: str = "INFO"
+    # The audit log's sealer (gate/audit/sealer.py): a checkpoint at most this often while
+    # there are new entries; the lease one process holds per campaign to seal it; how
+    # many sealed entries stay in Redis before older ones move to segment files (0: all).
+    seal_interval_ms: int = 1000
+    seal_lease_ms: int = 3000
+    audit_keep_in_redis: int = 100000
 
     @property
     def keys_path(self) -> Path:
@@ -148,6 +154,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("max_body_bytes: must be between 256 and 1048576")
     if cfg.redis_timeout_ms < 10:
         raise ConfigError("redis_timeout_ms: must be at least 10")
+    if cfg.seal_interval_ms < 10 or cfg.seal_interval_ms > 600000:
+        raise ConfigError("seal_interval_ms: must be between 10 and 600000")
+    if cfg.seal_lease_ms < 500 or cfg.seal_lease_ms > 600000:
+        raise ConfigError("seal_lease_ms: must be between 500 and 600000")
+    if cfg.audit_keep_in_redis != 0 and cfg.audit_keep_in_redis < 10:
+        raise ConfigError("audit_keep_in_redis: must be 0 (keep all) or at least 10")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level: must be DEBUG, INFO, WARNING or ERROR")
 

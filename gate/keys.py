@@ -94,3 +94,45 @@ class CampaignKeys:
     def allocations(self) -> str:
         """Hash (ballot): seq -> allocated amount, written at close."""
         return self._key("alloc")
+
+    @property
+    def prequeue(self) -> str:
+        """Set: digests of customers who joined before opening (shuffled into seqs 1..P)."""
+        return self._key("prequeue")
+
+    # -- the audit log's sealing (gate/audit/) ----------------------------------------
+
+    @property
+    def sealer(self) -> str:
+        """String: the sealer lease, a random token with a TTL (SET NX PX)."""
+        return self._key("sealer")
+
+    @property
+    def sealer_fence(self) -> str:
+        """String: fencing counter, INCR'd by each new lease holder."""
+        return self._key("sealer_fence")
+
+    @property
+    def frontier(self) -> str:
+        """Hash: size, frontier (Merkle right edge), fence of the last checkpoint."""
+        return self._key("frontier")
+
+    @property
+    def checkpoints(self) -> str:
+        """List: signed checkpoints (JSON), sizes strictly growing."""
+        return self._key("checkpoints")
+
+    @property
+    def merkle_nodes(self) -> str:
+        """Hash: "level:index" -> 32-byte hash of a complete subtree of the sealed log."""
+        return self._key("mnodes")
+
+    @property
+    def receipt_signatures(self) -> str:
+        """Hash: join entry index -> "kid:signature" over that batch's receipt root."""
+        return self._key("rsig")
+
+    @property
+    def join_entries(self) -> str:
+        """Sorted set: join entry index (member) scored by the first seq it created."""
+        return self._key("rjoin")

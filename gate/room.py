@@ -24,16 +24,21 @@ from gate.ballot import Subscription, allocate
 from gate.campaign import CampaignSpec, to_us
 from gate.errors import Conflict, NotFound, ScriptError, Unavailable
 from gate.keys import CampaignKeys
+from gate.prequeue import prequeue_order
 from gate.scripts import ScriptArg, Scripts
 
 JOIN_OK, JOIN_UNKNOWN, JOIN_CLOSED, JOIN_NOT_OPEN = 1, -1, -2, -3
+# A ticket's seq in JoinResult when the customer is in a shuffled pre-queue: their seq
+# (in 1..P) comes when the pre-queue is shuffled at opening (Room.assign_prequeue).
+PREQUEUED = -1
 
 
 @dataclass(frozen=True)
 class JoinResult:
     status: int
     now_us: int
-    tickets: list[tuple[int, bool]]  # (seq, created); seq 0 = blocked
+    tickets: list[tuple[int, bool]]  # (seq, created); seq 0 = blocked, PREQUEUED (-1)
+    entry: int = 0  # index of the batch's `join` audit entry (0 when nobody was created)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,13 @@ class CampaignState:
     policy: str = "first_come"
     remaining: int = 1  # quota neither held nor confirmed
     minimum: int = 1
+    prequeue_shuffle: bool = False  # joins before opening are shuffled at opening
+    prequeue_state: str = ""  # "" collecting, "assigning" (frozen), "done"
+
+    @property
+    def prequeue_pending(self) -> bool:
+        """The pre-queue's seqs are not all given out yet (admission waits for them)."""
+        return self.prequeue_shuffle and self.prequeue_state != "done"
 
     @property
     def soldout(self) -> bool:
@@ -104,6 +116,8 @@ _SNAPSHOT_FIELDS = (
     b"q_min",
     b"held",
     b"confirmed",
+    b"pq_shuffle",
+    b"pq_state",
 )
 
 
@@ -182,6 +196,7 @@ class Room:
                 seed.hex(),
                 hashlib.sha256(seed).hexdigest(),
                 repr(float(spec.admission.overbook)),
+                "1" if spec.prequeue.shuffle and spec.prequeue.window_s > 0 else "0",
             ],
         )
         if int(reply[0]) == 0:
@@ -256,6 +271,8 @@ class Room:
                 policy=_text(row[9] or b"first_come"),
                 remaining=_int(row[10]) - _int(row[12]) - _int(row[13]),
                 minimum=_int(row[11]),
+                prequeue_shuffle=row[14] == b"1",
+                prequeue_state=_text(row[15] or b""),
             )
         return out
 
@@ -314,15 +331,75 @@ class Room:
 
     async def join(self, campaign: str, digests: Sequence[bytes]) -> JoinResult:
         k = CampaignKeys(campaign)
-        reply = await self._call("join", [k.meta, k.tickets, k.blocked, k.audit], digests)
+        reply = await self._call(
+            "join", [k.meta, k.tickets, k.blocked, k.audit, k.prequeue], digests
+        )
         status = int(reply[0])
         if status != JOIN_OK:
             return JoinResult(status, int(reply[1]) if len(reply) > 1 else 0, [])
         flat = reply[2:]
+        entry = 0
+        if len(flat) % 2:  # a batch that created tickets ends with its audit entry's index
+            entry = int(flat[-1])
+            flat = flat[:-1]
         tickets = [(int(flat[i]), bool(int(flat[i + 1]))) for i in range(0, len(flat), 2)]
         if any(created for _, created in tickets):
             await self.durable()
-        return JoinResult(status, int(reply[1]), tickets)
+        return JoinResult(status, int(reply[1]), tickets, entry)
+
+    async def ticket_seq(self, campaign: str, digest: bytes) -> int | None:
+        """The customer's seq, or None while they have none (in the pre-queue, or never)."""
+        async with guarded():
+            seq = await self.redis.hget(CampaignKeys(campaign).tickets, digest)
+        return int(seq) if seq is not None else None
+
+    async def assign_prequeue(self, campaign: str, chunk_size: int = 1000) -> bool:
+        """Shuffle an opened campaign's pre-queue into seqs 1..P; True once all are given.
+
+        The order is SHA-256(seed || digest) ascending (gate.prequeue), computed here and
+        written a chunk per script call; the script's fencing on the position lets any
+        number of processes run this at once without a seq given twice. False while the
+        campaign is not open yet (by Redis time).
+        """
+        k = CampaignKeys(campaign)
+        keys = [k.meta, k.prequeue, k.tickets, k.blocked, k.revoked, k.audit]
+        async with guarded():
+            row: list[Any] = await self.redis.hmget(
+                k.meta, ["pq_shuffle", "pq_state", "pq_total", "pq_next", "seed"]
+            )
+        shuffle, state, total, done, seed_hex = row
+        if shuffle != b"1" or state == b"done":
+            return True
+        if state is None:
+            reply = await self._call("prequeue_assign", keys, [0])
+            if int(reply[0]) < 0:
+                return int(reply[0]) == -4
+            done, total, state = reply[1], reply[2], reply[3]
+            if _text(state) == "done":
+                await self.durable()
+                return True
+        position, size = int(done), int(total)
+        async with guarded():
+            members = {m async for m in self.redis.sscan_iter(k.prequeue, count=1000)}
+        if len(members) != size:
+            # the last chunk (another process's) dropped the set meanwhile
+            return await self._prequeue_done(campaign)
+        order = prequeue_order(bytes.fromhex(_text(seed_hex)), members)
+        while position < size:
+            chunk = order[position : position + chunk_size]
+            reply = await self._call("prequeue_assign", keys, [position, *chunk])
+            code, position, state = int(reply[0]), int(reply[1]), _text(reply[3])
+            if code not in (0, 1):
+                raise ScriptError(f"prequeue_assign answered {reply!r}")
+            if state == "done":
+                break
+        await self.durable()
+        return await self._prequeue_done(campaign)
+
+    async def _prequeue_done(self, campaign: str) -> bool:
+        async with guarded():
+            state = await self.redis.hget(CampaignKeys(campaign).meta, "pq_state")
+        return state == b"done"
 
     async def admit(
         self, campaign: str, *, max_per_call: int = 5000, expire_limit: int = 1000

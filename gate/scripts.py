@@ -31,6 +31,11 @@ SCRIPT_NAMES = (
     "confirm",
     "release",
     "ballot_store",
+    "prequeue_assign",
+    "sealer_lease",
+    "checkpoint_add",
+    "audit_trim",
+    "receipt_locate",
 )
 
 ScriptArg = str | bytes | int | float

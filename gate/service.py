@@ -8,6 +8,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from gate.admission import Admitter
+from gate.audit.receipts import ReceiptBook
+from gate.audit.sealer import Sealer
+from gate.audit.store import segments_root
 from gate.batcher import JoinBatcher
 from gate.cache import CampaignCache
 from gate.config import Config
@@ -54,9 +57,14 @@ class Gate:
             refresh_interval_s=config.refresh_interval_ms / 1000,
             stale_after_s=config.stale_after_ms / 1000,
         )
+        self.receipts = ReceiptBook(self.redis, keys, segments_root(config), scripts=self.scripts)
         self.batcher = JoinBatcher(
-            self.room, window_s=config.join_batch_window_ms / 1000, max_batch=config.join_batch_max
+            self.room,
+            window_s=config.join_batch_window_ms / 1000,
+            max_batch=config.join_batch_max,
+            receipts=self.receipts,
         )
+        self.sealer = Sealer.from_config(config, self.scripts, keys, segments_root(config))
         self.admitter = Admitter(
             self.control_room, self.cache, interval_s=config.admit_interval_ms / 1000
         )
@@ -80,6 +88,7 @@ class Gate:
         if background:
             self._tasks.append(asyncio.create_task(self.cache.run()))
             self._tasks.append(asyncio.create_task(self.admitter.run()))
+            self._tasks.append(asyncio.create_task(self.sealer.run()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -96,6 +105,7 @@ class Gate:
                 await task
         self._tasks.clear()
         await self.batcher.close()
+        await self.sealer.close()
         await self.redis.aclose()
         await self.control_redis.aclose()
 

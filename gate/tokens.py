@@ -20,6 +20,9 @@ from gate.signing import SigningKeys
 
 TICKET = "t"
 PASS = "p"
+# The ticket of a customer in a shuffled pre-queue: seq 0 until the shuffle at opening
+# gives them one (the status answer then carries a TICKET with the seq).
+PREQUEUE_TICKET = "q"
 MAX_TOKEN_CHARS = 512
 
 
@@ -66,8 +69,11 @@ class TokenSigner:
     def issue(self, kind: str, campaign: str, seq: int, digest: bytes, exp: int = 0) -> str:
         return self.sign(Token(kind, self._keys.hmac_current, campaign, seq, digest, exp))
 
-    def verify(self, text: str, kind: str) -> Token:
-        """Check the MAC and the shape; the caller checks campaign, expiry and revocation."""
+    def verify(self, text: str, kind: str, *other_kinds: str) -> Token:
+        """Check the MAC and the shape; the caller checks campaign, expiry and revocation.
+
+        The token must be of `kind` (or one of `other_kinds`).
+        """
         if not text or len(text) > MAX_TOKEN_CHARS or text.count(".") != 1:
             raise TokenError("malformed token")
         payload_text, mac_text = text.split(".")
@@ -109,8 +115,8 @@ class TokenSigner:
         expected = hmac.new(key, payload, hashlib.sha256).digest()
         if not hmac.compare_digest(expected, mac):
             raise TokenError("bad token signature")
-        if token_kind != kind:
+        if token_kind != kind and token_kind not in other_kinds:
             raise TokenError("wrong kind of token")
-        if seq < 1 or len(digest) != 16:
+        if (seq != 0 if token_kind == PREQUEUE_TICKET else seq < 1) or len(digest) != 16:
             raise TokenError("malformed token")
         return Token(token_kind, kid, campaign, seq, digest, exp)

@@ -147,3 +147,91 @@ class GateProcess:
             self.leftovers = True
             os.killpg(pid, signal.SIGKILL)
         self.process = None
+
+
+# -- the audit log (sealer, receipts, segments) ---------------------------------------
+
+
+def assert_sealed_log(
+    entries: list[bytes], checkpoints: list[dict[str, Any]], keys_document: dict[str, Any]
+) -> None:
+    """Check checkpoints against the log without trusting the sealer: each is signed by a
+    published key, sizes strictly grow, each root is the RFC 6962 root of the first
+    `size` entries, and each checkpoint is provably an extension of the one before."""
+    from gate.audit import merkle
+    from gate.audit.checkpoints import load_public_keys, verify_checkpoint
+
+    public_keys = load_public_keys(keys_document)
+    leaves = [merkle.leaf_hash(raw) for raw in entries]
+    previous: dict[str, Any] | None = None
+    for checkpoint in checkpoints:
+        assert verify_checkpoint(checkpoint, public_keys), checkpoint
+        size = checkpoint["size"]
+        assert 0 < size <= len(leaves), (size, len(leaves))
+        root = bytes.fromhex(checkpoint["root"])
+        assert merkle.root(leaves[:size]) == root, f"checkpoint {size}: root differs"
+        if previous is not None:
+            old = previous["size"]
+            assert size > old, (old, size)
+            proof = merkle.consistency_proof(leaves[:size], old)
+            old_root = bytes.fromhex(previous["root"])
+            assert merkle.verify_consistency(old, size, old_root, root, proof), (old, size)
+        previous = checkpoint
+
+
+async def raw_audit(redis_url: str, campaign: str) -> list[bytes]:
+    """The campaign's audit list as Redis holds it (no segments)."""
+    import redis.asyncio as aioredis
+
+    from gate.keys import CampaignKeys
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        raw: list[bytes] = await client.lrange(CampaignKeys(campaign).audit, 0, -1)
+    finally:
+        await client.aclose()
+    return raw
+
+
+# -- audit export and verify (verifier) -----------------------------------------------
+
+
+async def seal_everything(
+    redis: Any, scripts: Any, keys: Any, campaign: str, segments_dir: Path | None = None
+) -> int:
+    """Run the real sealer on `campaign` until a checkpoint covers every entry; returns
+    that size. `redis` must not decode responses; `scripts` must be loaded."""
+    from gate.audit.sealer import Sealer
+    from gate.audit.store import AuditStore
+
+    store = AuditStore(redis, campaign, segments_dir)
+    sealer = Sealer(
+        redis, scripts, keys, segments_dir, interval_s=0.0, lease_ms=30000, keep_in_redis=0
+    )
+    try:
+        for _ in range(1000):
+            _, size = await store.bounds()
+            latest = await store.latest_checkpoint()
+            if latest is not None and latest["size"] >= size:
+                return size
+            await sealer.step(campaign, force=True)
+        raise AssertionError(f"the sealer did not cover {campaign}'s log")
+    finally:
+        await sealer.close()
+
+
+async def export_to_file(
+    redis: Any, campaign: str, keys: Any, path: Path, segments_dir: Path | None = None
+) -> Path:
+    """Write the campaign's export (gate.audit.export) to `path`."""
+    from gate.audit.export import export_chunks
+    from gate.audit.store import AuditStore
+
+    chunks = [
+        chunk
+        async for chunk in export_chunks(
+            AuditStore(redis, campaign, segments_dir), keys.public_keys()
+        )
+    ]
+    await asyncio.to_thread(path.write_bytes, b"".join(chunks))
+    return path

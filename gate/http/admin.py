@@ -7,18 +7,24 @@ with the name of the operator's token as the actor.
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Any
 
 from aiohttp import web
 
+from gate.audit.dispute import build_account
+from gate.audit.export import export_chunks, store_for
+from gate.audit.query import parse_query, run_query
+from gate.audit.store import AuditGapError
 from gate.campaign import load_stored_spec, parse_patch, parse_spec
-from gate.errors import BadRequest, NotFound, Unauthorized
+from gate.errors import BadRequest, GateError, NotFound, Unauthorized
 from gate.http.common import GATE_KEY, Handler, gate_of, make_error_middleware, read_body, respond
 from gate.keys import valid_campaign_id
 from gate.service import Gate
 from gate.tokens import customer_digest
 
 ACTOR_KEY = web.RequestKey("actor", str)
+log = logging.getLogger("gate.http")
 
 
 def authenticate(tokens: tuple[tuple[str, str], ...], header: str | None) -> str | None:
@@ -155,6 +161,109 @@ async def campaign_stats(request: web.Request) -> web.Response:
     return respond(request, {"id": view["id"], **view["stats"]})
 
 
+# -- the audit log -------------------------------------------------------------------
+
+
+async def _existing_campaign(request: web.Request) -> tuple[Gate, str]:
+    gate = gate_of(request)
+    campaign = _campaign(request)
+    if await gate.room.meta(campaign) is None:
+        raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
+    return gate, campaign
+
+
+def _query_params(request: web.Request) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name in request.query:
+        if len(request.query.getall(name)) > 1:
+            raise BadRequest(f"{name}: given more than once", code="bad_query")
+        params[name] = request.query[name]
+    return params
+
+
+def _gap(exc: AuditGapError) -> GateError:
+    return GateError(str(exc), code="audit_gap", status=500)
+
+
+async def audit_entries(request: web.Request) -> web.Response:
+    """Entries about a customer, a seq range and/or a time range, decoded."""
+    query = parse_query(_query_params(request))
+    gate, campaign = await _existing_campaign(request)
+    digest = customer_digest(gate.keys, campaign, query.customer) if query.customer else None
+    try:
+        result = await run_query(store_for(gate, campaign), query, digest)
+    except AuditGapError as exc:
+        raise _gap(exc) from None
+    return respond(request, result)
+
+
+async def audit_dispute(request: web.Request) -> web.Response:
+    """One customer's account with its proofs (`gate audit dispute`)."""
+    params = _query_params(request)
+    customer = (params.get("customer") or "").strip()
+    if not customer or len(customer) > 256 or not customer.isprintable():
+        raise BadRequest("customer: a customer id is required", code="bad_query")
+    for name in params:
+        if name != "customer":
+            raise BadRequest(f"{name}: unknown parameter; known: customer", code="bad_query")
+    gate, campaign = await _existing_campaign(request)
+    try:
+        account = await build_account(
+            store_for(gate, campaign),
+            customer_digest(gate.keys, campaign, customer),
+            gate.keys.public_keys(),
+            gate.receipts,
+        )
+    except AuditGapError as exc:
+        raise _gap(exc) from None
+    return respond(request, account)
+
+
+async def audit_export(request: web.Request) -> web.StreamResponse:
+    """The whole log as JSON Lines, streamed chunk by chunk (never held in memory)."""
+    gate, campaign = await _existing_campaign(request)
+    chunks = export_chunks(store_for(gate, campaign), gate.keys.public_keys())
+    first = await anext(chunks)  # a failure before the first byte is an ordinary error
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/x-ndjson",
+            "Content-Disposition": f'attachment; filename="{campaign}-audit.jsonl"',
+        }
+    )
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    chunk = first
+    try:
+        while True:
+            try:
+                await response.write(chunk)
+            except ConnectionError:
+                return response  # the client went away
+            chunk = await anext(chunks, b"")
+            if not chunk:
+                break
+    except Exception as exc:
+        # Reading the log failed after the status line was sent: cut the stream so the
+        # client sees an incomplete body, never a clean end that passes for the export.
+        log.error("event=audit_export_cut campaign=%s error=%r", campaign, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    finally:
+        await chunks.aclose()
+    await response.write_eof()
+    return response
+
+
+async def audit_checkpoints(request: web.Request) -> web.Response:
+    gate, campaign = await _existing_campaign(request)
+    checkpoints = await store_for(gate, campaign).checkpoints()
+    return respond(
+        request,
+        {"campaign": campaign, "checkpoints": checkpoints, "keys": gate.keys.public_keys()},
+    )
+
+
 async def healthz(request: web.Request) -> web.Response:
     return respond(request, {"ok": True})
 
@@ -175,4 +284,8 @@ def create_admin_app(gate: Gate) -> web.Application:
     app.router.add_post("/admin/campaigns/{campaign}/block", block_customer)
     app.router.add_post("/admin/campaigns/{campaign}/revoke", revoke_customer)
     app.router.add_get("/admin/campaigns/{campaign}/stats", campaign_stats)
+    app.router.add_get("/admin/campaigns/{campaign}/audit", audit_entries)
+    app.router.add_get("/admin/campaigns/{campaign}/audit/export", audit_export)
+    app.router.add_get("/admin/campaigns/{campaign}/audit/dispute", audit_dispute)
+    app.router.add_get("/admin/campaigns/{campaign}/checkpoints", audit_checkpoints)
     return app

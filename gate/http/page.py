@@ -1,7 +1,8 @@
 """The waiting-room page: plain HTML and a little script, nothing to install.
 
-It joins (the proxy adds the customer header), keeps the ticket in sessionStorage, polls
-status at the interval the gate asks for, and shows an honest position and ETA.
+It joins (the proxy adds the customer header), keeps the ticket in sessionStorage (and
+the new one a status answer may carry, after the pre-queue shuffle), polls status at the
+interval the gate asks for, and shows an honest position and ETA.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ const $ = (id) => document.getElementById(id);
 function show(state, body) {{
   const pos = $("position"), eta = $("eta"), msg = $("message");
   if (state === "waiting" || state === "prequeue") {{
-    pos.textContent = body.position.toLocaleString();
+    // in a shuffled pre-queue there is no position until the shuffle at opening
+    pos.textContent = body.position == null ? "–" : body.position.toLocaleString();
     eta.textContent = body.eta_s == null ? "" :
       "예상 대기 · about " + Math.max(1, Math.round(body.eta_s / 60)) + " min";
     msg.textContent = state === "prequeue" ? "오픈 전 대기 · waiting for the opening" : "";
@@ -62,7 +64,11 @@ async function poll() {{
     const r = await fetch(base + "/status?ticket=" + encodeURIComponent(ticket),
                           {{credentials: "same-origin"}});
     const body = await r.json();
-    if (r.ok) {{ show(body.state, body); wait = body.poll_after_ms; }}
+    if (r.ok) {{
+      // after the pre-queue shuffle the gate hands out a ticket that carries the seq
+      if (body.ticket) sessionStorage.setItem(store, body.ticket);
+      show(body.state, body); wait = body.poll_after_ms;
+    }}
     else if (r.status === 503) {{
       $("message").textContent = "잠시 후 다시 확인합니다 · Reconnecting; your place is kept.";
       wait = 1000 * (parseInt(r.headers.get("Retry-After") || "2", 10));

@@ -7,6 +7,7 @@ admission (to log `pass` and check the deadline) and joins (batched) reach Redis
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -19,9 +20,9 @@ from gate.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized,
 from gate.http.common import GATE_KEY, gate_of, make_error_middleware, read_body, respond
 from gate.http.page import waiting_room_page
 from gate.keys import valid_campaign_id
-from gate.room import JOIN_CLOSED, JOIN_NOT_OPEN, JOIN_UNKNOWN
+from gate.room import JOIN_CLOSED, JOIN_NOT_OPEN, JOIN_UNKNOWN, PREQUEUED
 from gate.service import Gate
-from gate.tokens import PASS, TICKET, Token, TokenError, customer_digest
+from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, Token, TokenError, customer_digest
 
 PASS_COOKIE = "fg_pass"
 PASS_HEADER = "X-Gate-Pass"
@@ -74,6 +75,22 @@ def poll_after_ms(position: int, rate: float, rng: random.Random) -> int:
     expected_ms = position / rate * 1000 if rate > 0 else 30000
     base = min(max(expected_ms / 4, 500), 30000)
     return int(base * rng.uniform(0.8, 1.2))
+
+
+def _prequeue_view(live: LiveCampaign, rng: random.Random) -> dict[str, Any]:
+    """A customer in a shuffled pre-queue: no position until the shuffle at opening."""
+    until_open_ms = (live.state.opens_at_us - time.time() * 1_000_000) / 1000
+    if until_open_ms > 0:  # come back around the opening
+        wait_ms = min(max(until_open_ms, 500), 30000) * rng.uniform(0.8, 1.0)
+    else:  # the seqs are being given out (a second or so): spread the first polls
+        wait_ms = rng.uniform(500, 1500)
+    return {
+        "state": "prequeue",
+        "position": None,
+        "eta_s": None,
+        "opens_at": live.spec.to_json()["opens_at"],
+        "poll_after_ms": int(wait_ms),
+    }
 
 
 def _queue_view(live: LiveCampaign, seq: int, rng: random.Random) -> dict[str, Any]:
@@ -137,6 +154,17 @@ async def join(request: web.Request) -> web.Response:
         )
     if outcome.seq == 0:
         raise Forbidden("this customer may not join this campaign", code="blocked")
+    if outcome.seq == PREQUEUED:
+        # Joined before opening: a place in the pre-queue, seq 0 until the shuffle.
+        prequeue_body: dict[str, Any] = {
+            "campaign": campaign,
+            "ticket": gate.signer.issue(PREQUEUE_TICKET, campaign, 0, digest),
+            "seq": 0,
+            "created": outcome.created,
+            **_prequeue_view(live, request.app[RNG_KEY]),
+            "receipt": None,  # the receipt comes with the seq (the `prequeue` audit entry)
+        }
+        return respond(request, prequeue_body, 201 if outcome.created else 200)
     ticket = gate.signer.issue(TICKET, campaign, outcome.seq, digest)
     body: dict[str, Any] = {
         "campaign": campaign,
@@ -147,7 +175,9 @@ async def join(request: web.Request) -> web.Response:
     body.update(_queue_view(live, outcome.seq, request.app[RNG_KEY]))
     if outcome.seq <= live.state.cursor and body["state"] == "waiting":
         body.update(state="admitted", position=0, eta_s=0, poll_after_ms=0)
-    body["receipt"] = None  # signed receipts arrive with the audit log's sealer
+    # Signed with the batch; a retried join gets the receipt it was given the first time
+    # (None only when it cannot be had right now: the join stands anyway).
+    body["receipt"] = outcome.receipt
     return respond(request, body, 201 if outcome.created else 200)
 
 
@@ -158,7 +188,7 @@ async def status(request: web.Request) -> web.Response:
     if not text:
         raise BadRequest("the ticket query parameter is missing", code="missing_ticket")
     try:
-        token = gate.signer.verify(text, TICKET)
+        token = gate.signer.verify(text, TICKET, PREQUEUE_TICKET)
     except TokenError as exc:
         raise Forbidden(f"invalid ticket: {exc}", code="bad_ticket") from None
     if token.campaign != campaign:
@@ -166,6 +196,22 @@ async def status(request: web.Request) -> web.Response:
     _check_customer(request, token)
     live = await _campaign(request, campaign)
     base: dict[str, Any] = {"campaign": campaign, "seq": token.seq}
+    if token.kind == PREQUEUE_TICKET:
+        if live.state.prequeue_pending:  # answered from the cache, like a waiting poll
+            if live.state.state == "closed":
+                closed = {"state": "closed", "position": None, "eta_s": None}
+                return respond(request, {**base, **closed, "poll_after_ms": None})
+            return respond(request, {**base, **_prequeue_view(live, request.app[RNG_KEY])})
+        # Shuffled: one Redis call for the seq, then a ticket that carries it.
+        seq = await gate.room.ticket_seq(campaign, token.digest)
+        if seq is None:
+            raise NotFound("this customer has no ticket in this campaign", code="no_ticket")
+        token = dataclasses.replace(token, kind=TICKET, seq=seq)
+        base = {
+            "campaign": campaign,
+            "seq": seq,
+            "ticket": gate.signer.issue(TICKET, campaign, seq, token.digest),
+        }
     if token.seq in live.revoked:
         raise Forbidden("this customer's admission was revoked", code="revoked")
     if token.seq > live.state.cursor:
@@ -292,6 +338,20 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+async def receipt(request: web.Request) -> web.Response:
+    """A ticket's signed receipt, and once the log is sealed past its join entry, the
+    latest checkpoint and the entry's inclusion proof (docs/audit-format.md)."""
+    gate = gate_of(request)
+    campaign = _campaign_id(request)
+    text = request.match_info["seq"]
+    if not text.isdigit() or len(text) > 15 or int(text) < 1:
+        raise NotFound(f"no ticket {text[:20]!r}", code="unknown_receipt")
+    answer = await gate.receipts.receipt_with_proof(campaign, int(text))
+    if answer is None:
+        raise NotFound(f"no receipt for seq {text} in {campaign}", code="unknown_receipt")
+    return respond(request, answer)
+
+
 async def public_keys(request: web.Request) -> web.Response:
     return respond(request, gate_of(request).keys.public_keys())
 
@@ -313,6 +373,7 @@ def create_public_app(gate: Gate) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/.well-known/fairgate/keys", public_keys)
+    app.router.add_get("/q/{campaign}/receipt/{seq}", receipt)
     from gate.http.claims import add_claim_routes  # claims builds on this module's checks
 
     add_claim_routes(app)

@@ -5,7 +5,8 @@
   and active entries past theirs (bounded, logged), then advances the cursor by
   k = min(bucket tokens, free active slots, waiting, max_per_call, customers the quota
   can still serve), skipping revoked seqs (logged in the same entry). A first_come
-  campaign admits nobody while what is left is below the per-customer minimum.
+  campaign admits nobody while what is left is below the per-customer minimum, and a
+  campaign with a shuffled pre-queue nobody until its seqs are all given out (pq_state).
   KEYS[1] meta hash      fg:{c}:meta
   KEYS[2] active zset    fg:{c}:active    seq -> pass deadline (us)
   KEYS[3] revoked set    fg:{c}:revoked
@@ -25,7 +26,8 @@ local max_per_call = int_arg(ARGV[1], 0, 'max_per_call')
 local expire_limit = int_arg(ARGV[2], 1, 'expire_limit')
 
 local m = rcall('HMGET', KEYS[1], 'state', 'opens_at_us', 'closes_at_us', 'rate', 'burst',
-  'max_active', 'pass_ttl_us', 'seq', 'cursor', 'tokens', 'bucket_us', 'policy')
+  'max_active', 'pass_ttl_us', 'seq', 'cursor', 'tokens', 'bucket_us', 'policy', 'pq_shuffle',
+  'pq_state')
 if not m[1] then return {-1} end
 local state = m[1]
 local now = now_us()
@@ -66,7 +68,10 @@ local rate, burst = tonumber(m[4]), tonumber(m[5])
 local tokens = refill(tonumber(m[10]), tonumber(m[11]), rate, burst, now)
 local last_seq, cursor = tonumber(m[8]), tonumber(m[9])
 local active = rcall('ZCARD', KEYS[2])
-if state ~= 'open' or now < tonumber(m[2]) then
+-- A shuffled pre-queue holds seqs 1..P: nobody is admitted before all of them are given
+-- out (prequeue_assign.lua), so the cursor never passes a seq that has no customer yet.
+local prequeue_pending = m[13] == '1' and m[14] ~= 'done'
+if state ~= 'open' or now < tonumber(m[2]) or prequeue_pending then
   rcall('HSET', KEYS[1], 'tokens', tostring(tokens), 'bucket_us', now)
   return {0, cursor, active, #expired, state}
 end

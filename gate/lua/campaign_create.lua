@@ -10,8 +10,11 @@
   ARGV[11] policy (first_come | ballot)   ARGV[12] unit
   ARGV[13] quota total   ARGV[14] min   ARGV[15] max   ARGV[16] step (decimal strings)
   ARGV[17] partial fill (0|1)   ARGV[18] reservation_ttl_us
-  ARGV[19] seed (hex; revealed at close)   ARGV[20] seed hash (hex; published now)
+  ARGV[19] seed (hex; revealed at opening with a shuffled pre-queue, else at a ballot's close)
+  ARGV[20] seed hash (hex; published now)
   ARGV[21] overbook (>= 1)
+  ARGV[22] pre-queue shuffle (0|1; absent = 0): joins before opens_at go into a set that
+           is shuffled into seqs 1..P at opening (join.lua, prequeue_assign.lua)
   Returns {1, now_us} when created, {0, "exists"} when the id is taken.
 ]]
 --!include lib/common.lua
@@ -32,6 +35,8 @@ local res_ttl = int_arg(ARGV[18], 1000000, 'reservation_ttl_us')
 local overbook = num_arg(ARGV[21], 1, 'overbook')
 if policy ~= 'first_come' and policy ~= 'ballot' then error('bad argument: policy') end
 if ARGV[17] ~= '0' and ARGV[17] ~= '1' then error('bad argument: partial') end
+local pq_shuffle = ARGV[22] or '0'
+if pq_shuffle ~= '0' and pq_shuffle ~= '1' then error('bad argument: pre-queue shuffle') end
 for _, v in ipairs({total, low, high, step}) do
   if not money_ok(v) or v == '0' then error('bad argument: quota amount ' .. tostring(v)) end
 end
@@ -54,6 +59,7 @@ rcall('HSET', KEYS[1],
   'policy', policy, 'unit', unit, 'q_total', total, 'q_min', low, 'q_max', high,
   'q_step', step, 'partial', ARGV[17], 'res_ttl_us', res_ttl, 'held', '0', 'confirmed', '0',
   'released', '0', 'expired_amount', '0', 'holding', 0, 'claims', 0, 'confirms', 0,
-  'releases', 0, 'reservations_expired', 0, 'seed', ARGV[19], 'seed_hash', ARGV[20], 'overbook', ARGV[21])
+  'releases', 0, 'reservations_expired', 0, 'seed', ARGV[19], 'seed_hash', ARGV[20], 'overbook', ARGV[21],
+  'pq_shuffle', pq_shuffle)
 audit(KEYS[1], KEYS[2], now, {k = 'admin-create', a = actor, spec = spec, h = ARGV[20]})
 return {1, int_str(now)}

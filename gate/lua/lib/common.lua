@@ -2,6 +2,8 @@
   Shared helpers, included (not copied) into each script by the loader.
   now_us()                      Redis TIME in microseconds (exact in a double until year 2255)
   audit(meta, log, now, entry)  append one entry; the index comes from meta.audit_n (gap-free)
+  audit_at(log, index, now, entry)  append one entry whose index the caller took from
+                                meta.audit_n and writes back itself (with its other meta fields)
   int_arg(v, lo, name)          an integer ARGV, or a script error naming it
 ]]
 local rcall = redis.call
@@ -16,6 +18,13 @@ local function audit(meta_key, log_key, now, entry)
   entry['t'] = now
   rcall('RPUSH', log_key, cmsgpack.pack(entry))
   return entry['i']
+end
+
+local function audit_at(log_key, index, now, entry)
+  entry['i'] = index
+  entry['t'] = now
+  rcall('RPUSH', log_key, cmsgpack.pack(entry))
+  return index
 end
 
 local function int_arg(value, lo, name)

@@ -1,0 +1,1 @@
+"""The tamper-evident audit log: Merkle trees, checkpoints, receipts, sealing, export."""

@@ -1,0 +1,62 @@
+"""The audit export: a campaign's whole log as JSON Lines (docs/audit-format.md).
+
+One header line (format tag, campaign, public keys), then every entry in index order as
+the base64 of its msgpack bytes exactly as stored, then the signed checkpoints in size
+order. Entries are read from segment files and Redis a chunk at a time
+(`AuditStore.entries`), so an export never holds the log in memory.
+
+The checkpoints are read *before* the entries: every checkpoint then covers entries the
+export contains, and entries appended meanwhile are simply not sealed yet.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from gate.audit.store import AuditStore, segments_root
+from gate.service import Gate
+
+FORMAT = "fairgate-audit/1"
+LINES_PER_CHUNK = 500
+
+
+def store_for(gate: Gate, campaign: str) -> AuditStore:
+    """The campaign's log as this gate process sees it (segment files, then Redis)."""
+    return AuditStore(gate.redis, campaign, segments_root(gate.config))
+
+
+def _line(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+
+def header_line(campaign: str, public_keys: dict[str, Any]) -> bytes:
+    return _line({"type": "header", "format": FORMAT, "campaign": campaign, "keys": public_keys})
+
+
+def entry_line(index: int, raw: bytes) -> bytes:
+    return _line({"type": "entry", "i": index, "raw": base64.b64encode(raw).decode()})
+
+
+def checkpoint_line(checkpoint: dict[str, Any]) -> bytes:
+    return _line({"type": "checkpoint", **checkpoint})
+
+
+async def export_chunks(
+    store: AuditStore, public_keys: dict[str, Any]
+) -> AsyncGenerator[bytes, None]:
+    """The export as byte chunks of at most LINES_PER_CHUNK lines each."""
+    checkpoints = await store.checkpoints()
+    yield header_line(store.campaign, public_keys)
+    chunk: list[bytes] = []
+    async for index, raw in store.entries():
+        chunk.append(entry_line(index, raw))
+        if len(chunk) >= LINES_PER_CHUNK:
+            yield b"".join(chunk)
+            chunk = []
+    if chunk:
+        yield b"".join(chunk)
+    if checkpoints:
+        yield b"".join(checkpoint_line(cp) for cp in checkpoints)

@@ -1,0 +1,335 @@
+"""Signed join receipts: one Ed25519 signature per batch (one `join` entry), over the root
+of a small Merkle tree of the batch's canonical statements (docs/audit-format.md).
+
+At join time the gate signs the batch right after the join script returns and answers
+each new customer with their receipt; it records the signature per join entry
+(``fg:{c}:rsig``: entry index -> "kid:sig") and the entry's first seq
+(``fg:{c}:rjoin``), so a retried join, or ``GET /q/{c}/receipt/{seq}``, rebuilds the
+same receipt later from the log. The sealer fills both for any join entry that was not
+recorded (a process that died in between, pre-queue assignments). Ed25519 is
+deterministic, so signing a batch again with the same key gives the same signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from redis.asyncio import Redis
+
+from gate.audit import merkle
+from gate.audit.checkpoints import PublicKeys, b64url, verify_checkpoint, verify_signature
+from gate.audit.store import AuditStore
+from gate.errors import Unavailable
+from gate.keys import CampaignKeys
+from gate.room import guarded
+from gate.scripts import Scripts
+from gate.signing import SigningKeys
+
+RECEIPT_PREFIX = "fairgate-receipt/v1\n"
+# Entries whose `s` = [seq, digest, ...] hands out seqs: each gets one batch signature.
+RECEIPT_KINDS = (b"join", b"prequeue")
+# Batches kept in memory to answer retried joins, counted in (seq, digest) pairs.
+CACHE_PAIRS = 100_000
+
+
+def statement(campaign: str, seq: int, t: int, digest: bytes) -> bytes:
+    return f"{RECEIPT_PREFIX}{campaign}\n{seq}\n{t}\n{digest.hex()}\n".encode()
+
+
+def batch_pairs(entry: Mapping[bytes, Any]) -> list[tuple[int, bytes]]:
+    """The (seq, digest) pairs of a join entry, in its order."""
+    flat = entry.get(b"s") or []
+    return [(int(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
+
+
+def decode(raw: bytes) -> dict[bytes, Any]:
+    entry = msgpack.unpackb(raw, raw=True, strict_map_key=False)
+    if not isinstance(entry, dict):
+        raise ValueError("an audit entry is a map")
+    return entry
+
+
+class BatchReceipts:
+    """The receipts of one batch: its tree, and its signature once signed."""
+
+    def __init__(self, campaign: str, entry: int, t: int, pairs: Sequence[tuple[int, bytes]]):
+        self.campaign = campaign
+        self.entry = entry
+        self.t = t
+        self.pairs = list(pairs)
+        self.leaves = [merkle.leaf_hash(statement(campaign, s, t, d)) for s, d in self.pairs]
+        self.root = merkle.root(self.leaves)
+        self.signature: tuple[str, str] | None = None
+        self._paths: list[list[bytes]] | None = None
+        self._positions: dict[int, int] | None = None
+
+    def sign(self, keys: SigningKeys) -> tuple[str, str]:
+        kid = keys.ed25519_current
+        return kid, b64url(keys.ed25519_keys[kid].sign(self.root))
+
+    def receipt(self, position: int, kid: str, sig: str) -> dict[str, Any]:
+        if self._paths is None:
+            self._paths = merkle.inclusion_proofs(self.leaves)
+        seq, digest = self.pairs[position]
+        return {
+            "campaign": self.campaign,
+            "seq": seq,
+            "t": self.t,
+            "digest": digest.hex(),
+            "entry": self.entry,
+            "root": self.root.hex(),
+            "path": [p.hex() for p in self._paths[position]],
+            "leaf_index": position,
+            "batch_size": len(self.pairs),
+            "kid": kid,
+            "sig": sig,
+        }
+
+    def position_of(self, seq: int) -> int | None:
+        if self._positions is None:
+            self._positions = {s: position for position, (s, _) in enumerate(self.pairs)}
+        return self._positions.get(seq)
+
+
+def _unhex(value: Any, size: int | None = None) -> bytes | None:
+    if not isinstance(value, str) or value != value.lower():
+        return None
+    try:
+        data = bytes.fromhex(value)
+    except ValueError:
+        return None
+    return data if size is None or len(data) == size else None
+
+
+def verify_receipt(receipt: Mapping[str, Any], public_keys: PublicKeys) -> bool:
+    """The receipt is signed (by the key it names) and its statement is in the batch."""
+    try:
+        campaign, seq, t = receipt["campaign"], receipt["seq"], receipt["t"]
+        leaf_index, size = receipt["leaf_index"], receipt["batch_size"]
+        for number in (seq, t, leaf_index, size):
+            if not isinstance(number, int) or isinstance(number, bool):
+                return False
+        digest = _unhex(receipt["digest"], 16)
+        root = _unhex(receipt["root"], merkle.HASH_SIZE)
+        path = [_unhex(p, merkle.HASH_SIZE) for p in receipt["path"]]
+        if not isinstance(campaign, str) or digest is None or root is None:
+            return False
+        proof = [p for p in path if p is not None]
+        if len(proof) != len(path):
+            return False
+        leaf = merkle.leaf_hash(statement(campaign, seq, t, digest))
+        if not merkle.verify_inclusion(leaf, leaf_index, size, proof, root):
+            return False
+        return verify_signature(public_keys, receipt.get("kid"), root, receipt.get("sig"))
+    except (KeyError, TypeError):
+        return False
+
+
+def verify_receipt_proof(answer: Mapping[str, Any], public_keys: PublicKeys) -> bool:
+    """Check a `GET /q/{c}/receipt/{seq}` answer offline: the receipt, the checkpoint,
+    that the included entry is the receipt's batch, and the entry's inclusion proof."""
+    try:
+        receipt, checkpoint, inclusion = (
+            answer["receipt"],
+            answer["checkpoint"],
+            answer["inclusion"],
+        )
+        if not verify_receipt(receipt, public_keys):
+            return False
+        if checkpoint is None or inclusion is None:
+            return False
+        if not verify_checkpoint(checkpoint, public_keys, receipt["campaign"]):
+            return False
+        raw = base64.b64decode(inclusion["entry"], validate=True)
+        entry = decode(raw)
+        if entry.get(b"k") not in RECEIPT_KINDS or entry.get(b"i") != receipt["entry"]:
+            return False
+        pairs = batch_pairs(entry)
+        batch = BatchReceipts(receipt["campaign"], receipt["entry"], int(entry[b"t"]), pairs)
+        position = receipt["leaf_index"]
+        if batch.t != receipt["t"] or batch.root.hex() != receipt["root"]:
+            return False
+        if len(pairs) != receipt["batch_size"] or not 0 <= position < len(pairs):
+            return False
+        if pairs[position] != (receipt["seq"], bytes.fromhex(receipt["digest"])):
+            return False
+        leaf = merkle.leaf_hash(raw)
+        path = [bytes.fromhex(p) for p in inclusion["path"]]
+        if inclusion["leaf_index"] != receipt["entry"] - 1 or inclusion["leaf"] != leaf.hex():
+            return False
+        if inclusion["size"] != checkpoint["size"]:
+            return False
+        return merkle.verify_inclusion(
+            leaf, receipt["entry"] - 1, checkpoint["size"], path, bytes.fromhex(checkpoint["root"])
+        )
+    except (KeyError, TypeError, ValueError, binascii.Error, msgpack.UnpackException):
+        return False
+
+
+def _parse_signature(value: Any) -> tuple[str, str] | None:
+    if not isinstance(value, bytes):
+        return None
+    kid, sep, sig = value.decode().partition(":")
+    return (kid, sig) if sep else None
+
+
+class ReceiptBook:
+    """Issue receipts at join, record their signatures, and rebuild them later.
+
+    Batches are immutable once logged, so recently seen ones are kept in a small
+    in-process cache: a retried join costs one read-only script call per batch of
+    joins (`receipt_locate`), and the log is read only for batches not cached.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: SigningKeys,
+        segments_dir: Path | None,
+        *,
+        scripts: Scripts | None = None,
+        cache_pairs: int = CACHE_PAIRS,
+    ):
+        self.redis = redis
+        self.keys = keys
+        self.segments_dir = segments_dir
+        self.scripts = scripts or Scripts()
+        self.cache_pairs = cache_pairs
+        self._cache: OrderedDict[tuple[str, int], BatchReceipts] = OrderedDict()
+        self._cached_pairs = 0
+        self.issued_batches = 0
+
+    def store(self, campaign: str) -> AuditStore:
+        return AuditStore(self.redis, campaign, self.segments_dir)
+
+    def _remember(self, batch: BatchReceipts) -> None:
+        key = (batch.campaign, batch.entry)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return
+        self._cache[key] = batch
+        self._cached_pairs += len(batch.pairs)
+        while self._cached_pairs > self.cache_pairs and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached_pairs -= len(old.pairs)
+
+    def sign_batch(
+        self, campaign: str, entry: int, t: int, created: Sequence[tuple[int, bytes]]
+    ) -> tuple[list[dict[str, Any]], tuple[int, int, str, str]]:
+        """Sign one batch (``created`` = the entry's (seq, digest) pairs, in order):
+        each pair's receipt, and the record to store (`record`)."""
+        batch = BatchReceipts(campaign, entry, t, created)
+        kid, sig = batch.sign(self.keys)
+        batch.signature = (kid, sig)
+        self._remember(batch)
+        self.issued_batches += 1
+        receipts = [batch.receipt(position, kid, sig) for position in range(len(created))]
+        return receipts, (entry, created[0][0], kid, sig)
+
+    async def issue(
+        self, campaign: str, entry: int, t: int, created: Sequence[tuple[int, bytes]]
+    ) -> list[dict[str, Any]]:
+        receipts, item = self.sign_batch(campaign, entry, t, created)
+        await self.record(campaign, [item])
+        return receipts
+
+    async def record(self, campaign: str, items: Sequence[tuple[int, int, str, str]]) -> None:
+        """(entry index, first seq, kid, sig) per batch: the first signature recorded for
+        an entry stays (a re-signature after a key rotation is just as valid)."""
+        if not items:
+            return
+        k = CampaignKeys(campaign)
+        async with guarded():
+            pipe = self.redis.pipeline(transaction=True)  # both, or neither
+            for entry, _, kid, sig in items:
+                pipe.hsetnx(k.receipt_signatures, str(entry), f"{kid}:{sig}")
+            pipe.zadd(k.join_entries, {str(e): first for e, first, _, _ in items}, nx=True)
+            await pipe.execute()
+
+    async def signatures(
+        self, campaign: str, entries: Sequence[int]
+    ) -> list[tuple[str, str] | None]:
+        if not entries:
+            return []
+        async with guarded():
+            values = await self.redis.hmget(
+                CampaignKeys(campaign).receipt_signatures, [str(e) for e in entries]
+            )
+        return [_parse_signature(v) for v in values]
+
+    async def receipts_for(self, campaign: str, seqs: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The receipts of these seqs' batches, as given at join (a seq whose batch is not
+        indexed yet, e.g. a pre-queue chunk the sealer has not reached, is left out)."""
+        wanted = sorted({s for s in seqs if s > 0})
+        if not wanted:
+            return {}
+        k = CampaignKeys(campaign)
+        async with guarded():
+            reply = await self.scripts.call(
+                self.redis, "receipt_locate", [k.join_entries, k.receipt_signatures], wanted
+            )
+        located: dict[int, tuple[int, tuple[str, str] | None]] = {}
+        for n, seq in enumerate(wanted):
+            entry = int(reply[2 * n])
+            if entry:
+                located[seq] = (entry, _parse_signature(reply[2 * n + 1]))
+        missing = sorted({e for e, _ in located.values() if (campaign, e) not in self._cache})
+        if missing:
+            for index, raw in (await self.store(campaign).entries_at(missing)).items():
+                logged = decode(raw)
+                if logged.get(b"k") in RECEIPT_KINDS:
+                    self._remember(
+                        BatchReceipts(campaign, index, int(logged[b"t"]), batch_pairs(logged))
+                    )
+        out: dict[int, dict[str, Any]] = {}
+        to_record: dict[int, tuple[int, int, str, str]] = {}
+        for seq, (entry, signature) in located.items():
+            batch = self._cache.get((campaign, entry))
+            if batch is None:
+                continue
+            position = batch.position_of(seq)
+            if position is None:
+                continue
+            if signature is None:
+                # Not recorded (its process died first): sign again; Ed25519 is
+                # deterministic, so with the same key this is the same signature.
+                signature = batch.signature or batch.sign(self.keys)
+                to_record[entry] = (entry, batch.pairs[0][0], *signature)
+            out[seq] = batch.receipt(position, *signature)
+        await self.record(campaign, list(to_record.values()))
+        return out
+
+    async def receipt(self, campaign: str, seq: int) -> dict[str, Any] | None:
+        return (await self.receipts_for(campaign, [seq])).get(seq)
+
+    async def receipt_with_proof(self, campaign: str, seq: int) -> dict[str, Any] | None:
+        """The receipt, and once a checkpoint covers its entry, the latest checkpoint and
+        the entry's inclusion proof against it."""
+        receipt = await self.receipt(campaign, seq)
+        if receipt is None:
+            return None
+        store = self.store(campaign)
+        checkpoint = await store.latest_checkpoint()
+        inclusion: dict[str, Any] | None = None
+        if checkpoint is not None and checkpoint["size"] >= receipt["entry"]:
+            index = receipt["entry"]
+            raw = (await store.entries_at([index])).get(index)
+            if raw is None:
+                raise Unavailable()
+            path = await store.inclusion_proof(index - 1, checkpoint["size"])
+            inclusion = {
+                "leaf_index": index - 1,
+                "size": checkpoint["size"],
+                "leaf": merkle.leaf_hash(raw).hex(),
+                "path": [p.hex() for p in path],
+                "entry": base64.b64encode(raw).decode(),
+            }
+        else:
+            checkpoint = None
+        return {"receipt": receipt, "checkpoint": checkpoint, "inclusion": inclusion}

@@ -1,0 +1,344 @@
+"""Seal the audit log: extend its Merkle tree and publish signed checkpoints.
+
+Every gate process runs a `Sealer`; per campaign, exactly one of them is active at a
+time: it holds the lease ``fg:{c}:sealer`` (SET NX PX, renewed while it works), and each
+new holder gets a larger fencing token that its writes carry (sealer_lease.lua,
+checkpoint_add.lua, audit_trim.lua), so a holder whose lease lapsed can never write
+after its successor started. The Merkle frontier is stored with each checkpoint
+(``fg:{c}:frontier``), so a successor continues the same tree from the same index:
+entries are read in order, none skipped, and every checkpoint is an extension of the
+one before (provable with `merkle.consistency_proof`).
+
+A round, at most every ``seal_interval_ms`` while there are new entries (at once after
+the campaign closes): read the entries after the sealed size, append their leaf
+hashes, store the completed subtrees of at least 256 entries (``fg:{c}:mnodes``, for
+cheap proofs), make sure each join batch has its receipt signature, then sign and
+publish the checkpoint with the new frontier in one script call. After a checkpoint,
+sealed entries beyond the newest ``audit_keep_in_redis`` may move to segment files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gate.audit import merkle
+from gate.audit.checkpoints import make_checkpoint
+from gate.audit.receipts import RECEIPT_KINDS, BatchReceipts, ReceiptBook, batch_pairs, decode
+from gate.audit.store import NODE_MIN_LEVEL, AuditGapError, AuditStore, node_field
+from gate.config import Config
+from gate.errors import GateError
+from gate.keys import REGISTRY, CampaignKeys
+from gate.redis_client import connect
+from gate.room import guarded
+from gate.scripts import Scripts
+from gate.signing import SigningKeys
+
+log = logging.getLogger("gate.audit")
+
+MAX_PER_ROUND = 20000  # entries per checkpoint when catching up on a backlog
+RENEW_EVERY = 5000  # entries between lease renewals inside a long round
+
+
+@dataclass
+class _CampaignState:
+    fence: int = 0
+    frontier: merkle.Frontier | None = None
+    last_seal: float = 0.0
+    next_attempt: float = 0.0
+    behind: bool = False
+
+
+@dataclass
+class SealStats:
+    rounds: int = 0
+    checkpoints: int = 0
+    refused: int = 0
+    entries: int = 0
+    moved: int = 0
+    last_round_s: float = 0.0
+    errors: int = 0
+    fenced: dict[str, int] = field(default_factory=dict)
+
+
+class Sealer:
+    def __init__(
+        self,
+        redis: Redis,
+        scripts: Scripts,
+        keys: SigningKeys,
+        segments_dir: Path | None,
+        *,
+        interval_s: float,
+        lease_ms: int,
+        keep_in_redis: int,
+    ):
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.segments_dir = segments_dir
+        self.interval_s = interval_s
+        self.lease_ms = lease_ms
+        self.keep_in_redis = keep_in_redis
+        self.token = secrets.token_hex(16)
+        self.book = ReceiptBook(redis, keys, segments_dir, scripts=scripts)
+        self.stats = SealStats()
+        self._campaigns: dict[str, _CampaignState] = {}
+        self._owns_redis = False
+
+    @classmethod
+    def from_config(
+        cls, config: Config, scripts: Scripts, keys: SigningKeys, segments_dir: Path | None
+    ) -> Sealer:
+        # Its own small pool: long reads must not delay the cache's refresh (I7).
+        redis = connect(
+            config.redis_url, timeout_s=config.redis_timeout_ms / 1000, max_connections=2
+        )
+        sealer = cls(
+            redis,
+            scripts,
+            keys,
+            segments_dir,
+            interval_s=config.seal_interval_ms / 1000,
+            lease_ms=config.seal_lease_ms,
+            keep_in_redis=config.audit_keep_in_redis,
+        )
+        sealer._owns_redis = True
+        return sealer
+
+    @property
+    def tick_s(self) -> float:
+        return min(self.interval_s, 0.1)
+
+    def active(self) -> list[str]:
+        """The campaigns this process seals right now."""
+        return sorted(c for c, state in self._campaigns.items() if state.fence)
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away, a bug in one round: keep going
+                self.stats.errors += 1
+                log.warning("event=seal_error error=%s detail=%s", exc.__class__.__name__, exc)
+                await asyncio.sleep(1.0)  # no tight loop of failures
+            await asyncio.sleep(self.tick_s)
+
+    async def tick(self) -> None:
+        async with guarded():
+            members = await self.redis.smembers(REGISTRY)
+        for campaign in sorted(m.decode() if isinstance(m, bytes) else m for m in members):
+            await self.step(campaign)
+
+    async def _lease(self, campaign: str, mode: str = "acquire") -> tuple[int, int, str, int]:
+        k = CampaignKeys(campaign)
+        async with guarded():
+            reply = await self.scripts.call(
+                self.redis,
+                "sealer_lease",
+                [k.sealer, k.sealer_fence, k.meta, k.frontier],
+                [self.token, self.lease_ms, mode],
+            )
+        state = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+        return int(reply[0]), int(reply[1]), state, int(reply[3])
+
+    async def step(self, campaign: str, *, force: bool = False) -> bool:
+        """One look at a campaign: hold or take its lease, seal when due. True when a
+        checkpoint was published."""
+        state = self._campaigns.setdefault(campaign, _CampaignState())
+        now = time.monotonic()
+        if not state.fence and now < state.next_attempt and not force:
+            return False
+        fence, size, campaign_state, sealed = await self._lease(campaign)
+        if fence != state.fence:
+            if state.fence:
+                log.info("event=seal_lease_lost campaign=%s fence=%d", campaign, state.fence)
+            state.frontier = None
+            if fence:
+                log.info(
+                    "event=seal_lease_taken campaign=%s fence=%d sealed=%d", campaign, fence, sealed
+                )
+            state.fence = fence
+        if not fence:
+            # Someone else seals it; look again in a fraction of the lease.
+            state.next_attempt = now + max(self.tick_s, self.lease_ms / 4000)
+            return False
+        if size <= sealed:
+            return False
+        due = now - state.last_seal >= self.interval_s
+        if not (due or force or state.behind or campaign_state == "closed"):
+            return False
+        published = await self.seal(campaign, fence, sealed, size)
+        state.last_seal = time.monotonic()
+        state.behind = 0 < published < size  # a backlog: go on at the next tick
+        if published:
+            await self._maybe_move(campaign, fence, published)
+        return bool(published)
+
+    # -- a sealing round -----------------------------------------------------------
+
+    async def _frontier(self, campaign: str, sealed: int) -> merkle.Frontier:
+        state = self._campaigns[campaign]
+        if state.frontier is not None and state.frontier.size == sealed:
+            return state.frontier.copy()
+        async with guarded():
+            raw = await self.redis.hget(CampaignKeys(campaign).frontier, "frontier")
+        frontier = merkle.Frontier.from_bytes(raw) if isinstance(raw, bytes) else merkle.Frontier()
+        if frontier.size != sealed:
+            raise AuditGapError(
+                f"campaign {campaign}: stored frontier has {frontier.size} entries, "
+                f"the sealed size is {sealed}"
+            )
+        return frontier
+
+    async def seal(self, campaign: str, fence: int, sealed: int, size: int) -> int:
+        """Seal entries ``sealed+1 .. size`` (at most MAX_PER_ROUND of them) and publish a
+        checkpoint; returns the new sealed size, or 0 when the write was refused."""
+        started = time.monotonic()
+        k = CampaignKeys(campaign)
+        frontier = await self._frontier(campaign, sealed)
+        target = min(size, sealed + MAX_PER_ROUND)
+        store = AuditStore(self.redis, campaign, self.segments_dir)
+        nodes: dict[str, bytes] = {}
+        joins: list[tuple[int, dict[bytes, Any]]] = []
+        expected = sealed + 1
+        async for index, raw in store.entries(expected, target):
+            if index != expected:
+                raise AuditGapError(f"campaign {campaign}: expected entry {expected}, got {index}")
+            for level, node_index, h in frontier.append(merkle.leaf_hash(raw)):
+                if level >= NODE_MIN_LEVEL:
+                    nodes[node_field(level, node_index)] = h
+            if b"join" in raw or b"prequeue" in raw:  # cheap filter before decoding
+                entry = decode(raw)
+                if entry.get(b"k") in RECEIPT_KINDS and entry.get(b"s"):
+                    joins.append((index, entry))
+            expected += 1
+            if (expected - sealed) % RENEW_EVERY == 0:
+                renewed, *_ = await self._lease(campaign)
+                if renewed != fence:
+                    return 0
+        if expected - 1 != target:
+            raise AuditGapError(f"campaign {campaign}: log ends at {expected - 1}, not {target}")
+        await self._sign_batches(campaign, joins)
+        if nodes:
+            async with guarded():
+                await self.redis.hset(k.merkle_nodes, mapping=nodes)  # type: ignore[arg-type]
+        checkpoint = make_checkpoint(
+            self.keys, campaign, target, frontier.root(), int(time.time() * 1000)
+        )
+        async with guarded():
+            reply = await self.scripts.call(
+                self.redis,
+                "checkpoint_add",
+                [k.sealer_fence, k.frontier, k.checkpoints, k.meta],
+                [
+                    fence,
+                    sealed,
+                    target,
+                    frontier.to_bytes(),
+                    json.dumps(checkpoint, separators=(",", ":")),
+                ],
+            )
+        self.stats.rounds += 1
+        self.stats.last_round_s = time.monotonic() - started
+        state = self._campaigns[campaign]
+        if int(reply[0]) != 1:
+            reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+            self.stats.refused += 1
+            self.stats.fenced[reason] = self.stats.fenced.get(reason, 0) + 1
+            state.frontier = None
+            log.warning(
+                "event=checkpoint_refused campaign=%s fence=%d reason=%s", campaign, fence, reason
+            )
+            return 0
+        state.frontier = frontier
+        self.stats.checkpoints += 1
+        self.stats.entries += target - sealed
+        log.debug(
+            "event=checkpoint campaign=%s size=%d root=%s round_ms=%.1f",
+            campaign,
+            target,
+            checkpoint["root"][:16],
+            self.stats.last_round_s * 1000,
+        )
+        return target
+
+    async def _sign_batches(self, campaign: str, joins: list[tuple[int, dict[bytes, Any]]]) -> None:
+        """Every join batch gets its receipt signature recorded, even when the process
+        that ran the join died before it could (or the batch was a pre-queue chunk).
+        The join records signature and seq index in one transaction, so a batch with a
+        signature is indexed too."""
+        if not joins:
+            return
+        existing = await self.book.signatures(campaign, [index for index, _ in joins])
+        items: list[tuple[int, int, str, str]] = []
+        for (index, entry), signature in zip(joins, existing, strict=True):
+            if signature is None:
+                batch = BatchReceipts(campaign, index, int(entry[b"t"]), batch_pairs(entry))
+                items.append((index, batch.pairs[0][0], *batch.sign(self.keys)))
+        await self.book.record(campaign, items)
+
+    # -- segments ------------------------------------------------------------------
+
+    async def _maybe_move(self, campaign: str, fence: int, sealed: int) -> int:
+        """Move sealed entries older than the newest `keep_in_redis` to segment files,
+        then trim them from Redis; returns how many moved."""
+        if self.keep_in_redis <= 0 or self.segments_dir is None:
+            return 0
+        store = AuditStore(self.redis, campaign, self.segments_dir)
+        trimmed, _ = await store.bounds()
+        # Move in chunks of at least a quarter of the window, not an entry at a time.
+        if sealed - trimmed < self.keep_in_redis + max(self.keep_in_redis // 4, 1):
+            return 0
+        upto = sealed - self.keep_in_redis
+        covered = trimmed
+        for segment in await store.segments():
+            # Files a predecessor wrote before it could trim (same bytes: the log is
+            # append-only) are used as they are.
+            if segment.first <= covered + 1 <= segment.last + 1:
+                covered = max(covered, segment.last)
+        if covered > trimmed:
+            upto = min(covered, sealed)
+        else:
+            moving = [raw async for _, raw in store.entries(trimmed + 1, upto)]
+            if len(moving) != upto - trimmed:
+                raise AuditGapError(f"campaign {campaign}: could not read {trimmed + 1}..{upto}")
+            await store.write_segments(trimmed + 1, moving)
+        k = CampaignKeys(campaign)
+        async with guarded():
+            reply = await self.scripts.call(
+                self.redis,
+                "audit_trim",
+                [k.sealer_fence, k.frontier, k.meta, k.audit],
+                [fence, trimmed, upto],
+            )
+        if int(reply[0]) != 1:
+            log.warning("event=audit_trim_refused campaign=%s reason=%s", campaign, reply[1])
+            return 0
+        self.stats.moved += upto - trimmed
+        log.info("event=audit_moved campaign=%s upto=%d", campaign, upto)
+        return upto - trimmed
+
+    # -- shutdown ------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Give held leases back so another process takes over at once."""
+        for campaign in self.active():
+            with contextlib.suppress(GateError, Exception):
+                await asyncio.wait_for(self._lease(campaign, "release"), timeout=1.0)
+        self._campaigns.clear()
+        if self._owns_redis:
+            await self.redis.aclose()

@@ -1,0 +1,358 @@
+"""Where a campaign's audit entries live: sealed segment files on disk, then Redis.
+
+Redis holds the log as the list ``fg:{c}:audit``. Once entries are sealed (covered by a
+checkpoint) the sealer may move the oldest of them to write-once segment files under
+``<data_dir>/audit/<campaign>.<seed hash prefix>/`` and trim them from the list; meta field
+``audit_trimmed`` counts the entries trimmed, so entry ``i`` sits at list position
+``i - audit_trimmed - 1``. `AuditStore.entries` reads both, in index order, each index
+exactly once.
+
+A segment file is ``seg-<first>-<last>.fgs`` (12-digit indexes): the magic line
+``FGSEG1\\n`` then, per entry, a 4-byte big-endian length and the entry's msgpack bytes,
+exactly as Redis stored them. It is written to a temporary name, fsynced, renamed and
+the directory fsynced before Redis is trimmed, so a crash leaves either no file or a
+complete one. The segments directory must be shared by every gate process that may
+seal the campaign (one host's data dir, or a shared volume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import struct
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from redis.asyncio import Redis
+
+from gate.audit import merkle
+from gate.config import Config
+from gate.keys import CampaignKeys
+from gate.room import guarded
+
+MAGIC = b"FGSEG1\n"
+SEGMENT_MAX_ENTRIES = 65536
+READ_CHUNK = 1000
+# The sealer stores every complete perfect subtree of at least 2**NODE_MIN_LEVEL entries
+# (about one 32-byte hash per 128 entries), enough to build any proof from few leaves.
+NODE_MIN_LEVEL = 8
+_SEGMENT_RE = re.compile(r"^seg-(\d{12})-(\d{12})\.fgs$")
+
+
+class AuditGapError(RuntimeError):
+    """An entry the log should hold is in neither Redis nor a segment file."""
+
+
+def segments_root(config: Config) -> Path:
+    """The directory under which each campaign's segment files live."""
+    return config.data_dir / "audit"
+
+
+@dataclass(frozen=True)
+class Segment:
+    first: int
+    last: int
+    path: Path
+
+
+def node_field(level: int, index: int) -> str:
+    return f"{level}:{index}"
+
+
+def entry_index(raw: bytes) -> int:
+    entry = msgpack.unpackb(raw, raw=True, strict_map_key=False)
+    return int(entry[b"i"])
+
+
+def _parse_segment(data: bytes, segment: Segment) -> list[bytes]:
+    if not data.startswith(MAGIC):
+        raise AuditGapError(f"{segment.path}: not a segment file")
+    out: list[bytes] = []
+    pos = len(MAGIC)
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise AuditGapError(f"{segment.path}: truncated")
+        (length,) = struct.unpack_from(">I", data, pos)
+        pos += 4
+        if pos + length > len(data):
+            raise AuditGapError(f"{segment.path}: truncated")
+        out.append(data[pos : pos + length])
+        pos += length
+    if len(out) != segment.last - segment.first + 1:
+        raise AuditGapError(f"{segment.path}: holds {len(out)} entries, its name says otherwise")
+    return out
+
+
+def _write_segment(directory: Path, first: int, entries: list[bytes]) -> Segment:
+    last = first + len(entries) - 1
+    path = directory / f"seg-{first:012d}-{last:012d}.fgs"
+    tmp = directory / f".{path.name}.tmp"
+    body = bytearray(MAGIC)
+    for raw in entries:
+        body += struct.pack(">I", len(raw))
+        body += raw
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, bytes(body))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(directory)
+    return Segment(first, last, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AuditStore:
+    """Read a campaign's log (segments, then Redis); write segments for the sealer."""
+
+    def __init__(self, redis: Redis, campaign: str, segments_dir: Path | None):
+        self.redis = redis
+        self.campaign = campaign
+        self.keys = CampaignKeys(campaign)
+        self.segments_dir = segments_dir
+        # Resolved from the campaign's seed commitment (see `bounds`): a campaign id
+        # created again after its Redis data was lost never sees the old one's files.
+        self.directory: Path | None = None
+        self._trimmed_hint = 0
+
+    # -- segments --------------------------------------------------------------------
+
+    async def segments(self) -> list[Segment]:
+        if self.directory is None:
+            await self.bounds()
+        if self.directory is None or not self.directory.is_dir():
+            return []
+        found: list[Segment] = []
+        for name in os.listdir(self.directory):
+            match = _SEGMENT_RE.fullmatch(name)
+            if match:
+                found.append(Segment(int(match[1]), int(match[2]), self.directory / name))
+        found.sort(key=lambda s: s.first)
+        return found
+
+    def _segment_for(self, index: int, segments: list[Segment]) -> Segment:
+        for segment in segments:
+            if segment.first <= index <= segment.last:
+                return segment
+        raise AuditGapError(
+            f"campaign {self.campaign}: entry {index} was moved out of Redis but no segment "
+            f"file in {self.directory} holds it"
+        )
+
+    async def _read_segment(self, segment: Segment) -> list[bytes]:
+        data = await asyncio.to_thread(segment.path.read_bytes)
+        return _parse_segment(data, segment)
+
+    async def write_segments(self, first: int, entries: list[bytes]) -> list[Segment]:
+        """Write entries ``first, first+1, ...`` as complete, fsynced segment files."""
+        if self.directory is None:
+            await self.bounds()
+        if self.directory is None:
+            raise RuntimeError("no segments directory configured")
+        directory = self.directory
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        written: list[Segment] = []
+        for offset in range(0, len(entries), SEGMENT_MAX_ENTRIES):
+            part = entries[offset : offset + SEGMENT_MAX_ENTRIES]
+            written.append(await asyncio.to_thread(_write_segment, directory, first + offset, part))
+        return written
+
+    # -- Redis -----------------------------------------------------------------------
+
+    async def bounds(self) -> tuple[int, int]:
+        """(entries trimmed from Redis into segments, entries in the log), read together."""
+        async with guarded():
+            trimmed, size, seed_hash = await self.redis.hmget(
+                self.keys.meta, ["audit_trimmed", "audit_n", "seed_hash"]
+            )
+        if self.segments_dir is not None and self.directory is None:
+            tag = seed_hash.decode()[:16] if isinstance(seed_hash, bytes) else "unsealed"
+            self.directory = self.segments_dir / f"{self.campaign}.{tag}"
+        return int(trimmed or 0), int(size or 0)
+
+    async def _redis_chunk(self, first: int, count: int, trimmed: int) -> tuple[int, list[bytes]]:
+        """Entries from index ``first`` (at most ``count``), read in one transaction with
+        the trim offset so positions are exact; returns (trimmed, entries)."""
+        start = first - trimmed - 1
+        async with guarded():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(self.keys.meta, "audit_trimmed")
+            pipe.lrange(self.keys.audit, start, start + count - 1)
+            now_trimmed, raw = await pipe.execute()
+        return int(now_trimmed or 0), [r for r in raw if isinstance(r, bytes)]
+
+    async def entries(
+        self, start: int = 1, stop: int | None = None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Yield ``(index, raw msgpack bytes)`` for indexes ``start..stop`` (inclusive; to
+        the end of the log when ``stop`` is None), in order, each exactly once."""
+        trimmed, size = await self.bounds()
+        last = size if stop is None else min(stop, size)
+        index = max(start, 1)
+        segments: list[Segment] | None = None
+        while index <= last:
+            if index <= trimmed:
+                if segments is None:
+                    segments = await self.segments()
+                segment = self._segment_for(index, segments)
+                for offset, raw in enumerate(await self._read_segment(segment)):
+                    i = segment.first + offset
+                    if index <= i <= min(last, trimmed):
+                        yield i, raw
+                index = min(segment.last, last, trimmed) + 1
+                continue
+            count = min(READ_CHUNK, last - index + 1)
+            now_trimmed, chunk = await self._redis_chunk(index, count, trimmed)
+            if now_trimmed != trimmed:
+                # The sealer moved entries meanwhile: positions shifted; read again.
+                trimmed = now_trimmed
+                segments = None
+                continue
+            if not chunk:
+                raise AuditGapError(f"campaign {self.campaign}: entry {index} is missing")
+            for i, raw in enumerate(chunk, start=index):
+                if i in (index, index + len(chunk) - 1) and entry_index(raw) != i:
+                    raise AuditGapError(
+                        f"campaign {self.campaign}: list position of entry {i} holds "
+                        f"entry {entry_index(raw)}"
+                    )
+            for i, raw in enumerate(chunk, start=index):
+                yield i, raw
+            index += len(chunk)
+
+    async def entries_at(self, indexes: Sequence[int]) -> dict[int, bytes]:
+        """Scattered entries by index (those the log does not hold are left out), read
+        in one transaction with the trim offset (segments for moved ones)."""
+        wanted = sorted({i for i in indexes if i >= 1})
+        out: dict[int, bytes] = {}
+        if not wanted:
+            return out
+        for _ in range(3):
+            guess = self._trimmed_hint
+            in_redis = [i for i in wanted if i > guess]
+            async with guarded():
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.hget(self.keys.meta, "audit_trimmed")
+                for i in in_redis:
+                    pipe.lindex(self.keys.audit, i - guess - 1)
+                trimmed_raw, *values = await pipe.execute()
+            self._trimmed_hint = int(trimmed_raw or 0)
+            if self._trimmed_hint != guess:
+                continue
+            for i, raw in zip(in_redis, values, strict=True):
+                if isinstance(raw, bytes) and entry_index(raw) == i:
+                    out[i] = raw
+            break
+        moved = [i for i in wanted if i <= self._trimmed_hint]
+        if moved:
+            async for i, raw in self._from_segments(moved):
+                out[i] = raw
+        return out
+
+    async def _from_segments(self, indexes: list[int]) -> AsyncIterator[tuple[int, bytes]]:
+        segments = await self.segments()
+        by_segment: dict[Path, tuple[Segment, list[int]]] = {}
+        for i in indexes:
+            segment = self._segment_for(i, segments)
+            by_segment.setdefault(segment.path, (segment, []))[1].append(i)
+        for segment, members in by_segment.values():
+            records = await self._read_segment(segment)
+            for i in members:
+                yield i, records[i - segment.first]
+
+    async def entry(self, index: int) -> bytes | None:
+        async for i, raw in self.entries(index, index):
+            if i == index:
+                return raw
+        return None
+
+    def iter_segment_entries(self, segment: Segment) -> Iterator[tuple[int, bytes]]:
+        """Synchronous read of one segment (offline tools)."""
+        for offset, raw in enumerate(_parse_segment(segment.path.read_bytes(), segment)):
+            yield segment.first + offset, raw
+
+    # -- proofs ----------------------------------------------------------------------
+
+    async def subtree_hashes(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """MTH of each 0-based leaf range, from the sealer's stored subtrees (see
+        ``fg:{c}:mnodes``) plus the few leaves they do not cover: an inclusion or
+        consistency proof reads a few hundred entries, not the whole log."""
+        wanted = sorted(
+            {node for lo, hi in ranges for node in merkle.stored_subtrees(lo, hi, NODE_MIN_LEVEL)}
+        )
+        stored: dict[tuple[int, int], bytes] = {}
+        if wanted:
+            async with guarded():
+                values = await self.redis.hmget(
+                    self.keys.merkle_nodes, [node_field(level, i) for level, i in wanted]
+                )
+            for node, value in zip(wanted, values, strict=True):
+                if isinstance(value, bytes) and len(value) == merkle.HASH_SIZE:
+                    stored[node] = value
+
+        def has(level: int, index: int) -> bool:
+            return (level, index) in stored
+
+        needed = sorted(
+            {
+                i
+                for lo, hi in ranges
+                for a, b in merkle.leaves_needed(lo, hi, has)
+                for i in range(a, b)
+            }
+        )
+        leaves: dict[int, bytes] = {}
+        runs: list[tuple[int, int]] = []
+        for i in needed:
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+        for a, b in runs:
+            async for index, raw in self.entries(a + 1, b):
+                leaves[index - 1] = merkle.leaf_hash(raw)
+        missing = [i for i in needed if i not in leaves]
+        if missing:
+            raise AuditGapError(f"campaign {self.campaign}: entry {missing[0] + 1} is missing")
+        return [
+            merkle.range_hash(lo, hi, leaves.__getitem__, lambda lv, ix: stored.get((lv, ix)))
+            for lo, hi in ranges
+        ]
+
+    async def inclusion_proof(self, leaf_index: int, size: int) -> list[bytes]:
+        """RFC 6962 audit path of leaf ``leaf_index`` (entry ``leaf_index + 1``)."""
+        return await self.subtree_hashes(merkle.inclusion_ranges(leaf_index, size))
+
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        return await self.subtree_hashes(merkle.consistency_ranges(old_size, new_size))
+
+    async def root(self, size: int) -> bytes:
+        if size == 0:
+            return merkle.EMPTY_ROOT
+        return (await self.subtree_hashes([(0, size)]))[0]
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    async def checkpoints(self) -> list[dict[str, Any]]:
+        """Every published checkpoint, in size order (as signed; see checkpoints.py)."""
+        async with guarded():
+            raw = await self.redis.lrange(self.keys.checkpoints, 0, -1)
+        return [json.loads(item) for item in raw]
+
+    async def latest_checkpoint(self) -> dict[str, Any] | None:
+        async with guarded():
+            raw = await self.redis.lindex(self.keys.checkpoints, -1)
+        return json.loads(raw) if raw else None
