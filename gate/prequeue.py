@@ -1,7 +1,7 @@
 """The pre-queue shuffle, computed from the data alone.
 
 Customers who join before a campaign opens get no seq by arrival: being early by a
-millisecond must buy nothing. At opening the seed committed at creation (its SHA-256 is
+millisecond must buy nothing. At opening the pre-queue seed committed at creation (its SHA-256 is
 field `h` of the `admin-create` audit entry) is revealed, and the pre-queue takes seqs
 1..P in ascending order of SHA-256(seed || digest). Digests are unique, so the order has no
 ties; anyone with the revealed seed and the digests recomputes it (docs/audit-format.md).

@@ -170,6 +170,8 @@ class Room:
         prequeue_from = to_us(spec.opens_at) - spec.prequeue.window_s * 1_000_000
         # Commit-reveal: the seed's hash is published now, the seed itself at close.
         seed = secrets.token_bytes(32)
+        # The pre-queue's own seed, revealed at opening; the ballot's stays secret until close.
+        pq_seed = secrets.token_bytes(32)
         quota = spec.quota
         reply = await self._call(
             "campaign_create",
@@ -197,6 +199,8 @@ class Room:
                 hashlib.sha256(seed).hexdigest(),
                 repr(float(spec.admission.overbook)),
                 "1" if spec.prequeue.shuffle and spec.prequeue.window_s > 0 else "0",
+                pq_seed.hex(),
+                hashlib.sha256(pq_seed).hexdigest(),
             ],
         )
         if int(reply[0]) == 0:
@@ -365,7 +369,7 @@ class Room:
         keys = [k.meta, k.prequeue, k.tickets, k.blocked, k.revoked, k.audit]
         async with guarded():
             row: list[Any] = await self.redis.hmget(
-                k.meta, ["pq_shuffle", "pq_state", "pq_total", "pq_next", "seed"]
+                k.meta, ["pq_shuffle", "pq_state", "pq_total", "pq_next", "pq_seed"]
             )
         shuffle, state, total, done, seed_hex = row
         if shuffle != b"1" or state == b"done":

@@ -150,7 +150,9 @@ async def test_shuffle_follows_the_committed_seed_not_arrival(rooms: tuple[Room,
     create = of_kind(entries, "admin-create")[0]
     (reveal,) = of_kind(entries, "reveal")
     seed = bytes.fromhex(reveal["seed"].decode())
-    assert hashlib.sha256(seed).hexdigest() == create["h"].decode()
+    assert hashlib.sha256(seed).hexdigest() == create["hq"].decode()
+    # the ballot's seed (committed as h) stays secret: opening reveals only the pre-queue's
+    assert hashlib.sha256(seed).hexdigest() != create["h"].decode()
     assert int(reveal["p"]) == n
     prejoined = [bytes(d) for e in of_kind(entries, "prejoin") for d in e["c"]]
     assert sorted(prejoined) == sorted(arrival)  # each customer logged once
@@ -276,7 +278,7 @@ async def test_http_prequeue_tickets_get_their_seq_at_opening(
     entries = await gate.room.audit_entries(c)
     (reveal,) = of_kind(entries, "reveal")
     seed = bytes.fromhex(reveal["seed"].decode())
-    assert hashlib.sha256(seed).hexdigest() == of_kind(entries, "admin-create")[0]["h"].decode()
+    assert hashlib.sha256(seed).hexdigest() == of_kind(entries, "admin-create")[0]["hq"].decode()
     expected = recompute(seed, {customer_digest(keys, c, who) for who in customers})
     assert {customer_digest(keys, c, who): seq for who, seq in seqs.items()} == expected
     assert [seqs[who] for who in customers] != list(range(1, n + 1))  # not arrival order

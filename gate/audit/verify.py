@@ -323,6 +323,8 @@ class Replay:
         self.campaign = campaign
         self.spec: CampaignSpec | None = None
         self.seed_hash = ""
+        self.pq_seed_hash = ""
+        self.pq_seed_revealed = False
         self.state = ""
         self.settings: dict[str, float] = {}
         self.opens_at_us = 0
@@ -420,6 +422,10 @@ class Replay:
         seed_hash = need_text(entry, "h")
         if len(seed_hash) != 64 or not all(c in "0123456789abcdef" for c in seed_hash):
             raise EntryProblem("h must be the SHA-256 hex of the seed")
+        pq_seed_hash = need_text(entry, "hq")
+        if len(pq_seed_hash) != 64 or not all(c in "0123456789abcdef" for c in pq_seed_hash):
+            raise EntryProblem("hq must be the SHA-256 hex of the pre-queue seed")
+        self.pq_seed_hash = pq_seed_hash
         self.spec, self.seed_hash, self.state = spec, seed_hash, "open"
         adm, quota = spec.admission, spec.quota
         self.opens_at_us = to_us(spec.opens_at)
@@ -548,7 +554,7 @@ class Replay:
             raise EntryProblem("seqs were given before the pre-queue was shuffled")
         if size != len(self.pq_set):
             raise EntryProblem(f"p = {size}, but {len(self.pq_set)} customers joined the pre-queue")
-        seed = self._reveal(need_text(entry, "seed"))
+        seed = self._open_prequeue_seed(need_text(entry, "seed"))
         self.pq_order = prequeue_order(seed, self.pq_set)
         self.pq_state = "assigning" if size else "done"
         self.next_seq = size
@@ -849,6 +855,19 @@ class Replay:
             )
         self.ballot_done = True
         self.allocated = total
+
+    def _open_prequeue_seed(self, seed_hex: str) -> bytes:
+        """The pre-queue's own seed, committed as hq at creation (not the ballot's)."""
+        try:
+            seed = bytes.fromhex(seed_hex)
+        except ValueError:
+            raise EntryProblem("the revealed pre-queue seed is not hex") from None
+        if hashlib.sha256(seed).hexdigest() != self.pq_seed_hash:
+            raise EntryProblem(
+                "the revealed pre-queue seed does not match the commitment hq of admin-create"
+            )
+        self.pq_seed_revealed = True
+        return seed
 
     def _reveal(self, seed_hex: str) -> bytes:
         try:

@@ -16,6 +16,7 @@
   ARGV[22] pre-queue shuffle (0|1; absent = 0): joins before opens_at go into a set that
            is shuffled into seqs 1..P at opening (join.lua, prequeue_assign.lua)
   Returns {1, now_us} when created, {0, "exists"} when the id is taken.
+  ARGV[23] pre-queue seed (hex; revealed at opening)   ARGV[24] its hash (hex; published now)
 ]]
 --!include lib/common.lua
 --!include lib/money.lua
@@ -45,6 +46,8 @@ if money_cmp(high, low) < 0 or #step > 13 or #low > 13 then
   error('bad argument: quota bounds')
 end
 if #(ARGV[19] or '') ~= 64 or #(ARGV[20] or '') ~= 64 then error('bad argument: seed') end
+-- The pre-queue has its own seed: revealing it at opening must not reveal the ballot's.
+if #(ARGV[23] or '') ~= 64 or #(ARGV[24] or '') ~= 64 then error('bad argument: pre-queue seed') end
 if closes <= opens or prequeue > opens then error('bad argument: window') end
 if id == nil or id == '' or spec == nil or actor == nil then error('bad argument: id/spec/actor') end
 
@@ -60,6 +63,7 @@ rcall('HSET', KEYS[1],
   'q_step', step, 'partial', ARGV[17], 'res_ttl_us', res_ttl, 'held', '0', 'confirmed', '0',
   'released', '0', 'expired_amount', '0', 'holding', 0, 'claims', 0, 'confirms', 0,
   'releases', 0, 'reservations_expired', 0, 'seed', ARGV[19], 'seed_hash', ARGV[20], 'overbook', ARGV[21],
-  'pq_shuffle', pq_shuffle)
-audit(KEYS[1], KEYS[2], now, {k = 'admin-create', a = actor, spec = spec, h = ARGV[20]})
+  'pq_shuffle', pq_shuffle, 'pq_seed', ARGV[23], 'pq_seed_hash', ARGV[24])
+audit(KEYS[1], KEYS[2], now, {k = 'admin-create', a = actor, spec = spec, h = ARGV[20],
+  hq = ARGV[24]})
 return {1, int_str(now)}
