@@ -35,19 +35,30 @@ def _only(obj: dict[str, Any], allowed: set[str], field: str) -> None:
         raise _fail(where, "unknown field")
 
 
+def parse_zoned(text: str) -> datetime:
+    """ISO 8601 with a zone (2026-12-01T00:00:00Z, +09:00) -> an aware UTC datetime;
+    ValueError with the reason otherwise."""
+    if len(text) > 40:
+        raise ValueError("must be an ISO 8601 time with a zone, e.g. 2026-12-01T00:00:00Z")
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise ValueError("must carry a time zone (Z or +09:00)")
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range") from None
+
+
 def parse_time(value: Any, field: str) -> datetime:
-    if not isinstance(value, str) or len(value) > 40:
+    if not isinstance(value, str):
         raise _fail(field, "must be an ISO 8601 time with a zone, e.g. 2026-12-01T00:00:00Z")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise _fail(field, f"{value!r} is not an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        raise _fail(field, "must carry a time zone (Z or +09:00)")
-    try:
-        moment = parsed.astimezone(UTC)
-    except OverflowError:
-        raise _fail(field, "out of range") from None
+        moment = parse_zoned(value)
+    except ValueError as exc:
+        raise _fail(field, str(exc)) from None
     # Times travel to Lua in microseconds, exact only below 2^53 (the year 2255).
     if not EARLIEST <= moment < LATEST:
         raise _fail(field, "must be between the years 2000 and 2199")

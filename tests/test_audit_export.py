@@ -30,22 +30,7 @@ from gate.http.admin import create_admin_app
 from gate.service import Gate, running_gate
 from gate.tokens import customer_digest
 from tests.helpers import ADMIN_TOKEN, spec, wait_for
-
-
-async def admitted_pass(public: Any, campaign: str, customer: str) -> str:
-    r = await public.post(f"/q/{campaign}/join", headers={"X-Customer-Id": customer})
-    assert r.status in (200, 201), await r.text()
-    ticket = (await r.json())["ticket"]
-    body: dict[str, Any] = {}
-
-    async def admitted() -> bool:
-        r = await public.get(f"/q/{campaign}/status", params={"ticket": ticket})
-        body.update(await r.json())
-        return bool(body.get("state") == "admitted")
-
-    await wait_for(admitted, 5, f"{customer} admitted")
-    public.session.cookie_jar.clear()
-    return str(body["pass"])
+from tests.test_claims_http import admitted_pass
 
 
 async def wait_sealed(gate: Gate, campaign: str) -> int:
