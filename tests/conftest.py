@@ -13,9 +13,12 @@ from aiohttp.test_utils import TestClient
 from gate.config import Config, default_config
 from gate.http.admin import create_admin_app
 from gate.http.public import create_public_app
+from gate.redis_client import connect
 from gate.redis_server import RedisServer
+from gate.room import Room
+from gate.scripts import Scripts
 from gate.service import Gate, running_gate
-from gate.signing import generate_keys_document, write_keys
+from gate.signing import SigningKeys, generate_keys_document, load_or_create_keys, write_keys
 from tests.helpers import ADMIN_TOKEN, CORE_TOKEN, redis_binaries
 
 BINARIES = redis_binaries()
@@ -96,3 +99,17 @@ async def admin(gate: Gate, aiohttp_client: Any) -> TestClient[web.Request, web.
 
 def dumps(data: Any) -> str:
     return json.dumps(data)
+
+
+@pytest.fixture
+async def room(redis_url: str) -> AsyncIterator[Room]:
+    redis = connect(redis_url, timeout_s=10, max_connections=64)
+    scripts = Scripts()
+    await scripts.load_all(redis)
+    yield Room(redis, scripts)
+    await redis.aclose()
+
+
+@pytest.fixture
+def keys(keys_file: Path) -> SigningKeys:
+    return load_or_create_keys(keys_file, create=False)

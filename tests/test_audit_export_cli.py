@@ -7,13 +7,9 @@ own sealer signs checkpoints; the commands run as subprocesses (`python -m gate`
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +18,7 @@ import msgpack
 import pytest
 
 from tests.helpers import ADMIN_TOKEN, CORE_TOKEN, GateProcess, spec, wait_for
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-async def gate_cli(*args: str, env: dict[str, str] | None = None) -> Result:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("GATE_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gate",
-        *args,
-        env={**base, **(env or {})},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(), err.decode())
+from tests.test_cli import Result, gate_cli
 
 
 def assert_error(result: Result, code: str, exit_code: int = 2) -> str:

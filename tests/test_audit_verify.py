@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,28 +22,12 @@ import pytest
 from gate.audit.verify import VerificationFailed, verify_file, verify_lines
 from gate.campaign import parse_spec
 from gate.keys import CampaignKeys
-from gate.redis_client import connect
 from gate.room import ClaimResult, Room
-from gate.scripts import Scripts
-from gate.signing import SigningKeys, load_or_create_keys
+from gate.signing import SigningKeys
 from gate.tokens import customer_digest
 from tests.helpers import export_to_file, seal_everything
 
 MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
-
-
-@pytest.fixture
-async def room(redis_url: str) -> AsyncIterator[Room]:
-    redis = connect(redis_url, timeout_s=10, max_connections=64)
-    scripts = Scripts()
-    await scripts.load_all(redis)
-    yield Room(redis, scripts)
-    await redis.aclose()
-
-
-@pytest.fixture
-def keys(keys_file: Path) -> SigningKeys:
-    return load_or_create_keys(keys_file, create=False)
 
 
 def amount_spec(campaign: str, **overrides: Any) -> dict[str, Any]:

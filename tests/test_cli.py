@@ -42,7 +42,7 @@ async def gate_cli(*args: str, env: dict[str, str] | None = None, stdin: bytes =
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(stdin), 30)
+    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
     assert process.returncode is not None
     return Result(process.returncode, out.decode(), err.decode())
 

@@ -22,7 +22,7 @@ import json
 import random
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,10 +38,8 @@ from gate.audit.verify import Failure, VerificationFailed, verify_lines
 from gate.campaign import parse_spec
 from gate.keys import CampaignKeys
 from gate.prequeue import prequeue_order
-from gate.redis_client import connect
 from gate.room import Room
-from gate.scripts import Scripts
-from gate.signing import SigningKeys, load_or_create_keys
+from gate.signing import SigningKeys
 from gate.tokens import customer_digest
 from tests.helpers import export_to_file, seal_everything
 
@@ -160,20 +158,6 @@ class Target:
 
 
 # -- the clean export --------------------------------------------------------------------
-
-
-@pytest.fixture
-async def room(redis_url: str) -> AsyncIterator[Room]:
-    redis = connect(redis_url, timeout_s=10, max_connections=32)
-    scripts = Scripts()
-    await scripts.load_all(redis)
-    yield Room(redis, scripts)
-    await redis.aclose()
-
-
-@pytest.fixture
-def keys(keys_file: Path) -> SigningKeys:
-    return load_or_create_keys(keys_file, create=False)
 
 
 async def build_clean_export(room: Room, keys: SigningKeys, tmp_path: Path) -> Export:
