@@ -55,10 +55,10 @@ from redis.asyncio import Redis
 
 from bench.luacost import _redis_benchmark, benchmark_binary
 from gate.campaign import parse_spec
-from gate.keys import CampaignKeys
 from gate.redis_server import RedisServer, find_binary, free_port
 from gate.room import Room
-from gate.scripts import Scripts, render
+from gate.room.keys import CampaignKeys
+from gate.room.scripts import Scripts, render
 
 AUDIT_CALL = "{k = 'join', s = created}"  # the line that appends the batch's entry
 AUDIT_COUNTER = ", 'audit_n', index"  # join.lua writes the entry index with its seq

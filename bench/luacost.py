@@ -29,9 +29,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from gate.campaign import parse_spec
-from gate.keys import CampaignKeys
 from gate.room import Room
-from gate.scripts import ScriptArg, Scripts
+from gate.room.keys import CampaignKeys
+from gate.room.scripts import ScriptArg, Scripts
 
 ADMIT_MAX = 10  # admit busy: customers admitted per call
 ADMIT_EXPIRE = 100

@@ -13,9 +13,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from gate.campaign import CampaignSpec, load_stored_spec
+from gate.campaign import CampaignSpec, load_stored_spec, valid_campaign_id
 from gate.errors import GateError, Unavailable
-from gate.keys import valid_campaign_id
 from gate.room import CampaignState, Room
 
 log = logging.getLogger("gate.cache")

@@ -1,7 +1,10 @@
-"""Open a Redis connection from a URL: redis://, rediss://, unix:// or redis+sentinel://."""
+"""Open a Redis connection from a URL (redis://, rediss://, unix://, redis+sentinel://), and
+turn what redis-py raises into fairgate's errors (`guarded`)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -9,9 +12,11 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gate.errors import ConfigError
+from gate.errors import ConfigError, ScriptError, Unavailable
 
 
 def connect(url: str, *, timeout_s: float, max_connections: int = 64) -> Redis:
@@ -61,3 +66,17 @@ def connect(url: str, *, timeout_s: float, max_connections: int = 64) -> Redis:
         return Redis.from_pool(pool)
     except ValueError as exc:
         raise ConfigError(f"redis_url: {exc}") from None
+
+
+@asynccontextmanager
+async def guarded() -> AsyncIterator[None]:
+    """Redis unreachable, loading or read-only -> `Unavailable` (the gate fails closed);
+    a script that refuses its arguments -> `ScriptError`."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError) as exc:
+        raise Unavailable() from exc
+    except ResponseError as exc:
+        if "READONLY" in str(exc) or "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
+            raise Unavailable() from exc
+        raise ScriptError(f"Redis refused a script: {exc}") from exc

@@ -18,7 +18,7 @@ from gate.errors import ConfigError, Unavailable
 from gate.metrics import Metrics
 from gate.redis_client import connect
 from gate.room import Room
-from gate.scripts import Scripts
+from gate.room.scripts import Scripts
 from gate.signing import SigningKeys, load_or_create_keys
 from gate.tokens import TokenSigner
 

@@ -16,7 +16,7 @@ from gate.http.public import create_public_app
 from gate.redis_client import connect
 from gate.redis_server import RedisServer
 from gate.room import Room
-from gate.scripts import Scripts
+from gate.room.scripts import Scripts
 from gate.service import Gate, running_gate
 from gate.signing import SigningKeys, generate_keys_document, load_or_create_keys, write_keys
 from tests.helpers import ADMIN_TOKEN, CORE_TOKEN, redis_binaries

@@ -183,7 +183,7 @@ async def raw_audit(redis_url: str, campaign: str) -> list[bytes]:
     """The campaign's audit list as Redis holds it (no segments)."""
     import redis.asyncio as aioredis
 
-    from gate.keys import CampaignKeys
+    from gate.room.keys import CampaignKeys
 
     client = aioredis.Redis.from_url(redis_url)
     try:

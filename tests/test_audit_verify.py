@@ -21,8 +21,8 @@ import pytest
 
 from gate.audit.verify import VerificationFailed, verify_file, verify_lines
 from gate.campaign import parse_spec
-from gate.keys import CampaignKeys
 from gate.room import ClaimResult, Room
+from gate.room.keys import CampaignKeys
 from gate.signing import SigningKeys
 from gate.tokens import customer_digest
 from tests.helpers import export_to_file, seal_everything

@@ -34,7 +34,7 @@ from gate.ballot import Subscription, allocate
 from gate.campaign import parse_spec
 from gate.redis_client import connect
 from gate.room import Room
-from gate.scripts import Scripts
+from gate.room.scripts import Scripts
 from gate.service import Gate
 from tests.helpers import spec, wait_for
 

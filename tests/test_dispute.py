@@ -8,7 +8,7 @@ from typing import Any
 
 from gate.audit.dispute import check_account, render_text
 from gate.audit.verify import load_public_keys
-from gate.keys import CampaignKeys
+from gate.room.keys import CampaignKeys
 from gate.service import Gate
 from tests.helpers import CORE_TOKEN, spec, wait_for
 from tests.test_audit_export import admitted_pass, wait_sealed

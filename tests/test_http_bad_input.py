@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from gate.keys import valid_campaign_id
+from gate.campaign import valid_campaign_id
 from gate.service import Gate
 from gate.signing import generate_keys_document, parse_keys
 from gate.tokens import PASS, TICKET, TokenSigner, customer_digest

@@ -57,9 +57,9 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from gate.campaign import parse_spec
-from gate.keys import CampaignKeys
 from gate.redis_client import connect
 from gate.room import ClaimResult, Room
+from gate.room.keys import CampaignKeys
 from gate.service import Gate
 from gate.tokens import customer_digest
 from tests.helpers import spec, wait_for

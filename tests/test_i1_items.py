@@ -27,10 +27,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from gate.keys import CampaignKeys
 from gate.redis_client import connect
 from gate.room import Room
-from gate.scripts import Scripts
+from gate.room.keys import CampaignKeys
+from gate.room.scripts import Scripts
 from gate.signing import load_or_create_keys
 from gate.tokens import TICKET, TokenSigner, customer_digest
 from tests.helpers import ADMIN_TOKEN, GateProcess, spec, wait_for

@@ -25,9 +25,9 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from gate.keys import CampaignKeys
 from gate.room import Room
-from gate.scripts import Scripts
+from gate.room.keys import CampaignKeys
+from gate.room.scripts import Scripts
 from tests.helpers import ADMIN_TOKEN, GateProcess, spec, wait_for
 
 CAMPAIGN = "i6-three-gates"

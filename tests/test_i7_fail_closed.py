@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from gate.keys import CampaignKeys
 from gate.redis_server import RedisServer
+from gate.room.keys import CampaignKeys
 from tests.helpers import ADMIN_TOKEN, GateProcess, redis_binaries, spec, wait_for
 
 CAMPAIGN = "i7-outage"

@@ -30,11 +30,11 @@ from hypothesis.stateful import (
 
 from gate.campaign import parse_spec
 from gate.errors import Conflict, NotFound
-from gate.keys import CampaignKeys
 from gate.redis_client import connect
 from gate.redis_server import RedisServer
 from gate.room import JOIN_CLOSED, JOIN_OK, Room, decode_entry
-from gate.scripts import Scripts
+from gate.room.keys import CampaignKeys
+from gate.room.scripts import Scripts
 from tests.helpers import spec, wait_for
 
 CAMPAIGN = "model"

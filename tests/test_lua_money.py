@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gate.redis_server import RedisServer
-from gate.scripts import read_lua
+from gate.room.scripts import read_lua
 
 AMOUNTS = st.one_of(
     st.integers(min_value=0, max_value=10**30 - 1),

@@ -22,11 +22,11 @@ import redis as sync_redis
 
 from gate.campaign import CampaignSpec, parse_patch, parse_spec
 from gate.errors import Conflict, NotFound, ScriptError
-from gate.keys import CampaignKeys
 from gate.redis_client import connect
 from gate.redis_server import RedisServer
 from gate.room import JOIN_CLOSED, JOIN_NOT_OPEN, JOIN_OK, JOIN_UNKNOWN, Room
-from gate.scripts import Scripts
+from gate.room.keys import CampaignKeys
+from gate.room.scripts import Scripts
 from tests.helpers import spec, wait_for
 
 ACTOR = "ops"

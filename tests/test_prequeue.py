@@ -22,10 +22,10 @@ import pytest
 from redis.asyncio import Redis
 
 from gate.campaign import parse_spec
-from gate.keys import CampaignKeys
 from gate.redis_server import RedisServer
 from gate.room import JOIN_OK, PREQUEUED, Room
-from gate.scripts import Scripts
+from gate.room.keys import CampaignKeys
+from gate.room.scripts import Scripts
 from gate.service import Gate
 from gate.signing import load_or_create_keys
 from gate.tokens import PREQUEUE_TICKET, TICKET, TokenSigner, customer_digest

@@ -19,7 +19,7 @@ from gate.audit.receipts import BatchReceipts, statement, verify_receipt, verify
 from gate.campaign import parse_spec
 from gate.config import Config
 from gate.http.public import create_public_app
-from gate.keys import CampaignKeys
+from gate.room.keys import CampaignKeys
 from gate.service import Gate, running_gate
 from gate.signing import generate_keys_document, load_or_create_keys, write_keys
 from gate.tokens import customer_digest
@@ -257,7 +257,7 @@ async def test_pre_queue_customers_get_receipts_once_their_chunk_is_sealed(
     from gate.batcher import JoinBatcher
     from gate.redis_client import connect
     from gate.room import PREQUEUED, Room
-    from gate.scripts import Scripts
+    from gate.room.scripts import Scripts
 
     keys = load_or_create_keys(config.keys_path, create=False)
     redis = connect(config.redis_url, timeout_s=2)

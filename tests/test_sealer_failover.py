@@ -14,7 +14,7 @@ import aiohttp
 import msgpack
 from redis.asyncio import Redis
 
-from gate.keys import CampaignKeys
+from gate.room.keys import CampaignKeys
 from tests.helpers import ADMIN_TOKEN, GateProcess, assert_sealed_log, raw_audit, spec, wait_for
 
 CAMPAIGN = "failover"

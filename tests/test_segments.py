@@ -19,10 +19,10 @@ from gate.audit.store import AuditStore, segments_root
 from gate.campaign import parse_spec
 from gate.config import Config
 from gate.http.public import create_public_app
-from gate.keys import CampaignKeys
 from gate.redis_client import connect
 from gate.room import Room
-from gate.scripts import Scripts
+from gate.room.keys import CampaignKeys
+from gate.room.scripts import Scripts
 from gate.service import running_gate
 from gate.signing import load_or_create_keys
 from gate.tokens import customer_digest

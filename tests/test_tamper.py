@@ -36,9 +36,9 @@ from gate.audit.checkpoints import b64url, checkpoint_message
 from gate.audit.receipts import ReceiptBook
 from gate.audit.verify import Failure, VerificationFailed, verify_lines
 from gate.campaign import parse_spec
-from gate.keys import CampaignKeys
 from gate.prequeue import prequeue_order
 from gate.room import Room
+from gate.room.keys import CampaignKeys
 from gate.signing import SigningKeys
 from gate.tokens import customer_digest
 from tests.helpers import export_to_file, seal_everything

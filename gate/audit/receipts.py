@@ -26,9 +26,9 @@ from gate.audit import merkle
 from gate.audit.checkpoints import PublicKeys, b64url, verify_checkpoint, verify_signature
 from gate.audit.store import AuditStore
 from gate.errors import Unavailable
-from gate.keys import CampaignKeys
-from gate.room import guarded
-from gate.scripts import Scripts
+from gate.redis_client import guarded
+from gate.room.keys import CampaignKeys
+from gate.room.scripts import Scripts
 from gate.signing import SigningKeys
 
 RECEIPT_PREFIX = "fairgate-receipt/v1\n"

@@ -37,10 +37,9 @@ from gate.audit.receipts import RECEIPT_KINDS, BatchReceipts, ReceiptBook, batch
 from gate.audit.store import NODE_MIN_LEVEL, AuditGapError, AuditStore, node_field
 from gate.config import Config
 from gate.errors import GateError
-from gate.keys import REGISTRY, CampaignKeys
-from gate.redis_client import connect
-from gate.room import guarded
-from gate.scripts import Scripts
+from gate.redis_client import connect, guarded
+from gate.room.keys import REGISTRY, CampaignKeys
+from gate.room.scripts import Scripts
 from gate.signing import SigningKeys
 
 log = logging.getLogger("gate.audit")

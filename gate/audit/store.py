@@ -32,8 +32,8 @@ from redis.asyncio import Redis
 
 from gate.audit import merkle
 from gate.config import Config
-from gate.keys import CampaignKeys
-from gate.room import guarded
+from gate.redis_client import guarded
+from gate.room.keys import CampaignKeys
 
 MAGIC = b"FGSEG1\n"
 SEGMENT_MAX_ENTRIES = 65536

@@ -16,10 +16,9 @@ from gate.audit.dispute import build_account
 from gate.audit.export import export_chunks, store_for
 from gate.audit.query import parse_query, run_query
 from gate.audit.store import AuditGapError
-from gate.campaign import load_stored_spec, parse_patch, parse_spec
+from gate.campaign import load_stored_spec, parse_patch, parse_spec, valid_campaign_id
 from gate.errors import BadRequest, GateError, NotFound, Unauthorized
 from gate.http.common import GATE_KEY, Handler, gate_of, make_error_middleware, read_body, respond
-from gate.keys import valid_campaign_id
 from gate.service import Gate
 from gate.tokens import customer_digest
 

@@ -16,10 +16,10 @@ from typing import Any
 from aiohttp import web
 
 from gate.cache import LiveCampaign
+from gate.campaign import valid_campaign_id
 from gate.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
 from gate.http.common import GATE_KEY, gate_of, make_error_middleware, read_body, respond
 from gate.http.page import waiting_room_page
-from gate.keys import valid_campaign_id
 from gate.room import JOIN_CLOSED, JOIN_NOT_OPEN, JOIN_UNKNOWN, PREQUEUED
 from gate.service import Gate
 from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, Token, TokenError, customer_digest

@@ -42,7 +42,7 @@ ScriptArg = str | bytes | int | float
 
 
 def read_lua(relative: str) -> str:
-    return (importlib.resources.files("gate") / "lua" / relative).read_text(encoding="utf-8")
+    return (importlib.resources.files("gate.lua") / relative).read_text(encoding="utf-8")
 
 
 def render(name: str) -> str:

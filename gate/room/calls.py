@@ -8,24 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 from redis.asyncio import Redis
-from redis.exceptions import BusyLoadingError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gate import keys as keynames
 from gate.ballot import Subscription, allocate
 from gate.campaign import CampaignSpec, to_us
 from gate.errors import Conflict, NotFound, ScriptError, Unavailable
-from gate.keys import CampaignKeys
 from gate.prequeue import prequeue_order
-from gate.scripts import ScriptArg, Scripts
+from gate.redis_client import guarded
+from gate.room import keys as keynames
+from gate.room.keys import CampaignKeys
+from gate.room.scripts import ScriptArg, Scripts
 
 JOIN_OK, JOIN_UNKNOWN, JOIN_CLOSED, JOIN_NOT_OPEN = 1, -1, -2, -3
 # A ticket's seq in JoinResult when the customer is in a shuffled pre-queue: their seq
@@ -127,18 +124,6 @@ def _text(value: bytes | str) -> str:
 
 def _int(value: bytes | None) -> int:
     return int(value) if value is not None else 0
-
-
-@asynccontextmanager
-async def guarded() -> AsyncIterator[None]:
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError) as exc:
-        raise Unavailable() from exc
-    except ResponseError as exc:
-        if "READONLY" in str(exc) or "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
-            raise Unavailable() from exc
-        raise ScriptError(f"Redis refused a script: {exc}") from exc
 
 
 class Room:

@@ -6,16 +6,10 @@ touches a single Redis Cluster slot. Only the campaign registry lives outside a 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 PREFIX = "fg"
 REGISTRY = f"{PREFIX}:campaigns"
-CAMPAIGN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-
-
-def valid_campaign_id(campaign: str) -> bool:
-    return bool(CAMPAIGN_ID_RE.fullmatch(campaign))
 
 
 @dataclass(frozen=True)
