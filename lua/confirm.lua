@@ -8,7 +8,6 @@
           {-2} for no such reservation, {-1} for no such campaign.
 ]]
 --!include lib/common.lua
---!include lib/money.lua
 --!include lib/reservations.lua
 local rid, actor = ARGV[1], ARGV[2]
 if rid == nil or #rid < 2 or #rid > 32 or actor == nil then error('bad argument: rid/actor') end

@@ -1,7 +1,12 @@
 """Load the Lua scripts shipped in the package, call them by SHA, reload on NOSCRIPT.
 
-Each script may include shared helpers with a line ``--!include lib/NAME.lua``; the
-loader splices them in, so a helper is written once and every script gets the same text.
+A script is a top-level file of the `gate.lua` package (the repository's `lua/`), one per
+atomic operation, named after it; shared helpers live in `lib/`. A file states what it
+needs with lines ``--!include lib/NAME.lua`` (paths relative to the package root), a lib
+as well as a script. The loader splices each needed file in at its include line, resolved
+recursively: a file appears once per script, where it is first needed, before the text of
+the file that needs it; an include cycle, a missing file or a malformed include line is
+refused with the chain of files that led to it.
 """
 
 from __future__ import annotations
@@ -9,49 +14,88 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-_INCLUDE_RE = re.compile(r"^--!include (lib/[a-z_]+\.lua)\s*$", re.MULTILINE)
-SCRIPT_NAMES = (
-    "campaign_create",
-    "campaign_update",
-    "campaign_state",
-    "join",
-    "admit",
-    "pass",
-    "block",
-    "revoke",
-    "claim",
-    "subscribe",
-    "confirm",
-    "release",
-    "ballot_store",
-    "prequeue_assign",
-    "sealer_lease",
-    "checkpoint_add",
-    "audit_trim",
-    "receipt_locate",
-)
+INCLUDE_PREFIX = "--!include"
+_INCLUDE_RE = re.compile(r"--!include (lib/[a-z0-9_]+\.lua)\s*")
 
 ScriptArg = str | bytes | int | float
+Read = Callable[[str], str]
+"""Reads a file of the Lua tree by its path relative to the root, e.g. ``lib/money.lua``."""
+
+
+class LuaSourceError(RuntimeError):
+    """A script cannot be rendered: an include is missing, malformed or part of a cycle."""
+
+
+def lua_root() -> Traversable:
+    """The shipped Lua tree: the repository's `lua/` in an editable install."""
+    return importlib.resources.files("gate.lua")
+
+
+def reader(root: Traversable) -> Read:
+    """A `Read` over the tree at `root` (the shipped one, or a test's directory)."""
+
+    def read(relative: str) -> str:
+        return root.joinpath(*relative.split("/")).read_text(encoding="utf-8")
+
+    return read
 
 
 def read_lua(relative: str) -> str:
-    return (importlib.resources.files("gate.lua") / relative).read_text(encoding="utf-8")
+    """One shipped file as written, includes not resolved."""
+    return reader(lua_root())(relative)
 
 
-def render(name: str) -> str:
-    """The full text of a script with its includes spliced in."""
+def script_names(root: Traversable | None = None) -> tuple[str, ...]:
+    """Every script: the top-level `*.lua` files of the tree, without the suffix, sorted."""
+    tree = lua_root() if root is None else root
+    return tuple(
+        sorted(
+            entry.name.removesuffix(".lua")
+            for entry in tree.iterdir()
+            if entry.is_file() and entry.name.endswith(".lua")
+        )
+    )
 
-    def splice(match: re.Match[str]) -> str:
-        return read_lua(match.group(1))
 
-    return _INCLUDE_RE.sub(splice, read_lua(f"{name}.lua"))
+def render(name: str, read: Read = read_lua) -> str:
+    """The full text of script `name` with its includes spliced in, each file once."""
+    return _expand(f"{name}.lua", read, chain=(), done=set())
+
+
+def _expand(path: str, read: Read, chain: tuple[str, ...], done: set[str]) -> str:
+    trail = " -> ".join((*chain, path))
+    if path in chain:
+        raise LuaSourceError(f"include cycle: {trail}")
+    if path in done:
+        return ""
+    done.add(path)
+    try:
+        text = read(path)
+    except FileNotFoundError:
+        raise LuaSourceError(f"no such Lua file: {trail}") from None
+    parts: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if not line.startswith(INCLUDE_PREFIX):
+            parts.append(line)
+            continue
+        match = _INCLUDE_RE.fullmatch(line)
+        if match is None:
+            raise LuaSourceError(
+                f"bad include line in {trail}: {line.rstrip()!r} (want '--!include lib/NAME.lua')"
+            )
+        # The included text takes the line's place and the line's own end stays: a file
+        # already included leaves a blank line.
+        parts.append(_expand(match.group(1), read, (*chain, path), done))
+        parts.append(line[len(line.rstrip("\r\n")) :])
+    return "".join(parts)
 
 
 @dataclass(frozen=True)
@@ -62,12 +106,16 @@ class Script:
 
 
 class Scripts:
-    """The registry of fairgate's scripts; `call` never lets the caller see NOSCRIPT."""
+    """The registry of fairgate's scripts; `call` never lets the caller see NOSCRIPT.
 
-    def __init__(self) -> None:
+    `root` is the Lua tree to load (the shipped one unless a test gives another)."""
+
+    def __init__(self, root: Traversable | None = None) -> None:
+        tree = lua_root() if root is None else root
+        read = reader(tree)
         self._scripts: dict[str, Script] = {}
-        for name in SCRIPT_NAMES:
-            source = render(name)
+        for name in script_names(tree):
+            source = render(name, read)
             sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
             self._scripts[name] = Script(name, source, sha)
 

@@ -1,6 +1,6 @@
 --[[
   Pre-queue helpers (a campaign whose meta pq_shuffle is '1'), included by join.lua and
-  prequeue_assign.lua after lib/common.lua.
+  prequeue_assign.lua.
   Before opens_at, joins go into the pre-queue set (no seq). The first join or
   prequeue_assign call at or after opens_at (Redis time) freezes it:
   prequeue_freeze(meta, set, log, now)
@@ -9,6 +9,7 @@
     ({k="reveal", seed=<hex>, p=P}); meta pq_state becomes 'assigning' ('done' when P = 0),
     pq_total = P, pq_next = 0 (how many have their seq). Returns the new pq_state.
 ]]
+--!include lib/common.lua
 local function prequeue_freeze(meta_key, set_key, log_key, now)
   local m = rcall('HMGET', meta_key, 'seq', 'pq_seed')
   -- Nobody gets a seq before the freeze in a shuffled campaign; if someone had, 1..P

@@ -6,8 +6,9 @@
                                          released or expired): moves its amount out of
                                          `held`, frees the customer's active slot
   k is the table of keys {meta, active, resexp, holds, spent, res}.
-  Needs lib/common.lua and lib/money.lua.
 ]]
+--!include lib/common.lua
+--!include lib/money.lua
 local function res_load(res_key, rid)
   local raw = rcall('HGET', res_key, rid)
   if not raw then return nil end
