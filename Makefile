@@ -1,11 +1,13 @@
-# fairgate: `make demo` runs the main job, `make test` runs every check.
-# Both bootstrap a .venv with `pip install -e .[dev]` on first use.
+# fairgate: `make demo` runs the main job, `make test` runs every check (slow tests
+# included, as CI does); `make test-quick` skips the tests marked slow, for the loop
+# while editing.
+# Each bootstraps a .venv with `pip install -e .[dev]` on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-quick lint format bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fairgate needs Python 3.11+")'
@@ -19,6 +21,9 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gate tests bench

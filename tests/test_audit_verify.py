@@ -110,6 +110,7 @@ async def seal_and_verify(
     return path, report
 
 
+@pytest.mark.slow
 async def test_50k_campaign_exports_and_verifies_clean(
     room: Room, keys: SigningKeys, tmp_path: Path
 ) -> None:

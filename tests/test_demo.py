@@ -18,6 +18,7 @@ CUSTOMERS = 300
 RATE = 150.0  # the queue takes ~2 s to drain: joins (300 in ~1 s) outpace admission
 
 
+@pytest.mark.slow
 def test_burst_demo_report_is_coherent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     code = run_demo(scenario="burst", customers=CUSTOMERS, rate=RATE, out=out)

@@ -230,6 +230,7 @@ def replay(entries: list[dict[str, Any]], total: int) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("partial_fill", [True, False], ids=["partial_fill", "whole_claims"])
 async def test_amount_quota_at_scale(gate: Gate, redis_url: str, partial_fill: bool) -> None:
     campaign = "i1-amounts-partial" if partial_fill else "i1-amounts-whole"

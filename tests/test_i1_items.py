@@ -68,6 +68,7 @@ async def _gather_limited(calls: list[Any], limit: int) -> list[Any]:
     return await asyncio.gather(*(one(c) for c in calls))
 
 
+@pytest.mark.slow
 async def test_5000_concurrent_claims_on_100_items(
     served: GateProcess, redis_url: str, keys_file: Path
 ) -> None:

@@ -92,6 +92,7 @@ async def gate_process(
         assert leftover == [], f"children of `gate serve` outlived it: {leftover}"
 
 
+@pytest.mark.slow
 async def test_10000_concurrent_joins_give_exactly_2000_gap_free_tickets(
     gate_process: GateProcess, redis_url: str, keys_file: Path
 ) -> None:

@@ -130,6 +130,7 @@ async def _metric(session: aiohttp.ClientSession, gate: GateProcess, name: str) 
     return float(found.group(1))
 
 
+@pytest.mark.slow
 async def test_three_gates_admit_in_seq_order_within_rate_and_active_cap(
     gates: list[GateProcess], redis_url: str
 ) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 from typing import Any
 
+import pytest
 import redis as sync_redis
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -354,6 +355,7 @@ SETTINGS = settings(
 )
 
 
+@pytest.mark.slow
 def test_scripts_follow_the_model(any_redis: RedisServer) -> None:
     class Machine(LuaModelMachine):
         url = any_redis.url

@@ -216,6 +216,7 @@ async def status(public: Any, campaign: str, ticket: str, customer: str) -> dict
     return body
 
 
+@pytest.mark.slow
 async def test_http_prequeue_tickets_get_their_seq_at_opening(
     gate: Gate, public: Any, admin: Any, keys_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

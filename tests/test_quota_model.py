@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import msgpack
+import pytest
 import redis as sync_redis
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -727,6 +728,7 @@ MUST_SEE = (
 )
 
 
+@pytest.mark.slow
 def test_quota_scripts_follow_the_model(any_redis: RedisServer) -> None:
     """One run of the machine per quota profile, so that each gets the same attention."""
     seen: Counter[str] = Counter()

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import msgpack
+import pytest
 from redis.asyncio import Redis
 
 from gate.room.keys import CampaignKeys
@@ -20,6 +21,7 @@ from tests.helpers import ADMIN_TOKEN, GateProcess, assert_sealed_log, raw_audit
 CAMPAIGN = "failover"
 
 
+@pytest.mark.slow
 async def test_kill_9_of_the_active_sealer_hands_over_without_a_gap(
     redis_url: str, tmp_path: Path, keys_file: Path
 ) -> None:

@@ -489,6 +489,7 @@ async def test_clean_export_verifies_and_reencodes_exactly(
     assert given == prequeue_order(bytes.fromhex(reveal[b"seed"].decode()), prejoined)
 
 
+@pytest.mark.slow
 async def test_200_random_tamperings_all_caught(
     room: Room, keys: SigningKeys, tmp_path: Path
 ) -> None:
