@@ -1,4 +1,6 @@
-"""Test helpers: real redis-server and real `gate serve` processes, waits with deadlines."""
+"""Test helpers: real redis-server and real `gate serve` processes, waits with deadlines,
+campaign specs, the listeners as a client uses them, state machines that drive the
+scripts, and the audit log's checks."""
 
 from __future__ import annotations
 
@@ -10,14 +12,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar, cast
 
 import aiohttp
+import redis as sync_redis
+from hypothesis.stateful import RuleBasedStateMachine
+from redis.asyncio import Redis
 
+from gate.redis_client import connect
 from gate.redis_server import free_port
+from gate.room import Room, decode_entry
+from gate.room.keys import CampaignKeys
+from gate.room.scripts import Scripts
+
+T = TypeVar("T")
 
 ADMIN_TOKEN = "ops-token-0123456789abcdef"
 CORE_TOKEN = "core-token-0123456789abcdef"
@@ -50,6 +62,27 @@ def spec(campaign: str, **admission: Any) -> dict[str, Any]:
     }
 
 
+def amount_quota(total: int, low: int, high: int, step: int, **more: Any) -> dict[str, Any]:
+    """A quota counted in KRW (or `unit=`), numbers as decimal strings (as a client sends
+    amounts that may pass 2^53); `more` adds or overrides fields (partial_fill, ...)."""
+    return {
+        "unit": "KRW",
+        "total": str(total),
+        "min": str(low),
+        "max": str(high),
+        "step": str(step),
+        **more,
+    }
+
+
+def amount_spec(campaign: str, **quota: Any) -> dict[str, Any]:
+    """`spec()` selling 30,000,000 KRW, 1,000,000 to 10,000,000 a customer in steps of
+    10,000, reservations held 60 s; `quota` overrides fields of the quota."""
+    s = spec(campaign, reservation_ttl_s=60)
+    s["quota"] = {**amount_quota(30_000_000, 1_000_000, 10_000_000, 10_000), **quota}
+    return s
+
+
 async def wait_for(
     predicate: Callable[[], Awaitable[bool]], timeout_s: float, what: str, interval_s: float = 0.01
 ) -> None:
@@ -60,6 +93,16 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(interval_s)
+
+
+async def wait_redis_time(redis: Redis, at_least_us: int) -> None:
+    """Wait until Redis's clock passes `at_least_us` (so a token bucket has refilled)."""
+
+    async def passed() -> bool:
+        seconds, micros = await redis.time()
+        return bool(seconds * 1_000_000 + micros >= at_least_us)
+
+    await wait_for(passed, 5, "Redis time to advance", interval_s=0.002)
 
 
 class GateProcess:
@@ -148,6 +191,118 @@ class GateProcess:
             os.killpg(pid, signal.SIGKILL)
         self.process = None
 
+    async def __aenter__(self) -> GateProcess:
+        """Started and ready; stopped again if it never gets ready."""
+        self.start()
+        try:
+            await self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# -- the listeners, as a client uses them (aiohttp test clients) ----------------------
+
+
+async def create_campaign(admin: Any, campaign: str = "c1", **admission: Any) -> dict[str, Any]:
+    """Create `spec(campaign, **admission)` through the admin listener."""
+    r = await admin.post("/admin/campaigns", json=spec(campaign, **admission))
+    assert r.status == 201, await r.text()
+    body: dict[str, Any] = await r.json()
+    return body
+
+
+async def join(public: Any, campaign: str, customer: str) -> dict[str, Any]:
+    """Join as `customer` (a new ticket or the one they hold)."""
+    r = await public.post(f"/q/{campaign}/join", headers={"X-Customer-Id": customer})
+    assert r.status in (200, 201), await r.text()
+    body: dict[str, Any] = await r.json()
+    return body
+
+
+async def admitted(public: Any, campaign: str, customer: str) -> tuple[str, str]:
+    """Join as `customer` and wait (5 s at most) until admitted: (ticket, pass)."""
+    ticket = (await join(public, campaign, customer))["ticket"]
+    state: dict[str, Any] = {}
+
+    async def is_admitted() -> bool:
+        r = await public.get(f"/q/{campaign}/status", params={"ticket": ticket})
+        state.update(await r.json())
+        return state.get("state") == "admitted"
+
+    await wait_for(is_admitted, 5, f"{customer} admitted")
+    return ticket, str(state["pass"])
+
+
+async def admitted_pass(public: Any, campaign: str, customer: str) -> str:
+    """`customer`'s pass, once admitted. The client then forgets the pass cookie, so a
+    later request carries a pass only when the test sends one."""
+    _, pass_token = await admitted(public, campaign, customer)
+    public.session.cookie_jar.clear()
+    return pass_token
+
+
+# -- state machines that drive the real scripts, and their models ----------------------
+
+
+def admit_in_order(
+    cursor: int, last_seq: int, k: int, revoked: set[int]
+) -> tuple[list[int], list[int]]:
+    """admit.lua's order, for the models: the next `k` seqs after `cursor` that are not
+    revoked (admitted), and the revoked ones passed over on the way (skipped)."""
+    admitted: list[int] = []
+    skipped: list[int] = []
+    s = cursor + 1
+    while len(admitted) < k and s <= last_seq:
+        (skipped if s in revoked else admitted).append(s)
+        s += 1
+    return admitted, skipped
+
+
+class ScriptsMachine(RuleBasedStateMachine):
+    """A Hypothesis state machine whose synchronous rules drive the real Lua through
+    `Room`: each run starts on a flushed Redis (`url`, set by the test in a subclass)
+    with an event loop of its own, and `sync` reads Redis directly for the invariants."""
+
+    url = ""
+    timeout_s = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sync = sync_redis.Redis.from_url(self.url)
+        self.sync.flushall()
+        self.loop = asyncio.new_event_loop()
+        self.redis = connect(self.url, timeout_s=self.timeout_s)
+        self.room = Room(self.redis, Scripts())
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coroutine)
+
+    def teardown(self) -> None:
+        try:
+            self.run(self.redis.aclose())
+        finally:
+            self.loop.close()
+            self.sync.close()
+
+    def audit_log(self, keys: CampaignKeys) -> list[dict[str, Any]]:
+        """The decoded audit log, after checking that it is numbered 1..n without a gap
+        and that the campaign's audit_n says n."""
+        raw_entries = cast(list[bytes], self.sync.lrange(keys.audit, 0, -1))
+        entries = [decode_entry(raw) for raw in raw_entries]
+        assert [e["i"] for e in entries] == list(range(1, len(entries) + 1))
+        assert int(self.sync.hget(keys.meta, "audit_n") or 0) == len(entries)
+        return entries
+
 
 # -- the audit log (sealer, receipts, segments) ---------------------------------------
 
@@ -181,13 +336,9 @@ def assert_sealed_log(
 
 async def raw_audit(redis_url: str, campaign: str) -> list[bytes]:
     """The campaign's audit list as Redis holds it (no segments)."""
-    import redis.asyncio as aioredis
-
-    from gate.room.keys import CampaignKeys
-
-    client = aioredis.Redis.from_url(redis_url)
+    client = Redis.from_url(redis_url)
     try:
-        raw: list[bytes] = await client.lrange(CampaignKeys(campaign).audit, 0, -1)
+        raw = cast(list[bytes], await client.lrange(CampaignKeys(campaign).audit, 0, -1))
     finally:
         await client.aclose()
     return raw

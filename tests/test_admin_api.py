@@ -12,14 +12,7 @@ from gate.http.admin import create_admin_app
 from gate.http.public import create_public_app
 from gate.service import Gate, running_gate
 from gate.tokens import customer_digest
-from tests.helpers import ADMIN_TOKEN, spec, wait_for
-
-
-async def create(admin: Any, campaign: str = "c1", **admission: Any) -> dict[str, Any]:
-    r = await admin.post("/admin/campaigns", json=spec(campaign, **admission))
-    assert r.status == 201, await r.text()
-    body: dict[str, Any] = await r.json()
-    return body
+from tests.helpers import ADMIN_TOKEN, admitted, create_campaign, join, spec, wait_for
 
 
 async def error_code(response: Any, status: int) -> str:
@@ -28,26 +21,6 @@ async def error_code(response: Any, status: int) -> str:
     assert response.content_type == "application/json"
     code: str = (await response.json())["error"]["code"]
     return code
-
-
-async def join(public: Any, campaign: str, customer: str) -> dict[str, Any]:
-    r = await public.post(f"/q/{campaign}/join", headers={"X-Customer-Id": customer})
-    assert r.status in (200, 201), await r.text()
-    body: dict[str, Any] = await r.json()
-    return body
-
-
-async def admitted_pass(public: Any, campaign: str, customer: str) -> tuple[str, str]:
-    ticket = (await join(public, campaign, customer))["ticket"]
-    state: dict[str, Any] = {}
-
-    async def admitted() -> bool:
-        r = await public.get(f"/q/{campaign}/status", params={"ticket": ticket})
-        state.update(await r.json())
-        return state.get("state") == "admitted"
-
-    await wait_for(admitted, 5, f"{customer} admitted")
-    return ticket, str(state["pass"])
 
 
 async def test_create_duplicate_list_show(admin: Any) -> None:
@@ -69,7 +42,7 @@ async def test_create_duplicate_list_show(admin: Any) -> None:
     r = await admin.get("/admin/campaigns/c1")
     assert (await r.json())["spec"]["admission"]["rate_per_s"] == 25  # not overwritten
 
-    await create(admin, "c0")
+    await create_campaign(admin, "c0")
     r = await admin.get("/admin/campaigns")
     assert r.status == 200
     listed = (await r.json())["campaigns"]
@@ -84,7 +57,7 @@ async def test_create_duplicate_list_show(admin: Any) -> None:
 
 
 async def test_patch_live_settings(admin: Any, gate: Gate) -> None:
-    await create(admin, rate_per_s=10, burst=5, max_active=100)
+    await create_campaign(admin, rate_per_s=10, burst=5, max_active=100)
     closes = (datetime.now(UTC) + timedelta(hours=3)).replace(microsecond=0)
     for patch, field, value in [
         ({"rate_per_s": 5}, "rate_per_s", 5),
@@ -144,7 +117,7 @@ async def test_patch_live_settings(admin: Any, gate: Gate) -> None:
 
 
 async def test_state_transitions(admin: Any) -> None:
-    await create(admin)
+    await create_campaign(admin)
     moves = [
         ("resume", 409, "open"),
         ("pause", 200, "paused"),
@@ -171,7 +144,7 @@ async def test_state_transitions(admin: Any) -> None:
 
 
 async def test_stats_fields(public: Any, admin: Any) -> None:
-    await create(admin, rate_per_s=1000, burst=100)
+    await create_campaign(admin, rate_per_s=1000, burst=100)
     r = await admin.post("/admin/campaigns/c1/pause")
     assert r.status == 200
     for name in ("a", "b", "c"):
@@ -218,7 +191,7 @@ async def test_stats_fields(public: Any, admin: Any) -> None:
 async def test_every_change_is_audited_with_the_operator_name(
     public: Any, admin: Any, gate: Gate
 ) -> None:
-    await create(admin)
+    await create_campaign(admin)
     await join(public, "c1", "alice")
     steps = [
         ("PATCH", "/admin/campaigns/c1", {"rate_per_s": 3}, "admin-update"),
@@ -261,10 +234,10 @@ async def test_block_stops_join_and_pass_within_one_second(
 ) -> None:
     import contextlib
 
-    await create(admin)
+    await create_campaign(admin)
     async with contextlib.AsyncExitStack() as stack:
         other = await second_gate_public(config, aiohttp_client, stack)
-        ticket, pass_token = await admitted_pass(public, "c1", "alice")
+        ticket, pass_token = await admitted(public, "c1", "alice")
         headers = {"X-Gate-Pass": pass_token}
 
         async def works_on_other() -> bool:
@@ -310,11 +283,11 @@ async def test_revoke_stops_pass_within_one_second(
 ) -> None:
     import contextlib
 
-    await create(admin)
+    await create_campaign(admin)
     async with contextlib.AsyncExitStack() as stack:
         other = await second_gate_public(config, aiohttp_client, stack)
-        _, pass_token = await admitted_pass(public, "c1", "alice")
-        _, bob_pass = await admitted_pass(public, "c1", "bob")
+        _, pass_token = await admitted(public, "c1", "alice")
+        _, bob_pass = await admitted(public, "c1", "bob")
         headers = {"X-Gate-Pass": pass_token}
 
         async def works_on_other() -> bool:

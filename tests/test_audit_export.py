@@ -29,8 +29,7 @@ from gate.errors import GateError
 from gate.http.admin import create_admin_app
 from gate.service import Gate, running_gate
 from gate.tokens import customer_digest
-from tests.helpers import ADMIN_TOKEN, spec, wait_for
-from tests.test_claims_http import admitted_pass
+from tests.helpers import ADMIN_TOKEN, admitted_pass, spec, wait_for
 
 
 async def wait_sealed(gate: Gate, campaign: str) -> int:

@@ -4,36 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.helpers import CORE_TOKEN, spec, wait_for
-
-
-async def admitted_pass(public: Any, campaign: str, customer: str) -> str:
-    r = await public.post(f"/q/{campaign}/join", headers={"X-Customer-Id": customer})
-    assert r.status in (200, 201), await r.text()
-    ticket = (await r.json())["ticket"]
-    body: dict[str, Any] = {}
-
-    async def admitted() -> bool:
-        r = await public.get(f"/q/{campaign}/status", params={"ticket": ticket})
-        body.update(await r.json())
-        return bool(body.get("state") == "admitted")
-
-    await wait_for(admitted, 5, f"{customer} admitted")
-    public.session.cookie_jar.clear()
-    return str(body["pass"])
-
-
-def amount_spec(campaign: str, **quota: Any) -> dict[str, Any]:
-    s = spec(campaign, reservation_ttl_s=60)
-    s["quota"] = {
-        "unit": "KRW",
-        "total": "30000000",
-        "min": "1000000",
-        "max": "10000000",
-        "step": "10000",
-        **quota,
-    }
-    return s
+from tests.helpers import CORE_TOKEN, admitted_pass, amount_spec, wait_for
 
 
 async def test_claim_confirm_release(public: Any, admin: Any) -> None:

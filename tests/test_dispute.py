@@ -10,22 +10,10 @@ from gate.audit.dispute import check_account, render_text
 from gate.audit.verify import load_public_keys
 from gate.room.keys import CampaignKeys
 from gate.service import Gate
-from tests.helpers import CORE_TOKEN, spec, wait_for
-from tests.test_audit_export import admitted_pass, wait_sealed
+from tests.helpers import CORE_TOKEN, admitted_pass, amount_spec, wait_for
+from tests.test_audit_export import wait_sealed
 
 CORE = {"Authorization": f"Bearer {CORE_TOKEN}"}
-
-
-def amount_spec(campaign: str) -> dict[str, Any]:
-    s = spec(campaign, reservation_ttl_s=60)
-    s["quota"] = {
-        "unit": "KRW",
-        "total": "30000000",
-        "min": "1000000",
-        "max": "10000000",
-        "step": "10000",
-    }
-    return s
 
 
 async def claim(public: Any, campaign: str, pass_token: str, amount: str) -> str:

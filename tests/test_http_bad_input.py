@@ -16,7 +16,7 @@ from gate.campaign import valid_campaign_id
 from gate.service import Gate
 from gate.signing import generate_keys_document, parse_keys
 from gate.tokens import PASS, TICKET, TokenSigner, customer_digest
-from tests.helpers import ADMIN_TOKEN, spec, wait_for
+from tests.helpers import ADMIN_TOKEN, admitted_pass, create_campaign, join, spec
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
@@ -34,31 +34,6 @@ async def expect_error(response: Any, status: int, code: str) -> str:
     message = body["error"]["message"]
     assert isinstance(message, str) and message, body
     return message
-
-
-async def create(admin: Any, campaign: str = "c1", **admission: Any) -> None:
-    r = await admin.post("/admin/campaigns", json=spec(campaign, **admission))
-    assert r.status == 201, await r.text()
-
-
-async def join(public: Any, campaign: str, customer: str) -> dict[str, Any]:
-    r = await public.post(f"/q/{campaign}/join", headers={"X-Customer-Id": customer})
-    assert r.status in (200, 201), await r.text()
-    body: dict[str, Any] = await r.json()
-    return body
-
-
-async def admitted_pass(public: Any, campaign: str, customer: str) -> str:
-    ticket = (await join(public, campaign, customer))["ticket"]
-    state: dict[str, Any] = {}
-
-    async def admitted() -> bool:
-        r = await public.get(f"/q/{campaign}/status", params={"ticket": ticket})
-        state.update(await r.json())
-        return state.get("state") == "admitted"
-
-    await wait_for(admitted, 5, f"{customer} admitted")
-    return str(state["pass"])
 
 
 def _unb64(text: str) -> bytes:
@@ -106,7 +81,7 @@ MALFORMED_JSON = [b"{", b'{"a": }', b"{'single': 1}", b"\xff\xfe\x00", b"[" * 60
     "body", MALFORMED_JSON, ids=["open", "bad-value", "quotes", "binary", "deep"]
 )
 async def test_malformed_json_join_and_admin_create(public: Any, admin: Any, body: bytes) -> None:
-    await create(admin)
+    await create_campaign(admin)
     r = await public.post(
         "/q/c1/join", data=body, headers={"X-Customer-Id": "alice", "Content-Type": JSON}
     )
@@ -120,7 +95,7 @@ NOT_AN_OBJECT = [b"[]", b"null", b'"text"', b"42"]
 
 @pytest.mark.parametrize("body", NOT_AN_OBJECT)
 async def test_json_that_is_not_an_object(public: Any, admin: Any, body: bytes) -> None:
-    await create(admin)
+    await create_campaign(admin)
     r = await public.post(
         "/q/c1/join", data=body, headers={"X-Customer-Id": "alice", "Content-Type": JSON}
     )
@@ -136,7 +111,7 @@ GARBAGE_MSGPACK = [b"\xc1", b"\x92\x01", b"\x81\xa1a", b"\xdf\xff\xff\xff\xff", 
     "body", GARBAGE_MSGPACK, ids=["reserved", "short-array", "short-map", "huge-map", "deep"]
 )
 async def test_garbage_msgpack(public: Any, admin: Any, body: bytes) -> None:
-    await create(admin)
+    await create_campaign(admin)
     r = await public.post(
         "/q/c1/join", data=body, headers={"X-Customer-Id": "alice", "Content-Type": MSGPACK}
     )
@@ -147,7 +122,7 @@ async def test_garbage_msgpack(public: Any, admin: Any, body: bytes) -> None:
 
 @pytest.mark.parametrize("value", [[1, 2], "text", 7, None])
 async def test_msgpack_that_is_not_a_map(public: Any, admin: Any, value: Any) -> None:
-    await create(admin)
+    await create_campaign(admin)
     body = msgpack.packb(value)
     r = await public.post(
         "/q/c1/join", data=body, headers={"X-Customer-Id": "alice", "Content-Type": MSGPACK}
@@ -179,7 +154,7 @@ async def test_msgpack_spec_with_binary_keys_names_the_field(admin: Any) -> None
 
 
 async def test_oversized_bodies_are_413(public: Any, admin: Any, gate: Gate) -> None:
-    await create(admin)
+    await create_campaign(admin)
     limit = gate.config.max_body_bytes
     big = b"{" + b" " * limit + b"}"
     r = await public.post(
@@ -221,7 +196,7 @@ async def test_oversized_bodies_are_413(public: Any, admin: Any, gate: Gate) -> 
     ],
 )
 async def test_unsupported_content_type_is_415(public: Any, admin: Any, ctype: str) -> None:
-    await create(admin)
+    await create_campaign(admin)
     r = await public.post(
         "/q/c1/join", data=b"{}", headers={"X-Customer-Id": "alice", "Content-Type": ctype}
     )
@@ -237,7 +212,7 @@ UNKNOWN_CAMPAIGNS = ["nope", "BAD", "a" * 65, "c1%0A", "c1%20", "%C3%A9t%C3%A9",
 
 @pytest.mark.parametrize("campaign", UNKNOWN_CAMPAIGNS)
 async def test_unknown_campaign_is_404(public: Any, admin: Any, gate: Gate, campaign: str) -> None:
-    await create(admin)  # a real c1 exists, so "c1\n" and "c1 " must not reach it
+    await create_campaign(admin)  # a real c1 exists, so "c1\n" and "c1 " must not reach it
     r = await public.post(f"/q/{campaign}/join", headers={"X-Customer-Id": "alice"})
     await expect_error(r, 404, "unknown_campaign")
     r = await public.get(f"/q/{campaign}")
@@ -285,7 +260,7 @@ async def test_signed_ticket_for_a_campaign_that_does_not_exist_is_404(
 async def test_missing_or_bad_customer_header_is_400(
     public: Any, admin: Any, headers: dict[str, str], code: str
 ) -> None:
-    await create(admin)
+    await create_campaign(admin)
     r = await public.post("/q/c1/join", headers=headers)
     message = await expect_error(r, 400, code)
     assert "X-Customer-Id" in message
@@ -295,7 +270,7 @@ async def test_missing_or_bad_customer_header_is_400(
 
 
 async def test_status_without_ticket_is_400(public: Any, admin: Any) -> None:
-    await create(admin)
+    await create_campaign(admin)
     r = await public.get("/q/c1/status")
     await expect_error(r, 400, "missing_ticket")
     r = await public.get("/q/c1/status", params={"ticket": ""})
@@ -318,7 +293,7 @@ FORGERIES = [
 
 @pytest.mark.parametrize("forgery", FORGERIES)
 async def test_forged_ticket_is_403(public: Any, admin: Any, gate: Gate, forgery: str) -> None:
-    await create(admin, rate_per_s=0.001, burst=1)  # nobody is admitted during the test
+    await create_campaign(admin, rate_per_s=0.001, burst=1)  # nobody is admitted during the test
     await join(public, "c1", "first")
     ticket = (await join(public, "c1", "alice"))["ticket"]
     r = await public.get("/q/c1/status", params={"ticket": ticket})
@@ -343,8 +318,8 @@ async def test_forged_ticket_is_403(public: Any, admin: Any, gate: Gate, forgery
 
 
 async def test_ticket_for_another_campaign_is_403(public: Any, admin: Any) -> None:
-    await create(admin, "c1")
-    await create(admin, "c2")
+    await create_campaign(admin, "c1")
+    await create_campaign(admin, "c2")
     other = (await join(public, "c2", "alice"))["ticket"]
     r = await public.get("/q/c1/status", params={"ticket": other})
     await expect_error(r, 403, "wrong_campaign")
@@ -353,7 +328,7 @@ async def test_ticket_for_another_campaign_is_403(public: Any, admin: Any) -> No
 
 
 async def test_ticket_of_another_customer_is_403(public: Any, admin: Any) -> None:
-    await create(admin)
+    await create_campaign(admin)
     ticket = (await join(public, "c1", "alice"))["ticket"]
     r = await public.get(
         "/q/c1/status", params={"ticket": ticket}, headers={"X-Customer-Id": "mallory"}
@@ -369,10 +344,9 @@ async def test_ticket_of_another_customer_is_403(public: Any, admin: Any) -> Non
 
 
 async def test_gate_auth_refusals(public: Any, admin: Any, gate: Gate) -> None:
-    await create(admin, "c1")
-    await create(admin, "c2")
+    await create_campaign(admin, "c1")
+    await create_campaign(admin, "c2")
     good = await admitted_pass(public, "c1", "alice")
-    public.session.cookie_jar.clear()
     r = await public.get("/gate/auth", headers={"X-Gate-Pass": good})
     assert r.status == 200, await r.text()
     r = await public.get("/gate/auth", headers={"X-Gate-Pass": good, "X-Gate-Campaign": "c1"})
@@ -550,7 +524,7 @@ async def test_admin_create_good_spec_control(admin: Any) -> None:
 
 
 async def test_unknown_route_and_wrong_method(public: Any, admin: Any) -> None:
-    await create(admin)
+    await create_campaign(admin)
     for client, path in [
         (public, "/nothing"),
         (public, "/q/c1/join/extra"),
@@ -646,7 +620,7 @@ async def _check(failures: list[str], response: Any, what: str) -> None:
 
 
 async def test_sweep_junk_never_500(public: Any, admin: Any, gate: Gate) -> None:
-    await create(admin)
+    await create_campaign(admin)
     ticket = (await join(public, "c1", "alice"))["ticket"]
     failures: list[str] = []
     requests = 0

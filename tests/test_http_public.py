@@ -24,7 +24,7 @@ from gate.http.admin import create_admin_app
 from gate.http.public import create_public_app, poll_after_ms
 from gate.service import Gate, running_gate
 from gate.tokens import PASS, customer_digest
-from tests.helpers import ADMIN_TOKEN, spec, wait_for
+from tests.helpers import ADMIN_TOKEN, create_campaign, join, spec, wait_for
 
 MSGPACK = "application/msgpack"
 Client = TestClient[web.Request, web.Application]
@@ -66,18 +66,6 @@ async def quiet(config: Config, aiohttp_client: Any) -> AsyncIterator[Quiet]:
         yield Quiet(gate, public, admin)
 
 
-async def create(admin: Any, campaign: str = "c1", **admission: Any) -> None:
-    r = await admin.post("/admin/campaigns", json=spec(campaign, **admission))
-    assert r.status == 201, await r.text()
-
-
-async def join(public: Any, campaign: str, customer: str) -> dict[str, Any]:
-    r = await public.post(f"/q/{campaign}/join", headers={"X-Customer-Id": customer})
-    assert r.status in (200, 201), await r.text()
-    body: dict[str, Any] = await r.json()
-    return body
-
-
 async def status(public: Any, campaign: str, ticket: str) -> dict[str, Any]:
     r = await public.get(f"/q/{campaign}/status", params={"ticket": ticket})
     assert r.status == 200, await r.text()
@@ -89,7 +77,7 @@ async def status(public: Any, campaign: str, ticket: str) -> dict[str, Any]:
 
 
 async def test_msgpack_negotiation_on_join_and_status(public: Any, admin: Any) -> None:
-    await create(admin, rate_per_s=0.001, burst=1)
+    await create_campaign(admin, rate_per_s=0.001, burst=1)
     packed = {"Content-Type": MSGPACK, "Accept": MSGPACK, "X-Customer-Id": "alice"}
     r = await public.post("/q/c1/join", data=msgpack.packb({}), headers=packed)
     assert r.status == 201, await r.read()
@@ -124,7 +112,7 @@ async def test_msgpack_negotiation_on_join_and_status(public: Any, admin: Any) -
 
 async def test_waiting_position_eta_and_poll_after(quiet: Quiet) -> None:
     # max_active caps each admit call at three customers, whatever the bucket holds
-    await create(quiet.admin, rate_per_s=1000, burst=100, max_active=3)
+    await create_campaign(quiet.admin, rate_per_s=1000, burst=100, max_active=3)
     tickets = {}
     for n in range(1, 11):
         body = await join(quiet.public, "c1", f"customer-{n}")
@@ -185,7 +173,7 @@ def test_poll_after_grows_with_position_and_has_jitter() -> None:
 async def test_admitted_status_sets_httponly_cookie_and_pass_works(
     public: Any, admin: Any, gate: Gate
 ) -> None:
-    await create(admin, rate_per_s=1000, burst=10, pass_ttl_s=120)
+    await create_campaign(admin, rate_per_s=1000, burst=10, pass_ttl_s=120)
     ticket = (await join(public, "c1", "alice"))["ticket"]
     state: dict[str, Any] = {}
     last: Any = None
@@ -234,7 +222,7 @@ async def test_admitted_status_sets_httponly_cookie_and_pass_works(
 
 
 async def test_secure_cookie_when_configured(quiet: Quiet) -> None:
-    await create(quiet.admin)
+    await create_campaign(quiet.admin)
     ticket = (await join(quiet.public, "c1", "alice"))["ticket"]
     await quiet.refresh()
     assert await quiet.admit("c1") == 1
@@ -258,7 +246,7 @@ def diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 
 async def test_waiting_poll_makes_no_redis_round_trip(quiet: Quiet, redis_url: str) -> None:
-    await create(quiet.admin, max_active=1)
+    await create_campaign(quiet.admin, max_active=1)
     first = (await join(quiet.public, "c1", "first"))["ticket"]
     waiting = (await join(quiet.public, "c1", "waiting"))["ticket"]
     await quiet.refresh()
@@ -295,7 +283,7 @@ async def test_waiting_poll_makes_no_redis_round_trip(quiet: Quiet, redis_url: s
 
 
 async def test_health_ready_metrics_and_keys(public: Any, admin: Any, gate: Gate) -> None:
-    await create(admin)
+    await create_campaign(admin)
     await join(public, "c1", "alice")
     await join(public, "c1", "bob")
 
@@ -364,7 +352,7 @@ async def test_readyz_and_status_fail_closed_when_the_cache_is_stale(
 
 
 async def test_waiting_room_page(public: Any, admin: Any) -> None:
-    await create(admin, "deposit-5pct")
+    await create_campaign(admin, "deposit-5pct")
     r = await public.get("/q/deposit-5pct")
     assert r.status == 200 and r.content_type == "text/html"
     assert r.headers["Cache-Control"] == "no-store"
@@ -396,7 +384,7 @@ async def test_join_states_prequeue_and_closed(public: Any, admin: Any) -> None:
     r = await public.post("/q/too-early/join", headers={"X-Customer-Id": "alice"})
     assert r.status == 409 and (await r.json())["error"]["code"] == "not_open_yet"
 
-    await create(admin, "c1", rate_per_s=0.001, burst=1)
+    await create_campaign(admin, "c1", rate_per_s=0.001, burst=1)
     await join(public, "c1", "first")
     ticket = (await join(public, "c1", "alice"))["ticket"]
     r = await admin.post("/admin/campaigns/c1/close")

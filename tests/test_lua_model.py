@@ -12,16 +12,13 @@ an hour (nothing expires), so every outcome is determined by the order of operat
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from typing import Any
 
 import pytest
-import redis as sync_redis
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
@@ -31,12 +28,10 @@ from hypothesis.stateful import (
 
 from gate.campaign import parse_spec
 from gate.errors import Conflict, NotFound
-from gate.redis_client import connect
 from gate.redis_server import RedisServer
-from gate.room import JOIN_CLOSED, JOIN_OK, Room, decode_entry
+from gate.room import JOIN_CLOSED, JOIN_OK
 from gate.room.keys import CampaignKeys
-from gate.room.scripts import Scripts
-from tests.helpers import spec, wait_for
+from tests.helpers import ScriptsMachine, admit_in_order, spec, wait_redis_time
 
 CAMPAIGN = "model"
 CUSTOMERS = 10
@@ -94,15 +89,11 @@ class Model:
         if self.state != "open":
             return 0, self.cursor, len(self.active), 0, self.state
         k = min(self.max_active - len(self.active), self.last_seq - self.cursor)
-        admitted: list[int] = []
-        skipped: list[int] = []
-        s = self.cursor + 1
-        while len(admitted) < k and s <= self.last_seq:
-            (skipped if s in self.revoked else admitted).append(s)
-            s += 1
-        if s - 1 > self.cursor:
-            self.log.append(("admit", self.cursor + 1, s - 1, len(admitted), tuple(skipped)))
-            self.cursor = s - 1
+        admitted, skipped = admit_in_order(self.cursor, self.last_seq, k, self.revoked)
+        last = self.cursor + len(admitted) + len(skipped)
+        if last > self.cursor:
+            self.log.append(("admit", self.cursor + 1, last, len(admitted), tuple(skipped)))
+            self.cursor = last
             self.active |= set(admitted)
             self.admitted += len(admitted)
             self.skipped += len(skipped)
@@ -183,38 +174,18 @@ def project(entry: dict[str, Any]) -> tuple[Any, ...]:
     return (kind,)  # expire, close: the model predicts none
 
 
-class LuaModelMachine(RuleBasedStateMachine):
-    url = ""  # set by the test, one subclass per Redis version
+class LuaModelMachine(ScriptsMachine):
+    """One subclass per Redis version (the test sets `url`)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.sync = sync_redis.Redis.from_url(self.url)
-        self.sync.flushall()
-        self.loop = asyncio.new_event_loop()
-        self.redis = connect(self.url, timeout_s=1)
-        self.room = Room(self.redis, Scripts())
         self.model = Model()
         self.campaign = campaign = parse_spec(
             spec(CAMPAIGN, rate_per_s=1e6, burst=1_000_000, max_active=MAX_ACTIVE, pass_ttl_s=3600)
         )
         created_at = self.run(self.room.create(campaign, ACTOR))
-
-        async def bucket_full() -> bool:
-            # at 1e6 tokens/s, 5 ms of Redis time is far more than MAX_ACTIVE tokens
-            seconds, micros = await self.redis.time()
-            return seconds * 1_000_000 + micros >= created_at + 5_000
-
-        self.run(wait_for(bucket_full, 5, "Redis time to advance", interval_s=0.002))
-
-    def run(self, coroutine: Any) -> Any:
-        return self.loop.run_until_complete(coroutine)
-
-    def teardown(self) -> None:
-        try:
-            self.run(self.redis.aclose())
-        finally:
-            self.loop.close()
-            self.sync.close()
+        # at 1e6 tokens/s, 5 ms of Redis time is far more than MAX_ACTIVE tokens
+        self.run(wait_redis_time(self.redis, created_at + 5_000))
 
     @initialize(customers=st.lists(st.integers(0, CUSTOMERS - 1), min_size=3, max_size=10))
     def first_joins(self, customers: list[int]) -> None:
@@ -324,7 +295,6 @@ class LuaModelMachine(RuleBasedStateMachine):
             "skipped",
             "expired",
             "max_active",
-            "audit_n",
         )
         meta = dict(zip(fields, self.sync.hmget(KEYS.meta, fields), strict=True))
         assert meta["state"] == m.state.encode()
@@ -341,10 +311,7 @@ class LuaModelMachine(RuleBasedStateMachine):
         assert {int(s) for s in self.sync.smembers(KEYS.revoked)} == m.revoked
         assert set(self.sync.smembers(KEYS.blocked)) == m.blocked
         assert {int(s) for s in self.sync.smembers(KEYS.passed)} == m.passed
-        entries = [decode_entry(raw) for raw in self.sync.lrange(KEYS.audit, 0, -1)]
-        assert [e["i"] for e in entries] == list(range(1, len(entries) + 1))
-        assert int(meta["audit_n"]) == len(entries)
-        assert [project(e) for e in entries] == m.log
+        assert [project(e) for e in self.audit_log(KEYS)] == m.log
 
 
 SETTINGS = settings(

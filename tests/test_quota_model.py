@@ -31,7 +31,6 @@ expires it exactly as it would expire a reservation whose time ran out.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 from collections import Counter
@@ -44,7 +43,6 @@ import redis as sync_redis
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
@@ -56,10 +54,16 @@ from gate.campaign import parse_spec
 from gate.errors import NotFound
 from gate.redis_client import connect
 from gate.redis_server import RedisServer
-from gate.room import JOIN_CLOSED, JOIN_OK, Room, decode_entry
+from gate.room import JOIN_CLOSED, JOIN_OK, Room
 from gate.room.keys import CampaignKeys
 from gate.room.scripts import Scripts
-from tests.helpers import spec, wait_for
+from tests.helpers import (
+    ScriptsMachine,
+    admit_in_order,
+    amount_quota,
+    spec,
+    wait_redis_time,
+)
 
 CAMPAIGN = "quota-model"
 KEYS = CampaignKeys(CAMPAIGN)
@@ -288,15 +292,11 @@ class Model:
             if can_serve > 0:
                 can_serve = math.floor(can_serve * self.overbook)
             k = min(k, max(0, can_serve - max(0, len(self.active) - self.holding)))
-        admitted: list[int] = []
-        skipped: list[int] = []
-        s = self.cursor + 1
-        while len(admitted) < k and s <= self.last_seq:
-            (skipped if s in self.revoked else admitted).append(s)
-            s += 1
-        if s - 1 > self.cursor:
-            self.log.append(("admit", self.cursor + 1, s - 1, len(admitted), tuple(skipped)))
-            self.cursor = s - 1
+        admitted, skipped = admit_in_order(self.cursor, self.last_seq, k, self.revoked)
+        last = self.cursor + len(admitted) + len(skipped)
+        if last > self.cursor:
+            self.log.append(("admit", self.cursor + 1, last, len(admitted), tuple(skipped)))
+            self.cursor = last
             self.admitted += len(admitted)
             self.skipped += len(skipped)
             for seq in admitted:
@@ -367,29 +367,16 @@ def amounts(p: Profile, remaining: int) -> st.SearchStrategy[int]:
     return st.sampled_from(weights).flatmap(lambda kind: kinds[kind])
 
 
-class QuotaModelMachine(RuleBasedStateMachine):
-    url = ""  # set by the test: one subclass per Redis version and profile
+class QuotaModelMachine(ScriptsMachine):
+    """One subclass per Redis version and profile (the test sets `url` and `profile`)."""
+
+    timeout_s = 2.0
     profile = ""
     seen: ClassVar[Counter[str]]  # outcomes over the whole run, checked at the end
 
     def __init__(self) -> None:
         super().__init__()
-        self.sync = sync_redis.Redis.from_url(self.url)
-        self.sync.flushall()
-        self.loop = asyncio.new_event_loop()
-        self.redis = connect(self.url, timeout_s=2)
-        self.room = Room(self.redis, Scripts())
         self.model: Model | None = None
-
-    def run(self, coroutine: Any) -> Any:
-        return self.loop.run_until_complete(coroutine)
-
-    def teardown(self) -> None:
-        try:
-            self.run(self.redis.aclose())
-        finally:
-            self.loop.close()
-            self.sync.close()
 
     @property
     def m(self) -> Model:
@@ -412,23 +399,13 @@ class QuotaModelMachine(RuleBasedStateMachine):
             reservation_ttl_s=3600,
             overbook=overbook,
         )
-        raw["quota"] = {
-            "unit": p.unit,
-            "total": str(p.total),
-            "min": str(p.low),
-            "max": str(p.high),
-            "step": str(p.step),
-            "partial_fill": p.partial,
-        }
+        raw["quota"] = amount_quota(
+            p.total, p.low, p.high, p.step, unit=p.unit, partial_fill=p.partial
+        )
         created_at = self.run(self.room.create(parse_spec(raw), "ops"))
         self.model = Model(p, max_active, overbook)
-
-        async def bucket_full() -> bool:
-            # at 1e6 tokens/s, 5 ms of Redis time is far more tokens than customers
-            seconds, micros = await self.redis.time()
-            return seconds * 1_000_000 + micros >= created_at + 5_000
-
-        self.run(wait_for(bucket_full, 5, "Redis time to advance", interval_s=0.002))
+        # at 1e6 tokens/s, 5 ms of Redis time is far more tokens than customers
+        self.run(wait_redis_time(self.redis, created_at + 5_000))
         self.join(customers)
         self.admit()
 
@@ -637,7 +614,6 @@ class QuotaModelMachine(RuleBasedStateMachine):
             "reservations_expired",
             "res_n",
             "skipped",
-            "audit_n",
         )
         meta = {f: _s(v) for f, v in zip(fields, self.sync.hmget(KEYS.meta, fields), strict=True)}
         assert meta["state"] == m.state
@@ -693,10 +669,7 @@ class QuotaModelMachine(RuleBasedStateMachine):
         assert {int(s) for s in self.sync.smembers(KEYS.revoked)} == m.revoked
         tickets = {d: int(s) for d, s in self.sync.hgetall(KEYS.tickets).items()}
         assert tickets == m.seq_of
-        entries = [decode_entry(raw) for raw in self.sync.lrange(KEYS.audit, 0, -1)]
-        assert [e["i"] for e in entries] == list(range(1, len(entries) + 1))
-        assert int(meta["audit_n"]) == len(entries)
-        assert [project(e) for e in entries] == m.log
+        assert [project(e) for e in self.audit_log(KEYS)] == m.log
 
 
 SETTINGS = settings(
@@ -763,12 +736,7 @@ async def test_a_revoked_holder_makes_no_room_once_sold_out(any_redis: RedisServ
         raw = spec(CAMPAIGN, rate_per_s=1e6, burst=1_000_000, pass_ttl_s=3600)
         raw["quota"] = {"unit": "item", "total": 2}
         created_at = await room.create(parse_spec(raw), "ops")
-
-        async def bucket_full() -> bool:
-            seconds, micros = await redis.time()
-            return seconds * 1_000_000 + micros >= created_at + 5_000
-
-        await wait_for(bucket_full, 5, "Redis time to advance", interval_s=0.002)
+        await wait_redis_time(redis, created_at + 5_000)
         digests = [digest(i) for i in range(4)]
         assert (await room.join(CAMPAIGN, digests)).status == JOIN_OK
         first = await room.admit(CAMPAIGN)

@@ -23,20 +23,13 @@ from gate.room.keys import CampaignKeys
 from gate.service import Gate, running_gate
 from gate.signing import generate_keys_document, load_or_create_keys, write_keys
 from gate.tokens import customer_digest
-from tests.helpers import assert_sealed_log, raw_audit, spec, wait_for
+from tests.helpers import assert_sealed_log, join, raw_audit, spec, wait_for
 
 ACTOR = "ops"
 
 
 def fast(config: Config, **changes: Any) -> Config:
     return dataclasses.replace(config, seal_interval_ms=50, **changes)
-
-
-async def join(public: Any, campaign: str, customer: str) -> dict[str, Any]:
-    r = await public.post(f"/q/{campaign}/join", headers={"X-Customer-Id": customer})
-    assert r.status in (200, 201), await r.text()
-    body: dict[str, Any] = await r.json()
-    return body
 
 
 async def wait_sealed_past(gate: Gate, campaign: str, entry: int) -> None:
