@@ -17,10 +17,12 @@
   KEYS[8] spent hash     fg:{c}:spent
   ARGV[1] max_per_call   most customers admitted by this call
   ARGV[2] expire_limit   most active entries expired by this call
-  Returns {admitted, cursor, active, expired, state}, or {-1} when there is no such campaign.
+  Returns {OK, admitted, cursor, active, expired, state}, or {UNKNOWN_CAMPAIGN} when there
+  is no such campaign.
 ]]
 --!include lib/common.lua
 --!include lib/money.lua
+--!include lib/replies.lua
 --!include lib/reservations.lua
 local max_per_call = int_arg(ARGV[1], 0, 'max_per_call')
 local expire_limit = int_arg(ARGV[2], 1, 'expire_limit')
@@ -28,7 +30,7 @@ local expire_limit = int_arg(ARGV[2], 1, 'expire_limit')
 local m = rcall('HMGET', KEYS[1], 'state', 'opens_at_us', 'closes_at_us', 'rate', 'burst',
   'max_active', 'pass_ttl_us', 'seq', 'cursor', 'tokens', 'bucket_us', 'policy', 'pq_shuffle',
   'pq_state')
-if not m[1] then return {-1} end
+if not m[1] then return {UNKNOWN_CAMPAIGN} end
 local state = m[1]
 local now = now_us()
 if state ~= 'closed' and now >= tonumber(m[3]) then
@@ -63,7 +65,7 @@ if state ~= 'closed' then
   end
 end
 
-if state == 'closed' then return {0, tonumber(m[9]), rcall('ZCARD', KEYS[2]), 0, state} end
+if state == 'closed' then return {OK, 0, tonumber(m[9]), rcall('ZCARD', KEYS[2]), 0, state} end
 local rate, burst = tonumber(m[4]), tonumber(m[5])
 local tokens = refill(tonumber(m[10]), tonumber(m[11]), rate, burst, now)
 local last_seq, cursor = tonumber(m[8]), tonumber(m[9])
@@ -73,7 +75,7 @@ local active = rcall('ZCARD', KEYS[2])
 local prequeue_pending = m[13] == '1' and m[14] ~= 'done'
 if state ~= 'open' or now < tonumber(m[2]) or prequeue_pending then
   rcall('HSET', KEYS[1], 'tokens', tostring(tokens), 'bucket_us', now)
-  return {0, cursor, active, #expired, state}
+  return {OK, 0, cursor, active, #expired, state}
 end
 
 local k = math.min(math.floor(tokens), tonumber(m[6]) - active, last_seq - cursor, max_per_call)
@@ -123,4 +125,4 @@ if new_cursor > cursor then
   audit(KEYS[1], KEYS[4], now, entry)
 end
 rcall('HSET', KEYS[1], 'tokens', tostring(tokens), 'bucket_us', now)
-return {#admitted, new_cursor, active + #admitted, #expired, state}
+return {OK, #admitted, new_cursor, active + #admitted, #expired, state}

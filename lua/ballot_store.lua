@@ -7,12 +7,13 @@
   KEYS[3] audit list       fg:{c}:audit
   ARGV[1] chunk index (0, 1, ...)   ARGV[2] last chunk (0|1)
   ARGV[3..] seq, amount pairs
-  Returns {1, next_chunk} when stored, {0, expected_chunk} when this chunk is not the next
-  one (already stored by another process), {-1} no such campaign, {-2} not closed yet,
-  {-3} not a ballot.
+  Returns {OK, next_chunk} when stored, {REFUSED, expected_chunk} when this chunk is not
+  the next one (already stored by another process; 'done' after the last),
+  {UNKNOWN_CAMPAIGN}, {NOT_CLOSED} (not closed yet), or {NOT_BALLOT}.
 ]]
 --!include lib/common.lua
 --!include lib/money.lua
+--!include lib/replies.lua
 local chunk = int_arg(ARGV[1], 0, 'chunk')
 local last = ARGV[2]
 if last ~= '0' and last ~= '1' then error('bad argument: last') end
@@ -22,11 +23,11 @@ for i = 3, #ARGV, 2 do
   if not money_ok(ARGV[i + 1]) then error('bad argument: amount') end
 end
 local m = rcall('HMGET', KEYS[1], 'state', 'policy', 'alloc_next', 'alloc_sum', 'q_total', 'seed')
-if not m[1] then return {-1} end
-if m[1] ~= 'closed' then return {-2} end
-if m[2] ~= 'ballot' then return {-3} end
+if not m[1] then return {UNKNOWN_CAMPAIGN} end
+if m[1] ~= 'closed' then return {NOT_CLOSED} end
+if m[2] ~= 'ballot' then return {NOT_BALLOT} end
 local expected = tonumber(m[3] or '0')
-if chunk ~= expected or m[3] == 'done' then return {0, m[3] or '0'} end
+if chunk ~= expected or m[3] == 'done' then return {REFUSED, m[3] or '0'} end
 local sum = m[4] or '0'
 local pairs_ = {}
 for i = 3, #ARGV, 2 do
@@ -47,4 +48,4 @@ if last == '1' then
 else
   rcall('HSET', KEYS[1], 'alloc_next', chunk + 1)
 end
-return {1, chunk + 1}
+return {OK, chunk + 1}

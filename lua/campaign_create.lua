@@ -1,43 +1,66 @@
 --[[
-  Create a campaign. Validates every argument before the first write.
+  Create a campaign. Validates every field before the first write.
   KEYS[1] meta hash      fg:{c}:meta
   KEYS[2] audit list     fg:{c}:audit
-  ARGV[1] campaign id
-  ARGV[2] spec (JSON, stored as given)
-  ARGV[3] opens_at_us    ARGV[4] closes_at_us    ARGV[5] prequeue_from_us
-  ARGV[6] rate_per_s     ARGV[7] burst           ARGV[8] max_active
-  ARGV[9] pass_ttl_us    ARGV[10] actor (operator token name)
-  ARGV[11] policy (first_come | ballot)   ARGV[12] unit
-  ARGV[13] quota total   ARGV[14] min   ARGV[15] max   ARGV[16] step (decimal strings)
-  ARGV[17] partial fill (0|1)   ARGV[18] reservation_ttl_us
-  ARGV[19] seed (hex; revealed at opening with a shuffled pre-queue, else at a ballot's close)
-  ARGV[20] seed hash (hex; published now)
-  ARGV[21] overbook (>= 1)
-  ARGV[22] pre-queue shuffle (0|1; absent = 0): joins before opens_at go into a set that
-           is shuffled into seqs 1..P at opening (join.lua, prequeue_assign.lua)
-  Returns {1, now_us} when created, {0, "exists"} when the id is taken.
-  ARGV[23] pre-queue seed (hex; revealed at opening)   ARGV[24] its hash (hex; published now)
+  ARGV[1] the campaign: one msgpack map, each field stored in meta under its own name
+          (a boolean as '0' or '1'); every field is required, no other is accepted:
+    id, actor (operator token name), spec (JSON, stored as given)    strings
+    opens_at_us, closes_at_us, prequeue_from_us, pass_ttl_us,
+    res_ttl_us (reservation TTL), burst, max_active                  integers
+    rate (per second), overbook (>= 1)                               decimal strings
+    policy (first_come | ballot), unit                               strings
+    q_total, q_min, q_max, q_step (the quota)                        amount strings
+    partial (partial fill)                                           boolean
+    seed (revealed at opening with a shuffled pre-queue, else at a ballot's close),
+    seed_hash (published now)                                        64 hex digits
+    pq_shuffle: joins before opens_at go into a set that is shuffled
+      into seqs 1..P at opening (join.lua, prequeue_assign.lua)      boolean
+    pq_seed (revealed at opening), pq_seed_hash (published now)      64 hex digits
+  Returns {OK, now_us} when created, {CAMPAIGN_EXISTS} when the id is taken.
 ]]
 --!include lib/common.lua
 --!include lib/money.lua
-local id = ARGV[1]
-local spec = ARGV[2]
-local opens = int_arg(ARGV[3], 0, 'opens_at_us')
-local closes = int_arg(ARGV[4], 0, 'closes_at_us')
-local prequeue = int_arg(ARGV[5], 0, 'prequeue_from_us')
-local rate = num_arg(ARGV[6], 0.001, 'rate_per_s')
-local burst = int_arg(ARGV[7], 1, 'burst')
-local max_active = int_arg(ARGV[8], 1, 'max_active')
-local pass_ttl = int_arg(ARGV[9], 1000000, 'pass_ttl_us')
-local actor = ARGV[10]
-local policy, unit = ARGV[11], ARGV[12]
-local total, low, high, step = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
-local res_ttl = int_arg(ARGV[18], 1000000, 'reservation_ttl_us')
-local overbook = num_arg(ARGV[21], 1, 'overbook')
+--!include lib/replies.lua
+if #ARGV ~= 1 then error('bad argument: one msgpack map') end
+local ok, a = pcall(cmsgpack.unpack, ARGV[1])
+if not ok or type(a) ~= 'table' then error('bad argument: one msgpack map') end
+local fields = {id = 1, spec = 1, actor = 1, opens_at_us = 1, closes_at_us = 1,
+  prequeue_from_us = 1, pass_ttl_us = 1, res_ttl_us = 1, burst = 1, max_active = 1,
+  rate = 1, overbook = 1, policy = 1, unit = 1, q_total = 1, q_min = 1, q_max = 1,
+  q_step = 1, partial = 1, seed = 1, seed_hash = 1, pq_shuffle = 1, pq_seed = 1,
+  pq_seed_hash = 1}
+for name in pairs(a) do
+  if fields[name] == nil then error('bad argument: unknown field ' .. tostring(name)) end
+end
+local function text(name)
+  if type(a[name]) ~= 'string' then error('bad argument: ' .. name) end
+  return a[name]
+end
+local function flag(name)
+  if type(a[name]) ~= 'boolean' then error('bad argument: ' .. name) end
+  return a[name] and '1' or '0'
+end
+local function hex64(name)
+  if type(a[name]) ~= 'string' or #a[name] ~= 64 then error('bad argument: ' .. name) end
+  return a[name]
+end
+local id, spec, actor = text('id'), text('spec'), text('actor')
+local opens = int_arg(a.opens_at_us, 0, 'opens_at_us')
+local closes = int_arg(a.closes_at_us, 0, 'closes_at_us')
+local prequeue = int_arg(a.prequeue_from_us, 0, 'prequeue_from_us')
+local rate = text('rate')
+num_arg(rate, 0.001, 'rate')
+local burst = int_arg(a.burst, 1, 'burst')
+local max_active = int_arg(a.max_active, 1, 'max_active')
+local pass_ttl = int_arg(a.pass_ttl_us, 1000000, 'pass_ttl_us')
+local policy, unit = text('policy'), text('unit')
+local total, low, high, step = a.q_total, a.q_min, a.q_max, a.q_step
+local res_ttl = int_arg(a.res_ttl_us, 1000000, 'res_ttl_us')
+local overbook = text('overbook')
+num_arg(overbook, 1, 'overbook')
 if policy ~= 'first_come' and policy ~= 'ballot' then error('bad argument: policy') end
-if ARGV[17] ~= '0' and ARGV[17] ~= '1' then error('bad argument: partial') end
-local pq_shuffle = ARGV[22] or '0'
-if pq_shuffle ~= '0' and pq_shuffle ~= '1' then error('bad argument: pre-queue shuffle') end
+local partial = flag('partial')
+local pq_shuffle = flag('pq_shuffle')
 for _, v in ipairs({total, low, high, step}) do
   if not money_ok(v) or v == '0' then error('bad argument: quota amount ' .. tostring(v)) end
 end
@@ -45,25 +68,26 @@ end
 if money_cmp(high, low) < 0 or #step > 13 or #low > 13 then
   error('bad argument: quota bounds')
 end
-if #(ARGV[19] or '') ~= 64 or #(ARGV[20] or '') ~= 64 then error('bad argument: seed') end
+local seed, seed_hash = hex64('seed'), hex64('seed_hash')
 -- The pre-queue has its own seed: revealing it at opening must not reveal the ballot's.
-if #(ARGV[23] or '') ~= 64 or #(ARGV[24] or '') ~= 64 then error('bad argument: pre-queue seed') end
+local pq_seed, pq_seed_hash = hex64('pq_seed'), hex64('pq_seed_hash')
 if closes <= opens or prequeue > opens then error('bad argument: window') end
-if id == nil or id == '' or spec == nil or actor == nil then error('bad argument: id/spec/actor') end
+if id == '' then error('bad argument: id') end
 
-if rcall('EXISTS', KEYS[1]) == 1 then return {0, 'exists'} end
+if rcall('EXISTS', KEYS[1]) == 1 then return {CAMPAIGN_EXISTS} end
 local now = now_us()
 rcall('HSET', KEYS[1],
   'id', id, 'spec', spec, 'state', 'open',
   'opens_at_us', opens, 'closes_at_us', closes, 'prequeue_from_us', prequeue,
-  'rate', ARGV[6], 'burst', burst, 'max_active', max_active, 'pass_ttl_us', pass_ttl,
+  'rate', rate, 'burst', burst, 'max_active', max_active, 'pass_ttl_us', pass_ttl,
   'seq', 0, 'cursor', 0, 'tokens', 0, 'bucket_us', now,
   'admitted', 0, 'expired', 0, 'skipped', 0, 'rev', 0, 'created_us', now,
   'policy', policy, 'unit', unit, 'q_total', total, 'q_min', low, 'q_max', high,
-  'q_step', step, 'partial', ARGV[17], 'res_ttl_us', res_ttl, 'held', '0', 'confirmed', '0',
+  'q_step', step, 'partial', partial, 'res_ttl_us', res_ttl, 'held', '0', 'confirmed', '0',
   'released', '0', 'expired_amount', '0', 'holding', 0, 'claims', 0, 'confirms', 0,
-  'releases', 0, 'reservations_expired', 0, 'seed', ARGV[19], 'seed_hash', ARGV[20], 'overbook', ARGV[21],
-  'pq_shuffle', pq_shuffle, 'pq_seed', ARGV[23], 'pq_seed_hash', ARGV[24])
-audit(KEYS[1], KEYS[2], now, {k = 'admin-create', a = actor, spec = spec, h = ARGV[20],
-  hq = ARGV[24]})
-return {1, int_str(now)}
+  'releases', 0, 'reservations_expired', 0, 'seed', seed, 'seed_hash', seed_hash,
+  'overbook', overbook, 'pq_shuffle', pq_shuffle, 'pq_seed', pq_seed,
+  'pq_seed_hash', pq_seed_hash)
+audit(KEYS[1], KEYS[2], now, {k = 'admin-create', a = actor, spec = spec, h = seed_hash,
+  hq = pq_seed_hash})
+return {OK, int_str(now)}

@@ -6,9 +6,10 @@
   ARGV[1] actor
   ARGV[2] new spec JSON (stored as given)
   ARGV[3..] field, value pairs; fields: rate, burst, max_active, closes_at_us, pass_ttl_us, overbook
-  Returns {1, now_us}, {-1} when there is no such campaign, {0, state} when it is closed.
+  Returns {OK, now_us}, {CAMPAIGN_CLOSED}, or {UNKNOWN_CAMPAIGN}.
 ]]
 --!include lib/common.lua
+--!include lib/replies.lua
 local actor = ARGV[1]
 local spec = ARGV[2]
 local changes = {}
@@ -29,8 +30,8 @@ for i = 3, #ARGV, 2 do
 end
 
 local m = rcall('HMGET', KEYS[1], 'state', 'rate', 'burst', 'tokens', 'bucket_us', 'opens_at_us')
-if not m[1] then return {-1} end
-if m[1] == 'closed' then return {0, m[1]} end
+if not m[1] then return {UNKNOWN_CAMPAIGN} end
+if m[1] == 'closed' then return {CAMPAIGN_CLOSED} end
 local now = now_us()
 local level = refill(tonumber(m[4]), tonumber(m[5]), tonumber(m[2]), tonumber(m[3]), now)
 local old = {}
@@ -48,4 +49,4 @@ if level > math.max(burst, 1) then rcall('HSET', KEYS[1], 'tokens', tostring(mat
 local new = {}
 for i = 4, #ARGV, 2 do new[#new + 1] = ARGV[i] end
 audit(KEYS[1], KEYS[2], now, {k = 'admin-update', a = actor, f = changes, o = old, n = new})
-return {1, int_str(now)}
+return {OK, int_str(now)}

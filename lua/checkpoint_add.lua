@@ -8,10 +8,11 @@
   KEYS[4] meta hash       fg:{c}:meta
   ARGV[1] fencing token   ARGV[2] sealed size it continued from   ARGV[3] new size
   ARGV[4] serialized frontier at the new size   ARGV[5] checkpoint JSON
-  Returns {1, new size} when published, {0, reason} when refused: 'fenced' (a newer
-  sealer holds the lease), 'moved' (the stored frontier is not where the caller
-  started), 'not_growing', 'beyond_log'.
+  Returns {OK, new size} when published, or {REFUSED, reason}: FENCED (a newer sealer
+  holds the lease), MOVED (the stored frontier is not where the caller started),
+  NOT_GROWING, BEYOND_LOG.
 ]]
+--!include lib/replies.lua
 local rcall = redis.call
 local fence = tonumber(ARGV[1])
 local old_size, new_size = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -19,12 +20,12 @@ if fence == nil or old_size == nil or new_size == nil then error('bad argument: 
 if string.len(ARGV[4]) < 8 or string.sub(ARGV[5], 1, 1) ~= '{' then
   error('bad argument: frontier or checkpoint')
 end
-if tonumber(rcall('GET', KEYS[1]) or '0') ~= fence then return {0, 'fenced'} end
-if tonumber(rcall('HGET', KEYS[2], 'size') or '0') ~= old_size then return {0, 'moved'} end
-if new_size <= old_size then return {0, 'not_growing'} end
+if tonumber(rcall('GET', KEYS[1]) or '0') ~= fence then return {REFUSED, FENCED} end
+if tonumber(rcall('HGET', KEYS[2], 'size') or '0') ~= old_size then return {REFUSED, MOVED} end
+if new_size <= old_size then return {REFUSED, NOT_GROWING} end
 if new_size > tonumber(rcall('HGET', KEYS[4], 'audit_n') or '0') then
-  return {0, 'beyond_log'}
+  return {REFUSED, BEYOND_LOG}
 end
 rcall('HSET', KEYS[2], 'size', new_size, 'frontier', ARGV[4], 'fence', fence)
 rcall('RPUSH', KEYS[3], ARGV[5])
-return {1, new_size}
+return {OK, new_size}

@@ -13,13 +13,14 @@
   KEYS[9] audit list        fg:{c}:audit
   ARGV[1] seq   ARGV[2] customer digest (16 bytes)   ARGV[3] amount (decimal string)
   ARGV[4] idempotency key (1..64 bytes)
-  Returns {1, rid, amount, expires_us, replayed(0|1)} when reserved,
-          {0, code, detail} when refused, {-1} when there is no such campaign.
-  Codes: closed, wrong_policy, not_admitted, below_minimum, bad_step,
-         over_customer_limit, sold_out, reservation_pending, idempotency_key_reused.
+  Returns {OK, rid, amount, expires_us, replayed(0|1)} when reserved,
+          {REFUSED, reason, detail} when refused, or {UNKNOWN_CAMPAIGN}.
+  Reasons: CLOSED, WRONG_POLICY, NOT_ADMITTED, BELOW_MINIMUM, BAD_STEP,
+           OVER_CUSTOMER_LIMIT, SOLD_OUT, RESERVATION_PENDING, IDEMPOTENCY_KEY_REUSED.
 ]]
 --!include lib/common.lua
 --!include lib/money.lua
+--!include lib/replies.lua
 --!include lib/reservations.lua
 local seq = int_arg(ARGV[1], 1, 'seq')
 local digest, amount, key = ARGV[2], ARGV[3], ARGV[4]
@@ -29,38 +30,38 @@ if key == nil or #key < 1 or #key > 64 then error('bad argument: idempotency key
 
 local m = rcall('HMGET', KEYS[1], 'state', 'policy', 'q_total', 'q_min', 'q_max', 'q_step',
   'partial', 'held', 'confirmed', 'res_ttl_us')
-if not m[1] then return {-1} end
+if not m[1] then return {UNKNOWN_CAMPAIGN} end
 local idem_field = seq .. ':' .. key
 local previous = rcall('HGET', KEYS[8], idem_field)
 if previous then
   local r = res_load(KEYS[4], previous)
-  if r[6] ~= amount then return {0, 'idempotency_key_reused', r[6]} end
-  return {1, previous, r[2], r[4], 1}
+  if r[6] ~= amount then return {REFUSED, IDEMPOTENCY_KEY_REUSED, r[6]} end
+  return {OK, previous, r[2], r[4], 1}
 end
-if m[1] == 'closed' then return {0, 'closed', ''} end
-if m[2] ~= 'first_come' then return {0, 'wrong_policy', m[2]} end
+if m[1] == 'closed' then return {REFUSED, CLOSED, ''} end
+if m[2] ~= 'first_come' then return {REFUSED, WRONG_POLICY, m[2]} end
 local now = now_us()
 local deadline = rcall('ZSCORE', KEYS[2], seq)
 if not deadline or tonumber(deadline) <= now or rcall('SISMEMBER', KEYS[3], seq) == 1 then
-  return {0, 'not_admitted', ''}
+  return {REFUSED, NOT_ADMITTED, ''}
 end
 if rcall('HEXISTS', KEYS[7], seq) == 1 then
-  return {0, 'reservation_pending', rcall('HGET', KEYS[7], seq)}
+  return {REFUSED, RESERVATION_PENDING, rcall('HGET', KEYS[7], seq)}
 end
 local total, low, high, step = m[3], m[4], m[5], tonumber(m[6])
-if money_cmp(amount, low) < 0 then return {0, 'below_minimum', low} end
-if money_mod(amount, step) ~= 0 then return {0, 'bad_step', m[6]} end
+if money_cmp(amount, low) < 0 then return {REFUSED, BELOW_MINIMUM, low} end
+if money_mod(amount, step) ~= 0 then return {REFUSED, BAD_STEP, m[6]} end
 local spent = rcall('HGET', KEYS[6], seq) or '0'
 if money_cmp(amount, high) > 0 or money_cmp(money_add(spent, amount), high) > 0 then
-  return {0, 'over_customer_limit', money_sub(high, money_min(spent, high))}
+  return {REFUSED, OVER_CUSTOMER_LIMIT, money_sub(high, money_min(spent, high))}
 end
 local remaining = money_sub(total, money_add(m[8], m[9]))
 local grant = amount
 if money_cmp(amount, remaining) > 0 then
-  if m[7] ~= '1' then return {0, 'sold_out', remaining} end
+  if m[7] ~= '1' then return {REFUSED, SOLD_OUT, remaining} end
   -- partial fill: the largest multiple of step that is left, if it reaches the minimum
   grant = money_sub(remaining, tostring(money_mod(remaining, step)))
-  if money_cmp(grant, low) < 0 then return {0, 'sold_out', remaining} end
+  if money_cmp(grant, low) < 0 then return {REFUSED, SOLD_OUT, remaining} end
 end
 
 local rid = 'r' .. rcall('HINCRBY', KEYS[1], 'res_n', 1)
@@ -77,4 +78,4 @@ rcall('HINCRBY', KEYS[1], 'claims', 1)
 if tonumber(deadline) < expires then rcall('ZADD', KEYS[2], 'XX', expires, seq) end
 audit(KEYS[1], KEYS[9], now, {k = 'claim', s = seq, c = digest, r = rid, m = grant,
   q = amount, e = expires})
-return {1, rid, grant, expires, 0}
+return {OK, rid, grant, expires, 0}

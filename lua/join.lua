@@ -6,9 +6,10 @@
   KEYS[4] audit list     fg:{c}:audit
   KEYS[5] pre-queue set  fg:{c}:prequeue  (used only when meta pq_shuffle is '1')
   ARGV[1..n] customer digests, 16 raw bytes each
-  Returns {status, now_us, seq_1, created_1, ..., seq_n, created_n[, entry]}
+  Returns {OK, now_us, seq_1, created_1, ..., seq_n, created_n[, entry]},
+    {CAMPAIGN_CLOSED, now_us}, {NOT_OPEN_YET, now_us} (before prequeue_from), or
+    {UNKNOWN_CAMPAIGN}.
     entry (present only when a ticket was created) is the join audit entry's index.
-    status 1 ok; -1 no such campaign; -2 closed; -3 not open for joining yet.
     seq_i 0 with created_i 0 means customer i is blocked.
     seq_i -1 means customer i is in the pre-queue and gets a seq when it is shuffled
     (created_i 1 when this call put them there).
@@ -21,17 +22,18 @@
 ]]
 --!include lib/common.lua
 --!include lib/prequeue.lua
+--!include lib/replies.lua
 for i = 1, #ARGV do
   if string.len(ARGV[i]) ~= 16 then error('bad argument: digest ' .. i) end
 end
 local m = rcall('HMGET', KEYS[1], 'state', 'prequeue_from_us', 'closes_at_us', 'opens_at_us',
   'pq_shuffle', 'pq_state', 'seq', 'audit_n')
-if not m[1] then return {-1} end
+if not m[1] then return {UNKNOWN_CAMPAIGN} end
 local now = now_us()
-if m[1] == 'closed' or now >= tonumber(m[3]) then return {-2, int_str(now)} end
-if now < tonumber(m[2]) then return {-3, int_str(now)} end
+if m[1] == 'closed' or now >= tonumber(m[3]) then return {CAMPAIGN_CLOSED, int_str(now)} end
+if now < tonumber(m[2]) then return {NOT_OPEN_YET, int_str(now)} end
 
-local reply = {1, int_str(now)}
+local reply = {OK, int_str(now)}
 local has_blocked = rcall('SCARD', KEYS[3]) > 0
 local pq_state = m[6]
 if m[5] == '1' and not pq_state then

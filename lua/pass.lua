@@ -9,28 +9,29 @@
   KEYS[7] spent hash     fg:{c}:spent
   KEYS[8] subscriptions  fg:{c}:subs
   ARGV[1] seq            ARGV[2] customer digest (16 raw bytes, from the signed ticket)
-  Returns {state, value}: {"admitted", deadline_us}, {"waiting", cursor}, {"expired"},
-  {"claimed", amount} (held, confirmed or subscribed), {"revoked"}, {"closed"}, or
-  {"unknown"} when there is no such campaign.
+  Returns {OK, state[, value]}: {OK, ADMITTED, deadline_us}, {OK, WAITING, cursor},
+  {OK, EXPIRED}, {OK, CLAIMED, amount} (held, confirmed or subscribed), {OK, REVOKED},
+  {OK, CLOSED}; or {UNKNOWN_CAMPAIGN}.
 ]]
 --!include lib/common.lua
+--!include lib/replies.lua
 local seq = int_arg(ARGV[1], 1, 'seq')
 if string.len(ARGV[2] or '') ~= 16 then error('bad argument: digest') end
 local m = rcall('HMGET', KEYS[1], 'state', 'cursor')
-if not m[1] then return {'unknown'} end
-if m[1] == 'closed' then return {'closed'} end
-if rcall('SISMEMBER', KEYS[3], seq) == 1 then return {'revoked'} end
-if seq > tonumber(m[2]) then return {'waiting', m[2]} end
+if not m[1] then return {UNKNOWN_CAMPAIGN} end
+if m[1] == 'closed' then return {OK, CLOSED} end
+if rcall('SISMEMBER', KEYS[3], seq) == 1 then return {OK, REVOKED} end
+if seq > tonumber(m[2]) then return {OK, WAITING, m[2]} end
 local spent = rcall('HGET', KEYS[7], seq)
 if rcall('HEXISTS', KEYS[6], seq) == 1 or (spent and spent ~= '0') then
-  return {'claimed', spent}
+  return {OK, CLAIMED, spent}
 end
 local sub = rcall('HGET', KEYS[8], seq)
-if sub then return {'claimed', cmsgpack.unpack(sub)[1]} end
+if sub then return {OK, CLAIMED, cmsgpack.unpack(sub)[1]} end
 local deadline = rcall('ZSCORE', KEYS[2], seq)
 local now = now_us()
-if not deadline or tonumber(deadline) <= now then return {'expired'} end
+if not deadline or tonumber(deadline) <= now then return {OK, EXPIRED} end
 if rcall('SADD', KEYS[4], seq) == 1 then
   audit(KEYS[1], KEYS[5], now, {k = 'pass', s = seq, c = ARGV[2], d = tonumber(deadline)})
 end
-return {'admitted', int_str(tonumber(deadline))}
+return {OK, ADMITTED, int_str(tonumber(deadline))}

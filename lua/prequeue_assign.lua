@@ -15,11 +15,12 @@
   KEYS[6] audit list     fg:{c}:audit
   ARGV[1] position: how many pre-queue customers already have a seq (0 for the first chunk)
   ARGV[2..n+1] the digests at positions position+1 .. position+n of the shuffled order
-  Returns {code, next, total, pq_state}:
-    code 1 chunk written (next = position + n), 2 froze the pre-queue just now (nothing
-    assigned), 0 nothing written: another caller got there first or nothing is left
-    (next = the real position); {-1} no such campaign; {-3, now_us} not open yet;
-    {-4} the campaign does not shuffle a pre-queue.
+  Returns {status, next, total, pq_state}:
+    OK the chunk is written (next = position + n), FROZEN the pre-queue was frozen just
+    now (nothing assigned, next = 0), REFUSED nothing written: another caller got there
+    first or nothing is left (next = the real position);
+    or {UNKNOWN_CAMPAIGN}, {NOT_OPEN_YET, now_us}, {NO_PREQUEUE} (the campaign does not
+    shuffle a pre-queue).
   A digest that is blocked still takes its place (the order stays recomputable) and its
   seq goes into the revoked set at once, so admit skips it (logged in the chunk's `x`).
   Each chunk is one audit entry {k="prequeue", s={seq, digest, ...}, x={revoked seqs}}.
@@ -27,6 +28,7 @@
 ]]
 --!include lib/common.lua
 --!include lib/prequeue.lua
+--!include lib/replies.lua
 local position = int_arg(ARGV[1], 0, 'position')
 local n = #ARGV - 1
 if n > 10000 then error('bad argument: chunk of ' .. n .. ' digests, at most 10000') end
@@ -39,18 +41,18 @@ end
 
 local m = rcall('HMGET', KEYS[1], 'state', 'opens_at_us', 'pq_shuffle', 'pq_state',
   'pq_total', 'pq_next')
-if not m[1] then return {-1} end
-if m[3] ~= '1' then return {-4} end
+if not m[1] then return {UNKNOWN_CAMPAIGN} end
+if m[3] ~= '1' then return {NO_PREQUEUE} end
 local now = now_us()
 local pq_state = m[4]
 if not pq_state then
-  if now < tonumber(m[2]) then return {-3, int_str(now)} end
+  if now < tonumber(m[2]) then return {NOT_OPEN_YET, int_str(now)} end
   pq_state = prequeue_freeze(KEYS[1], KEYS[2], KEYS[6], now)
-  return {2, 0, rcall('SCARD', KEYS[2]), pq_state}
+  return {FROZEN, 0, rcall('SCARD', KEYS[2]), pq_state}
 end
 local total, done = tonumber(m[5]), tonumber(m[6])
 if pq_state ~= 'assigning' or position ~= done or n == 0 then
-  return {0, done, total, pq_state}
+  return {REFUSED, done, total, pq_state}
 end
 if position + n > total then error('bad argument: chunk ends past the pre-queue') end
 for i = 2, #ARGV do
@@ -85,4 +87,4 @@ if #revoked > 0 then rcall('HINCRBY', KEYS[1], 'rev', 1) end
 local entry = {k = 'prequeue', s = pairs_out}
 if #revoked > 0 then entry['x'] = revoked end
 audit(KEYS[1], KEYS[6], now, entry)
-return {1, next_position, total, pq_state}
+return {OK, next_position, total, pq_state}

@@ -3,22 +3,24 @@
   KEYS[1] meta  KEYS[2] active  KEYS[3] reservations  KEYS[4] expiries  KEYS[5] holds
   KEYS[6] spent  KEYS[7] audit
   ARGV[1] reservation id   ARGV[2] actor (core token name)   ARGV[3] reason
-  Returns {1, state, seq, amount} (state "released"; a repeat returns the same),
-          {0, state, seq, amount} when it cannot be released (confirmed, expired),
-          {-2} for no such reservation, {-1} for no such campaign.
+  Returns {OK, state, seq, amount} (state "released"; a repeat returns the same),
+          {REFUSED, state, seq, amount} when it cannot be released (confirmed, expired:
+          the reservation's state, lib/reservations.lua),
+          {UNKNOWN_RESERVATION}, or {UNKNOWN_CAMPAIGN}.
 ]]
 --!include lib/common.lua
+--!include lib/replies.lua
 --!include lib/reservations.lua
 local rid, actor, reason = ARGV[1], ARGV[2], ARGV[3] or ''
 if rid == nil or #rid < 2 or #rid > 32 or actor == nil then error('bad argument: rid/actor') end
-if rcall('EXISTS', KEYS[1]) == 0 then return {-1} end
+if rcall('EXISTS', KEYS[1]) == 0 then return {UNKNOWN_CAMPAIGN} end
 local r = res_load(KEYS[3], rid)
-if not r then return {-2} end
-if r[3] == 'released' then return {1, 'released', r[1], r[2]} end
-if r[3] ~= 'held' then return {0, r[3], r[1], r[2]} end
+if not r then return {UNKNOWN_RESERVATION} end
+if r[3] == 'released' then return {OK, r[3], r[1], r[2]} end
+if r[3] ~= 'held' then return {REFUSED, r[3], r[1], r[2]} end
 local now = now_us()
 local k = {meta = KEYS[1], active = KEYS[2], res = KEYS[3], resexp = KEYS[4], holds = KEYS[5],
            spent = KEYS[6]}
 res_finish(k, rid, r, 'released')
 audit(KEYS[1], KEYS[7], now, {k = 'release', r = rid, s = r[1], m = r[2], a = actor, x = reason})
-return {1, 'released', r[1], r[2]}
+return {OK, r[3], r[1], r[2]}

@@ -22,30 +22,6 @@ from gate.room import ClaimResult, ReservationOutcome
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _RESERVATION_RE = re.compile(r"^r[0-9]{1,20}$")
-_REFUSALS = {
-    "below_minimum": 400,
-    "bad_step": 400,
-    "not_admitted": 403,
-    "sold_out": 409,
-    "over_customer_limit": 409,
-    "reservation_pending": 409,
-    "idempotency_key_reused": 409,
-    "already_subscribed": 409,
-    "wrong_policy": 409,
-    "closed": 409,
-}
-_MESSAGES = {
-    "below_minimum": "the amount is below the minimum of {detail}",
-    "bad_step": "the amount must be a multiple of {detail}",
-    "not_admitted": "this pass no longer admits a claim (expired, used or revoked)",
-    "sold_out": "sold out: {detail} left",
-    "over_customer_limit": "over this customer's limit: at most {detail} more",
-    "reservation_pending": "a reservation ({detail}) is waiting for the core system",
-    "idempotency_key_reused": "this idempotency key was used for another amount ({detail})",
-    "already_subscribed": "already subscribed for {detail}",
-    "wrong_policy": "this campaign's policy is {detail}",
-    "closed": "the campaign is closed",
-}
 
 
 def parse_claim_amount(value: Any) -> int:
@@ -63,9 +39,8 @@ def parse_claim_amount(value: Any) -> int:
 
 
 def _refusal(result: ClaimResult) -> GateError:
-    status = _REFUSALS.get(result.code, 409)
-    message = _MESSAGES.get(result.code, result.code).format(detail=result.detail)
-    return GateError(message, code=result.code, status=status)
+    """The refusal's status, code and message, as the one table of replies has them."""
+    return result.refusal.error(detail=result.detail)
 
 
 async def claim(request: web.Request) -> web.Response:

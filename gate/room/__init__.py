@@ -1,7 +1,11 @@
-"""The Redis face of fairgate: key names (`keys`), the Lua loader (`scripts`), and `Room`,
-one method per atomic operation plus the reads."""
+"""The Redis face of fairgate: `Room`, one method per Lua script (`calls`), the reads
+(`reads`) and the multi-step flows (`flows`); the one table of replies (`replies`), the
+decoded results (`results`), key names (`keys`) and the Lua loader (`scripts`)."""
 
-from gate.room.calls import (
+from gate.room.flows import Flows
+from gate.room.reads import decode_entry
+from gate.room.replies import Reply
+from gate.room.results import (
     JOIN_CLOSED,
     JOIN_NOT_OPEN,
     JOIN_OK,
@@ -11,10 +15,14 @@ from gate.room.calls import (
     CampaignState,
     ClaimResult,
     JoinResult,
+    PrequeueStep,
     ReservationOutcome,
-    Room,
-    decode_entry,
 )
+
+
+class Room(Flows):
+    """The script calls, the reads and the flows of one Redis, for every campaign."""
+
 
 __all__ = [
     "JOIN_CLOSED",
@@ -26,6 +34,8 @@ __all__ = [
     "CampaignState",
     "ClaimResult",
     "JoinResult",
+    "PrequeueStep",
+    "Reply",
     "ReservationOutcome",
     "Room",
     "decode_entry",
