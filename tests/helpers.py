@@ -5,7 +5,9 @@ scripts, and the audit log's checks."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -81,6 +84,16 @@ def amount_spec(campaign: str, **quota: Any) -> dict[str, Any]:
     s = spec(campaign, reservation_ttl_s=60)
     s["quota"] = {**amount_quota(30_000_000, 1_000_000, 10_000_000, 10_000), **quota}
     return s
+
+
+def b64url(data: bytes) -> str:
+    """base64url without padding, as tokens and keys are written (the tests' own copy,
+    so that a tampered token is not built with the code under test)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 async def wait_for(
@@ -210,6 +223,48 @@ class GateProcess:
         self.stop()
 
 
+# -- the command line -------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+async def gate_cli(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"") -> Result:
+    """Run `python -m gate ARGS` with a clean GATE_* environment plus `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GATE_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gate",
+        *args,
+        env={**base, **(env or {})},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+def assert_clean_error(result: Result, code: str, exit_code: int = 2) -> str:
+    """`exit_code`, one `gate: error: CODE: message` line on stderr, no traceback;
+    returns that line."""
+    assert result.code == exit_code, result
+    assert "Traceback" not in result.err and "Traceback" not in result.out, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith(f"gate: error: {code}: "), lines[0]
+    return lines[0]
+
+
 # -- the listeners, as a client uses them (aiohttp test clients) ----------------------
 
 
@@ -307,6 +362,11 @@ class ScriptsMachine(RuleBasedStateMachine):
 # -- the audit log (sealer, receipts, segments) ---------------------------------------
 
 
+def of_kind(entries: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The decoded audit entries of one kind."""
+    return [e for e in entries if e["k"] == kind.encode()]
+
+
 def assert_sealed_log(
     entries: list[bytes], checkpoints: list[dict[str, Any]], keys_document: dict[str, Any]
 ) -> None:
@@ -342,6 +402,25 @@ async def raw_audit(redis_url: str, campaign: str) -> list[bytes]:
     finally:
         await client.aclose()
     return raw
+
+
+def sealer_for(room: Room, config: Any, keep_in_redis: int = 0) -> Any:
+    """A Sealer on the room's Redis with the config's keys and segments directory, a
+    short lease and interval, for tests that drive it with `step()`."""
+    from gate.audit.sealer import Sealer
+    from gate.audit.store import segments_root
+    from gate.signing import load_or_create_keys
+
+    keys = load_or_create_keys(config.keys_path, create=False)
+    return Sealer(
+        room.redis,
+        room.scripts,
+        keys,
+        segments_root(config),
+        interval_s=0.01,
+        lease_ms=1000,
+        keep_in_redis=keep_in_redis,
+    )
 
 
 # -- audit export and verify (verifier) -----------------------------------------------

@@ -17,33 +17,22 @@ import aiohttp
 import msgpack
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, CORE_TOKEN, GateProcess, spec, wait_for
-from tests.test_cli import Result, gate_cli
-
-
-def assert_error(result: Result, code: str, exit_code: int = 2) -> str:
-    """One `gate: error: CODE: …` line on stderr, the exit code, never a traceback."""
-    assert result.code == exit_code, result
-    assert "Traceback" not in result.err + result.out, result.err
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"gate: error: {code}: "), result.err
-    return lines[0]
+from tests.helpers import (
+    ADMIN_TOKEN,
+    CORE_TOKEN,
+    GateProcess,
+    assert_clean_error,
+    gate_cli,
+    spec,
+    wait_for,
+)
 
 
 @pytest.fixture
 async def served(redis_url: str, keys_file: Path, tmp_path: Path) -> AsyncIterator[GateProcess]:
-    process = GateProcess(
-        redis_url,
-        tmp_path / "gate",
-        keys_file,
-        extra_env={"GATE_CORE_TOKENS": f"core:{CORE_TOKEN}", "GATE_SEAL_INTERVAL_MS": "100"},
-    )
-    process.start()
-    try:
-        await process.wait_ready()
+    env = {"GATE_CORE_TOKENS": f"core:{CORE_TOKEN}", "GATE_SEAL_INTERVAL_MS": "100"}
+    async with GateProcess(redis_url, tmp_path / "gate", keys_file, extra_env=env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 async def run_campaign(served: GateProcess, campaign: str) -> dict[str, Any]:
@@ -156,7 +145,7 @@ async def test_audit_commands_against_a_real_gate(served: GateProcess, tmp_path:
     tampered = tmp_path / "tampered.jsonl"
     tampered.write_text("\n".join(lines) + "\n")
     failed = await gate_cli("audit", "verify", str(tampered), "--keys", str(keys_file))
-    message = assert_error(failed, "verify_failed", exit_code=1)
+    message = assert_clean_error(failed, "verify_failed", exit_code=1)
     assert f"entry {entry_line['i']}" in message and "checkpoint #" in message
     assert failed.out.startswith("FAILED ")
 
@@ -168,7 +157,7 @@ async def test_audit_commands_against_a_real_gate(served: GateProcess, tmp_path:
     failed = await gate_cli(
         "audit", "verify", str(log_file), "--keys", str(keys_file), "--receipt", str(bad_receipt)
     )
-    assert f"receipt {bad_receipt}" in assert_error(failed, "verify_failed", exit_code=1)
+    assert f"receipt {bad_receipt}" in assert_clean_error(failed, "verify_failed", exit_code=1)
 
     # query by customer, and by seq
     queried = await gate_cli("audit", "query", "cli1", "--customer", "alice", env=env)
@@ -182,7 +171,7 @@ async def test_audit_commands_against_a_real_gate(served: GateProcess, tmp_path:
         "admit",
     }
     bad = await gate_cli("audit", "query", "cli1", "--since", "yesterday", env=env)
-    assert "since:" in assert_error(bad, "bad_query")
+    assert "since:" in assert_clean_error(bad, "bad_query")
 
     # the dispute account, its proofs checked with the published keys
     dispute = await gate_cli(
@@ -205,18 +194,18 @@ async def test_audit_commands_against_a_real_gate(served: GateProcess, tmp_path:
 
 async def test_audit_command_errors(served: GateProcess, tmp_path: Path) -> None:
     env = {"GATE_ADMIN_URL": served.admin_url, "GATE_ADMIN_TOKEN": ADMIN_TOKEN}
-    assert_error(await gate_cli("audit", "export", "nope", env=env), "unknown_campaign")
-    assert_error(
+    assert_clean_error(await gate_cli("audit", "export", "nope", env=env), "unknown_campaign")
+    assert_clean_error(
         await gate_cli("audit", "dispute", "nope", "--customer", "a", env=env), "unknown_campaign"
     )
-    assert_error(await gate_cli("audit", "query", "nope", env=env), "unknown_campaign")
+    assert_clean_error(await gate_cli("audit", "query", "nope", env=env), "unknown_campaign")
     no_token = await gate_cli("audit", "export", "x", env={"GATE_ADMIN_URL": served.admin_url})
-    assert_error(no_token, "no_admin_token")
+    assert_clean_error(no_token, "no_admin_token")
     missing = await gate_cli("audit", "verify", str(tmp_path / "absent.jsonl"))
-    assert_error(missing, "bad_file")
+    assert_clean_error(missing, "bad_file")
     garbage = tmp_path / "garbage.jsonl"
     garbage.write_text("not json\n")
-    assert "line 1" in assert_error(
+    assert "line 1" in assert_clean_error(
         await gate_cli("audit", "verify", str(garbage)), "verify_failed", 1
     )
     keys = tmp_path / "keys.json"
@@ -224,13 +213,13 @@ async def test_audit_command_errors(served: GateProcess, tmp_path: Path) -> None
     log = tmp_path / "log.jsonl"
     log.write_text(json.dumps({"type": "header", "format": "fairgate-audit/1", "campaign": "x"}))
     bad_keys = await gate_cli("audit", "verify", str(log), "--keys", str(keys))
-    assert "keys file" in assert_error(bad_keys, "bad_keys")
+    assert "keys file" in assert_clean_error(bad_keys, "bad_keys")
     no_keys = await gate_cli("audit", "verify", str(log))  # the header has none either
-    assert "public keys" in assert_error(no_keys, "verify_failed", 1)
+    assert "public keys" in assert_clean_error(no_keys, "verify_failed", 1)
     unreachable = await gate_cli(
         "audit",
         "export",
         "x",
         env={"GATE_ADMIN_URL": "http://127.0.0.1:9", "GATE_ADMIN_TOKEN": "t"},
     )
-    assert_error(unreachable, "unreachable")
+    assert_clean_error(unreachable, "unreachable")

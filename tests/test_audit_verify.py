@@ -25,36 +25,25 @@ from gate.room import ClaimResult, Room
 from gate.room.keys import CampaignKeys
 from gate.signing import SigningKeys
 from gate.tokens import customer_digest
-from tests.helpers import export_to_file, seal_everything
+from tests.helpers import amount_quota, export_to_file, seal_everything, spec
 
 MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
 
 
 def amount_spec(campaign: str, **overrides: Any) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    spec: dict[str, Any] = {
-        "id": campaign,
-        "opens_at": (now - timedelta(seconds=1)).isoformat(),
-        "closes_at": (now + timedelta(hours=1)).isoformat(),
-        "quota": {
-            "unit": "KRW",
-            "total": 10_000_000_000,
-            "min": MIN,
-            "max": MAX,
-            "step": STEP,
-            "partial_fill": True,
-        },
-        "admission": {
-            "rate_per_s": 1_000_000,
-            "burst": 1_000_000,
-            "max_active": 10_000_000,
-            "pass_ttl_s": 300,
-            "reservation_ttl_s": 120,
-            "overbook": 10,
-        },
-    }
-    spec.update(overrides)
-    return spec
+    """Everyone admitted at once: rate, burst and max_active far above any crowd here."""
+    raw = spec(
+        campaign,
+        rate_per_s=1_000_000,
+        burst=1_000_000,
+        max_active=10_000_000,
+        pass_ttl_s=300,
+        reservation_ttl_s=120,
+        overbook=10,
+    )
+    raw["quota"] = amount_quota(10_000_000_000, MIN, MAX, STEP, partial_fill=True)
+    raw.update(overrides)
+    return raw
 
 
 async def bounded(calls: Sequence[Callable[[], Awaitable[Any]]], limit: int = 64) -> list[Any]:
@@ -131,8 +120,8 @@ async def test_50k_campaign_exports_and_verifies_clean(
     assert await room.block(c, digests[9], "ops", "fraud ring") == 10
     assert await room.block(c, customer_digest(keys, c, "never-joined"), "ops", "") == 0
     assert await room.revoke(c, digests[19], "ops", "duplicate account") == 20
-    spec = parse_spec(amount_spec(c))
-    await room.update(c, spec, {"rate": "500000.0", "burst": "1000000"}, "ops")
+    parsed = parse_spec(amount_spec(c))
+    await room.update(c, parsed, {"rate": "500000.0", "burst": "1000000"}, "ops")
     await room.set_state(c, "pause", "ops")
     await room.set_state(c, "resume", "ops")
     await seal_everything(room.redis, room.scripts, keys, c)  # checkpoints along the way
@@ -216,9 +205,9 @@ async def test_ballot_recomputed_and_seed_checked(
     """A ballot verifies: the allotments are recomputed from the subscriptions and the
     revealed seed, whose SHA-256 is the commitment of admin-create."""
     c = "lottery"
-    spec = amount_spec(c, policy="ballot")
-    spec["quota"]["total"] = 50_000_000
-    await room.create(parse_spec(spec), "ops")
+    raw = amount_spec(c, policy="ballot")
+    raw["quota"]["total"] = 50_000_000
+    await room.create(parse_spec(raw), "ops")
     digests = [customer_digest(keys, c, f"b{i}") for i in range(40)]
     await room.join(c, digests)
     await admit_all(room, c, 40)
@@ -268,12 +257,12 @@ async def test_prequeue_shuffle_reproducible(room: Room, keys: SigningKeys, tmp_
     the revealed seed (and its commitment) and admission waits for it."""
     c = "early"
     now = datetime.now(UTC)
-    spec = amount_spec(
+    raw = amount_spec(
         c,
         opens_at=(now + timedelta(seconds=2)).isoformat(),
         prequeue={"window_s": 600, "shuffle": True},
     )
-    await room.create(parse_spec(spec), "ops")
+    await room.create(parse_spec(raw), "ops")
     digests = [customer_digest(keys, c, f"p{i}") for i in range(300)]
     for i in range(0, 250, 50):
         result = await room.join(c, digests[i : i + 50])

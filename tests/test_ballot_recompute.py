@@ -36,7 +36,7 @@ from gate.redis_client import connect
 from gate.room import Room
 from gate.room.scripts import Scripts
 from gate.service import Gate
-from tests.helpers import spec, wait_for
+from tests.helpers import amount_quota, spec, wait_for
 
 SUBSCRIBERS = 2000
 TOTAL = 3_000_000_000
@@ -46,13 +46,7 @@ LOW, HIGH, STEP = 100_000, 10_000_000, 10_000
 def ballot_spec(campaign: str) -> dict[str, Any]:
     raw = spec(campaign, rate_per_s=1e6, burst=1_000_000, max_active=1_000_000, pass_ttl_s=3600)
     raw["policy"] = "ballot"
-    raw["quota"] = {
-        "unit": "KRW",
-        "total": str(TOTAL),
-        "min": str(LOW),
-        "max": str(HIGH),
-        "step": str(STEP),
-    }
+    raw["quota"] = amount_quota(TOTAL, LOW, HIGH, STEP)
     return raw
 
 

@@ -2,70 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from gate.redis_server import free_port
-from tests.helpers import ADMIN_TOKEN, GateProcess, spec
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-async def gate_cli(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"") -> Result:
-    """Run `python -m gate ARGS` with a clean GATE_* environment plus `env`."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("GATE_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gate",
-        *args,
-        env={**base, **(env or {})},
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(), err.decode())
-
-
-def assert_clean_error(result: Result, code: str) -> str:
-    """Exit 2, one `gate: error: CODE: message` line on stderr, no traceback."""
-    assert result.code == 2, result
-    assert "Traceback" not in result.err and "Traceback" not in result.out, result.err
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith(f"gate: error: {code}: "), lines[0]
-    return lines[0]
+from tests.helpers import ADMIN_TOKEN, GateProcess, assert_clean_error, gate_cli, spec
 
 
 @pytest.fixture
 async def served(redis_url: str, keys_file: Path, tmp_path: Path) -> AsyncIterator[GateProcess]:
-    process = GateProcess(redis_url, tmp_path / "gate", keys_file)
-    process.start()
-    try:
-        await process.wait_ready()
+    async with GateProcess(redis_url, tmp_path / "gate", keys_file) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def admin_env(process: GateProcess, token: str = ADMIN_TOKEN) -> dict[str, str]:
@@ -177,10 +129,7 @@ async def test_keys_generate_writes_a_private_file_that_serve_accepts(
     assert printed.code == 0
     assert json.loads(printed.out)["ed25519"]["current"] != document["ed25519"]["current"]
 
-    process = GateProcess(redis_url, tmp_path / "gate", out)
-    process.start()
-    try:
-        await process.wait_ready()
+    async with GateProcess(redis_url, tmp_path / "gate", out) as process:
         async with aiohttp.ClientSession() as session:
             r = await session.get(process.url + "/.well-known/fairgate/keys")
             served = (await r.json())["keys"]
@@ -195,8 +144,6 @@ async def test_keys_generate_writes_a_private_file_that_serve_accepts(
         public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         assert [k["kid"] for k in served] == [kid]
         assert base64.urlsafe_b64decode(served[0]["public_key"] + "==") == public
-    finally:
-        process.stop()
 
 
 @pytest.mark.parametrize(

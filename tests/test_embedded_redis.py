@@ -42,10 +42,7 @@ async def test_embedded_redis_lifecycle(
         ]
         env["PATH"] = os.pathsep.join(folders)
         assert shutil.which("redis-server", path=env["PATH"]) is None
-    gate = GateProcess("", tmp_path / "data", keys_file, extra_env=env)
-    gate.start()
-    try:
-        await gate.wait_ready()
+    async with GateProcess("", tmp_path / "data", keys_file, extra_env=env) as gate:
         version, port = _embedded_port(gate.log_path)
         if without_path_binary:
             assert version.startswith("6.2")
@@ -61,19 +58,14 @@ async def test_embedded_redis_lifecycle(
             assert r.status == 201, await r.text()
             r = await s.post(gate.url + "/q/emb/join", headers={"X-Customer-Id": "a"})
             assert r.status == 201
-    finally:
-        gate.stop()
     assert not gate.leftovers, "a process of the gate outlived it"
     assert not _port_open(port), "the embedded Redis outlived the gate"
 
     # Started again on the same data dir, the ticket is still there (AOF).
-    again = GateProcess("", tmp_path / "data", keys_file, extra_env=env)
-    again.start()
-    try:
-        await again.wait_ready()
-        async with aiohttp.ClientSession() as s:
-            r = await s.post(again.url + "/q/emb/join", headers={"X-Customer-Id": "a"})
-            assert r.status == 200, await r.text()
-            assert (await r.json())["seq"] == 1
-    finally:
-        again.stop()
+    async with (
+        GateProcess("", tmp_path / "data", keys_file, extra_env=env) as again,
+        aiohttp.ClientSession() as s,
+    ):
+        r = await s.post(again.url + "/q/emb/join", headers={"X-Customer-Id": "a"})
+        assert r.status == 200, await r.text()
+        assert (await r.json())["seq"] == 1

@@ -16,7 +16,15 @@ from gate.campaign import valid_campaign_id
 from gate.service import Gate
 from gate.signing import generate_keys_document, parse_keys
 from gate.tokens import PASS, TICKET, TokenSigner, customer_digest
-from tests.helpers import ADMIN_TOKEN, admitted_pass, create_campaign, join, spec
+from tests.helpers import (
+    ADMIN_TOKEN,
+    admitted_pass,
+    b64url,
+    create_campaign,
+    join,
+    spec,
+    unb64url,
+)
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
@@ -36,27 +44,19 @@ async def expect_error(response: Any, status: int, code: str) -> str:
     return message
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def flip_mac(token: str) -> str:
     payload, mac = token.split(".")
-    raw = bytearray(_unb64(mac))
+    raw = bytearray(unb64url(mac))
     raw[0] ^= 0x01
-    return f"{payload}.{_b64(bytes(raw))}"
+    return f"{payload}.{b64url(bytes(raw))}"
 
 
 def flip_payload_seq(token: str) -> str:
     """Same MAC, payload re-packed with another seq: what a customer jumping the queue tries."""
     payload, mac = token.split(".")
-    fields = msgpack.unpackb(_unb64(payload), raw=False)
+    fields = msgpack.unpackb(unb64url(payload), raw=False)
     fields[3] = 1 if fields[3] != 1 else 2
-    return f"{_b64(msgpack.packb(fields))}.{mac}"
+    return f"{b64url(msgpack.packb(fields))}.{mac}"
 
 
 def foreign_signer() -> TokenSigner:

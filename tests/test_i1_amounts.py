@@ -62,7 +62,7 @@ from gate.room import ClaimResult, Room
 from gate.room.keys import CampaignKeys
 from gate.service import Gate
 from gate.tokens import customer_digest
-from tests.helpers import spec, wait_for
+from tests.helpers import amount_quota, spec, wait_for
 
 TOTAL = 10_000_000_000
 MIN = 1_000_000
@@ -244,14 +244,7 @@ async def test_amount_quota_at_scale(gate: Gate, redis_url: str, partial_fill: b
         reservation_ttl_s=RES_TTL_S,
         overbook=2,
     )
-    body["quota"] = {
-        "unit": "KRW",
-        "total": TOTAL,
-        "min": MIN,
-        "max": MAX,
-        "step": STEP,
-        "partial_fill": partial_fill,
-    }
+    body["quota"] = amount_quota(TOTAL, MIN, MAX, STEP, partial_fill=partial_fill)
     await gate.room.create(parse_spec(body), "test")
     await gate.cache.get(campaign)  # the admission loop picks it up on its next tick
 

@@ -49,13 +49,8 @@ MAX_TRIES = 10
 
 @pytest.fixture
 async def served(redis_url: str, keys_file: Path, tmp_path: Path) -> AsyncIterator[GateProcess]:
-    process = GateProcess(redis_url, tmp_path / "gate", keys_file, workers=2)
-    process.start()
-    try:
-        await process.wait_ready()
+    async with GateProcess(redis_url, tmp_path / "gate", keys_file, workers=2) as process:
         yield process
-    finally:
-        process.stop()
 
 
 async def _gather_limited(calls: list[Any], limit: int) -> list[Any]:

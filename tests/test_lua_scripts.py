@@ -27,7 +27,7 @@ from gate.redis_server import RedisServer
 from gate.room import JOIN_CLOSED, JOIN_NOT_OPEN, JOIN_OK, JOIN_UNKNOWN, Room
 from gate.room.keys import CampaignKeys
 from gate.room.scripts import Scripts
-from tests.helpers import spec, wait_for
+from tests.helpers import of_kind, spec, wait_for
 
 ACTOR = "ops"
 BIG = 1_000_000  # a burst or rate so large that tokens never bind
@@ -77,10 +77,6 @@ async def audit(room: Room, campaign: str) -> list[dict[str, Any]]:
     times = [e["t"] for e in entries]
     assert times == sorted(times)
     return entries
-
-
-def of_kind(entries: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [e for e in entries if e["k"] == kind.encode()]
 
 
 async def meta(room: Room, campaign: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ from gate.room.scripts import Scripts
 from gate.service import Gate
 from gate.signing import load_or_create_keys
 from gate.tokens import PREQUEUE_TICKET, TICKET, TokenSigner, customer_digest
-from tests.helpers import wait_for
+from tests.helpers import of_kind, wait_for
 
 ACTOR = "ops"
 CHUNK = 37  # several chunks for 200 customers, and a short last one
@@ -51,10 +51,6 @@ def recompute(seed: bytes, digests: set[bytes]) -> dict[bytes, int]:
     """The published rule, written out independently: ascending SHA-256(seed || digest)."""
     order = sorted(digests, key=lambda d: hashlib.sha256(seed + d).digest())
     return {digest: seq for seq, digest in enumerate(order, start=1)}
-
-
-def of_kind(entries: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [e for e in entries if e["k"] == kind.encode()]
 
 
 def pairs(entry: dict[str, Any]) -> list[tuple[int, bytes]]:

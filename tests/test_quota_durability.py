@@ -31,7 +31,7 @@ import msgpack
 import redis as sync_redis
 
 from gate.redis_server import RedisServer, free_port
-from tests.helpers import ADMIN_TOKEN, GateProcess, spec, wait_for
+from tests.helpers import ADMIN_TOKEN, GateProcess, amount_quota, spec, wait_for
 
 CAMPAIGN = "deposit-durable"
 CUSTOMERS = 300
@@ -63,13 +63,7 @@ def amount_spec() -> dict[str, Any]:
         pass_ttl_s=600,
         reservation_ttl_s=600,
     )
-    raw["quota"] = {
-        "unit": "KRW",
-        "total": str(TOTAL),
-        "min": str(LOW),
-        "max": str(HIGH),
-        "step": str(STEP),
-    }
+    raw["quota"] = amount_quota(TOTAL, LOW, HIGH, STEP)
     return raw
 
 

@@ -8,14 +8,12 @@ import dataclasses
 import json
 import random
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from gate.audit import merkle
-from gate.audit.sealer import Sealer
 from gate.audit.store import AuditStore, segments_root
 from gate.campaign import parse_spec
 from gate.config import Config
@@ -23,11 +21,10 @@ from gate.http.public import create_public_app
 from gate.redis_client import connect
 from gate.room import Room
 from gate.room.keys import CampaignKeys
-from gate.room.scripts import Scripts
 from gate.service import Gate, running_gate
 from gate.signing import load_or_create_keys
 from gate.tokens import customer_digest
-from tests.helpers import assert_sealed_log, raw_audit, spec, wait_for
+from tests.helpers import assert_sealed_log, raw_audit, sealer_for, spec, wait_for
 
 ACTOR = "ops"
 
@@ -174,40 +171,14 @@ async def test_one_sealer_per_campaign_and_a_graceful_handover(config: Config) -
     print(f"\n{samples} samples, {n} joins; graceful handover in {handover_s * 1000:.0f} ms")
 
 
-@pytest.fixture
-async def bare(config: Config) -> AsyncIterator[tuple[Redis, Room, Scripts]]:
-    redis = connect(config.redis_url, timeout_s=2)
-    scripts = Scripts()
-    await scripts.load_all(redis)
-    try:
-        yield redis, Room(redis, scripts), scripts
-    finally:
-        await redis.aclose()
-
-
-def sealer_for(redis: Redis, scripts: Scripts, config: Config) -> Sealer:
-    keys = load_or_create_keys(config.keys_path, create=False)
-    return Sealer(
-        redis,
-        scripts,
-        keys,
-        segments_root(config),
-        interval_s=0.01,
-        lease_ms=1000,
-        keep_in_redis=0,
-    )
-
-
-async def test_a_sealer_whose_lease_lapsed_cannot_write(
-    bare: tuple[Redis, Room, Scripts], config: Config
-) -> None:
+async def test_a_sealer_whose_lease_lapsed_cannot_write(room: Room, config: Config) -> None:
     """A sealer paused past its lease (simulated by the lease key vanishing) keeps its
     old fencing token; its successor's token is larger, and every write of the old one
     (checkpoint, trim) is refused, so the published checkpoints stay one chain."""
-    redis, room, scripts = bare
+    redis, scripts = room.redis, room.scripts
     keys = load_or_create_keys(config.keys_path, create=False)
     await room.create(parse_spec(spec("fence")), ACTOR)
-    old, new = sealer_for(redis, scripts, config), sealer_for(redis, scripts, config)
+    old, new = sealer_for(room, config), sealer_for(room, config)
 
     async def grow(count: int) -> None:
         for n in range(count):

@@ -10,23 +10,18 @@ import time
 from typing import Any
 
 import msgpack
-import pytest
-from redis.asyncio import Redis
 
 from gate.audit import merkle
-from gate.audit.sealer import Sealer
 from gate.audit.store import AuditStore, segments_root
 from gate.campaign import parse_spec
 from gate.config import Config
 from gate.http.public import create_public_app
-from gate.redis_client import connect
 from gate.room import Room
 from gate.room.keys import CampaignKeys
-from gate.room.scripts import Scripts
 from gate.service import running_gate
 from gate.signing import load_or_create_keys
 from gate.tokens import customer_digest
-from tests.helpers import assert_sealed_log, spec, wait_for
+from tests.helpers import assert_sealed_log, sealer_for, spec, wait_for
 from tests.test_receipts import check_offline
 
 ACTOR = "ops"
@@ -125,38 +120,19 @@ async def test_a_long_campaign_keeps_the_redis_log_bounded(
     assert full_reads >= 1
 
 
-@pytest.fixture
-async def bare(config: Config) -> Any:
-    redis = connect(config.redis_url, timeout_s=2)
-    scripts = Scripts()
-    await scripts.load_all(redis)
-    try:
-        yield redis, Room(redis, scripts), scripts
-    finally:
-        await redis.aclose()
-
-
 async def test_a_move_interrupted_before_the_trim_is_finished_by_the_next_sealer(
-    bare: tuple[Redis, Room, Scripts], config: Config
+    room: Room, config: Config
 ) -> None:
     """A sealer that wrote segment files and died before trimming Redis: its successor
     uses those files as they are (no second copy) and trims; a stale writer's
     overlapping file (same bytes) changes nothing for readers."""
-    redis, room, scripts = bare
+    redis = room.redis
     keys = load_or_create_keys(config.keys_path, create=False)
     c = "resume"
     await room.create(parse_spec(spec(c)), ACTOR)
     for n in range(120):
         await room.join(c, [customer_digest(keys, c, f"r{n}")])
-    sealer = Sealer(
-        redis,
-        scripts,
-        keys,
-        segments_root(config),
-        interval_s=0.01,
-        lease_ms=1000,
-        keep_in_redis=20,
-    )
+    sealer = sealer_for(room, config, keep_in_redis=20)
     sealer.keep_in_redis = 0  # seal only, for now
     assert await sealer.step(c, force=True)
     store = AuditStore(redis, c, segments_root(config))

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from gate.service import Gate
-from tests.helpers import CORE_TOKEN, spec, wait_for
+from tests.helpers import CORE_TOKEN, amount_quota, spec, wait_for
 
 CAMPAIGN = "soldout"
 CUSTOMERS = 12
@@ -34,13 +34,7 @@ async def test_admission_stops_and_resumes_with_the_quota(
     body = spec(
         CAMPAIGN, rate_per_s=1000, burst=100, max_active=1000, pass_ttl_s=600, reservation_ttl_s=600
     )
-    body["quota"] = {
-        "unit": "KRW",
-        "total": "5500000",
-        "min": "1000000",
-        "max": "2000000",
-        "step": "10000",
-    }
+    body["quota"] = amount_quota(5_500_000, 1_000_000, 2_000_000, 10_000)
     r = await admin.post("/admin/campaigns", json=body)
     assert r.status == 201, await r.text()
 

@@ -41,7 +41,7 @@ from gate.room import Room
 from gate.room.keys import CampaignKeys
 from gate.signing import SigningKeys
 from gate.tokens import customer_digest
-from tests.helpers import export_to_file, seal_everything
+from tests.helpers import amount_quota, export_to_file, seal_everything, spec
 
 MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
 TAMPERINGS = 240
@@ -163,30 +163,19 @@ class Target:
 async def build_clean_export(room: Room, keys: SigningKeys, tmp_path: Path) -> Export:
     rng = random.Random(1)
     c = "tamper"
-    now = datetime.now(UTC)
-    spec = {
-        "id": c,
-        "opens_at": (now + timedelta(seconds=1.5)).isoformat(),
-        "closes_at": (now + timedelta(hours=1)).isoformat(),
-        "quota": {
-            "unit": "KRW",
-            "total": 200_000_000,
-            "min": MIN,
-            "max": MAX,
-            "step": STEP,
-            "partial_fill": True,
-        },
-        "admission": {
-            "rate_per_s": 1_000_000,
-            "burst": 1_000_000,
-            "max_active": 100_000,
-            "pass_ttl_s": 300,
-            "reservation_ttl_s": 120,
-            "overbook": 10,
-        },
-        "prequeue": {"window_s": 600, "shuffle": True},
-    }
-    await room.create(parse_spec(spec), "ops")
+    raw = spec(
+        c,
+        rate_per_s=1_000_000,
+        burst=1_000_000,
+        max_active=100_000,
+        pass_ttl_s=300,
+        reservation_ttl_s=120,
+        overbook=10,
+    )
+    raw["opens_at"] = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
+    raw["quota"] = amount_quota(200_000_000, MIN, MAX, STEP, partial_fill=True)
+    raw["prequeue"] = {"window_s": 600, "shuffle": True}
+    await room.create(parse_spec(raw), "ops")
     digests = [customer_digest(keys, c, f"t{i}") for i in range(100)]
     for i in range(0, 60, 15):
         await room.join(c, digests[i : i + 15])
@@ -200,7 +189,7 @@ async def build_clean_export(room: Room, keys: SigningKeys, tmp_path: Path) -> E
     for i in range(60, 100, 5):
         await room.join(c, digests[i : i + 5])
     await seal()
-    await room.update(c, parse_spec(spec), {"rate": "900000.0"}, "ops")
+    await room.update(c, parse_spec(raw), {"rate": "900000.0"}, "ops")
     await room.set_state(c, "pause", "ops")
     await room.set_state(c, "resume", "ops")
     while (result := await room.admit(c, max_per_call=15)) is None or result.cursor < 100:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import hmac
@@ -23,14 +22,7 @@ from gate.signing import (
     write_keys,
 )
 from gate.tokens import PASS, TICKET, Token, TokenError, TokenSigner, customer_digest
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+from tests.helpers import b64url, unb64url
 
 
 @pytest.fixture
@@ -47,7 +39,7 @@ def rotated(document: dict[str, Any], *, keep_old: bool) -> dict[str, Any]:
     """A new current HMAC key; the old one stays (or not) so old tokens verify (or not)."""
     new = copy.deepcopy(document)
     kid = "h-new-" + secrets.token_hex(2)
-    new["hmac"]["keys"][kid] = _b64(secrets.token_bytes(32))
+    new["hmac"]["keys"][kid] = b64url(secrets.token_bytes(32))
     if not keep_old:
         del new["hmac"]["keys"][document["hmac"]["current"]]
     new["hmac"]["current"] = kid
@@ -103,7 +95,7 @@ def test_key_rotation(document: dict[str, Any]) -> None:
 def test_same_kid_other_secret_is_a_bad_signature(document: dict[str, Any]) -> None:
     keys = parse_keys(document, "a")
     forged_doc = copy.deepcopy(document)
-    forged_doc["hmac"]["keys"][document["hmac"]["current"]] = _b64(secrets.token_bytes(32))
+    forged_doc["hmac"]["keys"][document["hmac"]["current"]] = b64url(secrets.token_bytes(32))
     forger = TokenSigner(parse_keys(forged_doc, "forger"))
     forged = forger.issue(TICKET, "c1", 1, customer_digest(keys, "c1", "alice"))
     with pytest.raises(TokenError, match="bad token signature"):
@@ -126,7 +118,7 @@ def test_tampering_any_byte_is_rejected(keys: SigningKeys) -> None:
     digest = customer_digest(keys, "c1", "alice")
     text = signer.issue(PASS, "c1", 123456, digest, exp=2_000_000_000)
     payload_text, mac_text = text.split(".")
-    payload, mac = _unb64(payload_text), _unb64(mac_text)
+    payload, mac = unb64url(payload_text), unb64url(mac_text)
     tried = 0
     for part, raw in (("payload", payload), ("mac", mac)):
         for index in range(len(raw)):
@@ -134,9 +126,9 @@ def test_tampering_any_byte_is_rejected(keys: SigningKeys) -> None:
                 changed = bytearray(raw)
                 changed[index] ^= bit
                 if part == "payload":
-                    forged = f"{_b64(bytes(changed))}.{mac_text}"
+                    forged = f"{b64url(bytes(changed))}.{mac_text}"
                 else:
-                    forged = f"{payload_text}.{_b64(bytes(changed))}"
+                    forged = f"{payload_text}.{b64url(bytes(changed))}"
                 with pytest.raises(TokenError):
                     signer.verify(forged, PASS)
                 tried += 1
@@ -173,7 +165,7 @@ def _signed(keys: SigningKeys, fields: Any) -> str:
     """A payload of any shape, correctly signed: only the shape can make it fail."""
     payload = msgpack.packb(fields)
     mac = hmac.new(keys.hmac_keys[keys.hmac_current], payload, hashlib.sha256).digest()
-    return f"{_b64(payload)}.{_b64(mac)}"
+    return f"{b64url(payload)}.{b64url(mac)}"
 
 
 @pytest.mark.parametrize(
@@ -220,7 +212,7 @@ def test_key_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"signing_keys.*not JSON"):
         load_or_create_keys(bad, create=False)
     document = generate_keys_document()
-    document["hmac"]["keys"][document["hmac"]["current"]] = _b64(b"short")
+    document["hmac"]["keys"][document["hmac"]["current"]] = b64url(b"short")
     write_keys(bad, document)
     with pytest.raises(ConfigError, match="16 bytes"):
         load_or_create_keys(bad, create=False)
