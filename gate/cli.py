@@ -162,7 +162,9 @@ def _read_json(path: str, what: str) -> Any:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from gate.audit.verify import VerificationFailed, load_public_keys, verify_lines
+    from gate.audit.format import load_public_keys
+    from gate.audit.report import VerificationFailed
+    from gate.audit.verify import verify_lines
 
     keys = _read_json(args.keys, "keys file") if args.keys else None
     if keys is not None:
@@ -244,7 +246,7 @@ def _audit_command(args: argparse.Namespace) -> int:
         _print(result)
         return 0
     from gate.audit.dispute import check_account, render_text
-    from gate.audit.verify import load_public_keys
+    from gate.audit.format import load_public_keys
 
     account = client.call(
         "GET", f"{base}/audit/dispute?{urllib.parse.urlencode({'customer': args.customer})}"

@@ -6,7 +6,6 @@ tokens signed by an older key still verify while that key stays in the file.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -17,15 +16,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from gate import base64url
 from gate.errors import ConfigError
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 @dataclass(frozen=True)
@@ -42,7 +34,7 @@ class SigningKeys:
                 {
                     "kid": kid,
                     "alg": "Ed25519",
-                    "public_key": _b64(
+                    "public_key": base64url.encode(
                         key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
                     ),
                     "current": kid == self.ed25519_current,
@@ -61,9 +53,12 @@ def generate_keys_document() -> dict[str, Any]:
     raw = ed_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     return {
         "version": 1,
-        "hmac": {"current": hmac_kid, "keys": {hmac_kid: _b64(secrets.token_bytes(32))}},
-        "digest_key": _b64(secrets.token_bytes(32)),
-        "ed25519": {"current": ed_kid, "keys": {ed_kid: _b64(raw)}},
+        "hmac": {
+            "current": hmac_kid,
+            "keys": {hmac_kid: base64url.encode(secrets.token_bytes(32))},
+        },
+        "digest_key": base64url.encode(secrets.token_bytes(32)),
+        "ed25519": {"current": ed_kid, "keys": {ed_kid: base64url.encode(raw)}},
     }
 
 
@@ -86,12 +81,12 @@ def parse_keys(document: Any, source: str) -> SigningKeys:
         raise fail("not a JSON object")
     try:
         hmac_part = document["hmac"]
-        hmac_keys = {str(k): _unb64(v) for k, v in hmac_part["keys"].items()}
+        hmac_keys = {str(k): base64url.decode(v) for k, v in hmac_part["keys"].items()}
         hmac_current = str(hmac_part["current"])
-        digest_key = _unb64(document["digest_key"])
+        digest_key = base64url.decode(document["digest_key"])
         ed_part = document["ed25519"]
         ed_keys = {
-            str(k): Ed25519PrivateKey.from_private_bytes(_unb64(v))
+            str(k): Ed25519PrivateKey.from_private_bytes(base64url.decode(v))
             for k, v in ed_part["keys"].items()
         }
         ed_current = str(ed_part["current"])

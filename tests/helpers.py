@@ -374,7 +374,8 @@ def assert_sealed_log(
     published key, sizes strictly grow, each root is the RFC 6962 root of the first
     `size` entries, and each checkpoint is provably an extension of the one before."""
     from gate.audit import merkle
-    from gate.audit.checkpoints import load_public_keys, verify_checkpoint
+    from gate.audit.checkpoints import verify_checkpoint
+    from gate.audit.format import load_public_keys
 
     public_keys = load_public_keys(keys_document)
     leaves = [merkle.leaf_hash(raw) for raw in entries]

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from gate.audit.verify import VerificationFailed, verify_file, verify_lines
+from gate.audit.report import VerificationFailed
+from gate.audit.verify import verify_file, verify_lines
 from gate.campaign import parse_spec
 from gate.room import ClaimResult, Room
 from gate.room.keys import CampaignKeys

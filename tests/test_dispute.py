@@ -7,7 +7,7 @@ import copy
 from typing import Any
 
 from gate.audit.dispute import check_account, render_text
-from gate.audit.verify import load_public_keys
+from gate.audit.format import load_public_keys
 from gate.room.keys import CampaignKeys
 from gate.service import Gate
 from tests.helpers import CORE_TOKEN, admitted_pass, amount_spec, wait_for

@@ -14,7 +14,8 @@ from typing import Any
 import msgpack
 
 from gate.audit import merkle
-from gate.audit.checkpoints import load_public_keys, verify_checkpoint
+from gate.audit.checkpoints import verify_checkpoint
+from gate.audit.format import load_public_keys
 from gate.audit.receipts import BatchReceipts, statement, verify_receipt, verify_receipt_proof
 from gate.campaign import parse_spec
 from gate.config import Config

@@ -8,15 +8,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gate.audit.checkpoints import (
-    b64url,
-    checkpoint_message,
-    load_public_keys,
-    make_checkpoint,
-    unb64url,
-    verify_checkpoint,
-)
+from gate.audit.checkpoints import make_checkpoint, verify_checkpoint
+from gate.audit.format import checkpoint_message, load_public_keys
 from gate.signing import SigningKeys, generate_keys_document, parse_keys
+from tests.helpers import b64url, unb64url
 
 ROOT = hashlib.sha256(b"some tree").digest()
 

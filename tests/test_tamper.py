@@ -32,16 +32,17 @@ import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gate.audit.checkpoints import b64url, checkpoint_message
+from gate.audit.format import checkpoint_message
 from gate.audit.receipts import ReceiptBook
-from gate.audit.verify import Failure, VerificationFailed, verify_lines
+from gate.audit.report import Failure, VerificationFailed
+from gate.audit.verify import verify_lines
 from gate.campaign import parse_spec
 from gate.prequeue import prequeue_order
 from gate.room import Room
 from gate.room.keys import CampaignKeys
 from gate.signing import SigningKeys
 from gate.tokens import customer_digest
-from tests.helpers import amount_quota, export_to_file, seal_everything, spec
+from tests.helpers import amount_quota, b64url, export_to_file, seal_everything, spec
 
 MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
 TAMPERINGS = 240

@@ -11,16 +11,21 @@ checked with the public keys alone (`check_account`).
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from typing import Any
 
 from gate.audit import merkle
-from gate.audit.checkpoints import PublicKeys, verify_checkpoint
-from gate.audit.query import CustomerTracker, decode, entry_view, iso_us, kind_of
+from gate.audit.checkpoints import verify_checkpoint
+from gate.audit.format import (
+    PublicKeys,
+    decode_entry,
+    entry_base64,
+    entry_from_base64,
+    parse_hex,
+)
+from gate.audit.query import CustomerTracker, entry_view, iso_us, kind_of
 from gate.audit.receipts import ReceiptBook, verify_receipt, verify_receipt_proof
 from gate.audit.store import AuditStore
-from gate.audit.verify import LeafStore
 from gate.campaign import load_stored_spec
 
 AMOUNT_KINDS = ("claim", "confirm", "release")
@@ -182,12 +187,12 @@ async def build_account(
     """Everything the log says about one customer (by digest), with proofs."""
     checkpoints = await store.checkpoints()
     story = Story(digest)
-    leaves = LeafStore()
+    leaves = merkle.LeafStore()
     raws: dict[int, bytes] = {}
     views: list[dict[str, Any]] = []
     async for index, raw in store.entries():
         leaves.append(raw)
-        entry = decode(raw)
+        entry = decode_entry(raw)
         kind = kind_of(entry)
         story.campaign_entry(kind, entry)
         if story.tracker.matches(kind, entry):
@@ -206,14 +211,11 @@ async def build_account(
         item: dict[str, Any] = {
             "index": index,
             "entry": view,
-            "raw": base64.b64encode(raws[index]).decode(),
+            "raw": entry_base64(raws[index]),
             "proof": None,
         }
         if checkpoint is not None and index <= checkpoint["size"]:
-            item["proof"] = [
-                merkle.range_hash(lo, hi, leaves.leaf, leaves.node).hex()
-                for lo, hi in merkle.inclusion_ranges(index - 1, checkpoint["size"])
-            ]
+            item["proof"] = [p.hex() for p in leaves.inclusion(index - 1, checkpoint["size"])]
         entries.append(item)
     seq = story.tracker.seq
     receipt = None
@@ -260,13 +262,15 @@ def check_account(account: Mapping[str, Any], public_keys: PublicKeys) -> list[t
             if item.get("proof") is None:
                 continue
             try:
-                raw = base64.b64decode(item["raw"], validate=True)
-                path = [bytes.fromhex(p) for p in item["proof"]]
+                raw = entry_from_base64(item["raw"])
+                path = [parse_hex(p, merkle.HASH_SIZE) for p in item["proof"]]
+                proof = [p for p in path if p is not None]
                 ok = (
-                    merkle.verify_inclusion(
-                        merkle.leaf_hash(raw), item["index"] - 1, checkpoint["size"], path, root
+                    len(proof) == len(path)
+                    and merkle.verify_inclusion(
+                        merkle.leaf_hash(raw), item["index"] - 1, checkpoint["size"], proof, root
                     )
-                    and decode(raw).get("i") == item["index"]
+                    and decode_entry(raw).get("i") == item["index"]
                 )
             except (ValueError, TypeError, KeyError):
                 ok = False

@@ -11,15 +11,14 @@ export contains, and entries appended meanwhile are simply not sealed yet.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from gate.audit.format import EXPORT_FORMAT, entry_base64
 from gate.audit.store import AuditStore, segments_root
 from gate.service import Gate
 
-FORMAT = "fairgate-audit/1"
 LINES_PER_CHUNK = 500
 
 
@@ -33,11 +32,13 @@ def _line(data: dict[str, Any]) -> bytes:
 
 
 def header_line(campaign: str, public_keys: dict[str, Any]) -> bytes:
-    return _line({"type": "header", "format": FORMAT, "campaign": campaign, "keys": public_keys})
+    return _line(
+        {"type": "header", "format": EXPORT_FORMAT, "campaign": campaign, "keys": public_keys}
+    )
 
 
 def entry_line(index: int, raw: bytes) -> bytes:
-    return _line({"type": "entry", "i": index, "raw": base64.b64encode(raw).decode()})
+    return _line({"type": "entry", "i": index, "raw": entry_base64(raw)})
 
 
 def checkpoint_line(checkpoint: dict[str, Any]) -> bytes:

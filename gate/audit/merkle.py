@@ -1,4 +1,5 @@
-"""RFC 6962 Merkle trees: roots, inclusion and consistency proofs, an incremental frontier.
+"""RFC 6962 Merkle trees: roots, inclusion and consistency proofs, an incremental frontier,
+and a whole tree held in memory for reading a log from its start (`LeafStore`).
 
 The tree is the one of RFC 6962 §2.1: ``MTH({}) = SHA-256()``,
 ``MTH({d0}) = SHA-256(0x00 || d0)``, and for n > 1 the largest power of two k < n splits
@@ -322,3 +323,54 @@ class Frontier:
         other.size = self.size
         other._hashes = list(self._hashes)
         return other
+
+
+# Perfect subtrees of at least 2**STORED_LEVEL leaves are kept by a LeafStore, so a root
+# or a proof at any size reads at most 2**STORED_LEVEL leaf hashes per subtree.
+STORED_LEVEL = 4
+
+
+class LeafStore:
+    """A whole tree in memory, for reading a log from the start (a verifier, a dispute):
+    every leaf hash, plus the perfect subtrees of 2**STORED_LEVEL leaves and more, so the
+    root, inclusion and consistency proofs at any earlier size cost O(log n) hashes."""
+
+    def __init__(self) -> None:
+        self.leaves = bytearray()
+        self.frontier = Frontier()
+        self.nodes: dict[tuple[int, int], bytes] = {}
+
+    @property
+    def size(self) -> int:
+        return self.frontier.size
+
+    def append(self, data: bytes) -> None:
+        """Append an entry (its bytes, not its leaf hash)."""
+        leaf = leaf_hash(data)
+        self.leaves += leaf
+        for level, index, digest in self.frontier.append(leaf):
+            if level >= STORED_LEVEL:
+                self.nodes[(level, index)] = digest
+
+    def leaf(self, i: int) -> bytes:
+        return bytes(self.leaves[HASH_SIZE * i : HASH_SIZE * (i + 1)])
+
+    def node(self, level: int, index: int) -> bytes | None:
+        return self.nodes.get((level, index))
+
+    def root(self, size: int) -> bytes:
+        if size == 0:
+            return EMPTY_ROOT
+        return range_hash(0, size, self.leaf, self.node)
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        """The audit path of leaf ``index`` in the tree of the first ``size`` leaves."""
+        return [
+            range_hash(lo, hi, self.leaf, self.node) for lo, hi in inclusion_ranges(index, size)
+        ]
+
+    def consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        return [
+            range_hash(lo, hi, self.leaf, self.node)
+            for lo, hi in consistency_ranges(old_size, new_size)
+        ]

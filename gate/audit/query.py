@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import msgpack
-
+from gate.audit.format import decode_entry, is_int
 from gate.audit.store import AuditStore
 from gate.campaign import parse_zoned
 from gate.errors import BadRequest
@@ -102,11 +101,6 @@ def parse_query(params: Mapping[str, str]) -> AuditQuery:
 # -- what an entry is about ------------------------------------------------------------
 
 
-def decode(raw: bytes) -> dict[str, Any]:
-    entry = msgpack.unpackb(raw, raw=True, strict_map_key=False)
-    return {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in entry.items()}
-
-
 def kind_of(entry: Mapping[str, Any]) -> str:
     kind = entry.get("k")
     return kind.decode("utf-8", "replace") if isinstance(kind, bytes) else ""
@@ -114,8 +108,8 @@ def kind_of(entry: Mapping[str, Any]) -> str:
 
 def _ints(value: Any) -> list[int]:
     if isinstance(value, list):
-        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
-    if isinstance(value, int) and not isinstance(value, bool):
+        return [v for v in value if is_int(v)]
+    if is_int(value):
         return [value]
     return []
 
@@ -225,7 +219,7 @@ async def run_query(
     more_after: int | None = None
     async for index, raw in store.entries():
         scanned = index
-        entry = decode(raw)
+        entry = decode_entry(raw)
         kind = kind_of(entry)
         about_customer = tracker.matches(kind, entry) if tracker is not None else True
         if index <= query.after or not about_customer:

@@ -12,18 +12,25 @@ deterministic, so signing a batch again with the same key gives the same signatu
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgpack
 from redis.asyncio import Redis
 
 from gate.audit import merkle
-from gate.audit.checkpoints import PublicKeys, b64url, verify_checkpoint, verify_signature
+from gate.audit.checkpoints import verify_checkpoint
+from gate.audit.format import (
+    PublicKeys,
+    decode_entry,
+    entry_base64,
+    entry_from_base64,
+    is_int,
+    parse_hex,
+    sign,
+    verify_signature,
+)
 from gate.audit.store import AuditStore
 from gate.errors import Unavailable
 from gate.redis_client import guarded
@@ -42,17 +49,10 @@ def statement(campaign: str, seq: int, t: int, digest: bytes) -> bytes:
     return f"{RECEIPT_PREFIX}{campaign}\n{seq}\n{t}\n{digest.hex()}\n".encode()
 
 
-def batch_pairs(entry: Mapping[bytes, Any]) -> list[tuple[int, bytes]]:
-    """The (seq, digest) pairs of a join entry, in its order."""
-    flat = entry.get(b"s") or []
+def batch_pairs(entry: Mapping[str, Any]) -> list[tuple[int, bytes]]:
+    """The (seq, digest) pairs of a join entry (`decode_entry`), in its order."""
+    flat = entry.get("s") or []
     return [(int(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
-
-
-def decode(raw: bytes) -> dict[bytes, Any]:
-    entry = msgpack.unpackb(raw, raw=True, strict_map_key=False)
-    if not isinstance(entry, dict):
-        raise ValueError("an audit entry is a map")
-    return entry
 
 
 class BatchReceipts:
@@ -70,8 +70,7 @@ class BatchReceipts:
         self._positions: dict[int, int] | None = None
 
     def sign(self, keys: SigningKeys) -> tuple[str, str]:
-        kid = keys.ed25519_current
-        return kid, b64url(keys.ed25519_keys[kid].sign(self.root))
+        return sign(keys, self.root)
 
     def receipt(self, position: int, kid: str, sig: str) -> dict[str, Any]:
         if self._paths is None:
@@ -97,27 +96,16 @@ class BatchReceipts:
         return self._positions.get(seq)
 
 
-def _unhex(value: Any, size: int | None = None) -> bytes | None:
-    if not isinstance(value, str) or value != value.lower():
-        return None
-    try:
-        data = bytes.fromhex(value)
-    except ValueError:
-        return None
-    return data if size is None or len(data) == size else None
-
-
 def verify_receipt(receipt: Mapping[str, Any], public_keys: PublicKeys) -> bool:
     """The receipt is signed (by the key it names) and its statement is in the batch."""
     try:
         campaign, seq, t = receipt["campaign"], receipt["seq"], receipt["t"]
         leaf_index, size = receipt["leaf_index"], receipt["batch_size"]
-        for number in (seq, t, leaf_index, size):
-            if not isinstance(number, int) or isinstance(number, bool):
-                return False
-        digest = _unhex(receipt["digest"], 16)
-        root = _unhex(receipt["root"], merkle.HASH_SIZE)
-        path = [_unhex(p, merkle.HASH_SIZE) for p in receipt["path"]]
+        if not all(is_int(number) for number in (seq, t, leaf_index, size)):
+            return False
+        digest = parse_hex(receipt["digest"], 16)
+        root = parse_hex(receipt["root"], merkle.HASH_SIZE)
+        path = [parse_hex(p, merkle.HASH_SIZE) for p in receipt["path"]]
         if not isinstance(campaign, str) or digest is None or root is None:
             return False
         proof = [p for p in path if p is not None]
@@ -146,12 +134,12 @@ def verify_receipt_proof(answer: Mapping[str, Any], public_keys: PublicKeys) -> 
             return False
         if not verify_checkpoint(checkpoint, public_keys, receipt["campaign"]):
             return False
-        raw = base64.b64decode(inclusion["entry"], validate=True)
-        entry = decode(raw)
-        if entry.get(b"k") not in RECEIPT_KINDS or entry.get(b"i") != receipt["entry"]:
+        raw = entry_from_base64(inclusion["entry"])
+        entry = decode_entry(raw)
+        if entry.get("k") not in RECEIPT_KINDS or entry.get("i") != receipt["entry"]:
             return False
         pairs = batch_pairs(entry)
-        batch = BatchReceipts(receipt["campaign"], receipt["entry"], int(entry[b"t"]), pairs)
+        batch = BatchReceipts(receipt["campaign"], receipt["entry"], int(entry["t"]), pairs)
         position = receipt["leaf_index"]
         if batch.t != receipt["t"] or batch.root.hex() != receipt["root"]:
             return False
@@ -160,15 +148,18 @@ def verify_receipt_proof(answer: Mapping[str, Any], public_keys: PublicKeys) -> 
         if pairs[position] != (receipt["seq"], bytes.fromhex(receipt["digest"])):
             return False
         leaf = merkle.leaf_hash(raw)
-        path = [bytes.fromhex(p) for p in inclusion["path"]]
+        path = [parse_hex(p, merkle.HASH_SIZE) for p in inclusion["path"]]
+        proof = [p for p in path if p is not None]
+        if len(proof) != len(path):
+            return False
         if inclusion["leaf_index"] != receipt["entry"] - 1 or inclusion["leaf"] != leaf.hex():
             return False
         if inclusion["size"] != checkpoint["size"]:
             return False
         return merkle.verify_inclusion(
-            leaf, receipt["entry"] - 1, checkpoint["size"], path, bytes.fromhex(checkpoint["root"])
+            leaf, receipt["entry"] - 1, checkpoint["size"], proof, bytes.fromhex(checkpoint["root"])
         )
-    except (KeyError, TypeError, ValueError, binascii.Error, msgpack.UnpackException):
+    except (KeyError, TypeError, ValueError):
         return False
 
 
@@ -282,10 +273,10 @@ class ReceiptBook:
         missing = sorted({e for e, _ in located.values() if (campaign, e) not in self._cache})
         if missing:
             for index, raw in (await self.store(campaign).entries_at(missing)).items():
-                logged = decode(raw)
-                if logged.get(b"k") in RECEIPT_KINDS:
+                logged = decode_entry(raw)
+                if logged.get("k") in RECEIPT_KINDS:
                     self._remember(
-                        BatchReceipts(campaign, index, int(logged[b"t"]), batch_pairs(logged))
+                        BatchReceipts(campaign, index, int(logged["t"]), batch_pairs(logged))
                     )
         out: dict[int, dict[str, Any]] = {}
         to_record: dict[int, tuple[int, int, str, str]] = {}
@@ -328,7 +319,7 @@ class ReceiptBook:
                 "size": checkpoint["size"],
                 "leaf": merkle.leaf_hash(raw).hex(),
                 "path": [p.hex() for p in path],
-                "entry": base64.b64encode(raw).decode(),
+                "entry": entry_base64(raw),
             }
         else:
             checkpoint = None

@@ -33,7 +33,8 @@ from redis.asyncio import Redis
 
 from gate.audit import merkle
 from gate.audit.checkpoints import make_checkpoint
-from gate.audit.receipts import RECEIPT_KINDS, BatchReceipts, ReceiptBook, batch_pairs, decode
+from gate.audit.format import decode_entry
+from gate.audit.receipts import RECEIPT_KINDS, BatchReceipts, ReceiptBook, batch_pairs
 from gate.audit.store import NODE_MIN_LEVEL, AuditGapError, AuditStore, node_field
 from gate.config import Config
 from gate.errors import GateError
@@ -212,7 +213,7 @@ class Sealer:
         target = min(size, sealed + MAX_PER_ROUND)
         store = AuditStore(self.redis, campaign, self.segments_dir)
         nodes: dict[str, bytes] = {}
-        joins: list[tuple[int, dict[bytes, Any]]] = []
+        joins: list[tuple[int, dict[str, Any]]] = []
         expected = sealed + 1
         async for index, raw in store.entries(expected, target):
             if index != expected:
@@ -221,8 +222,8 @@ class Sealer:
                 if level >= NODE_MIN_LEVEL:
                     nodes[node_field(level, node_index)] = h
             if b"join" in raw or b"prequeue" in raw:  # cheap filter before decoding
-                entry = decode(raw)
-                if entry.get(b"k") in RECEIPT_KINDS and entry.get(b"s"):
+                entry = decode_entry(raw)
+                if entry.get("k") in RECEIPT_KINDS and entry.get("s"):
                     joins.append((index, entry))
             expected += 1
             if (expected - sealed) % RENEW_EVERY == 0:
@@ -275,7 +276,7 @@ class Sealer:
         )
         return target
 
-    async def _sign_batches(self, campaign: str, joins: list[tuple[int, dict[bytes, Any]]]) -> None:
+    async def _sign_batches(self, campaign: str, joins: list[tuple[int, dict[str, Any]]]) -> None:
         """Every join batch gets its receipt signature recorded, even when the process
         that ran the join died before it could (or the batch was a pre-queue chunk).
         The join records signature and seq index in one transaction, so a batch with a
@@ -286,7 +287,7 @@ class Sealer:
         items: list[tuple[int, int, str, str]] = []
         for (index, entry), signature in zip(joins, existing, strict=True):
             if signature is None:
-                batch = BatchReceipts(campaign, index, int(entry[b"t"]), batch_pairs(entry))
+                batch = BatchReceipts(campaign, index, int(entry["t"]), batch_pairs(entry))
                 items.append((index, batch.pairs[0][0], *batch.sign(self.keys)))
         await self.book.record(campaign, items)
 

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 from redis.asyncio import Redis
 
 from gate.audit import merkle
+from gate.audit.format import decode_entry
 from gate.config import Config
 from gate.redis_client import guarded
 from gate.room.keys import CampaignKeys
@@ -65,8 +65,7 @@ def node_field(level: int, index: int) -> str:
 
 
 def entry_index(raw: bytes) -> int:
-    entry = msgpack.unpackb(raw, raw=True, strict_map_key=False)
-    return int(entry[b"i"])
+    return int(decode_entry(raw)["i"])
 
 
 def _parse_segment(data: bytes, segment: Segment) -> list[bytes]:

@@ -1,0 +1,711 @@
+"""The replay: a model of the Lua scripts' rules that an export's entries must obey.
+
+`Replay.apply` takes the entries in index order and raises EntryProblem at the first one
+that breaks a rule: one ticket per customer and seqs gap-free, admission in seq order
+(skips only for revoked or blocked seqs), the admission rate and active cap, no pass
+without an admission, claims only by admitted customers for valid amounts, never more
+held + confirmed than the total nor more than a customer's max, confirm/release/expiry
+only of held reservations for their exact amounts, the ballot recomputed from the
+subscriptions and the revealed seed, the pre-queue shuffle recomputed from the seed.
+The `need_*` parsers read one field of a decoded entry (`format.decode_entry`) or say
+what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gate.audit.format import is_int
+from gate.audit.report import Report
+from gate.ballot import Subscription, allocate
+from gate.campaign import CampaignSpec, load_stored_spec, to_us
+from gate.errors import BadRequest
+from gate.prequeue import prequeue_order
+
+MAX_AMOUNT_DIGITS = 30
+
+
+class EntryProblem(Exception):
+    """An entry breaks a rule (raised inside the replay; the caller adds where)."""
+
+
+# -- field parsers -------------------------------------------------------------------
+
+
+def need_int(entry: Mapping[str, Any], name: str, lo: int = 0) -> int:
+    value = entry.get(name)
+    if not is_int(value) or value < lo:
+        raise EntryProblem(f"field {name} must be an integer >= {lo}, not {value!r}")
+    return int(value)
+
+
+def need_text(entry: Mapping[str, Any], name: str) -> str:
+    value = entry.get(name)
+    if not isinstance(value, bytes):
+        raise EntryProblem(f"field {name} must be a string, not {value!r}")
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise EntryProblem(f"field {name} is not UTF-8") from None
+
+
+def need_digest(entry: Mapping[str, Any], name: str) -> bytes:
+    value = entry.get(name)
+    if not isinstance(value, bytes) or len(value) != 16:
+        raise EntryProblem(f"field {name} must be a 16-byte customer digest")
+    return value
+
+
+def need_list(entry: Mapping[str, Any], name: str) -> list[Any]:
+    value = entry.get(name)
+    if isinstance(value, dict) and not value:
+        return []  # Lua's cmsgpack writes an empty table as an empty map
+    if not isinstance(value, list):
+        raise EntryProblem(f"field {name} must be a list, not {value!r}")
+    return value
+
+
+def need_commitment(entry: Mapping[str, Any], name: str, what: str) -> str:
+    """A SHA-256 hex commitment to a seed revealed later."""
+    value = need_text(entry, name)
+    if len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
+        raise EntryProblem(f"{name} must be the SHA-256 hex of the {what}")
+    return value
+
+
+def open_commitment(seed_hex: str, commitment: str, name: str, what: str) -> bytes:
+    """The revealed seed, when its SHA-256 is the commitment `name` of admin-create."""
+    try:
+        seed = bytes.fromhex(seed_hex)
+    except ValueError:
+        raise EntryProblem(f"the revealed {what} is not hex") from None
+    if hashlib.sha256(seed).hexdigest() != commitment:
+        raise EntryProblem(
+            f"the revealed {what} does not match the commitment {name} of admin-create"
+        )
+    return seed
+
+
+def parse_money(value: Any, what: str) -> int:
+    """A decimal-string amount as Lua writes it: "0" or digits without a leading zero."""
+    if isinstance(value, bytes):
+        text = value.decode("ascii", "replace")
+        if (
+            text.isascii()
+            and text.isdigit()
+            and len(text) <= MAX_AMOUNT_DIGITS
+            and (text == "0" or not text.startswith("0"))
+        ):
+            return int(text)
+    raise EntryProblem(f"{what} must be a decimal-string amount, not {value!r}")
+
+
+def need_money(entry: Mapping[str, Any], name: str) -> int:
+    return parse_money(entry.get(name), f"field {name}")
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bytes):
+        try:
+            return float(value.decode())
+        except (UnicodeDecodeError, ValueError):
+            pass
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise EntryProblem(f"{what} must be a number, not {value!r}")
+
+
+# -- the replay ----------------------------------------------------------------------
+
+
+@dataclass
+class Reservation:
+    rid: str
+    seq: int
+    amount: int
+    state: str = "held"
+
+
+UPDATABLE = ("rate", "burst", "max_active", "closes_at_us", "pass_ttl_us", "overbook")
+MOVES = {
+    "admin-pause": ({"open"}, "paused"),
+    "admin-resume": ({"paused"}, "open"),
+    "admin-close": ({"open", "paused"}, "closed"),
+}
+
+
+class Replay:
+    """A model of the scripts' rules; `apply` raises EntryProblem for a bad entry."""
+
+    def __init__(self, campaign: str):
+        self.campaign = campaign
+        self.spec: CampaignSpec | None = None
+        self.seed_hash = ""
+        self.pq_seed_hash = ""
+        self.pq_seed_revealed = False
+        self.state = ""
+        self.settings: dict[str, float] = {}
+        self.opens_at_us = 0
+        self.prequeue_from_us = 0
+        self.res_ttl_us = 0
+        self.total = self.minimum = self.maximum = self.step = 0
+        self.partial = False
+        self.policy = "first_come"
+        # tickets
+        self.next_seq = 0  # the meta field seq: the last seq a join gave out
+        self.digest_of: dict[int, bytes] = {}
+        self.seq_of: dict[bytes, int] = {}
+        self.blocked: set[bytes] = set()
+        self.revoked: set[int] = set()
+        # admission
+        self.cursor = 0
+        self.admitted = 0
+        self.skipped = 0
+        self.expired_passes = 0
+        self.active: dict[int, int] = {}  # seq -> deadline (us), as the active zset
+        self.admitted_at: dict[int, int] = {}
+        self.passed: set[int] = set()
+        self.tokens = 0.0  # an upper bound on the bucket's level
+        self.bucket_us = 0
+        # quota
+        self.reservations: dict[str, Reservation] = {}
+        self.res_n = 0
+        self.holds: dict[int, str] = {}
+        self.spent: dict[int, int] = {}
+        self.held = self.confirmed = self.released = self.expired_amount = 0
+        self.counts: dict[str, int] = {}
+        # ballot
+        self.subs: dict[int, Subscription] = {}
+        self.allot_next = 0
+        self.allotted: dict[int, int] = {}
+        self.ballot_done = False
+        self.allocated: int | None = None
+        # pre-queue
+        self.pq_shuffle = False
+        self.pq_state = ""  # "" collecting, "assigning" (frozen), "done"
+        self.pq_set: set[bytes] = set()
+        self.pq_order: list[bytes] = []
+        self.pq_next = 0
+        self.prequeue_count = 0
+        self.seed: bytes | None = None
+        self.handlers: dict[str, Callable[[int, dict[str, Any]], None]] = {
+            "admin-create": self._create,
+            "admin-update": self._update,
+            "admin-pause": self._move,
+            "admin-resume": self._move,
+            "admin-close": self._move,
+            "close": self._scheduled_close,
+            "join": self._join,
+            "admit": self._admit,
+            "expire": self._expire,
+            "pass": self._pass,
+            "block": self._block,
+            "revoke": self._revoke,
+            "claim": self._claim,
+            "confirm": self._finish,
+            "release": self._finish,
+            "expire-res": self._expire_reservations,
+            "subscribe": self._subscribe,
+            "allot": self._allot,
+            "ballot-result": self._ballot_result,
+            "prejoin": self._prejoin,
+            "reveal": self._reveal_prequeue,
+            "prequeue": self._prequeue,
+        }
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def known(self, kind: str) -> bool:
+        return kind in self.handlers
+
+    def apply(self, index: int, kind: str, entry: dict[str, Any]) -> None:
+        t = need_int(entry, "t", 1)
+        if self.spec is None and kind != "admin-create":
+            raise EntryProblem(f"the log must start with admin-create, not {kind}")
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.handlers[kind](t, entry)
+
+    # -- campaign ----------------------------------------------------------------------
+
+    def _create(self, t: int, entry: dict[str, Any]) -> None:
+        if self.spec is not None:
+            raise EntryProblem("a second admin-create")
+        need_text(entry, "a")
+        try:
+            spec = load_stored_spec(need_text(entry, "spec"))
+        except (BadRequest, ValueError) as exc:
+            raise EntryProblem(f"the campaign spec is invalid: {exc}") from None
+        if spec.id != self.campaign:
+            raise EntryProblem(f"the spec is for campaign {spec.id!r}, not {self.campaign!r}")
+        seed_hash = need_commitment(entry, "h", "seed")
+        self.pq_seed_hash = need_commitment(entry, "hq", "pre-queue seed")
+        self.spec, self.seed_hash, self.state = spec, seed_hash, "open"
+        adm, quota = spec.admission, spec.quota
+        self.opens_at_us = to_us(spec.opens_at)
+        self.prequeue_from_us = self.opens_at_us - spec.prequeue.window_s * 1_000_000
+        self.res_ttl_us = adm.reservation_ttl_s * 1_000_000
+        self.settings = {
+            "rate": float(adm.rate_per_s),
+            "burst": float(adm.burst),
+            "max_active": float(adm.max_active),
+            "closes_at_us": float(to_us(spec.closes_at)),
+            "pass_ttl_us": float(adm.pass_ttl_s * 1_000_000),
+            "overbook": float(adm.overbook),
+        }
+        self.total, self.minimum, self.maximum = quota.total, quota.min, quota.max
+        self.step, self.partial, self.policy = quota.step, quota.partial_fill, spec.policy
+        self.pq_shuffle = spec.prequeue.shuffle and spec.prequeue.window_s > 0
+        self.bucket_us = t
+
+    def _refill(self, t: int) -> None:
+        capacity = max(self.settings["burst"], 1.0)
+        elapsed = max(t - self.bucket_us, 0)
+        self.tokens = min(capacity, self.tokens + self.settings["rate"] * elapsed / 1e6)
+        self.bucket_us = max(self.bucket_us, t)
+
+    def _update(self, t: int, entry: dict[str, Any]) -> None:
+        need_text(entry, "a")
+        if self.state == "closed":
+            raise EntryProblem("admin-update of a closed campaign")
+        fields = need_list(entry, "f")
+        old, new = need_list(entry, "o"), need_list(entry, "n")
+        if not fields or len(old) != len(fields) or len(new) != len(fields):
+            raise EntryProblem("f, o and n must list the same fields")
+        self._refill(t)
+        for name_raw, before, after in zip(fields, old, new, strict=True):
+            name = name_raw.decode() if isinstance(name_raw, bytes) else ""
+            if name not in UPDATABLE:
+                raise EntryProblem(f"admin-update of field {name_raw!r}, which cannot change")
+            value = _number(after, f"new {name}")
+            if before is not False and _number(before, f"old {name}") != self.settings[name]:
+                raise EntryProblem(
+                    f"old {name} {before!r} is not the value in force ({self.settings[name]:g})"
+                )
+            self.settings[name] = value
+        self.tokens = min(self.tokens, max(self.settings["burst"], 1.0))
+
+    def _move(self, t: int, entry: dict[str, Any]) -> None:
+        need_text(entry, "a")
+        kind = need_text(entry, "k")
+        allowed, target = MOVES[kind]
+        if self.state not in allowed:
+            raise EntryProblem(f"{kind} of a campaign that is {self.state}")
+        self.state = target
+
+    def _scheduled_close(self, t: int, entry: dict[str, Any]) -> None:
+        if need_text(entry, "a") != "schedule":
+            raise EntryProblem("a close entry is made by the schedule")
+        if self.state == "closed":
+            raise EntryProblem("close of a campaign already closed")
+        if t < self.settings["closes_at_us"]:
+            raise EntryProblem("closed by schedule before closes_at")
+        self.state = "closed"
+
+    def _open_for_joins(self, t: int) -> None:
+        if self.state == "closed" or t >= self.settings["closes_at_us"]:
+            raise EntryProblem("a join after the campaign closed")
+        if t < self.prequeue_from_us:
+            raise EntryProblem("a join before the queue opened")
+
+    # -- tickets -----------------------------------------------------------------------
+
+    def _ticket(self, seq: int, digest: bytes) -> None:
+        if digest in self.seq_of:
+            raise EntryProblem(
+                f"a second ticket (seq {seq}) for the customer of seq {self.seq_of[digest]}"
+            )
+        self.digest_of[seq] = digest
+        self.seq_of[digest] = seq
+
+    def _join(self, t: int, entry: dict[str, Any]) -> None:
+        self._open_for_joins(t)
+        if self.pq_shuffle and not self.pq_state:
+            raise EntryProblem("a join with a seq before the pre-queue was shuffled")
+        pairs = need_list(entry, "s")
+        if not pairs or len(pairs) % 2:
+            raise EntryProblem("s must list seq, digest pairs")
+        for pos in range(0, len(pairs), 2):
+            seq, digest = pairs[pos], pairs[pos + 1]
+            if not is_int(seq) or not isinstance(digest, bytes) or len(digest) != 16:
+                raise EntryProblem(f"s[{pos}] is not a seq and a 16-byte digest")
+            if seq != self.next_seq + 1:
+                raise EntryProblem(f"seq {seq} given, expected {self.next_seq + 1} (gap-free)")
+            if digest in self.blocked:
+                raise EntryProblem(f"a ticket (seq {seq}) for a blocked customer")
+            if self.pq_state == "assigning" and digest in self.pq_set:
+                raise EntryProblem(f"seq {seq} for a customer waiting for a pre-queue seq")
+            self._ticket(seq, digest)
+            self.next_seq = seq
+
+    # -- the pre-queue -----------------------------------------------------------------
+
+    def _prejoin(self, t: int, entry: dict[str, Any]) -> None:
+        self._open_for_joins(t)
+        if not self.pq_shuffle or self.pq_state:
+            raise EntryProblem("a pre-queue join, but no pre-queue is collecting")
+        if t >= self.opens_at_us:
+            raise EntryProblem("a pre-queue join after opens_at")
+        digests = need_list(entry, "c")
+        if not digests:
+            raise EntryProblem("a prejoin entry with no digests")
+        for digest in digests:
+            if not isinstance(digest, bytes) or len(digest) != 16:
+                raise EntryProblem("c must list 16-byte digests")
+            if digest in self.pq_set:
+                raise EntryProblem("a customer joined the pre-queue twice")
+            if digest in self.blocked:
+                raise EntryProblem("a blocked customer joined the pre-queue")
+            self.pq_set.add(digest)
+
+    def _reveal_prequeue(self, t: int, entry: dict[str, Any]) -> None:
+        size = need_int(entry, "p")
+        if not self.pq_shuffle or self.pq_state:
+            raise EntryProblem("a pre-queue reveal, but no pre-queue is collecting")
+        if t < self.opens_at_us:
+            raise EntryProblem("the pre-queue was shuffled before opens_at")
+        if self.next_seq != 0:
+            raise EntryProblem("seqs were given before the pre-queue was shuffled")
+        if size != len(self.pq_set):
+            raise EntryProblem(f"p = {size}, but {len(self.pq_set)} customers joined the pre-queue")
+        seed = self._open_prequeue_seed(need_text(entry, "seed"))
+        self.pq_order = prequeue_order(seed, self.pq_set)
+        self.pq_state = "assigning" if size else "done"
+        self.next_seq = size
+        self.prequeue_count = size
+
+    def _prequeue(self, t: int, entry: dict[str, Any]) -> None:
+        pairs = need_list(entry, "s")
+        revoked = need_list(entry, "x") if "x" in entry else []
+        if self.pq_state != "assigning":
+            raise EntryProblem("pre-queue seqs given outside the shuffle")
+        if not pairs or len(pairs) % 2:
+            raise EntryProblem("s must list seq, digest pairs")
+        blocked_here: list[int] = []
+        for pos in range(0, len(pairs), 2):
+            seq, digest = pairs[pos], pairs[pos + 1]
+            if not is_int(seq) or not isinstance(digest, bytes) or len(digest) != 16:
+                raise EntryProblem(f"s[{pos}] is not a seq and a 16-byte digest")
+            if seq != self.pq_next + 1 or seq > len(self.pq_order):
+                raise EntryProblem(f"pre-queue seq {seq}, expected {self.pq_next + 1}")
+            if digest != self.pq_order[seq - 1]:
+                raise EntryProblem(
+                    f"seq {seq} went to a digest out of the shuffled order "
+                    "(SHA-256(seed || digest) ascending)"
+                )
+            self._ticket(seq, digest)
+            self.pq_next = seq
+            if digest in self.blocked:
+                blocked_here.append(seq)
+                self.revoked.add(seq)
+        if revoked != blocked_here:
+            raise EntryProblem(f"x = {revoked}, but the blocked customers here are {blocked_here}")
+        if self.pq_next == len(self.pq_order):
+            self.pq_state = "done"
+            self.pq_set = set()
+
+    def _seq_with_digest(self, entry: dict[str, Any]) -> tuple[int, bytes]:
+        seq, digest = need_int(entry, "s", 1), need_digest(entry, "c")
+        if self.digest_of.get(seq) != digest:
+            raise EntryProblem(f"seq {seq} does not belong to the customer digest given")
+        return seq, digest
+
+    # -- admission ---------------------------------------------------------------------
+
+    def _admit(self, t: int, entry: dict[str, Any]) -> None:
+        first, last = need_int(entry, "f", 1), need_int(entry, "l", 1)
+        count, deadline = need_int(entry, "n"), need_int(entry, "d")
+        skipped = need_list(entry, "x") if "x" in entry else []
+        if self.state != "open":
+            raise EntryProblem(f"admission while the campaign is {self.state}")
+        if t < self.opens_at_us or t >= self.settings["closes_at_us"]:
+            raise EntryProblem("admission outside the campaign's window")
+        if self.pq_shuffle and self.pq_state != "done":
+            raise EntryProblem("admission before the pre-queue's seqs were all given")
+        if first != self.cursor + 1:
+            raise EntryProblem(f"admission from seq {first}, expected {self.cursor + 1}")
+        if last < first or last > self.next_seq:
+            raise EntryProblem(f"admission up to seq {last} of {self.next_seq} tickets")
+        if not all(is_int(s) for s in skipped) or skipped != sorted(set(skipped)):
+            raise EntryProblem("x must list skipped seqs in order")
+        skip = set(skipped)
+        if any(not first <= s <= last for s in skip):
+            raise EntryProblem("x lists a seq outside the admitted range")
+        for seq in range(first, last + 1):
+            if seq not in self.digest_of:
+                raise EntryProblem(f"admission of seq {seq}, which has no ticket")
+            if (seq in self.revoked) != (seq in skip):
+                what = "skipped though not revoked" if seq in skip else "admitted though revoked"
+                raise EntryProblem(f"seq {seq} {what}")
+        if count != last - first + 1 - len(skip):
+            raise EntryProblem(f"n = {count}, but the range admits {last - first + 1 - len(skip)}")
+        if deadline != t + self.settings["pass_ttl_us"]:
+            raise EntryProblem("the pass deadline is not t + pass_ttl")
+        # I6: the token bucket and the active cap
+        self._refill(t)
+        if count > math.floor(self.tokens + 1e-6):
+            raise EntryProblem(
+                f"{count} admitted, more than the rate allows ({math.floor(self.tokens)} tokens)"
+            )
+        if count > self.settings["max_active"] - len(self.active):
+            raise EntryProblem(
+                f"{count} admitted with {len(self.active)} active of max "
+                f"{self.settings['max_active']:g}"
+            )
+        if self.policy == "first_come":
+            servable = (self.total - self.held - self.confirmed) // self.minimum
+            can_serve = 10**12 if servable >= 10**12 else servable
+            if can_serve > 0:
+                can_serve = math.floor(float(can_serve) * self.settings["overbook"])
+            cap = max(0, can_serve - (len(self.active) - len(self.holds)))
+            if count > cap:
+                raise EntryProblem(
+                    f"{count} admitted, but the quota left can serve only {cap} more"
+                )
+        self.tokens -= count
+        for seq in range(first, last + 1):
+            if seq not in skip:
+                self.active[seq] = deadline
+                self.admitted_at[seq] = t
+        self.cursor = last
+        self.admitted += count
+        self.skipped += len(skip)
+
+    def _expire(self, t: int, entry: dict[str, Any]) -> None:
+        seqs = need_list(entry, "s")
+        if not seqs:
+            raise EntryProblem("an expire entry with no seqs")
+        if self.state == "closed":
+            raise EntryProblem("passes expired after close")
+        for seq in seqs:
+            if not is_int(seq) or seq not in self.active:
+                raise EntryProblem(f"expiry of seq {seq!r}, which is not active")
+            del self.active[seq]
+        self.expired_passes += len(seqs)
+
+    def _pass(self, t: int, entry: dict[str, Any]) -> None:
+        seq, _ = self._seq_with_digest(entry)
+        deadline = need_int(entry, "d")
+        if self.state == "closed":
+            raise EntryProblem("a pass after close")
+        if seq > self.cursor or seq not in self.admitted_at:
+            raise EntryProblem(f"a pass for seq {seq}, which was never admitted")
+        if seq in self.revoked:
+            raise EntryProblem(f"a pass for seq {seq}, which is revoked")
+        if seq in self.passed:
+            raise EntryProblem(f"a second pass entry for seq {seq}")
+        if seq in self.holds or self.spent.get(seq, 0) or seq in self.subs:
+            raise EntryProblem(f"a pass for seq {seq}, which has already claimed")
+        if seq not in self.active or t >= self.active[seq]:
+            raise EntryProblem(f"a pass for seq {seq}, whose admission has expired")
+        if deadline != self.active[seq]:
+            raise EntryProblem(f"the pass deadline is not seq {seq}'s admission deadline")
+        self.passed.add(seq)
+
+    def _block(self, t: int, entry: dict[str, Any]) -> None:
+        digest, seq = need_digest(entry, "c"), need_int(entry, "s")
+        need_text(entry, "a")
+        need_text(entry, "r")
+        if seq != self.seq_of.get(digest, 0):
+            raise EntryProblem(
+                f"block names seq {seq}, but the customer's seq is {self.seq_of.get(digest, 0)}"
+            )
+        self.blocked.add(digest)
+        if seq:
+            self.revoked.add(seq)
+            self.active.pop(seq, None)
+
+    def _revoke(self, t: int, entry: dict[str, Any]) -> None:
+        digest, seq = need_digest(entry, "c"), need_int(entry, "s", 1)
+        need_text(entry, "a")
+        need_text(entry, "r")
+        if seq != self.seq_of.get(digest, 0):
+            raise EntryProblem(f"revoke names seq {seq}, which is not the customer's")
+        self.revoked.add(seq)
+        self.active.pop(seq, None)
+
+    # -- quota -------------------------------------------------------------------------
+
+    def _may_claim(self, t: int, seq: int) -> None:
+        if self.state == "closed":
+            raise EntryProblem("a claim after close")
+        if seq in self.revoked:
+            raise EntryProblem(f"a claim by seq {seq}, which is revoked")
+        if seq not in self.active or t >= self.active[seq]:
+            raise EntryProblem(f"a claim by seq {seq}, which is not admitted (or expired)")
+
+    def _claim(self, t: int, entry: dict[str, Any]) -> None:
+        seq, _ = self._seq_with_digest(entry)
+        rid, grant, asked = need_text(entry, "r"), need_money(entry, "m"), need_money(entry, "q")
+        expires = need_int(entry, "e")
+        if self.policy != "first_come":
+            raise EntryProblem("a claim in a ballot campaign")
+        self._may_claim(t, seq)
+        if seq in self.holds:
+            raise EntryProblem(f"a second held reservation for seq {seq}")
+        if asked < self.minimum:
+            raise EntryProblem(f"asked {asked}, below the minimum {self.minimum}")
+        if asked % self.step:
+            raise EntryProblem(f"asked {asked}, not a multiple of the step {self.step}")
+        spent = self.spent.get(seq, 0)
+        if asked > self.maximum or spent + asked > self.maximum:
+            raise EntryProblem(f"asked {asked} with {spent} already, over the max {self.maximum}")
+        remaining = self.total - self.held - self.confirmed
+        if asked <= remaining:
+            expected = asked
+        else:
+            expected = remaining - remaining % self.step
+            if not self.partial or expected < self.minimum:
+                raise EntryProblem(f"granted {grant} with only {remaining} left (oversold)")
+        if grant != expected:
+            raise EntryProblem(f"granted {grant} for {asked} asked, expected {expected}")
+        if rid != f"r{self.res_n + 1}":
+            raise EntryProblem(f"reservation id {rid}, expected r{self.res_n + 1}")
+        if expires != t + self.res_ttl_us:
+            raise EntryProblem("the reservation expiry is not t + reservation_ttl")
+        self.res_n += 1
+        self.reservations[rid] = Reservation(rid, seq, grant)
+        self.holds[seq] = rid
+        self.spent[seq] = spent + grant
+        self.held += grant
+        if self.held + self.confirmed > self.total:
+            raise EntryProblem(f"held + confirmed {self.held + self.confirmed} > {self.total}")
+        if self.spent[seq] > self.maximum:
+            raise EntryProblem(f"seq {seq} holds {self.spent[seq]}, over the max")
+        self.active[seq] = max(self.active[seq], expires)
+
+    def _close_reservation(self, rid: str, seq: int, amount: int, to: str) -> None:
+        r = self.reservations.get(rid)
+        if r is None:
+            raise EntryProblem(f"{to} of reservation {rid}, which was never claimed")
+        if r.state != "held":
+            raise EntryProblem(f"{to} of reservation {rid}, which is {r.state}")
+        if seq != r.seq or amount != r.amount:
+            raise EntryProblem(
+                f"{to} of {rid} for seq {seq} amount {amount}; it holds seq {r.seq} "
+                f"amount {r.amount}"
+            )
+        r.state = to
+        self.held -= amount
+        if to == "confirmed":
+            self.confirmed += amount
+        else:
+            self.spent[seq] -= amount
+            if to == "released":
+                self.released += amount
+            else:
+                self.expired_amount += amount
+        self.holds.pop(seq, None)
+        self.active.pop(seq, None)
+
+    def _finish(self, t: int, entry: dict[str, Any]) -> None:
+        kind = need_text(entry, "k")
+        rid, seq, amount = need_text(entry, "r"), need_int(entry, "s", 1), need_money(entry, "m")
+        need_text(entry, "a")
+        if kind == "release":
+            need_text(entry, "x")
+        self._close_reservation(rid, seq, amount, "confirmed" if kind == "confirm" else "released")
+
+    def _expire_reservations(self, t: int, entry: dict[str, Any]) -> None:
+        rids, seqs, amounts = need_list(entry, "r"), need_list(entry, "s"), need_list(entry, "m")
+        if not rids or not len(rids) == len(seqs) == len(amounts):
+            raise EntryProblem("r, s and m must list the same reservations")
+        for rid, seq, amount in zip(rids, seqs, amounts, strict=True):
+            if not isinstance(rid, bytes) or not is_int(seq):
+                raise EntryProblem("r must list reservation ids and s seqs")
+            money = parse_money(amount, "an amount in m")
+            self._close_reservation(rid.decode("utf-8", "replace"), seq, money, "expired")
+
+    # -- ballot ------------------------------------------------------------------------
+
+    def _subscribe(self, t: int, entry: dict[str, Any]) -> None:
+        seq, digest = self._seq_with_digest(entry)
+        amount = need_money(entry, "m")
+        if self.policy != "ballot":
+            raise EntryProblem("a subscription in a first_come campaign")
+        self._may_claim(t, seq)
+        if seq in self.subs:
+            raise EntryProblem(f"a second subscription by seq {seq}")
+        if amount < self.minimum or amount > self.maximum or amount % self.step:
+            raise EntryProblem(f"subscription of {amount} outside min/max/step")
+        self.subs[seq] = Subscription(seq, digest, amount)
+        del self.active[seq]
+
+    def _allot(self, t: int, entry: dict[str, Any]) -> None:
+        chunk, pairs = need_int(entry, "n"), need_list(entry, "s")
+        if self.policy != "ballot" or self.state != "closed" or self.ballot_done:
+            raise EntryProblem("an allotment outside a closed, unfinished ballot")
+        if chunk != self.allot_next:
+            raise EntryProblem(f"allotment chunk {chunk}, expected {self.allot_next}")
+        if not pairs or len(pairs) % 2:
+            raise EntryProblem("s must list seq, amount pairs")
+        for pos in range(0, len(pairs), 2):
+            seq = pairs[pos]
+            if not is_int(seq) or seq in self.allotted:
+                raise EntryProblem(f"allotment to seq {seq!r} twice or not a seq")
+            self.allotted[seq] = parse_money(pairs[pos + 1], f"the amount of seq {seq}")
+        self.allot_next += 1
+
+    def _ballot_result(self, t: int, entry: dict[str, Any]) -> None:
+        seed_hex, total = need_text(entry, "seed"), need_money(entry, "m")
+        if self.policy != "ballot" or self.state != "closed" or self.ballot_done:
+            raise EntryProblem("a ballot result outside a closed, unfinished ballot")
+        seed = self._reveal(seed_hex)
+        expected = allocate(self.total, self.step, list(self.subs.values()), seed)
+        if expected != self.allotted:
+            wrong = sorted(
+                seq
+                for seq in set(expected) | set(self.allotted)
+                if expected.get(seq) != self.allotted.get(seq)
+            )
+            raise EntryProblem(
+                f"the allotments differ from the ballot recomputed from the seed "
+                f"(first at seq {wrong[0]})"
+            )
+        if total != sum(self.allotted.values()) or total > self.total:
+            raise EntryProblem(
+                f"m = {total}, but the allotments sum to "
+                f"{sum(self.allotted.values())} of {self.total}"
+            )
+        self.ballot_done = True
+        self.allocated = total
+
+    def _open_prequeue_seed(self, seed_hex: str) -> bytes:
+        """The pre-queue's own seed, committed as hq at creation (not the ballot's)."""
+        seed = open_commitment(seed_hex, self.pq_seed_hash, "hq", "pre-queue seed")
+        self.pq_seed_revealed = True
+        return seed
+
+    def _reveal(self, seed_hex: str) -> bytes:
+        seed = open_commitment(seed_hex, self.seed_hash, "h", "seed")
+        if self.seed is not None and seed != self.seed:
+            raise EntryProblem("a different seed revealed twice")
+        self.seed = seed
+        return seed
+
+    # -- the summary -------------------------------------------------------------------
+
+    def fill(self, report: Report) -> None:
+        report.policy, report.state = self.policy, self.state
+        report.kinds = dict(self.counts)
+        report.customers = len(self.digest_of)
+        report.admitted, report.skipped = self.admitted, self.skipped
+        report.expired_passes, report.passes = self.expired_passes, len(self.passed)
+        report.blocked, report.revoked = len(self.blocked), len(self.revoked)
+        report.claims = self.counts.get("claim", 0)
+        report.confirms = self.counts.get("confirm", 0)
+        report.releases = self.counts.get("release", 0)
+        report.reservations_expired = sum(
+            1 for r in self.reservations.values() if r.state == "expired"
+        )
+        report.total, report.unit = self.total, self.spec.quota.unit if self.spec else ""
+        report.held, report.confirmed = self.held, self.confirmed
+        report.released, report.expired_amount = self.released, self.expired_amount
+        report.subscriptions = len(self.subs)
+        report.subscribed = sum(s.amount for s in self.subs.values())
+        report.allocated = self.allocated
+        report.prequeue = self.prequeue_count
+        report.seed_revealed = self.seed is not None

@@ -1,0 +1,114 @@
+"""What `gate audit verify` says: the first failure and where it is, or the summary of a
+clean export (as text lines for a person, as a dict for `--json`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What is wrong, and where: an entry (index, line), a checkpoint, or the header."""
+
+    message: str
+    line: int | None = None
+    index: int | None = None  # the entry named
+    checkpoint: int | None = None  # 1-based, in the order of the export
+    entries: tuple[int, int] | None = None  # the range a failing checkpoint blames
+    receipt: str | None = None  # the receipt (its name) that fails
+
+    def describe(self) -> str:
+        where: list[str] = []
+        if self.receipt is not None:
+            where.append(f"receipt {self.receipt}")
+        if self.checkpoint is not None:
+            where.append(f"checkpoint #{self.checkpoint}")
+        if self.entries is not None:
+            where.append(f"entries {self.entries[0]}..{self.entries[1]}")
+        if self.index is not None:
+            where.append(f"entry {self.index}")
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        return f"{', '.join(where) or 'export'}: {self.message}"
+
+
+class VerificationFailed(Exception):
+    def __init__(self, failure: Failure):
+        super().__init__(failure.describe())
+        self.failure = failure
+
+
+@dataclass
+class Report:
+    """The summary of a clean export."""
+
+    campaign: str
+    policy: str = ""
+    state: str = ""
+    entries: int = 0
+    checkpoints: int = 0
+    sealed: int = 0  # entries covered by the last checkpoint
+    consistency_proofs: int = 0
+    keys_source: str = ""
+    kinds: dict[str, int] = field(default_factory=dict)
+    customers: int = 0
+    admitted: int = 0
+    skipped: int = 0
+    expired_passes: int = 0
+    passes: int = 0
+    blocked: int = 0
+    revoked: int = 0
+    claims: int = 0
+    confirms: int = 0
+    releases: int = 0
+    reservations_expired: int = 0
+    total: int = 0
+    unit: str = ""
+    held: int = 0
+    confirmed: int = 0
+    released: int = 0
+    expired_amount: int = 0
+    subscriptions: int = 0
+    subscribed: int = 0
+    allocated: int | None = None
+    prequeue: int = 0
+    seed_revealed: bool = False
+    receipts: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        unsealed = self.entries - self.sealed
+        out = [
+            f"campaign {self.campaign}: OK ({self.policy}, {self.state})",
+            f"entries: {self.entries} (index 1..{self.entries}, gap-free)",
+            f"checkpoints: {self.checkpoints}, signatures good, last covers {self.sealed}"
+            + (f" ({unsealed} later entries not yet sealed)" if unsealed else "")
+            + f"; consistency proofs checked: {self.consistency_proofs}",
+            f"keys: {self.keys_source}",
+            "kinds: " + ", ".join(f"{k}={v}" for k, v in sorted(self.kinds.items())),
+            f"customers: {self.customers} tickets (one each), blocked {self.blocked}, "
+            f"revoked {self.revoked}",
+            f"admitted: {self.admitted} in seq order, skipped {self.skipped}, "
+            f"passes {self.passes}, passes expired {self.expired_passes}",
+        ]
+        if self.prequeue:
+            out.append(f"pre-queue: {self.prequeue} shuffled from the revealed seed")
+        out += self.receipts
+        if self.policy == "ballot":
+            allocated = "not yet" if self.allocated is None else str(self.allocated)
+            out.append(
+                f"ballot: {self.subscriptions} subscriptions for {self.subscribed} "
+                f"{self.unit}; allocated {allocated} of {self.total}"
+                + (" (recomputed from the revealed seed)" if self.seed_revealed else "")
+            )
+        else:
+            out.append(
+                f"claims: {self.claims}; confirmed {self.confirms} for {self.confirmed} "
+                f"{self.unit}, released {self.releases} ({self.released}), expired "
+                f"{self.reservations_expired} ({self.expired_amount}), still held "
+                f"{self.held}; total {self.total}, never oversold"
+            )
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if not key.startswith("_")}
