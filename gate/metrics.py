@@ -1,21 +1,25 @@
-"""Prometheus metrics, one registry per process (no module-level state)."""
+"""Prometheus metrics, one registry per process (no module-level state).
+
+They read the campaign cache and the admission loop they are given, never the gate that
+owns them, so the gate can build its metrics without a cycle between the two modules.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from gate.service import Gate
+from gate.admission import Admitter
+from gate.cache import CampaignCache
 
 
 class _CampaignCollector(Collector):
-    def __init__(self, gate: Gate):
-        self.gate = gate
+    def __init__(self, cache: CampaignCache, admitter: Admitter):
+        self.cache = cache
+        self.admitter = admitter
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         joined = GaugeMetricFamily(
@@ -35,28 +39,28 @@ class _CampaignCollector(Collector):
         open_ = GaugeMetricFamily(
             "fairgate_campaign_open", "1 while admitting", labels=["campaign"]
         )
-        for name, live in list(self.gate.cache.campaigns.items()):
+        for name, live in list(self.cache.campaigns.items()):
             joined.add_metric([name], live.state.seq)
             cursor.add_metric([name], live.state.cursor)
             waiting.add_metric([name], max(0, live.state.seq - live.state.cursor))
             rate.add_metric([name], live.admission_rate())
             open_.add_metric([name], 1.0 if live.state.state == "open" else 0.0)
         fresh = GaugeMetricFamily("fairgate_redis_fresh", "1 while the cache is fresh")
-        fresh.add_metric([], 1.0 if self.gate.cache.fresh() else 0.0)
+        fresh.add_metric([], 1.0 if self.cache.fresh() else 0.0)
         # Per process: with several gates, these show that each one takes part in admission.
         admit_calls = CounterMetricFamily(
             "fairgate_admit_calls", "admit script calls made by this process"
         )
-        admit_calls.add_metric([], self.gate.admitter.calls)
+        admit_calls.add_metric([], self.admitter.calls)
         admitted = CounterMetricFamily(
             "fairgate_admitted", "customers admitted by this process's admit calls"
         )
-        admitted.add_metric([], self.gate.admitter.admitted)
+        admitted.add_metric([], self.admitter.admitted)
         yield from (joined, cursor, waiting, rate, open_, fresh, admit_calls, admitted)
 
 
 class Metrics:
-    def __init__(self, gate: Gate):
+    def __init__(self, cache: CampaignCache, admitter: Admitter):
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "fairgate_http_requests",
@@ -71,7 +75,7 @@ class Metrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
-        self.registry.register(_CampaignCollector(gate))
+        self.registry.register(_CampaignCollector(cache, admitter))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

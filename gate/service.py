@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from gate.admission import Admitter
 from gate.audit.receipts import ReceiptBook
 from gate.audit.sealer import Sealer
-from gate.audit.store import segments_root
+from gate.audit.store import AuditStore, segments_root
 from gate.batcher import JoinBatcher
 from gate.cache import CampaignCache
 from gate.config import Config
@@ -68,7 +68,7 @@ class Gate:
         self.admitter = Admitter(
             self.control_room, self.cache, interval_s=config.admit_interval_ms / 1000
         )
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(self.cache, self.admitter)
         self.scripts_loaded = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -115,6 +115,11 @@ class Gate:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError("the gate did not become ready (is Redis reachable?)")
             await asyncio.sleep(0.01)
+
+
+def store_for(gate: Gate, campaign: str) -> AuditStore:
+    """The campaign's log as this gate process sees it (segment files, then Redis)."""
+    return AuditStore(gate.redis, campaign, segments_root(gate.config))
 
 
 def make_gate(config: Config) -> Gate:

@@ -21,13 +21,13 @@ import msgpack
 import pytest
 
 from gate.admin_client import AdminClient
-from gate.audit.export import export_chunks, store_for
+from gate.audit.export import export_chunks
 from gate.audit.store import AuditStore
 from gate.audit.verify import verify_lines
 from gate.config import Config
 from gate.errors import GateError
 from gate.http.admin import create_admin_app
-from gate.service import Gate, running_gate
+from gate.service import Gate, running_gate, store_for
 from gate.tokens import customer_digest
 from tests.helpers import ADMIN_TOKEN, admitted_pass, spec, wait_for
 

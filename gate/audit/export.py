@@ -16,15 +16,9 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from gate.audit.format import EXPORT_FORMAT, entry_base64
-from gate.audit.store import AuditStore, segments_root
-from gate.service import Gate
+from gate.audit.store import AuditStore
 
 LINES_PER_CHUNK = 500
-
-
-def store_for(gate: Gate, campaign: str) -> AuditStore:
-    """The campaign's log as this gate process sees it (segment files, then Redis)."""
-    return AuditStore(gate.redis, campaign, segments_root(gate.config))
 
 
 def _line(data: dict[str, Any]) -> bytes:

@@ -6,57 +6,32 @@ with the name of the operator's token as the actor.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any
 
 from aiohttp import web
 
 from gate.audit.dispute import build_account
-from gate.audit.export import export_chunks, store_for
+from gate.audit.export import export_chunks
 from gate.audit.query import parse_query, run_query
 from gate.audit.store import AuditGapError
-from gate.campaign import load_stored_spec, parse_patch, parse_spec, valid_campaign_id
-from gate.errors import BadRequest, GateError, NotFound, Unauthorized
+from gate.campaign import load_stored_spec, parse_patch, parse_spec
+from gate.errors import BadRequest, GateError, NotFound
+from gate.http.checks import admin_actor, campaign_id
 from gate.http.common import GATE_KEY, Handler, gate_of, make_error_middleware, read_body, respond
-from gate.service import Gate
+from gate.service import Gate, store_for
 from gate.tokens import customer_digest
 
 ACTOR_KEY = web.RequestKey("actor", str)
 log = logging.getLogger("gate.http")
 
 
-def authenticate(tokens: tuple[tuple[str, str], ...], header: str | None) -> str | None:
-    """The name of the token presented, comparing against every token in constant time."""
-    if not header or not header.startswith("Bearer "):
-        return None
-    # A header with non-ASCII bytes arrives with surrogate escapes: compare it as bytes
-    # (it matches no token) instead of failing to encode it.
-    presented = header[len("Bearer ") :].strip().encode("utf-8", "surrogateescape")
-    found: str | None = None
-    for name, token in tokens:
-        if hmac.compare_digest(presented, token.encode()):
-            found = name
-    return found
-
-
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == "/healthz":
         return await handler(request)
-    gate = request.app[GATE_KEY]
-    actor = authenticate(gate.config.admin_tokens, request.headers.get("Authorization"))
-    if actor is None:
-        raise Unauthorized("a valid admin bearer token is required", code="bad_admin_token")
-    request[ACTOR_KEY] = actor
+    request[ACTOR_KEY] = admin_actor(request)
     return await handler(request)
-
-
-def _campaign(request: web.Request) -> str:
-    campaign = request.match_info["campaign"]
-    if not valid_campaign_id(campaign):
-        raise NotFound(f"no campaign {campaign[:64]!r}", code="unknown_campaign")
-    return campaign
 
 
 async def _view(gate: Gate, campaign: str) -> dict[str, Any]:
@@ -100,12 +75,12 @@ async def list_campaigns(request: web.Request) -> web.Response:
 
 
 async def show_campaign(request: web.Request) -> web.Response:
-    return respond(request, await _view(gate_of(request), _campaign(request)))
+    return respond(request, await _view(gate_of(request), campaign_id(request)))
 
 
 async def update_campaign(request: web.Request) -> web.Response:
     gate = gate_of(request)
-    campaign = _campaign(request)
+    campaign = campaign_id(request)
     body = await read_body(request)
     meta = await gate.room.meta(campaign)
     if meta is None:
@@ -119,7 +94,7 @@ async def update_campaign(request: web.Request) -> web.Response:
 def _state_change(action: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         gate = gate_of(request)
-        campaign = _campaign(request)
+        campaign = campaign_id(request)
         await read_body(request)
         await gate.room.set_state(campaign, action, request[ACTOR_KEY])
         await gate.cache.refresh_once()
@@ -130,7 +105,7 @@ def _state_change(action: str) -> Handler:
 
 async def _customer_action(request: web.Request) -> tuple[Gate, str, bytes, str]:
     gate = gate_of(request)
-    campaign = _campaign(request)
+    campaign = campaign_id(request)
     body = await read_body(request)
     customer = body.get("customer")
     if not isinstance(customer, str) or not customer.strip() or len(customer) > 256:
@@ -156,7 +131,7 @@ async def revoke_customer(request: web.Request) -> web.Response:
 
 
 async def campaign_stats(request: web.Request) -> web.Response:
-    view = await _view(gate_of(request), _campaign(request))
+    view = await _view(gate_of(request), campaign_id(request))
     return respond(request, {"id": view["id"], **view["stats"]})
 
 
@@ -165,7 +140,7 @@ async def campaign_stats(request: web.Request) -> web.Response:
 
 async def _existing_campaign(request: web.Request) -> tuple[Gate, str]:
     gate = gate_of(request)
-    campaign = _campaign(request)
+    campaign = campaign_id(request)
     if await gate.room.meta(campaign) is None:
         raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
     return gate, campaign

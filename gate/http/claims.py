@@ -14,10 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from gate.campaign import MAX_AMOUNT
-from gate.errors import BadRequest, Conflict, Forbidden, GateError, Unauthorized, Unavailable
-from gate.http.admin import authenticate
+from gate.errors import BadRequest, Conflict, Forbidden, GateError, Unavailable
+from gate.http.checks import campaign_id, core_actor, verified_pass
 from gate.http.common import gate_of, read_body, respond
-from gate.http.public import _campaign_id, verified_pass
 from gate.room import ClaimResult, ReservationOutcome
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -45,7 +44,7 @@ def _refusal(result: ClaimResult) -> GateError:
 
 async def claim(request: web.Request) -> web.Response:
     gate = gate_of(request)
-    campaign = _campaign_id(request)
+    campaign = campaign_id(request)
     if not gate.cache.fresh():
         # Redis is out: a claim cannot be decided, so say "retry" (503), not "your pass is
         # bad" (the 401 that verified_pass gives a proxy's auth check in this case).
@@ -87,13 +86,6 @@ async def claim(request: web.Request) -> web.Response:
     )
 
 
-def _core_actor(request: web.Request) -> str:
-    actor = authenticate(gate_of(request).config.core_tokens, request.headers.get("Authorization"))
-    if actor is None:
-        raise Unauthorized("a valid core-system bearer token is required", code="bad_core_token")
-    return actor
-
-
 def _reservation_id(request: web.Request) -> str:
     reservation = request.match_info["reservation"]
     if not _RESERVATION_RE.match(reservation):
@@ -121,8 +113,8 @@ def _outcome(
 
 
 async def confirm(request: web.Request) -> web.Response:
-    actor = _core_actor(request)
-    campaign = _campaign_id(request)
+    actor = core_actor(request)
+    campaign = campaign_id(request)
     reservation = _reservation_id(request)
     await read_body(request)
     outcome = await gate_of(request).room.confirm(campaign, reservation, actor)
@@ -130,8 +122,8 @@ async def confirm(request: web.Request) -> web.Response:
 
 
 async def release(request: web.Request) -> web.Response:
-    actor = _core_actor(request)
-    campaign = _campaign_id(request)
+    actor = core_actor(request)
+    campaign = campaign_id(request)
     reservation = _reservation_id(request)
     body = await read_body(request)
     reason = body.get("reason", "")

@@ -16,25 +16,15 @@ from typing import Any
 from aiohttp import web
 
 from gate.cache import LiveCampaign
-from gate.campaign import valid_campaign_id
-from gate.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
+from gate.config import Config
+from gate.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from gate.http.checks import PASS_COOKIE, campaign_id, check_customer, customer_id, verified_pass
+from gate.http.claims import add_claim_routes
 from gate.http.common import GATE_KEY, gate_of, make_error_middleware, read_body, respond
 from gate.http.page import waiting_room_page
 from gate.room import JOIN_CLOSED, JOIN_NOT_OPEN, JOIN_UNKNOWN, PREQUEUED
 from gate.service import Gate
-from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, Token, TokenError, customer_digest
-
-PASS_COOKIE = "fg_pass"
-PASS_HEADER = "X-Gate-Pass"
-CAMPAIGN_HEADER = "X-Gate-Campaign"
-MAX_CUSTOMER_ID = 256
-
-
-def _campaign_id(request: web.Request) -> str:
-    campaign = request.match_info["campaign"]
-    if not valid_campaign_id(campaign):
-        raise NotFound(f"no campaign {campaign[:64]!r}", code="unknown_campaign")
-    return campaign
+from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, TokenError, customer_digest
 
 
 async def _campaign(request: web.Request, campaign: str) -> LiveCampaign:
@@ -45,29 +35,6 @@ async def _campaign(request: web.Request, campaign: str) -> LiveCampaign:
     if live is None:
         raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
     return live
-
-
-def _customer_id(request: web.Request, *, required: bool) -> str | None:
-    header = gate_of(request).config.customer_header
-    value = request.headers.get(header)
-    if value is None or not value.strip():
-        if required:
-            raise BadRequest(f"the {header} header is missing or empty", code="missing_customer")
-        return None
-    value = value.strip()
-    if len(value) > MAX_CUSTOMER_ID or not value.isprintable():
-        raise BadRequest(f"the {header} header is not a valid customer id", code="bad_customer")
-    return value
-
-
-def _check_customer(request: web.Request, token: Token) -> None:
-    """When the proxy names the customer, the token must be theirs."""
-    customer = _customer_id(request, required=False)
-    if customer is None:
-        return
-    gate = gate_of(request)
-    if customer_digest(gate.keys, token.campaign, customer) != token.digest:
-        raise Forbidden("this token belongs to another customer", code="wrong_customer")
 
 
 def poll_after_ms(position: int, rate: float, rng: random.Random) -> int:
@@ -135,8 +102,8 @@ def _waiting_view(live: LiveCampaign, seq: int, rng: random.Random) -> dict[str,
 
 async def join(request: web.Request) -> web.Response:
     gate = gate_of(request)
-    campaign = _campaign_id(request)
-    customer = _customer_id(request, required=True)
+    campaign = campaign_id(request)
+    customer = customer_id(request, required=True)
     assert customer is not None
     await read_body(request)  # no fields yet, but a malformed body is still refused
     live = await _campaign(request, campaign)
@@ -183,7 +150,7 @@ async def join(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     gate = gate_of(request)
-    campaign = _campaign_id(request)
+    campaign = campaign_id(request)
     text = request.query.get("ticket", "")
     if not text:
         raise BadRequest("the ticket query parameter is missing", code="missing_ticket")
@@ -193,7 +160,7 @@ async def status(request: web.Request) -> web.Response:
         raise Forbidden(f"invalid ticket: {exc}", code="bad_ticket") from None
     if token.campaign != campaign:
         raise Forbidden("this ticket is for another campaign", code="wrong_campaign")
-    _check_customer(request, token)
+    check_customer(request, token)
     live = await _campaign(request, campaign)
     base: dict[str, Any] = {"campaign": campaign, "seq": token.seq}
     if token.kind == PREQUEUE_TICKET:
@@ -269,36 +236,6 @@ async def status(request: web.Request) -> web.Response:
     return response
 
 
-def verified_pass(request: web.Request) -> tuple[Token, LiveCampaign]:
-    """The request's pass, checked with no Redis round trip: signature, expiry, campaign,
-    customer, and the cached revocations (a stale cache fails closed)."""
-    gate = gate_of(request)
-    text = request.headers.get(PASS_HEADER) or request.cookies.get(PASS_COOKIE, "")
-    if not text:
-        raise Unauthorized("no pass", code="no_pass")
-    try:
-        token = gate.signer.verify(text, PASS)
-    except TokenError as exc:
-        raise Unauthorized(f"invalid pass: {exc}", code="bad_pass") from None
-    if token.exp <= time.time():
-        raise Unauthorized("the pass has expired", code="pass_expired")
-    wanted = request.headers.get(CAMPAIGN_HEADER) or request.query.get("campaign")
-    if wanted and wanted != token.campaign:
-        raise Forbidden("this pass is for another campaign", code="wrong_campaign")
-    _check_customer(request, token)
-    if not gate.cache.fresh():
-        # Without fresh state we cannot prove the pass was not revoked: fail closed.
-        raise Unauthorized("the gate cannot check passes right now", code="unavailable")
-    live = gate.cache.peek(token.campaign)
-    if live is None:
-        raise Unauthorized("unknown campaign", code="unknown_campaign")
-    if live.state.state == "closed":
-        raise Forbidden("the campaign is closed", code="campaign_closed")
-    if token.seq in live.revoked:
-        raise Forbidden("this pass was revoked", code="revoked")
-    return token, live
-
-
 async def auth(request: web.Request) -> web.Response:
     """For nginx auth_request, Envoy ext_authz and Traefik ForwardAuth: 200, 401 or 403."""
     token, _ = verified_pass(request)
@@ -310,7 +247,7 @@ async def auth(request: web.Request) -> web.Response:
 
 
 async def page(request: web.Request) -> web.Response:
-    campaign = _campaign_id(request)
+    campaign = campaign_id(request)
     live = await _campaign(request, campaign)
     return web.Response(
         text=waiting_room_page(campaign, live.spec),
@@ -342,7 +279,7 @@ async def receipt(request: web.Request) -> web.Response:
     """A ticket's signed receipt, and once the log is sealed past its join entry, the
     latest checkpoint and the entry's inclusion proof (docs/audit-format.md)."""
     gate = gate_of(request)
-    campaign = _campaign_id(request)
+    campaign = campaign_id(request)
     text = request.match_info["seq"]
     if not text.isdigit() or len(text) > 15 or int(text) < 1:
         raise NotFound(f"no ticket {text[:20]!r}", code="unknown_receipt")
@@ -359,11 +296,13 @@ async def public_keys(request: web.Request) -> web.Response:
 RNG_KEY = web.AppKey("rng", random.Random)
 
 
-def create_public_app(gate: Gate) -> web.Application:
+def public_app(config: Config) -> web.Application:
+    """The public listener's routes, with no gate yet: whoever serves the app puts its
+    gate under GATE_KEY before the first request (`create_public_app`, or the cleanup
+    context of `gate.http.app.create_app`)."""
     app = web.Application(
-        client_max_size=gate.config.max_body_bytes, middlewares=[make_error_middleware("public")]
+        client_max_size=config.max_body_bytes, middlewares=[make_error_middleware("public")]
     )
-    app[GATE_KEY] = gate
     app[RNG_KEY] = random.Random()
     app.router.add_post("/q/{campaign}/join", join)
     app.router.add_get("/q/{campaign}/status", status)
@@ -374,10 +313,15 @@ def create_public_app(gate: Gate) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/.well-known/fairgate/keys", public_keys)
     app.router.add_get("/q/{campaign}/receipt/{seq}", receipt)
-    from gate.http.claims import add_claim_routes  # claims builds on this module's checks
-
     add_claim_routes(app)
     return app
 
 
-__all__ = ["create_public_app", "poll_after_ms", "verified_pass"]
+def create_public_app(gate: Gate) -> web.Application:
+    """The public listener around a gate that is already running; its owner stops it."""
+    app = public_app(gate.config)
+    app[GATE_KEY] = gate
+    return app
+
+
+__all__ = ["create_public_app", "poll_after_ms", "public_app"]
