@@ -18,11 +18,9 @@ from pathlib import Path
 from aiohttp import web
 
 from gate.config import Config
-from gate.http.admin import create_admin_app
-from gate.http.public import create_public_app
+from gate.http.app import create_app
 from gate.logs import setup_logging
 from gate.redis_server import RedisServer
-from gate.service import running_gate
 from gate.signing import load_or_create_keys
 
 log = logging.getLogger("gate.server")
@@ -44,16 +42,14 @@ async def run_process(
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    async with running_gate(config) as gate:
-        runners = []
-        for app, host, port in (
-            (create_public_app(gate), config.host, config.port),
-            (create_admin_app(gate), config.admin_host, config.admin_port),
-        ):
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=4096).start()
-            runners.append(runner)
+    # The app starts the gate and the admin listener, and stops them in its cleanup.
+    runner = web.AppRunner(
+        create_app(config, reuse_port=reuse_port), access_log=None, handle_signals=False
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=4096)
+        await site.start()
         log.info(
             "event=listening public=%s:%d admin=%s:%d",
             config.host,
@@ -63,11 +59,9 @@ async def run_process(
         )
         if ready is not None:
             ready.set()
-        try:
-            await stop.wait()
-        finally:
-            for runner in runners:
-                await runner.cleanup()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def _worker(config: Config) -> None:

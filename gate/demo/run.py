@@ -36,10 +36,10 @@ from gate.demo.report import (
     write_outputs,
 )
 from gate.errors import GateError
-from gate.http.admin import create_admin_app
-from gate.http.public import create_public_app
+from gate.http.app import ADMIN_ADDRESS, create_app
+from gate.http.common import GATE_KEY
 from gate.redis_server import RedisServer
-from gate.service import Gate, running_gate
+from gate.service import Gate
 from gate.signing import generate_keys_document, write_keys
 
 SCENARIOS = ("burst",)
@@ -188,6 +188,8 @@ async def _demo(
         data_dir=str(out),
         signing_keys=str(keys_path),
         admin_tokens=f"demo:{admin_token}",
+        admin_host="127.0.0.1",
+        admin_port=0,  # any free port; the app says which it took
         cookie_secure=False,
         log_level="WARNING",
     )
@@ -201,10 +203,12 @@ async def _demo(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     async with contextlib.AsyncExitStack() as stack:
-        gate: Gate = await stack.enter_async_context(running_gate(config))
+        app = create_app(config)  # starts the gate and the admin listener, and stops them
+        gate_url = await stack.enter_async_context(_serving(app))
+        gate = app[GATE_KEY]
         await gate.wait_ready()
-        gate_url = await stack.enter_async_context(_serving(create_public_app(gate)))
-        admin_url = await stack.enter_async_context(_serving(create_admin_app(gate)))
+        admin_host, admin_port = app[ADMIN_ADDRESS]
+        admin_url = f"http://{admin_host}:{admin_port}"
         admin = await stack.enter_async_context(
             aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin_token}"})
         )

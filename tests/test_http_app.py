@@ -1,0 +1,128 @@
+"""`create_app(config)`: the public app owns its gate and the admin listener.
+
+Serving the app starts both; its cleanup stops both, leaving no task running and no
+connection open on Redis. Counted from Redis's side (CLIENT LIST), so a connection left
+behind shows whichever pool it came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from gate.config import Config
+from gate.http.app import ADMIN_ADDRESS, create_app
+from gate.http.common import GATE_KEY
+from tests.helpers import ADMIN_TOKEN, spec, wait_for
+
+
+@pytest.fixture
+async def observer(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def _clients(observer: Redis) -> int:
+    """Connections open on Redis, the observer's own included."""
+    return len(await observer.client_list())
+
+
+def _app_config(config: Config) -> Config:
+    return dataclasses.replace(config, admin_host="127.0.0.1", admin_port=0)
+
+
+async def test_the_app_serves_both_listeners_and_closes_everything(
+    config: Config, aiohttp_client: Any, observer: Redis
+) -> None:
+    before = await _clients(observer)
+    app = create_app(_app_config(config))
+    assert GATE_KEY not in app  # nothing runs until the app is served
+
+    public = await aiohttp_client(app)
+    gate = app[GATE_KEY]
+    await gate.wait_ready()
+    host, port = app[ADMIN_ADDRESS]
+    assert port not in (0, public.port)
+    admin_url = f"http://{host}:{port}"
+
+    async with aiohttp.ClientSession(
+        base_url=admin_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as admin:
+        r = await admin.post("/admin/campaigns", json=spec("app"))
+        assert r.status == 201, await r.text()
+        r = await admin.get("/admin/campaigns/app/stats")
+        assert r.status == 200
+        assert (await r.json())["id"] == "app"
+    async with aiohttp.ClientSession(base_url=admin_url) as anonymous:
+        r = await anonymous.post("/admin/campaigns", json=spec("other"))
+        assert r.status == 401
+        assert (await r.json())["error"]["code"] == "bad_admin_token"
+    # the admin routes are not on the public listener
+    r = await public.post("/admin/campaigns", json=spec("other"))
+    assert r.status == 404
+
+    # join, then status until admitted: the cache and the admission loop are running
+    r = await public.post("/q/app/join", headers={"X-Customer-Id": "alice"})
+    assert r.status == 201, await r.text()
+    ticket = (await r.json())["ticket"]
+    status: dict[str, Any] = {}
+
+    async def is_admitted() -> bool:
+        r = await public.get("/q/app/status", params={"ticket": ticket})
+        assert r.status == 200, await r.text()
+        status.update(await r.json())
+        return status["state"] == "admitted"
+
+    await wait_for(is_admitted, 5, "alice admitted")
+    r = await public.get("/gate/auth", headers={"X-Gate-Pass": status["pass"]})
+    assert r.status == 200
+
+    tasks = list(gate._tasks)
+    assert len(tasks) == 4  # scripts loader, cache, admission, sealer
+    assert sum(not task.done() for task in tasks) == 3  # all but the finished loader
+    assert await _clients(observer) > before
+
+    await public.close()  # the app's cleanup
+
+    assert all(task.done() for task in tasks)
+    assert gate._tasks == []
+
+    async def all_closed() -> bool:
+        return await _clients(observer) == before
+
+    await wait_for(all_closed, 5, "the gate's Redis connections to close")
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as session:
+            await session.get(f"{admin_url}/healthz")
+
+
+async def test_an_admin_port_in_use_stops_the_gate_it_started(
+    config: Config, observer: Redis
+) -> None:
+    before = await _clients(observer)
+    tasks_before = asyncio.all_tasks()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = dataclasses.replace(
+            config, admin_host="127.0.0.1", admin_port=taken.getsockname()[1]
+        )
+        runner = web.AppRunner(create_app(busy))
+        with pytest.raises(OSError):
+            await runner.setup()  # the app's startup: the gate starts, the admin port fails
+
+    assert not asyncio.all_tasks() - tasks_before  # no gate task left running
+
+    async def all_closed() -> bool:
+        return await _clients(observer) == before
+
+    await wait_for(all_closed, 5, "the gate's Redis connections to close")
