@@ -98,19 +98,22 @@ def authenticate(tokens: tuple[tuple[str, str], ...], header: str | None) -> str
     return found
 
 
+def _bearer_actor(
+    request: web.Request, tokens: tuple[tuple[str, str], ...], who: str, code: str
+) -> str:
+    actor = authenticate(tokens, request.headers.get("Authorization"))
+    if actor is None:
+        raise Unauthorized(f"a valid {who} bearer token is required", code=code)
+    return actor
+
+
 def admin_actor(request: web.Request) -> str:
     """The name of the operator's token (config.admin_tokens)."""
     tokens = gate_of(request).config.admin_tokens
-    actor = authenticate(tokens, request.headers.get("Authorization"))
-    if actor is None:
-        raise Unauthorized("a valid admin bearer token is required", code="bad_admin_token")
-    return actor
+    return _bearer_actor(request, tokens, "admin", "bad_admin_token")
 
 
 def core_actor(request: web.Request) -> str:
     """The name of the core system's token (config.core_tokens)."""
     tokens = gate_of(request).config.core_tokens
-    actor = authenticate(tokens, request.headers.get("Authorization"))
-    if actor is None:
-        raise Unauthorized("a valid core-system bearer token is required", code="bad_core_token")
-    return actor
+    return _bearer_actor(request, tokens, "core-system", "bad_core_token")

@@ -17,12 +17,12 @@ from aiohttp import web
 
 from gate.cache import LiveCampaign
 from gate.config import Config
-from gate.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from gate.errors import BadRequest, Forbidden, NotFound, Unavailable
 from gate.http.checks import PASS_COOKIE, campaign_id, check_customer, customer_id, verified_pass
 from gate.http.claims import add_claim_routes
 from gate.http.common import GATE_KEY, gate_of, make_error_middleware, read_body, respond
 from gate.http.page import waiting_room_page
-from gate.room import JOIN_CLOSED, JOIN_NOT_OPEN, JOIN_UNKNOWN, PREQUEUED
+from gate.room import PREQUEUED, Reply
 from gate.service import Gate
 from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, TokenError, customer_digest
 
@@ -109,16 +109,13 @@ async def join(request: web.Request) -> web.Response:
     live = await _campaign(request, campaign)
     digest = customer_digest(gate.keys, campaign, customer)
     outcome = await gate.batcher.join(campaign, digest)
-    if outcome.status == JOIN_UNKNOWN:
-        raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
-    if outcome.status == JOIN_CLOSED:
-        raise Conflict("the campaign is closed", code="campaign_closed")
-    if outcome.status == JOIN_NOT_OPEN:
-        raise Conflict(
-            f"the queue opens {live.spec.prequeue.window_s}s before "
-            f"{live.spec.to_json()['opens_at']}",
-            code="not_open_yet",
-        )
+    # unknown_campaign, campaign_closed or not_open_yet, as the reply table words them
+    Reply.of(outcome.status).expect(
+        Reply.OK,
+        campaign=campaign,
+        window_s=live.spec.prequeue.window_s,
+        opens_at=live.spec.to_json()["opens_at"],
+    )
     if outcome.seq == 0:
         raise Forbidden("this customer may not join this campaign", code="blocked")
     if outcome.seq == PREQUEUED:
