@@ -37,8 +37,8 @@ from bench.openloop import run_load
 from bench.report import write_reports
 from bench.servers import Admin, GateServer, HelloServer
 from bench.wrk import run_wrk, wrk_binary, wrk_version
+from gate.audit.format import decode_entry
 from gate.redis_server import RedisServer
-from gate.room import decode_entry
 from gate.room.keys import CampaignKeys
 from gate.signing import generate_keys_document, write_keys
 

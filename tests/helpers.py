@@ -26,9 +26,10 @@ import redis as sync_redis
 from hypothesis.stateful import RuleBasedStateMachine
 from redis.asyncio import Redis
 
+from gate.audit.format import decode_entry
 from gate.redis_client import connect
 from gate.redis_server import free_port
-from gate.room import Room, decode_entry
+from gate.room import Room
 from gate.room.keys import CampaignKeys
 from gate.room.scripts import Scripts
 

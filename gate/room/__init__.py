@@ -3,7 +3,6 @@
 decoded results (`results`), key names (`keys`) and the Lua loader (`scripts`)."""
 
 from gate.room.flows import Flows
-from gate.room.reads import decode_entry
 from gate.room.replies import Reply
 from gate.room.results import (
     JOIN_CLOSED,
@@ -38,5 +37,4 @@ __all__ = [
     "Reply",
     "ReservationOutcome",
     "Room",
-    "decode_entry",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 import msgpack
 from redis.asyncio import Redis
 
+from gate.audit.format import decode_entry
 from gate.ballot import Subscription
 from gate.errors import NotFound
 from gate.redis_client import guarded
@@ -189,8 +190,3 @@ class Reads:
         async with guarded():
             raw = await self.redis.lrange(CampaignKeys(campaign).audit, start, stop)
         return [decode_entry(item) for item in raw if isinstance(item, bytes)]
-
-
-def decode_entry(item: bytes) -> dict[str, Any]:
-    entry = msgpack.unpackb(item, raw=True, strict_map_key=False)
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}
