@@ -1,6 +1,6 @@
 """Test helpers: real redis-server and real `gate serve` processes, waits with deadlines,
 campaign specs, the listeners as a client uses them, state machines that drive the
-scripts, and the audit log's checks."""
+scripts, the audit log's checks, and an export as a tampering test edits it."""
 
 from __future__ import annotations
 
@@ -11,17 +11,19 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import aiohttp
+import msgpack
 import redis as sync_redis
 from hypothesis.stateful import RuleBasedStateMachine
 from redis.asyncio import Redis
@@ -32,6 +34,7 @@ from gate.redis_server import free_port
 from gate.room import Room
 from gate.room.keys import CampaignKeys
 from gate.room.scripts import Scripts
+from gate.service import Gate, store_for
 
 T = TypeVar("T")
 
@@ -425,6 +428,50 @@ def sealer_for(room: Room, config: Any, keep_in_redis: int = 0) -> Any:
     )
 
 
+async def wait_sealed(gate: Gate, campaign: str) -> int:
+    """Until a checkpoint covers the whole log as it is now; returns its size."""
+    store = store_for(gate, campaign)
+    _, size = await store.bounds()
+
+    async def covered() -> bool:
+        latest = await store.latest_checkpoint()
+        return latest is not None and latest["size"] >= size
+
+    await wait_for(covered, 10, f"a checkpoint of {campaign} covering {size}")
+    return size
+
+
+def check_offline(answer: dict[str, Any], keys_doc: dict[str, Any], customer_hex: str) -> None:
+    """What a customer does with nothing but the answer and the published keys."""
+    from gate.audit import merkle
+    from gate.audit.checkpoints import verify_checkpoint
+    from gate.audit.format import load_public_keys
+    from gate.audit.receipts import statement, verify_receipt, verify_receipt_proof
+
+    public_keys = load_public_keys(keys_doc)
+    receipt, checkpoint, inclusion = answer["receipt"], answer["checkpoint"], answer["inclusion"]
+    assert receipt["digest"] == customer_hex
+    assert verify_receipt(receipt, public_keys)
+    assert verify_checkpoint(checkpoint, public_keys, receipt["campaign"])
+    raw = base64.b64decode(inclusion["entry"])
+    entry = msgpack.unpackb(raw, raw=True)
+    assert (
+        entry[b"k"] == b"join" and entry[b"i"] == receipt["entry"] and entry[b"t"] == receipt["t"]
+    )
+    pairs = list(zip(entry[b"s"][::2], entry[b"s"][1::2], strict=True))
+    assert pairs[receipt["leaf_index"]] == (receipt["seq"], bytes.fromhex(customer_hex))
+    leaves = [merkle.leaf_hash(statement(receipt["campaign"], s, entry[b"t"], d)) for s, d in pairs]
+    assert merkle.root(leaves).hex() == receipt["root"]
+    assert merkle.verify_inclusion(
+        merkle.leaf_hash(raw),
+        receipt["entry"] - 1,
+        checkpoint["size"],
+        [bytes.fromhex(p) for p in inclusion["path"]],
+        bytes.fromhex(checkpoint["root"]),
+    )
+    assert verify_receipt_proof(answer, public_keys)
+
+
 # -- audit export and verify (verifier) -----------------------------------------------
 
 
@@ -467,3 +514,94 @@ async def export_to_file(
     ]
     await asyncio.to_thread(path.write_bytes, b"".join(chunks))
     return path
+
+
+# -- an export as a tampering test edits it ---------------------------------------------
+
+
+def pack_like_redis(value: Any) -> bytes:
+    """msgpack as Redis's cmsgpack writes it (strings as str8/16/32, smallest ints), so
+    an entry re-encoded after a change differs from the original only in that change."""
+    if value is None:
+        return b"\xc0"
+    if value is True or value is False:
+        return b"\xc3" if value else b"\xc2"
+    if isinstance(value, int):
+        if 0 <= value < 128:
+            return bytes([value])
+        if -32 <= value < 0:
+            return struct.pack("b", value)
+        for lo, hi, tag, fmt in (
+            (0, 2**8, 0xCC, ">B"),
+            (0, 2**16, 0xCD, ">H"),
+            (0, 2**32, 0xCE, ">I"),
+            (0, 2**64, 0xCF, ">Q"),
+            (-(2**7), 0, 0xD0, ">b"),
+            (-(2**15), 0, 0xD1, ">h"),
+            (-(2**31), 0, 0xD2, ">i"),
+            (-(2**63), 0, 0xD3, ">q"),
+        ):
+            if lo <= value < hi:
+                return bytes([tag]) + struct.pack(fmt, value)
+        raise ValueError(value)
+    if isinstance(value, float):
+        return b"\xcb" + struct.pack(">d", value)
+    if isinstance(value, bytes):
+        n = len(value)
+        head = (
+            bytes([0xA0 | n])
+            if n < 32
+            else b"\xd9" + struct.pack(">B", n)
+            if n < 256
+            else b"\xda" + struct.pack(">H", n)
+            if n < 65536
+            else b"\xdb" + struct.pack(">I", n)
+        )
+        return head + value
+    if isinstance(value, list):
+        n = len(value)
+        head = bytes([0x90 | n]) if n < 16 else b"\xdc" + struct.pack(">H", n)
+        return head + b"".join(pack_like_redis(v) for v in value)
+    if isinstance(value, dict):
+        n = len(value)
+        head = bytes([0x80 | n]) if n < 16 else b"\xde" + struct.pack(">H", n)
+        return head + b"".join(pack_like_redis(k) + pack_like_redis(v) for k, v in value.items())
+    raise TypeError(type(value))
+
+
+def unpack(raw: bytes) -> dict[bytes, Any]:
+    entry: dict[bytes, Any] = msgpack.unpackb(raw, raw=True, strict_map_key=False)
+    return entry
+
+
+@dataclass
+class Export:
+    header: dict[str, Any]
+    entries: list[dict[str, Any]]  # the entry lines
+    checkpoints: list[dict[str, Any]]
+    receipts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Export:
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return cls(
+            lines[0],
+            [d for d in lines if d["type"] == "entry"],
+            [d for d in lines if d["type"] == "checkpoint"],
+        )
+
+    def lines(self) -> list[str]:
+        return [json.dumps(d) for d in (self.header, *self.entries, *self.checkpoints)]
+
+    def raw(self, position: int) -> bytes:
+        return base64.b64decode(self.entries[position]["raw"])
+
+    def set_raw(self, position: int, raw: bytes) -> None:
+        self.entries[position]["raw"] = base64.b64encode(raw).decode()
+
+    def kind(self, position: int) -> bytes:
+        kind: bytes = unpack(self.raw(position))[b"k"]
+        return kind
+
+    def fingerprint(self) -> str:
+        return json.dumps([self.lines(), self.receipts], sort_keys=True)

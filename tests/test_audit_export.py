@@ -29,20 +29,7 @@ from gate.errors import GateError
 from gate.http.admin import create_admin_app
 from gate.service import Gate, running_gate, store_for
 from gate.tokens import customer_digest
-from tests.helpers import ADMIN_TOKEN, admitted_pass, spec, wait_for
-
-
-async def wait_sealed(gate: Gate, campaign: str) -> int:
-    """Until a checkpoint covers the whole log as it is now; returns its size."""
-    store = store_for(gate, campaign)
-    _, size = await store.bounds()
-
-    async def covered() -> bool:
-        latest = await store.latest_checkpoint()
-        return latest is not None and latest["size"] >= size
-
-    await wait_for(covered, 10, f"a checkpoint of {campaign} covering {size}")
-    return size
+from tests.helpers import ADMIN_TOKEN, admitted_pass, spec, wait_for, wait_sealed
 
 
 async def test_query_by_customer_seq_and_time(gate: Gate, public: Any, admin: Any) -> None:

@@ -26,7 +26,15 @@ from gate.room import ClaimResult, Room
 from gate.room.keys import CampaignKeys
 from gate.signing import SigningKeys
 from gate.tokens import customer_digest
-from tests.helpers import amount_quota, export_to_file, seal_everything, spec
+from tests.helpers import (
+    Export,
+    amount_quota,
+    export_to_file,
+    pack_like_redis,
+    seal_everything,
+    spec,
+    unpack,
+)
 
 MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
 
@@ -225,8 +233,6 @@ async def test_ballot_recomputed_and_seed_checked(
 
     # moving one lot between two customers (the sum unchanged), or revealing another seed,
     # is caught: at the entry, inside the range its checkpoint no longer matches
-    from tests.test_tamper import Export, pack_like_redis, unpack
-
     clean = Export.parse(await asyncio.to_thread(path.read_text))
     kinds = [clean.kind(p) for p in range(len(clean.entries))]
     allot = kinds.index(b"allot")

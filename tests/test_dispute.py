@@ -10,8 +10,7 @@ from gate.audit.dispute import check_account, render_text
 from gate.audit.format import load_public_keys
 from gate.room.keys import CampaignKeys
 from gate.service import Gate
-from tests.helpers import CORE_TOKEN, admitted_pass, amount_spec, wait_for
-from tests.test_audit_export import wait_sealed
+from tests.helpers import CORE_TOKEN, admitted_pass, amount_spec, wait_for, wait_sealed
 
 CORE = {"Authorization": f"Bearer {CORE_TOKEN}"}
 

@@ -13,10 +13,8 @@ from typing import Any
 
 import msgpack
 
-from gate.audit import merkle
-from gate.audit.checkpoints import verify_checkpoint
 from gate.audit.format import load_public_keys
-from gate.audit.receipts import BatchReceipts, statement, verify_receipt, verify_receipt_proof
+from gate.audit.receipts import BatchReceipts, verify_receipt, verify_receipt_proof
 from gate.campaign import parse_spec
 from gate.config import Config
 from gate.http.public import create_public_app
@@ -24,7 +22,7 @@ from gate.room.keys import CampaignKeys
 from gate.service import Gate, running_gate
 from gate.signing import generate_keys_document, load_or_create_keys, write_keys
 from gate.tokens import customer_digest
-from tests.helpers import assert_sealed_log, join, raw_audit, spec, wait_for
+from tests.helpers import assert_sealed_log, check_offline, join, raw_audit, spec, wait_for
 
 ACTOR = "ops"
 
@@ -39,32 +37,6 @@ async def wait_sealed_past(gate: Gate, campaign: str, entry: int) -> None:
         return int(raw or 0) >= entry
 
     await wait_for(covered, 10, f"a checkpoint covering entry {entry}")
-
-
-def check_offline(answer: dict[str, Any], keys_doc: dict[str, Any], customer_hex: str) -> None:
-    """What a customer does with nothing but the answer and the published keys."""
-    public_keys = load_public_keys(keys_doc)
-    receipt, checkpoint, inclusion = answer["receipt"], answer["checkpoint"], answer["inclusion"]
-    assert receipt["digest"] == customer_hex
-    assert verify_receipt(receipt, public_keys)
-    assert verify_checkpoint(checkpoint, public_keys, receipt["campaign"])
-    raw = base64.b64decode(inclusion["entry"])
-    entry = msgpack.unpackb(raw, raw=True)
-    assert (
-        entry[b"k"] == b"join" and entry[b"i"] == receipt["entry"] and entry[b"t"] == receipt["t"]
-    )
-    pairs = list(zip(entry[b"s"][::2], entry[b"s"][1::2], strict=True))
-    assert pairs[receipt["leaf_index"]] == (receipt["seq"], bytes.fromhex(customer_hex))
-    leaves = [merkle.leaf_hash(statement(receipt["campaign"], s, entry[b"t"], d)) for s, d in pairs]
-    assert merkle.root(leaves).hex() == receipt["root"]
-    assert merkle.verify_inclusion(
-        merkle.leaf_hash(raw),
-        receipt["entry"] - 1,
-        checkpoint["size"],
-        [bytes.fromhex(p) for p in inclusion["path"]],
-        bytes.fromhex(checkpoint["root"]),
-    )
-    assert verify_receipt_proof(answer, public_keys)
 
 
 async def test_a_receipt_given_at_join_verifies_offline_against_a_later_checkpoint(

@@ -21,8 +21,7 @@ from gate.room.keys import CampaignKeys
 from gate.service import running_gate
 from gate.signing import load_or_create_keys
 from gate.tokens import customer_digest
-from tests.helpers import assert_sealed_log, sealer_for, spec, wait_for
-from tests.test_receipts import check_offline
+from tests.helpers import assert_sealed_log, check_offline, sealer_for, spec, wait_for
 
 ACTOR = "ops"
 KEEP = 100

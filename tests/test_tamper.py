@@ -18,17 +18,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import json
 import random
-import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -42,98 +39,19 @@ from gate.room import Room
 from gate.room.keys import CampaignKeys
 from gate.signing import SigningKeys
 from gate.tokens import customer_digest
-from tests.helpers import amount_quota, b64url, export_to_file, seal_everything, spec
+from tests.helpers import (
+    Export,
+    amount_quota,
+    b64url,
+    export_to_file,
+    pack_like_redis,
+    seal_everything,
+    spec,
+    unpack,
+)
 
 MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
 TAMPERINGS = 240
-
-
-def pack_like_redis(value: Any) -> bytes:
-    """msgpack as Redis's cmsgpack writes it (strings as str8/16/32, smallest ints), so
-    an entry re-encoded after a change differs from the original only in that change."""
-    if value is None:
-        return b"\xc0"
-    if value is True or value is False:
-        return b"\xc3" if value else b"\xc2"
-    if isinstance(value, int):
-        if 0 <= value < 128:
-            return bytes([value])
-        if -32 <= value < 0:
-            return struct.pack("b", value)
-        for lo, hi, tag, fmt in (
-            (0, 2**8, 0xCC, ">B"),
-            (0, 2**16, 0xCD, ">H"),
-            (0, 2**32, 0xCE, ">I"),
-            (0, 2**64, 0xCF, ">Q"),
-            (-(2**7), 0, 0xD0, ">b"),
-            (-(2**15), 0, 0xD1, ">h"),
-            (-(2**31), 0, 0xD2, ">i"),
-            (-(2**63), 0, 0xD3, ">q"),
-        ):
-            if lo <= value < hi:
-                return bytes([tag]) + struct.pack(fmt, value)
-        raise ValueError(value)
-    if isinstance(value, float):
-        return b"\xcb" + struct.pack(">d", value)
-    if isinstance(value, bytes):
-        n = len(value)
-        head = (
-            bytes([0xA0 | n])
-            if n < 32
-            else b"\xd9" + struct.pack(">B", n)
-            if n < 256
-            else b"\xda" + struct.pack(">H", n)
-            if n < 65536
-            else b"\xdb" + struct.pack(">I", n)
-        )
-        return head + value
-    if isinstance(value, list):
-        n = len(value)
-        head = bytes([0x90 | n]) if n < 16 else b"\xdc" + struct.pack(">H", n)
-        return head + b"".join(pack_like_redis(v) for v in value)
-    if isinstance(value, dict):
-        n = len(value)
-        head = bytes([0x80 | n]) if n < 16 else b"\xde" + struct.pack(">H", n)
-        return head + b"".join(pack_like_redis(k) + pack_like_redis(v) for k, v in value.items())
-    raise TypeError(type(value))
-
-
-def unpack(raw: bytes) -> dict[bytes, Any]:
-    entry: dict[bytes, Any] = msgpack.unpackb(raw, raw=True, strict_map_key=False)
-    return entry
-
-
-@dataclass
-class Export:
-    header: dict[str, Any]
-    entries: list[dict[str, Any]]  # the entry lines
-    checkpoints: list[dict[str, Any]]
-    receipts: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, text: str) -> Export:
-        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-        return cls(
-            lines[0],
-            [d for d in lines if d["type"] == "entry"],
-            [d for d in lines if d["type"] == "checkpoint"],
-        )
-
-    def lines(self) -> list[str]:
-        return [json.dumps(d) for d in (self.header, *self.entries, *self.checkpoints)]
-
-    def raw(self, position: int) -> bytes:
-        return base64.b64decode(self.entries[position]["raw"])
-
-    def set_raw(self, position: int, raw: bytes) -> None:
-        self.entries[position]["raw"] = base64.b64encode(raw).decode()
-
-    def kind(self, position: int) -> bytes:
-        kind: bytes = unpack(self.raw(position))[b"k"]
-        return kind
-
-    def fingerprint(self) -> str:
-        return json.dumps([self.lines(), self.receipts], sort_keys=True)
 
 
 @dataclass
