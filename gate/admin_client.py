@@ -47,12 +47,15 @@ class AdminClient:
                 status=502,
             ) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise GateError(
-                f"cannot reach the admin API at {self.base_url}: {reason}",
-                code="unreachable",
-                status=503,
-            ) from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: Exception) -> GateError:
+        reason = getattr(exc, "reason", exc)  # a URLError wraps the socket's own error
+        return GateError(
+            f"cannot reach the admin API at {self.base_url}: {reason}",
+            code="unreachable",
+            status=503,
+        )
 
     @staticmethod
     def _http_error(exc: urllib.error.HTTPError) -> GateError:
@@ -81,9 +84,4 @@ class AdminClient:
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise GateError(
-                f"cannot reach the admin API at {self.base_url}: {reason}",
-                code="unreachable",
-                status=503,
-            ) from None
+            raise self._unreachable(exc) from None

@@ -38,10 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=500.0)
     demo.add_argument("--out", default="demo-out")
 
-    campaign = sub.add_parser("campaign", help="administer campaigns (through the admin API)")
-    campaign.add_argument("--config")
-    campaign.add_argument("--admin-url")
-    campaign.add_argument("--token")
+    # the two commands that talk to a running gate's admin API find it the same way
+    admin_api = argparse.ArgumentParser(add_help=False)
+    admin_api.add_argument("--config")
+    admin_api.add_argument("--admin-url")
+    admin_api.add_argument("--token")
+
+    campaign = sub.add_parser(
+        "campaign", parents=[admin_api], help="administer campaigns (through the admin API)"
+    )
     csub = campaign.add_subparsers(dest="action", required=True)
     create = csub.add_parser("create", help="create from a JSON spec file ('-' = stdin)")
     create.add_argument("file")
@@ -61,10 +66,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--customer", required=True)
         p.add_argument("--reason", default="")
 
-    audit = sub.add_parser("audit", help="the audit log: query, export, verify, dispute")
-    audit.add_argument("--config")
-    audit.add_argument("--admin-url")
-    audit.add_argument("--token")
+    audit = sub.add_parser(
+        "audit", parents=[admin_api], help="the audit log: query, export, verify, dispute"
+    )
     asub = audit.add_subparsers(dest="action", required=True)
     query = asub.add_parser("query", help="entries about a customer, seqs or a time range")
     query.add_argument("campaign")

@@ -18,7 +18,15 @@ from gate.audit.store import AuditGapError
 from gate.campaign import load_stored_spec, parse_patch, parse_spec
 from gate.errors import BadRequest, GateError, NotFound
 from gate.http.checks import admin_actor, campaign_id
-from gate.http.common import GATE_KEY, Handler, gate_of, make_error_middleware, read_body, respond
+from gate.http.common import (
+    GATE_KEY,
+    Handler,
+    gate_of,
+    healthz,
+    make_error_middleware,
+    read_body,
+    respond,
+)
 from gate.service import Gate, store_for
 from gate.tokens import customer_digest
 
@@ -34,10 +42,16 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
-async def _view(gate: Gate, campaign: str) -> dict[str, Any]:
+async def _meta(gate: Gate, campaign: str) -> dict[str, str]:
+    """The campaign's stored meta; a campaign that does not exist is not found."""
     meta = await gate.room.meta(campaign)
     if meta is None:
         raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
+    return meta
+
+
+async def _view(gate: Gate, campaign: str) -> dict[str, Any]:
+    meta = await _meta(gate, campaign)
     stats = await gate.room.stats(campaign)
     live = gate.cache.peek(campaign)
     stats["admission_rate_per_s"] = round(live.admission_rate(), 3) if live else None
@@ -82,9 +96,7 @@ async def update_campaign(request: web.Request) -> web.Response:
     gate = gate_of(request)
     campaign = campaign_id(request)
     body = await read_body(request)
-    meta = await gate.room.meta(campaign)
-    if meta is None:
-        raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
+    meta = await _meta(gate, campaign)
     spec, fields = parse_patch(body, load_stored_spec(meta["spec"]))
     await gate.room.update(campaign, spec, fields, request[ACTOR_KEY])
     await gate.cache.refresh_once()
@@ -141,8 +153,7 @@ async def campaign_stats(request: web.Request) -> web.Response:
 async def _existing_campaign(request: web.Request) -> tuple[Gate, str]:
     gate = gate_of(request)
     campaign = campaign_id(request)
-    if await gate.room.meta(campaign) is None:
-        raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
+    await _meta(gate, campaign)
     return gate, campaign
 
 
@@ -236,10 +247,6 @@ async def audit_checkpoints(request: web.Request) -> web.Response:
         request,
         {"campaign": campaign, "checkpoints": checkpoints, "keys": gate.keys.public_keys()},
     )
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return respond(request, {"ok": True})
 
 
 def create_admin_app(gate: Gate) -> web.Application:

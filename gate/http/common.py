@@ -56,6 +56,11 @@ def respond(
     )
 
 
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness, the same on both listeners (the admin one asks no token for it)."""
+    return respond(request, {"ok": True})
+
+
 def error_response(
     request: web.Request,
     status: int,

@@ -20,7 +20,7 @@ from gate.config import Config
 from gate.errors import BadRequest, Forbidden, NotFound, Unavailable
 from gate.http.checks import PASS_COOKIE, campaign_id, check_customer, customer_id, verified_pass
 from gate.http.claims import add_claim_routes
-from gate.http.common import GATE_KEY, gate_of, make_error_middleware, read_body, respond
+from gate.http.common import GATE_KEY, gate_of, healthz, make_error_middleware, read_body, respond
 from gate.http.page import waiting_room_page
 from gate.room import PREQUEUED, Reply
 from gate.service import Gate
@@ -252,10 +252,6 @@ async def page(request: web.Request) -> web.Response:
         charset="utf-8",
         headers={"Cache-Control": "no-store"},
     )
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return respond(request, {"ok": True})
 
 
 async def readyz(request: web.Request) -> web.Response:
