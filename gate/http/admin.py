@@ -17,7 +17,7 @@ from gate.audit.query import parse_query, run_query
 from gate.audit.store import AuditGapError
 from gate.campaign import load_stored_spec, parse_patch, parse_spec
 from gate.errors import BadRequest, GateError, NotFound
-from gate.http.checks import admin_actor, campaign_id
+from gate.http.checks import admin_actor, campaign_id, reason_of
 from gate.http.common import (
     GATE_KEY,
     Handler,
@@ -122,9 +122,7 @@ async def _customer_action(request: web.Request) -> tuple[Gate, str, bytes, str]
     customer = body.get("customer")
     if not isinstance(customer, str) or not customer.strip() or len(customer) > 256:
         raise BadRequest("customer: a customer id is required", code="bad_customer")
-    reason = body.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > 500:
-        raise BadRequest("reason: at most 500 characters", code="bad_reason")
+    reason = reason_of(body)
     return gate, campaign, customer_digest(gate.keys, campaign, customer.strip()), reason
 
 

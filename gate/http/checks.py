@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -117,3 +119,11 @@ def core_actor(request: web.Request) -> str:
     """The name of the core system's token (config.core_tokens)."""
     tokens = gate_of(request).config.core_tokens
     return _bearer_actor(request, tokens, "core-system", "bad_core_token")
+
+
+def reason_of(body: Mapping[str, Any]) -> str:
+    """The optional free-text `reason` an operator or the core system gives (logged)."""
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise BadRequest("reason: at most 500 characters", code="bad_reason")
+    return reason

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gate.campaign import MAX_AMOUNT
 from gate.errors import BadRequest, Conflict, Forbidden, GateError, Unavailable
-from gate.http.checks import campaign_id, core_actor, verified_pass
+from gate.http.checks import campaign_id, core_actor, reason_of, verified_pass
 from gate.http.common import gate_of, read_body, respond
 from gate.room import ClaimResult, ReservationOutcome
 
@@ -126,9 +126,7 @@ async def release(request: web.Request) -> web.Response:
     campaign = campaign_id(request)
     reservation = _reservation_id(request)
     body = await read_body(request)
-    reason = body.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > 500:
-        raise BadRequest("reason: at most 500 characters", code="bad_reason")
+    reason = reason_of(body)
     outcome = await gate_of(request).room.release(campaign, reservation, actor, reason)
     return _outcome(request, reservation, outcome, "released")
 
