@@ -507,6 +507,10 @@ class QuotaModelMachine(ScriptsMachine):
         odds = [True, True, True, False] if confirm else [False, False, False, True]
         if held and data.draw(st.sampled_from(odds), label="a held one"):
             rids = held
+        else:
+            # one no longer held (confirmed, released, expired), when there is one: the
+            # refusals "confirmed: released" and "released: confirmed" must both be reached
+            rids = [rid for rid in rids if rid not in held] or rids
         rid = data.draw(st.sampled_from([*rids, "r999"]), label="reservation")
         expected = self.m.finish(rid, to)
         call = (
