@@ -2,7 +2,10 @@
 
 It is what lets a waiting customer's poll and a proxy's auth check cost no Redis round
 trip. It also knows whether Redis is reachable: a refresh that fails marks the cache
-stale at once, and a stale cache makes the gate fail closed.
+stale at once, and a stale cache makes the gate fail closed. Two bars: what could grant
+access (a pass check, a pass issued) needs `fresh()`, a refresh that succeeded just now;
+a waiting customer's position needs only `answering()`, no refresh failed since the last
+success, so that the gate's own event-loop lag makes a position slightly old, never a 503.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from gate.room import CampaignState, Room
 log = logging.getLogger("gate.cache")
 RATE_WINDOW_S = 10.0
 SPEC_RELOAD_S = 1.0
+# However late this process's refresher runs, a position older than this is not shown.
+ANSWERING_LIMIT_S = 30.0
 
 
 @dataclass
@@ -57,6 +62,13 @@ class CampaignCache:
         """True while the cache proves the current state: Redis answered just now."""
         now = time.monotonic()
         return self.last_error < self.last_ok and now - self.last_ok < self.stale_after_s
+
+    def answering(self) -> bool:
+        """True while waiting customers may be answered from the cache: Redis answered the
+        last refresh that finished. An old success with no failure since only means the
+        event loop was late; the cursor it shows is a little behind, which grants nothing."""
+        now = time.monotonic()
+        return self.last_error < self.last_ok and now - self.last_ok < ANSWERING_LIMIT_S
 
     def peek(self, campaign: str) -> LiveCampaign | None:
         return self.campaigns.get(campaign)

@@ -347,8 +347,11 @@ async def test_readyz_and_status_fail_closed_when_the_cache_is_stale(
         r = await public.get("/readyz")
         assert r.headers["Retry-After"] == "1"
         assert (await r.json())["redis"] is False
+        # A refresh that is only late (none failed) is the event loop's lag, not an outage:
+        # a join still goes to Redis (here it has no such campaign); only what grants
+        # access fails closed on it (tests/test_poll_staleness.py).
         r = await public.post("/q/c1/join", headers={"X-Customer-Id": "alice"})
-        assert r.status == 503 and r.headers["Retry-After"]
+        assert r.status == 404, await r.text()
 
 
 async def test_waiting_room_page(public: Any, admin: Any) -> None:

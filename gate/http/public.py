@@ -29,7 +29,7 @@ from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, TokenError, customer_dige
 
 async def _campaign(request: web.Request, campaign: str) -> LiveCampaign:
     gate = gate_of(request)
-    if not gate.cache.fresh():
+    if not gate.cache.answering():
         raise Unavailable()
     live = await gate.cache.get(campaign)
     if live is None:
@@ -146,9 +146,35 @@ async def join(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    gate = gate_of(request)
     campaign = campaign_id(request)
-    text = request.query.get("ticket", "")
+    view = await ticket_status(request, campaign, request.query.get("ticket", ""))
+    response = respond(request, view)
+    set_pass_cookie(request, response, view)
+    return response
+
+
+def set_pass_cookie(
+    request: web.Request, response: web.StreamResponse, view: dict[str, Any]
+) -> None:
+    """An admitted view's pass, as the HttpOnly cookie the proxy's auth check reads."""
+    if "pass" not in view:
+        return
+    expires_at = int(view["pass_expires_at"])
+    response.set_cookie(
+        PASS_COOKIE,
+        view["pass"],
+        max_age=max(1, expires_at - int(time.time())),
+        httponly=True,
+        secure=gate_of(request).config.cookie_secure,
+        samesite="Lax",
+        path="/",
+    )
+
+
+async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[str, Any]:
+    """Where a ticket stands (the status answer, and the waiting page's): its position,
+    or a final state, or, once admitted, a freshly signed pass."""
+    gate = gate_of(request)
     if not text:
         raise BadRequest("the ticket query parameter is missing", code="missing_ticket")
     try:
@@ -164,8 +190,8 @@ async def status(request: web.Request) -> web.Response:
         if live.state.prequeue_pending:  # answered from the cache, like a waiting poll
             if live.state.state == "closed":
                 closed = {"state": "closed", "position": None, "eta_s": None}
-                return respond(request, {**base, **closed, "poll_after_ms": None})
-            return respond(request, {**base, **_prequeue_view(live, request.app[RNG_KEY])})
+                return {**base, **closed, "poll_after_ms": None}
+            return {**base, **_prequeue_view(live, request.app[RNG_KEY])}
         # Shuffled: one Redis call for the seq, then a ticket that carries it.
         seq = await gate.room.ticket_seq(campaign, token.digest)
         if seq is None:
@@ -180,16 +206,22 @@ async def status(request: web.Request) -> web.Response:
         raise Forbidden("this customer's admission was revoked", code="revoked")
     if token.seq > live.state.cursor:
         if live.state.state == "closed":
-            return respond(
-                request,
-                {**base, "state": "closed", "position": None, "eta_s": None, "poll_after_ms": None},
-            )
-        return respond(request, {**base, **_queue_view(live, token.seq, request.app[RNG_KEY])})
+            return {
+                **base,
+                "state": "closed",
+                "position": None,
+                "eta_s": None,
+                "poll_after_ms": None,
+            }
+        return {**base, **_queue_view(live, token.seq, request.app[RNG_KEY])}
+    if not gate.cache.fresh():
+        # A pass grants access: it is issued only on state proven just now (I7).
+        raise Unavailable()
     state, value = await gate.room.pass_check(campaign, token.seq, token.digest)
     if state == "revoked":
         raise Forbidden("this customer's admission was revoked", code="revoked")
     if state == "waiting":  # another process's cache ran ahead of ours; keep waiting
-        return respond(request, {**base, **_queue_view(live, token.seq, request.app[RNG_KEY])})
+        return {**base, **_queue_view(live, token.seq, request.app[RNG_KEY])}
     if state != "admitted":
         final: dict[str, Any] = {
             **base,
@@ -206,31 +238,18 @@ async def status(request: web.Request) -> web.Response:
             final["allocation"] = None if allocated is None else str(allocated)
             # until the allocation is stored, the page asks again
             final["poll_after_ms"] = 2000 if allocated is None and subscribed else None
-        return respond(request, final)
+        return final
     expires_at = value // 1_000_000
     pass_token = gate.signer.issue(PASS, campaign, token.seq, token.digest, exp=expires_at)
-    response = respond(
-        request,
-        {
-            **base,
-            "state": "admitted",
-            "position": 0,
-            "eta_s": 0,
-            "poll_after_ms": None,
-            "pass": pass_token,
-            "pass_expires_at": expires_at,
-        },
-    )
-    response.set_cookie(
-        PASS_COOKIE,
-        pass_token,
-        max_age=max(1, expires_at - int(time.time())),
-        httponly=True,
-        secure=gate.config.cookie_secure,
-        samesite="Lax",
-        path="/",
-    )
-    return response
+    return {
+        **base,
+        "state": "admitted",
+        "position": 0,
+        "eta_s": 0,
+        "poll_after_ms": None,
+        "pass": pass_token,
+        "pass_expires_at": expires_at,
+    }
 
 
 async def auth(request: web.Request) -> web.Response:

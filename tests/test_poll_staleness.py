@@ -1,0 +1,95 @@
+"""A late event loop is not a Redis outage.
+
+When this process's cache refresher runs late (the event loop is busy), its last refresh
+grows old although none failed: a waiting customer is still answered from the cursor it
+holds (slightly behind, which grants nothing), while what grants access, a pass check or
+a pass issued, still fails closed until a refresh succeeds again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from gate.config import Config
+from gate.http.admin import create_admin_app
+from gate.http.public import create_public_app
+from gate.service import running_gate
+from tests.helpers import ADMIN_TOKEN, create_campaign, join, wait_for
+
+CAMPAIGN = "lag"
+
+
+def _who(customer: str) -> dict[str, str]:
+    return {"X-Customer-Id": customer, "X-Gate-Campaign": CAMPAIGN}
+
+
+async def test_a_late_event_loop_never_turns_a_waiting_poll_into_503(
+    config: Config, aiohttp_client: Any
+) -> None:
+    # No background refresher: the test decides when the cache was last refreshed, which
+    # is what a busy event loop does to it.
+    cfg = dataclasses.replace(config, stale_after_ms=50)
+    async with running_gate(cfg, background=False) as gate:
+
+        async def loaded() -> bool:
+            return gate.scripts_loaded
+
+        await wait_for(loaded, 10, "scripts loaded")
+        await gate.cache.refresh_once()
+        public = await aiohttp_client(create_public_app(gate))
+        admin = await aiohttp_client(
+            create_admin_app(gate), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        # burst 1: one admit call lets exactly one customer in, once the bucket has a token
+        await create_campaign(admin, CAMPAIGN, rate_per_s=1000, burst=1)
+        first = await join(public, CAMPAIGN, "kim-0001")
+        second = await join(public, CAMPAIGN, "kim-0002")
+
+        async def first_admitted() -> bool:
+            result = await gate.room.admit(CAMPAIGN)
+            assert result is not None and result.cursor <= 1
+            return result.cursor == 1
+
+        await wait_for(first_admitted, 5, "the first customer admitted")
+        await gate.cache.refresh_once()
+
+        r = await public.get(
+            f"/q/{CAMPAIGN}/status", params={"ticket": first["ticket"]}, headers=_who("kim-0001")
+        )
+        assert r.status == 200, await r.text()
+        pass_token = (await r.json())["pass"]
+        public.session.cookie_jar.clear()
+
+        async def late() -> bool:
+            return not gate.cache.fresh()
+
+        await wait_for(late, 5, "the last refresh older than stale_after_ms")
+        assert gate.cache.last_error < gate.cache.last_ok, "no refresh failed: Redis is not out"
+
+        # the waiting customer keeps their place and sees it, from the cached cursor
+        r = await public.get(
+            f"/q/{CAMPAIGN}/status", params={"ticket": second["ticket"]}, headers=_who("kim-0002")
+        )
+        assert r.status == 200, await r.text()
+        waiting = await r.json()
+        assert (waiting["state"], waiting["position"]) == ("waiting", 1), waiting
+        assert waiting["poll_after_ms"] > 0
+        # a retried join is answered too (it goes to Redis, which answers)
+        assert (await join(public, CAMPAIGN, "kim-0002"))["seq"] == second["seq"]
+
+        # what grants access fails closed on the same stale state
+        r = await public.get("/gate/auth", headers={**_who("kim-0001"), "X-Gate-Pass": pass_token})
+        assert r.status == 401, await r.text()
+        assert (await r.json())["error"]["code"] == "unavailable"
+        r = await public.get(
+            f"/q/{CAMPAIGN}/status", params={"ticket": first["ticket"]}, headers=_who("kim-0001")
+        )
+        assert r.status == 503, await r.text()
+        assert "pass" not in await r.json()
+        assert int(r.headers["Retry-After"]) >= 1
+
+        # a refresh that succeeds makes the pass good again
+        await gate.cache.refresh_once()
+        r = await public.get("/gate/auth", headers={**_who("kim-0001"), "X-Gate-Pass": pass_token})
+        assert r.status == 200, await r.text()
