@@ -171,11 +171,13 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, what:
 
 
 @contextmanager
-def running(argv: list[str], port: int, log: Path, what: str) -> Iterator[None]:
+def running(
+    argv: list[str], port: int, log: Path, what: str, env: dict[str, str] | None = None
+) -> Iterator[None]:
     """A proxy in the foreground, stopped (SIGTERM, then SIGKILL) on the way out."""
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
     try:
         wait_listening(port, process, log, what)

@@ -1,0 +1,88 @@
+"""A real HAProxy 2.6 in front of a real gate, the bank's login and its core system: the
+shipped config (deploy/haproxy), its Lua login and pass checks (core.httpclient)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gate.redis_server import RedisServer, free_port
+from tests.helpers import GateProcess
+from tests.proxy_support import (
+    PROXY_SECRET,
+    SCENARIOS,
+    BackgroundServers,
+    Front,
+    StandInCore,
+    StandInLogin,
+    create_campaign,
+    gate_env,
+    running,
+    wait_gate_ready,
+)
+
+HAPROXY = shutil.which("haproxy") or (
+    "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None
+)
+pytestmark = pytest.mark.skipif(
+    HAPROXY is None, reason="haproxy is not installed (.ci/run installs it)"
+)
+DEPLOY = Path(__file__).parent.parent / "deploy" / "haproxy"
+CAMPAIGN = "haproxy-promo"
+TLS_BIND = "bind :443 ssl crt /etc/haproxy/tls/promo.pem alpn h2,http/1.1"
+
+
+def haproxy_conf(port: int) -> str:
+    """deploy/haproxy/haproxy.cfg as shipped, but for its TLS bind: a plain loopback port."""
+    shipped = (DEPLOY / "haproxy.cfg").read_text()
+    assert shipped.count(TLS_BIND) == 1
+    return shipped.replace(TLS_BIND, f"bind 127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="module")
+def front(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory, keys_file: Path
+) -> Iterator[Front]:
+    assert HAPROXY is not None
+    root = tmp_path_factory.mktemp("haproxy")
+    servers = BackgroundServers()
+    login, core = StandInLogin(), StandInCore()
+    gate = GateProcess(redis_server.url, root / "gate", keys_file, extra_env=gate_env(free_port()))
+    try:
+        login_port, core_port = servers.serve(login.app()), servers.serve(core.app())
+        gate.start()
+        wait_gate_ready(gate)
+        create_campaign(gate, CAMPAIGN)
+        port = free_port()
+        conf = root / "haproxy.cfg"
+        conf.write_text(haproxy_conf(port))
+        env = {
+            **os.environ,
+            "FAIRGATE_LUA": str(DEPLOY / "fairgate.lua"),
+            "FAIRGATE_GATE": f"127.0.0.1:{gate.port}",
+            "FAIRGATE_CORE": f"127.0.0.1:{core_port}",
+            "FAIRGATE_LOGIN": f"127.0.0.1:{login_port}",
+            "FAIRGATE_CAMPAIGN": CAMPAIGN,
+            "FAIRGATE_LOGIN_PAGE": "/login",
+            "FAIRGATE_PROXY_SECRET": PROXY_SECRET,
+        }
+        check = subprocess.run(
+            [HAPROXY, "-c", "-f", str(conf)], capture_output=True, text=True, env=env
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        argv = [HAPROXY, "-f", str(conf), "-db"]
+        with running(argv, port, root / "haproxy.out", "haproxy", env=env):
+            yield Front(f"http://127.0.0.1:{port}", gate, login, core, CAMPAIGN)
+    finally:
+        gate.stop()
+        servers.close()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+async def test_through_haproxy(front: Front, scenario: Callable[[Front], Awaitable[None]]) -> None:
+    await scenario(front)
