@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from gate.errors import BadRequest
 
@@ -129,6 +130,15 @@ class Prequeue:
 
 
 @dataclass(frozen=True)
+class Page:
+    """The waiting page's own look: an HTML template (a file name under the gate's
+    page_templates_dir) and a logo."""
+
+    template: str | None = None
+    logo_url: str | None = None
+
+
+@dataclass(frozen=True)
 class CampaignSpec:
     id: str
     opens_at: datetime
@@ -137,8 +147,20 @@ class CampaignSpec:
     policy: str
     admission: Admission
     prequeue: Prequeue
+    # What the waiting page shows and where an admitted customer goes: a title (one
+    # string, or one per language), the product's URL, the page's template and logo.
+    title: str | dict[str, str] | None = None
+    target_url: str | None = None
+    page: Page | None = None
 
     def to_json(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {}
+        if self.title is not None:
+            shown["title"] = self.title
+        if self.target_url is not None:
+            shown["target_url"] = self.target_url
+        if self.page is not None:
+            shown["page"] = {k: v for k, v in dataclasses.asdict(self.page).items() if v}
         return {
             "id": self.id,
             "opens_at": _iso(self.opens_at),
@@ -154,6 +176,7 @@ class CampaignSpec:
             "policy": self.policy,
             "admission": dataclasses.asdict(self.admission),
             "prequeue": dataclasses.asdict(self.prequeue),
+            **shown,
         }
 
     def dumps(self) -> str:
@@ -229,7 +252,12 @@ def parse_admission(raw: Any) -> Admission:
 
 def parse_spec(raw: Any) -> CampaignSpec:
     spec = _obj(raw, "spec")
-    _only(spec, {"id", "opens_at", "closes_at", "quota", "policy", "admission", "prequeue"}, "")
+    _only(
+        spec,
+        {"id", "opens_at", "closes_at", "quota", "policy", "admission", "prequeue"}
+        | {"title", "target_url", "page"},
+        "",
+    )
     cid = spec.get("id")
     if not isinstance(cid, str) or not valid_campaign_id(cid):
         raise _fail("id", "must match [a-z0-9][a-z0-9_-]{0,63}")
@@ -257,7 +285,73 @@ def parse_spec(raw: Any) -> CampaignSpec:
         policy,
         parse_admission(spec["admission"]),
         prequeue,
+        title=parse_title(spec.get("title")),
+        target_url=parse_url(spec.get("target_url"), "target_url"),
+        page=parse_page(spec.get("page")),
     )
+
+
+MAX_TITLE = 200
+MAX_URL = 2000
+TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.html$")
+TITLE_LANGS = ("ko", "en")
+
+
+def parse_title(raw: Any) -> str | dict[str, str] | None:
+    """One title, or one per language ({"ko": ..., "en": ...}); plain text, shown escaped."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return _title_text(raw, "title")
+    if isinstance(raw, dict):
+        _only(raw, set(TITLE_LANGS), "title")
+        if not raw:
+            raise _fail("title", "give at least one of ko, en")
+        return {
+            lang: _title_text(raw[lang], f"title.{lang}") for lang in TITLE_LANGS if lang in raw
+        }
+    raise _fail("title", 'must be a string or {"ko": ..., "en": ...}')
+
+
+def _title_text(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(field, "must be a non-empty string")
+    if len(value) > MAX_TITLE:
+        raise _fail(field, f"at most {MAX_TITLE} characters")
+    if not value.isprintable():
+        raise _fail(field, "must be printable text")
+    return value.strip()
+
+
+def parse_url(raw: Any, field: str) -> str | None:
+    """An absolute http(s) URL with a host, or a path on this site (one leading "/")."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw or len(raw) > MAX_URL:
+        raise _fail(field, f"must be a URL of at most {MAX_URL} characters")
+    if not all(33 <= ord(ch) < 127 for ch in raw) or "\\" in raw:
+        raise _fail(field, "must be printable ASCII without spaces or backslashes")
+    if raw.startswith("/"):
+        if raw.startswith("//"):
+            raise _fail(field, 'a path starts with a single "/"')
+        return raw
+    parsed = urlsplit(raw)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise _fail(field, 'must be an absolute http(s) URL or a path starting with "/"')
+    return raw
+
+
+def parse_page(raw: Any) -> Page | None:
+    if raw is None:
+        return None
+    page = _obj(raw, "page")
+    _only(page, {"template", "logo_url"}, "page")
+    template = page.get("template")
+    if template is not None and (
+        not isinstance(template, str) or not TEMPLATE_NAME_RE.fullmatch(template)
+    ):
+        raise _fail("page.template", "must be a file name such as promo.html (no directories)")
+    return Page(template, parse_url(page.get("logo_url"), "page.logo_url"))
 
 
 PATCHABLE = ("rate_per_s", "burst", "max_active", "pass_ttl_s", "overbook", "closes_at")

@@ -33,6 +33,8 @@ class Config:
     core_tokens: Tokens = ()
     customer_header: str = "X-Customer-Id"
     signing_keys: Path | None = None
+    # Where a campaign's own waiting-page template (spec page.template) is looked up.
+    page_templates_dir: Path | None = None
     workers: int = 1
     admin_url: str = "http://127.0.0.1:8081"
     admin_token: str = ""

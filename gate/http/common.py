@@ -12,6 +12,7 @@ import msgpack
 from aiohttp import web
 
 from gate.errors import BadRequest, GateError, Unavailable
+from gate.http.page import error_page, prefers_html
 from gate.service import Gate
 
 log = logging.getLogger("gate.http")
@@ -68,7 +69,31 @@ def error_response(
     message: str,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
+    """The error as JSON (or msgpack) for API clients; as a page in the customer's
+    language for a browser's navigation (the busy page for a 503), never raw JSON."""
+    if prefers_html(request) and not wants_msgpack(request):
+        return _error_page(request, status, code, headers)
     return respond(request, {"error": {"code": code, "message": message}}, status, headers)
+
+
+def _error_page(
+    request: web.Request, status: int, code: str, headers: dict[str, str] | None
+) -> web.Response:
+    gate = request.app.get(GATE_KEY)
+    campaign = request.match_info.get("campaign", "")
+    live = gate.cache.peek(campaign) if gate is not None and campaign else None
+    retry = (headers or {}).get("Retry-After", "")
+    response = error_page(
+        request,
+        status,
+        code,
+        spec=live.spec if live is not None else None,
+        retry_after_s=int(retry) if retry.isdigit() else None,
+        templates_dir=gate.config.page_templates_dir if gate is not None else None,
+    )
+    for name, value in (headers or {}).items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:

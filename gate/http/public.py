@@ -21,7 +21,18 @@ from gate.errors import BadRequest, Forbidden, NotFound, Unavailable
 from gate.http.checks import PASS_COOKIE, campaign_id, check_customer, customer_id, verified_pass
 from gate.http.claims import add_claim_routes
 from gate.http.common import GATE_KEY, gate_of, healthz, make_error_middleware, read_body, respond
-from gate.http.page import waiting_room_page
+from gate.http.openapi import openapi_document
+from gate.http.page import (
+    STATIC_PREFIX,
+    after_form_join,
+    form_context,
+    is_page_form,
+    load_static,
+    page_ticket,
+    set_ticket_cookies,
+    static_response,
+    waiting_page,
+)
 from gate.room import PREQUEUED, Reply
 from gate.service import Gate
 from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, TokenError, customer_digest
@@ -92,20 +103,26 @@ def _waiting_view(live: LiveCampaign, seq: int, rng: random.Random) -> dict[str,
         }
     rate = live.admission_rate()
     eta = math.ceil(position / rate) if rate > 0 and state.state == "open" else None
-    return {
+    view: dict[str, Any] = {
         "state": "waiting",
         "position": position,
         "eta_s": eta,
         "poll_after_ms": poll_after_ms(position, rate, rng),
     }
+    if state.state == "paused":  # admission stopped by an operator: the place is kept
+        view["paused"] = True
+    return view
 
 
-async def join(request: web.Request) -> web.Response:
+async def join(request: web.Request) -> web.StreamResponse:
     gate = gate_of(request)
     campaign = campaign_id(request)
     customer = customer_id(request, required=True)
     assert customer is not None
-    await read_body(request)  # no fields yet, but a malformed body is still refused
+    if is_page_form(request):
+        await request.post()  # the waiting page's no-script form: no fields we use
+    else:
+        await read_body(request)  # no fields yet, but a malformed body is still refused
     live = await _campaign(request, campaign)
     digest = customer_digest(gate.keys, campaign, customer)
     outcome = await gate.batcher.join(campaign, digest)
@@ -128,7 +145,7 @@ async def join(request: web.Request) -> web.Response:
             **_prequeue_view(live, request.app[RNG_KEY]),
             "receipt": None,  # the receipt comes with the seq (the `prequeue` audit entry)
         }
-        return respond(request, prequeue_body, 201 if outcome.created else 200)
+        return await _joined(request, campaign, prequeue_body, outcome.created)
     ticket = gate.signer.issue(TICKET, campaign, outcome.seq, digest)
     body: dict[str, Any] = {
         "campaign": campaign,
@@ -142,7 +159,23 @@ async def join(request: web.Request) -> web.Response:
     # Signed with the batch; a retried join gets the receipt it was given the first time
     # (None only when it cannot be had right now: the join stands anyway).
     body["receipt"] = outcome.receipt
-    return respond(request, body, 201 if outcome.created else 200)
+    return await _joined(request, campaign, body, outcome.created)
+
+
+async def _joined(
+    request: web.Request, campaign: str, body: dict[str, Any], created: bool
+) -> web.StreamResponse:
+    """The join's answer: JSON for apps and the page's script, a 303 back to the page for
+    its no-script form; both keep the ticket in a cookie (a reload or a second tab finds
+    the same ticket)."""
+    secure = gate_of(request).config.cookie_secure
+    if is_page_form(request):
+        context = await form_context(request)
+        return after_form_join(request, campaign, context, body, secure=secure)
+    response = respond(request, body, 201 if created else 200)
+    if "Origin" in request.headers:  # a browser's script (the page's); apps keep the ticket
+        set_ticket_cookies(response, campaign, body, secure=secure)
+    return response
 
 
 async def status(request: web.Request) -> web.Response:
@@ -262,15 +295,53 @@ async def auth(request: web.Request) -> web.Response:
     )
 
 
-async def page(request: web.Request) -> web.Response:
+# A page's ticket that is not (or no longer) this customer's: the page offers the join.
+_FORGET_TICKET = ("missing_ticket", "bad_ticket", "wrong_campaign", "wrong_customer", "no_ticket")
+
+
+async def page(request: web.Request) -> web.StreamResponse:
+    """The waiting page (gate/http/page.py): the ticket's state, from the same answer as
+    a status poll, rendered; once admitted, a 303 to the target with the pass cookie."""
+    gate = gate_of(request)
     campaign = campaign_id(request)
     live = await _campaign(request, campaign)
-    return web.Response(
-        text=waiting_room_page(campaign, live.spec),
-        content_type="text/html",
-        charset="utf-8",
-        headers={"Cache-Control": "no-store"},
+    ticket = page_ticket(request)
+    view: dict[str, Any] | None = None
+    if ticket is not None:
+        try:
+            view = await ticket_status(request, campaign, ticket)
+        except (BadRequest, Forbidden, NotFound) as exc:
+            if exc.code == "revoked":
+                view = {"campaign": campaign, "state": "blocked"}
+            elif exc.code in _FORGET_TICKET:
+                ticket = None
+            else:
+                raise
+    if view is not None and isinstance(view.get("ticket"), str):
+        ticket = view["ticket"]  # after the pre-queue shuffle: the ticket with the seq
+    response = waiting_page(
+        request,
+        campaign=campaign,
+        spec=live.spec,
+        campaign_state=live.state.state,
+        view=view,
+        ticket=ticket,
+        templates_dir=gate.config.page_templates_dir,
     )
+    if view is not None:
+        set_pass_cookie(request, response, view)
+        set_ticket_cookies(response, campaign, view, secure=gate.config.cookie_secure)
+    return response
+
+
+async def static_file(request: web.Request) -> web.Response:
+    """The page's script (fairgate.js, page.js) and style sheet."""
+    return static_response(request.app[STATIC_KEY], request.match_info["name"])
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The JSON flow for banks' own apps: join, status polling, pass, claim."""
+    return respond(request, openapi_document())
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -306,6 +377,7 @@ async def public_keys(request: web.Request) -> web.Response:
 
 
 RNG_KEY = web.AppKey("rng", random.Random)
+STATIC_KEY = web.AppKey("static", dict[str, bytes])
 
 
 def public_app(config: Config) -> web.Application:
@@ -316,6 +388,9 @@ def public_app(config: Config) -> web.Application:
         client_max_size=config.max_body_bytes, middlewares=[make_error_middleware("public")]
     )
     app[RNG_KEY] = random.Random()
+    app[STATIC_KEY] = load_static()
+    app.router.add_get(STATIC_PREFIX + "{name}", static_file)
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/q/{campaign}/join", join)
     app.router.add_get("/q/{campaign}/status", status)
     app.router.add_get("/q/{campaign}", page)

@@ -1,0 +1,265 @@
+"""The public listener's JSON flow as an OpenAPI 3.1 document (`GET /openapi.json`), for
+banks' own apps: join, poll status at `poll_after_ms`, take the pass, claim with it.
+
+Written by hand, next to the handlers it describes; tests/test_page.py checks that every
+path in it is a route of the public listener and that real answers carry its fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_CAMPAIGN = {
+    "name": "campaign",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+}
+_IDENTITY = (
+    "Who the customer is comes from the bank's side, never from the app's own say-so: "
+    "with `identity = \"header\"` the bank's proxy sets the customer header (a client's "
+    'own is refused); with `identity = "jwt"` the app sends the bank\'s login token as '
+    "`Authorization: Bearer`."
+)
+_ERROR = {"$ref": "#/components/responses/Error"}
+_BUSY = {"$ref": "#/components/responses/Busy"}
+
+
+def _json(schema_ref: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}
+
+
+_VIEW_PROPERTIES: dict[str, Any] = {
+    "campaign": {"type": "string"},
+    "seq": {"type": "integer", "description": "The ticket's place in line (0 in a pre-queue)"},
+    "state": {
+        "type": "string",
+        "enum": ["prequeue", "waiting", "admitted", "soldout", "closed", "expired", "claimed"],
+    },
+    "position": {"type": ["integer", "null"], "description": "1 = next to be admitted"},
+    "eta_s": {"type": ["integer", "null"], "description": "Seconds, at the measured rate"},
+    "poll_after_ms": {
+        "type": ["integer", "null"],
+        "description": "Ask again after this long (jittered); null: the answer is final",
+    },
+    "opens_at": {"type": "string", "format": "date-time"},
+    "remaining": {"type": "string", "description": "What is left to allocate (decimal)"},
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "fairgate public API",
+            "version": "1",
+            "description": (
+                "A fair waiting room for a flash promotion. An app joins (one ticket per "
+                "customer: a retried join returns the same one), polls the status with the "
+                "ticket after `poll_after_ms` (add jitter of its own; on 503 wait "
+                "`Retry-After` seconds: the place is kept), and once `state` is `admitted` "
+                "takes the `pass` from the answer and sends it as `X-Gate-Pass` to claim. "
+                'Errors are `{"error": {"code", "message"}}`. Send '
+                "`Accept: application/msgpack` for msgpack answers. " + _IDENTITY
+            ),
+        },
+        "paths": {
+            "/q/{campaign}/join": {
+                "post": {
+                    "operationId": "join",
+                    "summary": "Join the queue (idempotent per customer)",
+                    "parameters": [_CAMPAIGN],
+                    "responses": {
+                        "201": {"description": "A new ticket", "content": _json("JoinAnswer")},
+                        "200": {"description": "The ticket held", "content": _json("JoinAnswer")},
+                        "401": _ERROR,
+                        "403": _ERROR,
+                        "404": _ERROR,
+                        "409": _ERROR,
+                        "503": _BUSY,
+                    },
+                }
+            },
+            "/q/{campaign}/status": {
+                "get": {
+                    "operationId": "status",
+                    "summary": "Where the ticket stands; the pass once admitted",
+                    "parameters": [
+                        _CAMPAIGN,
+                        {
+                            "name": "ticket",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "maxLength": 512},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "The ticket's state", "content": _json("Status")},
+                        "400": _ERROR,
+                        "401": _ERROR,
+                        "403": _ERROR,
+                        "503": _BUSY,
+                    },
+                }
+            },
+            "/q/{campaign}/claim": {
+                "post": {
+                    "operationId": "claim",
+                    "summary": "Reserve an amount with the pass",
+                    "parameters": [
+                        _CAMPAIGN,
+                        {
+                            "name": "X-Gate-Pass",
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Claim"}},
+                            "application/msgpack": {
+                                "schema": {"$ref": "#/components/schemas/Claim"}
+                            },
+                        },
+                    },
+                    "responses": {
+                        "201": {"description": "Reserved", "content": _json("Reservation")},
+                        "400": _ERROR,
+                        "401": _ERROR,
+                        "403": _ERROR,
+                        "409": _ERROR,
+                        "415": _ERROR,
+                        "503": _BUSY,
+                    },
+                }
+            },
+            "/q/{campaign}/receipt/{seq}": {
+                "get": {
+                    "operationId": "receipt",
+                    "summary": "The signed join receipt and its inclusion proof",
+                    "parameters": [
+                        _CAMPAIGN,
+                        {
+                            "name": "seq",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 1},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "docs/audit-format.md",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "404": _ERROR,
+                    },
+                }
+            },
+            "/.well-known/fairgate/keys": {
+                "get": {
+                    "operationId": "keys",
+                    "summary": "The public keys that sign receipts and checkpoints",
+                    "responses": {
+                        "200": {
+                            "description": "By key id",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/q/{campaign}": {
+                "get": {
+                    "operationId": "page",
+                    "summary": "The waiting page (HTML) for browsers",
+                    "parameters": [
+                        _CAMPAIGN,
+                        {"name": "lang", "in": "query", "schema": {"enum": ["ko", "en"]}},
+                        {
+                            "name": "return",
+                            "in": "query",
+                            "description": "A same-site path to go to once admitted",
+                            "schema": {"type": "string"},
+                        },
+                        {"name": "ticket", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "The page", "content": {"text/html": {}}},
+                        "303": {"description": "Admitted: to the target, pass cookie set"},
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "JoinAnswer": {
+                    "type": "object",
+                    "required": ["campaign", "ticket", "seq", "created", "state"],
+                    "properties": {
+                        **_VIEW_PROPERTIES,
+                        "ticket": {"type": "string", "description": "Keep it; poll with it"},
+                        "created": {"type": "boolean"},
+                        "receipt": {"type": ["object", "null"]},
+                    },
+                },
+                "Status": {
+                    "type": "object",
+                    "required": ["campaign", "seq", "state"],
+                    "properties": {
+                        **_VIEW_PROPERTIES,
+                        "ticket": {
+                            "type": "string",
+                            "description": "After the pre-queue shuffle: use this one now",
+                        },
+                        "pass": {
+                            "type": "string",
+                            "description": "When admitted: send as X-Gate-Pass",
+                        },
+                        "pass_expires_at": {"type": "integer", "description": "Unix seconds"},
+                    },
+                },
+                "Claim": {
+                    "type": "object",
+                    "required": ["amount"],
+                    "properties": {
+                        "amount": {"type": "string", "description": "Decimal, smallest unit"},
+                        "idempotency_key": {"type": "string"},
+                    },
+                },
+                "Reservation": {
+                    "type": "object",
+                    "properties": {
+                        "campaign": {"type": "string"},
+                        "reservation": {"type": "string"},
+                        "amount": {"type": "string"},
+                        "unit": {"type": "string"},
+                        "expires_at": {"type": "number"},
+                        "partial": {"type": "boolean"},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        }
+                    },
+                },
+            },
+            "responses": {
+                "Error": {"description": "Refused", "content": _json("Error")},
+                "Busy": {
+                    "description": "The gate cannot reach its state: retry after Retry-After",
+                    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                    "content": _json("Error"),
+                },
+            },
+        },
+    }
