@@ -24,8 +24,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from yarl import URL
 
 from gate.config import Config
@@ -54,6 +57,20 @@ def gate_env(core_port: int) -> dict[str, str]:
         "GATE_IDENTITY": "header",
         "GATE_TRUSTED_PROXIES": "127.0.0.1/32,::1/128",
         "GATE_PROXY_SECRET": PROXY_SECRET,
+        "GATE_CORE_PORT": str(core_port),
+        "GATE_CORE_TOKENS": f"core:{CORE_TOKEN}",
+    }
+
+
+def jwt_gate_env(core_port: int, jwks_url: str) -> dict[str, str]:
+    """A gate that knows the customer from the bank's login token alone (any proxy)."""
+    return {
+        "GATE_IDENTITY": "jwt",
+        "GATE_JWT_ISSUER": ISSUER,
+        "GATE_JWT_AUDIENCE": AUDIENCE,
+        "GATE_JWT_JWKS": jwks_url,
+        # a rotated key is looked up again after 0.1 s (10 s in production)
+        "GATE_JWT_RELOAD_INTERVAL_MS": "100",
         "GATE_CORE_PORT": str(core_port),
         "GATE_CORE_TOKENS": f"core:{CORE_TOKEN}",
     }
@@ -127,6 +144,74 @@ class StandInLogin:
 
         app = web.Application()
         app.router.add_get("/session", session)
+        return app
+
+
+ISSUER = "https://login.bank.test"
+AUDIENCE = "fairgate"
+
+
+@dataclass
+class SigningKey:
+    kid: str
+    algorithm: str
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def new(cls, algorithm: str) -> SigningKey:
+        kid = secrets.token_hex(4)
+        if algorithm == "RS256":
+            return cls(kid, algorithm, rsa.generate_private_key(65537, 2048))
+        return cls(kid, algorithm, ec.generate_private_key(ec.SECP256R1()))
+
+    def public_jwk(self) -> dict[str, Any]:
+        public = self.private.public_key()
+        if isinstance(public, rsa.RSAPublicKey):
+            jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
+        else:
+            jwk = ECAlgorithm.to_jwk(public, as_dict=True)
+        return {**jwk, "kid": self.kid, "alg": self.algorithm, "use": "sig"}
+
+
+@dataclass
+class StandInIssuer:
+    """The bank's login as a token issuer: signs JWTs and publishes its JWKS at
+    /jwks.json; `rotate()` replaces the published key with a new one (another kid)."""
+
+    keys: list[SigningKey] = field(default_factory=lambda: [SigningKey.new("RS256")])
+    jwks_fetches: int = 0
+
+    def token(
+        self,
+        subject: str,
+        *,
+        key: SigningKey | None = None,
+        expires_in_s: int = 300,
+        **claims: Any,
+    ) -> str:
+        key = key or self.keys[-1]
+        now = int(time.time())
+        payload = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": subject,
+            "iat": now,
+            "exp": now + expires_in_s,
+            **claims,
+        }
+        return jwt.encode(payload, key.private, key.algorithm, headers={"kid": key.kid})
+
+    def rotate(self) -> SigningKey:
+        self.keys = [SigningKey.new("ES256")]
+        return self.keys[0]
+
+    def app(self) -> web.Application:
+        async def jwks(request: web.Request) -> web.Response:
+            self.jwks_fetches += 1
+            return web.json_response({"keys": [key.public_jwk() for key in self.keys]})
+
+        app = web.Application()
+        app.router.add_get("/jwks.json", jwks)
         return app
 
 
@@ -228,6 +313,7 @@ class Front:
     login: StandInLogin
     core: StandInCore
     campaign: str
+    issuer: StandInIssuer | None = None
 
     def client(self, customer: str | None = None) -> aiohttp.ClientSession:
         """A browser-like client: a cookie jar, logged in as `customer` when one is given."""
@@ -517,4 +603,135 @@ SCENARIOS = (
     original_url_is_kept,
     core_callbacks_are_not_exposed,
     revoked_pass_is_refused,
+)
+
+
+# -- the bank's login token, passed through the proxy and checked by the gate ---------
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def jwt_join(front: Front, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(
+            f"{front.url}/q/{front.campaign}/join",
+            headers={"Accept": "application/json", **headers},
+            allow_redirects=False,
+        ) as r,
+    ):
+        body: dict[str, Any] = await r.json()
+        return r.status, body
+
+
+async def jwt_names_the_customer(front: Front) -> None:
+    """With a valid token the customer is its subject: a forged identity header changes
+    nothing, and the token's subject keeps one ticket."""
+    assert front.issuer is not None
+    customer, victim = unique("jwt-customer"), unique("victim")
+    token = front.issuer.token(customer)
+    status, first = await jwt_join(front, bearer(token))
+    assert status == 201, first
+    forged = {**FORGED_HEADERS, "X-Customer-Id": victim, "X-Authenticated-Customer": victim}
+    status, again = await jwt_join(front, {**bearer(token), **forged})
+    assert status == 200 and again["seq"] == first["seq"], again
+    status, anonymous = await jwt_join(front, forged)  # no token: nobody
+    assert status == 401 and anonymous["error"]["code"] == "no_identity", anonymous
+    status, own = await jwt_join(front, bearer(front.issuer.token(victim)))
+    assert status == 201 and own["created"] is True, own  # nobody took the victim's place
+
+
+async def jwt_bad_tokens_are_refused(front: Front) -> None:
+    """A bad signature, another issuer or audience, an expired token: 401 bad_identity."""
+    assert front.issuer is not None
+    issuer, customer = front.issuer, unique("jwt-bad")
+    published = issuer.keys[-1]
+    impostor = SigningKey(published.kid, published.algorithm, SigningKey.new("RS256").private)
+    for why, token in (
+        ("bad signature", issuer.token(customer, key=impostor)),
+        ("wrong issuer", issuer.token(customer, iss="https://evil.test")),
+        ("wrong audience", issuer.token(customer, aud="another-service")),
+        ("expired", issuer.token(customer, expires_in_s=-120)),
+    ):
+        status, body = await jwt_join(front, bearer(token))
+        assert status == 401, (why, status, body)
+        assert body["error"]["code"] == "bad_identity", (why, body)
+
+
+async def jwt_key_rotation(front: Front) -> None:
+    """The login rotates its key: a token with the new kid makes the gate fetch the JWKS
+    again, and then works; a token of the retired key no longer does."""
+    assert front.issuer is not None
+    issuer = front.issuer
+    old = issuer.keys[-1]
+    status, body = await jwt_join(front, bearer(issuer.token(unique("before"))))
+    assert status == 201, body
+    issuer.rotate()
+    fetches = issuer.jwks_fetches
+    rotated = issuer.token(unique("after"))
+    answers: list[int] = []
+
+    async def accepted() -> bool:
+        status, _ = await jwt_join(front, bearer(rotated))
+        answers.append(status)
+        return status == 201
+
+    # a reload at most every 0.1 s: the new kid works within a few tries
+    await wait_for(accepted, 5, "the rotated key accepted", interval_s=0.05)
+    assert issuer.jwks_fetches > fetches
+    assert set(answers) <= {401, 201}, answers
+    status, body = await jwt_join(front, bearer(issuer.token(unique("retired"), key=old)))
+    assert status == 401 and body["error"]["code"] == "bad_identity", body
+
+
+async def jwt_pass_for_its_token_only(front: Front) -> None:
+    """A pass reaches the core with its own customer's token, and not with another's."""
+    assert front.issuer is not None
+    owner, thief = unique("jwt-owner"), unique("jwt-thief")
+    token = front.issuer.token(owner)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        status, joined = await jwt_join(front, bearer(token))
+        assert status == 201, joined
+        body: dict[str, Any] = {}
+
+        async def admitted() -> bool:
+            async with client.get(
+                f"{front.url}/q/{front.campaign}/status",
+                params={"ticket": joined["ticket"]},
+                headers={"Accept": "application/json", **bearer(token)},
+                allow_redirects=False,
+            ) as r:
+                assert r.status == 200, (r.status, await r.text())
+                body.update(await r.json())
+                return bool(body["state"] == "admitted")
+
+        await wait_for(admitted, 10, "admission through the proxy")
+    path = f"/core/jwt-{secrets.token_hex(4)}"
+    as_pass = {"X-Gate-Pass": body["pass"]}
+    async with aiohttp.ClientSession() as client:
+        async with client.get(
+            front.url + path,
+            headers={**as_pass, **bearer(front.issuer.token(thief))},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 403, (r.status, await r.text())
+        async with client.get(front.url + path, headers=as_pass, allow_redirects=False) as r:
+            assert r.status in (302, 401), (r.status, await r.text())
+        assert front.core_seen(path) == []
+        async with client.get(
+            front.url + path, headers={**as_pass, **bearer(token)}, allow_redirects=False
+        ) as r:
+            assert r.status == 200, (r.status, await r.text())
+    [seen] = front.core_seen(path)
+    assert "x-gate-pass" not in seen.headers
+    assert seen.headers.get("x-gate-seq") == str(joined["seq"])
+
+
+JWT_SCENARIOS = (
+    jwt_names_the_customer,
+    jwt_bad_tokens_are_refused,
+    jwt_key_rotation,
+    jwt_pass_for_its_token_only,
 )

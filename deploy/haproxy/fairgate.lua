@@ -7,7 +7,8 @@
                          a 2xx answer names the customer in X-Authenticated-Customer,
                          kept in txn.fairgate_customer (nothing set otherwise)
     fairgate_pass URL    the gate's pass check (/gate/auth) for txn.fairgate_customer
-                         and txn.fairgate_campaign, with the proxy secret; sets
+                         (with the proxy secret; or the client's bearer token, for a
+                         gate with identity = "jwt") and txn.fairgate_campaign; sets
                          txn.fairgate_auth (the status, "0" when the gate did not answer),
                          txn.fairgate_seq and txn.fairgate_digest; on 200 it removes
                          the pass (X-Gate-Pass, the fg_pass cookie) from the request, so
@@ -89,17 +90,23 @@ core.register_action("fairgate_pass", { "http-req" }, function(txn, url)
   local request = txn.http:req_get_headers()
   local cookies = values(request, "cookie")
   local headers = {
-    ["x-customer-id"] = { txn:get_var("txn.fairgate_customer") or "" },
     ["x-gate-campaign"] = { txn:get_var("txn.fairgate_campaign") or "" },
-    ["x-gate-proxy-secret"] = { SECRET },
     ["x-original-uri"] = { txn.sf:pathq() or "/" },
   }
+  local customer = txn:get_var("txn.fairgate_customer")
+  if customer ~= nil then
+    headers["x-customer-id"] = { customer }
+    headers["x-gate-proxy-secret"] = { SECRET }
+  end
   if #cookies > 0 then
     headers["cookie"] = cookies
   end
-  local pass = first(request, "x-gate-pass")
-  if pass ~= nil then
-    headers["x-gate-pass"] = { pass }
+  -- the pass, and the bank's login token when the gate checks it (identity = "jwt")
+  for _, name in ipairs({ "x-gate-pass", "authorization" }) do
+    local value = first(request, name)
+    if value ~= nil then
+      headers[name] = { value }
+    end
   end
   local answer = get(url, headers)
   local status = (answer ~= nil and answer.status) or 0
