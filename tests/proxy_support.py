@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import html
 import json
+import re
 import secrets
 import socket
 import subprocess
@@ -21,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import aiohttp
 import jwt
@@ -593,6 +595,51 @@ async def revoked_pass_is_refused(front: Front) -> None:
         await wait_for(refused, 1.0, "the revoked pass refused by the proxy")
 
 
+async def customer_without_script_lands_on_the_product(front: Front) -> None:
+    """A browser with JavaScript off asks for the product, is sent to the waiting page,
+    joins with its form, refreshes until admitted and is sent back to the URL it asked
+    for, where the core takes its pass: through the proxy, cookies and all."""
+    asked = "/core/deposit?product=5pct&term=12"
+    browser = {"Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8", "Accept-Language": "en"}
+    async with front.client(unique("no-script")) as client:
+        async with client.get(front.url + asked, headers=browser, allow_redirects=False) as r:
+            assert r.status == 302, (r.status, await r.text())
+            waiting = urljoin(front.url, r.headers["Location"])
+        async with client.get(waiting, headers=browser, allow_redirects=False) as r:
+            assert r.status == 200 and r.content_type == "text/html", r.status
+            page = await r.text()
+        form = re.search(r'<form method="post" action="([^"]+)"[^>]*>(.*?)</form>', page, re.S)
+        assert form is not None, page
+        fields = {
+            name: html.unescape(value)
+            for name, value in re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(2))
+        }
+        assert fields["return"] == asked
+        async with client.post(
+            urljoin(front.url, html.unescape(form.group(1))),
+            data=fields,
+            headers={**browser, **front.origin},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 303, (r.status, await r.text())
+            again = urljoin(front.url, r.headers["Location"])
+        landed: list[str] = []
+
+        async def sent_on() -> bool:  # what the page's meta refresh does
+            async with client.get(again, headers=browser, allow_redirects=False) as r:
+                if r.status == 303:
+                    landed.append(r.headers["Location"])
+                    return True
+                assert r.status == 200, (r.status, await r.text())
+                return False
+
+        await wait_for(sent_on, 10, "the waiting page sending the customer on", interval_s=0.1)
+        assert landed == [asked]
+        async with client.get(front.url + asked, headers=browser, allow_redirects=False) as r:
+            assert r.status == 200, (r.status, await r.text())
+            assert (await r.json())["path"] == asked
+
+
 SCENARIOS = (
     forged_identity_cannot_join,
     untrusted_peer_is_refused,
@@ -603,6 +650,7 @@ SCENARIOS = (
     original_url_is_kept,
     core_callbacks_are_not_exposed,
     revoked_pass_is_refused,
+    customer_without_script_lands_on_the_product,
 )
 
 
