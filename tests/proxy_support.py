@@ -10,8 +10,10 @@ import asyncio
 import dataclasses
 import html
 import json
+import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import threading
@@ -294,10 +296,14 @@ def wait_gate_ready(gate: GateProcess) -> None:
         time.sleep(0.05)
 
 
-def create_campaign(gate: GateProcess, campaign: str) -> None:
+def create_campaign(
+    gate: GateProcess, campaign: str, campaign_spec: dict[str, Any] | None = None
+) -> None:
+    """`campaign_spec` (its id set to `campaign`), else `spec(campaign)`."""
+    body = {**campaign_spec, "id": campaign} if campaign_spec is not None else spec(campaign)
     request = urllib.request.Request(
         gate.admin_url + "/admin/campaigns",
-        data=json.dumps(spec(campaign)).encode(),
+        data=json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
         method="POST",
     )
@@ -372,6 +378,148 @@ def needs_gate_side(setting: str) -> None:
 
 def unique(name: str) -> str:
     return f"{name}-{secrets.token_hex(4)}"
+
+
+# -- the shipped proxy configs, run for real -----------------------------------------
+
+DEPLOY = Path(__file__).parent.parent / "deploy"
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+HAPROXY = shutil.which("haproxy") or (
+    "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None
+)
+# The bank's session check (the stand-in login service), as deploy/nginx/nginx.conf has it.
+NGINX_LOGIN_CHECK = """
+        location = /_bank_session {
+            internal;
+            proxy_pass http://bank_login/session;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }
+"""
+# With identity = "jwt" the gate checks the bank's token: the login check is a no-op.
+NGINX_NO_LOGIN_CHECK = """
+        location = /_bank_session { internal; return 204; }
+"""
+HAPROXY_TLS_BIND = "bind :443 ssl crt /etc/haproxy/tls/promo.pem alpn h2,http/1.1"
+
+
+def nginx_conf(
+    root: Path, port: int, campaign: str, upstreams: dict[str, int], *, jwt: bool
+) -> str:
+    """deploy/nginx/nginx.conf with test ports, no TLS, the login page a local path, and
+    the shipped maps and locations included as they are."""
+    user = "user root;" if os.geteuid() == 0 else ""
+    servers = "\n".join(
+        f"    upstream {name} {{ server 127.0.0.1:{port}; keepalive 8; }}"
+        for name, port in upstreams.items()
+    )
+    login_check = NGINX_NO_LOGIN_CHECK if jwt else NGINX_LOGIN_CHECK
+    return f"""
+{user}
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+{servers}
+    include {DEPLOY}/nginx/fairgate-maps.conf;
+    server {{
+        listen 127.0.0.1:{port};
+        set $fairgate_campaign "{campaign}";
+        set $fairgate_proxy_secret "{PROXY_SECRET}";
+{login_check}
+        location @bank_login {{
+            return 302 /login?return=$fairgate_return;
+        }}
+        include {DEPLOY}/nginx/fairgate-locations.conf;
+    }}
+}}
+"""
+
+
+def haproxy_conf(port: int) -> str:
+    """deploy/haproxy/haproxy.cfg as shipped, but for its TLS bind: a plain loopback port."""
+    shipped = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    assert shipped.count(HAPROXY_TLS_BIND) == 1
+    return shipped.replace(HAPROXY_TLS_BIND, f"bind 127.0.0.1:{port}")
+
+
+@contextmanager
+def proxied_gate(
+    proxy: str,
+    redis_url: str,
+    root: Path,
+    keys_file: Path,
+    *,
+    campaign: str,
+    jwt: bool = False,
+    campaign_spec: dict[str, Any] | None = None,
+) -> Iterator[Front]:
+    """A real `gate serve` with `campaign`, the stand-in login, core (and, with `jwt`,
+    token issuer), and in front of them the shipped config of `proxy` ("nginx" or
+    "haproxy") run by the real binary on a free port."""
+    binary = {"nginx": NGINX, "haproxy": HAPROXY}[proxy]
+    assert binary is not None, f"{proxy} is not installed"
+    root.mkdir(parents=True, exist_ok=True)
+    servers = BackgroundServers()
+    login, core, issuer = StandInLogin(), StandInCore(), StandInIssuer()
+    gate: GateProcess | None = None
+    try:
+        login_port, core_port = servers.serve(login.app()), servers.serve(core.app())
+        if jwt:
+            jwks = f"http://127.0.0.1:{servers.serve(issuer.app())}/jwks.json"
+            env = jwt_gate_env(free_port(), jwks)
+        else:
+            env = gate_env(free_port())
+        gate = GateProcess(redis_url, root / "gate", keys_file, extra_env=env)
+        gate.start()
+        wait_gate_ready(gate)
+        create_campaign(gate, campaign, campaign_spec)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        front = Front(url, gate, login, core, campaign, issuer if jwt else None)
+        if proxy == "nginx":
+            conf = root / "nginx.conf"
+            upstreams = {"fairgate": gate.port, "core_bank": core_port, "bank_login": login_port}
+            conf.write_text(nginx_conf(root, port, campaign, upstreams, jwt=jwt))
+            base = [binary, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")]
+            check = subprocess.run([*base, "-t"], capture_output=True, text=True)
+            assert check.returncode == 0, check.stderr
+            with running([*base, "-g", "daemon off;"], port, root / "nginx.out", "nginx"):
+                yield front
+        else:
+            conf = root / "haproxy.cfg"
+            conf.write_text(haproxy_conf(port))
+            proxy_env = {
+                **os.environ,
+                "FAIRGATE_IDENTITY": "jwt" if jwt else "header",
+                "FAIRGATE_LUA": str(DEPLOY / "haproxy" / "fairgate.lua"),
+                "FAIRGATE_GATE": f"127.0.0.1:{gate.port}",
+                "FAIRGATE_CORE": f"127.0.0.1:{core_port}",
+                "FAIRGATE_LOGIN": f"127.0.0.1:{login_port}",
+                "FAIRGATE_CAMPAIGN": campaign,
+                "FAIRGATE_LOGIN_PAGE": "/login",
+                "FAIRGATE_PROXY_SECRET": PROXY_SECRET,
+            }
+            check = subprocess.run(
+                [binary, "-c", "-f", str(conf)], capture_output=True, text=True, env=proxy_env
+            )
+            assert check.returncode == 0, check.stdout + check.stderr
+            argv = [binary, "-f", str(conf), "-db"]
+            with running(argv, port, root / "haproxy.out", "haproxy", env=proxy_env):
+                yield front
+    finally:
+        if gate is not None:
+            gate.stop()
+        servers.close()
 
 
 # -- the scenarios every shipped proxy config passes ----------------------------------
