@@ -1,0 +1,483 @@
+"""The waiting page in a real browser: Debian's headless Chromium driven by Playwright
+(no browser download), in front of a real `gate serve`, a Redis of this module's own and
+a small stand-in for the bank's proxy (the customer's session cookie names them; the
+product URL asks the gate's /gate/auth and sends an unadmitted customer to the waiting
+page with the URL they asked for).
+
+Screenshots of every state, at phone and desktop width, in Korean and English, are
+written under $FAIRGATE_ARTIFACTS (default tests/artifacts/, git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gate.redis_server import RedisServer
+from tests.helpers import ADMIN_TOKEN, GateProcess, redis_binaries, spec
+from tests.proxy_support import BackgroundServers, wait_gate_ready
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e .[dev]")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM), reason="chromium is not installed (.ci/run installs it)"
+    ),
+]
+
+ARTIFACTS = Path(os.environ.get("FAIRGATE_ARTIFACTS", Path(__file__).parent / "artifacts"))
+SIZES = {"phone": (360, 740), "desktop": (1280, 800)}
+SESSION_COOKIE = "bank_session"
+TITLE = {"ko": "정기예금 연 5% 특판", "en": "5% fixed deposit, one day only"}
+WAIT_S = 20.0
+
+
+# -- the bank around the gate: a stand-in proxy ------------------------------------------
+
+
+@dataclass
+class StandInProxy:
+    """The bank's reverse proxy, as small as it can be: the session cookie names the
+    customer (a client's own identity headers are dropped), /product/{campaign}/... needs
+    a pass (asked of the gate's /gate/auth, as nginx's auth_request does) and sends an
+    unadmitted customer to /q/{campaign}?return=..., everything else goes to the gate."""
+
+    gate_url: str
+    sessions: dict[str, str] = field(default_factory=dict)
+
+    def login(self, customer: str) -> str:
+        session = secrets.token_urlsafe(12)
+        self.sessions[session] = customer
+        return session
+
+    def app(self) -> web.Application:
+        client: dict[str, aiohttp.ClientSession] = {}
+
+        async def open_client(app: web.Application) -> Any:
+            client["c"] = aiohttp.ClientSession()
+            yield
+            await client["c"].close()
+
+        def customer_headers(request: web.Request) -> dict[str, str]:
+            customer = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+            return {"X-Customer-Id": customer} if customer else {}
+
+        async def product(request: web.Request) -> web.Response:
+            campaign = request.match_info["campaign"]
+            headers = {**customer_headers(request), "X-Gate-Campaign": campaign}
+            pass_token = request.cookies.get("fg_pass")
+            if pass_token:
+                headers["X-Gate-Pass"] = pass_token
+            async with client["c"].get(self.gate_url + "/gate/auth", headers=headers) as r:
+                if r.status == 200:
+                    return web.Response(
+                        text=f'<!doctype html><html lang="en"><title>Product</title>'
+                        f'<h1 id="product">Product {request.path}</h1></html>',
+                        content_type="text/html",
+                    )
+            back = quote(request.path_qs, safe="")
+            raise web.HTTPFound(f"/q/{campaign}?return={back}")
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            drop = {"host", "content-length", "connection", "x-customer-id", "x-gate-campaign"}
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
+            headers.update(customer_headers(request))
+            headers["Host"] = request.host  # the gate compares Origin with it
+            async with client["c"].request(
+                request.method,
+                self.gate_url + request.path_qs,
+                headers=headers,
+                data=await request.read(),
+                allow_redirects=False,
+            ) as r:
+                body = await r.read()
+                response = web.Response(status=r.status, body=body)
+                for name, value in r.headers.items():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        response.headers.add(name, value)
+                return response
+
+        app = web.Application()
+        app.cleanup_ctx.append(open_client)
+        app.router.add_get("/product/{campaign}/{tail:.*}", product)
+        app.router.add_route("*", "/{tail:.*}", forward)
+        return app
+
+
+@dataclass
+class Bank:
+    url: str
+    proxy: StandInProxy
+    gate: GateProcess
+    redis: RedisServer
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(
+            self.gate.admin_url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+            method=method,
+        )
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return json.loads(r.read() or b"null")
+
+    def campaign(self, name: str, **changes: Any) -> str:
+        """A campaign with a title in both languages; `changes` override spec fields,
+        `admission=` fields of the admission."""
+        body = spec(name, **changes.pop("admission", {}))
+        body["title"] = TITLE
+        body.update(changes)
+        self.admin("POST", "/admin/campaigns", body)
+        return name
+
+    def join(self, campaign: str, customer: str) -> dict[str, Any]:
+        """A customer joining from an app (straight to the gate, from a trusted peer)."""
+        request = urllib.request.Request(
+            f"{self.gate.url}/q/{campaign}/join",
+            headers={"X-Customer-Id": customer},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as r:
+            answer: dict[str, Any] = json.loads(r.read())
+            return answer
+
+    def status(self, campaign: str, customer: str, ticket: str) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.gate.url}/q/{campaign}/status?ticket={quote(ticket)}",
+            headers={"X-Customer-Id": customer},
+        )
+        with urllib.request.urlopen(request, timeout=5) as r:
+            answer: dict[str, Any] = json.loads(r.read())
+            return answer
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory: pytest.TempPathFactory, keys_file: Path) -> Iterator[Bank]:
+    root = tmp_path_factory.mktemp("browser")
+    # a Redis of this module's own: one test stops and restarts it
+    redis = RedisServer(root / "redis", binary=redis_binaries()[0][1])
+    redis.start()
+    gate = GateProcess(redis.url, root / "gate", keys_file)
+    servers = BackgroundServers()
+    try:
+        gate.start()
+        wait_gate_ready(gate)
+        proxy = StandInProxy(gate.url)
+        port = servers.serve(proxy.app())
+        yield Bank(f"http://127.0.0.1:{port}", proxy, gate, redis)
+    finally:
+        gate.stop()
+        servers.close()
+        redis.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def customer_context(
+    browser: Any,
+    bank: Bank,
+    customer: str,
+    *,
+    lang: str = "ko",
+    size: str = "phone",
+    js: bool = True,
+) -> Any:
+    width, height = SIZES[size]
+    context = browser.new_context(
+        viewport={"width": width, "height": height},
+        locale="ko-KR" if lang == "ko" else "en-US",
+        extra_http_headers={"Accept-Language": "ko-KR,ko;q=0.9" if lang == "ko" else "en-US,en"},
+        java_script_enabled=js,
+    )
+    context.add_cookies(
+        [{"name": SESSION_COOKIE, "value": bank.proxy.login(customer), "url": bank.url}]
+    )
+    return context
+
+
+def shoot(page: Any, name: str) -> Path:
+    """A screenshot under the artifacts folder, for a person to look at."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def position_of(page: Any) -> int | None:
+    """The position the page shows now (None when it shows none); never waits."""
+    card = page.query_selector("#fg-wait-card")
+    if card is None or not card.is_visible():
+        return None
+    digits = re.sub(r"\D", "", card.query_selector("#fg-position").text_content() or "")
+    return int(digits) if digits else None
+
+
+def text_of(page: Any, selector: str) -> str:
+    """The element's text now ("" when it is not there); never waits."""
+    element = page.query_selector(selector)
+    return (element.text_content() or "") if element is not None else ""
+
+
+def fits(page: Any) -> bool:
+    """Nothing wider than the screen: readable without scrolling sideways."""
+    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
+
+
+# -- the tests ------------------------------------------------------------------------------
+
+
+def test_a_customer_waits_sees_the_position_fall_and_lands_on_the_product(
+    bank: Bank, browser: Any
+) -> None:
+    campaign = bank.campaign("browser-js", admission={"rate_per_s": 2, "burst": 1})
+    for n in range(4):  # four app customers ahead of her
+        bank.join(campaign, f"ahead-{n}")
+    context = customer_context(browser, bank, "kim-js", lang="ko", size="phone")
+    page = context.new_page()
+    product = f"/product/{campaign}/deposit?plan=12m"
+    page.goto(bank.url + product)
+    assert page.url.startswith(f"{bank.url}/q/{campaign}?return=")  # sent to wait
+    assert page.text_content("h1") == TITLE["ko"]
+    page.click("#fg-join")
+    seen: list[int] = []
+
+    def landed() -> bool:
+        if urlsplit(page.url).path.startswith("/product/"):
+            return True
+        try:
+            position = position_of(page)
+        except playwright_api.Error:  # navigating away
+            return False
+        if position is not None and (not seen or seen[-1] != position):
+            seen.append(position)
+            if len(seen) == 1:
+                # the live region says the position, as a screen reader hears it
+                snapshot = page.locator("main").aria_snapshot()
+                status = [line for line in snapshot.splitlines() if "status" in line]
+                assert status and f"{position}번" in status[0], snapshot
+                shoot(page, "js-waiting-ko-phone")
+        return False
+
+    until(landed, "the product page")
+    assert page.url == bank.url + product  # the URL she first asked for
+    assert page.text_content("#product") == "Product /product/browser-js/deposit"
+    assert seen and seen == sorted(seen, reverse=True) and len(seen) >= 2, seen
+    cookies = {c["name"]: c for c in context.cookies()}
+    assert cookies["fg_pass"]["httpOnly"] and cookies["fg_pass"]["value"]
+    context.close()
+
+
+def test_without_javascript_the_page_refreshes_until_the_product(bank: Bank, browser: Any) -> None:
+    campaign = bank.campaign("browser-nojs", admission={"rate_per_s": 1, "burst": 1})
+    for n in range(2):
+        bank.join(campaign, f"ahead-{n}")
+    context = customer_context(browser, bank, "lee-nojs", lang="en", size="desktop", js=False)
+    page = context.new_page()
+    product = f"/product/{campaign}/loan"
+    page.goto(bank.url + product)
+    assert page.text_content("h1") == TITLE["en"]
+    page.click("#fg-join")  # the form's POST, then a 303 back to the page
+    page.wait_for_selector("#fg-wait-card", state="visible")
+    assert "Your position is" in text_of(page, "#fg-live")
+    shoot(page, "nojs-waiting-en-desktop")
+    page.wait_for_url(bank.url + product, timeout=WAIT_S * 1000)  # by the meta refresh
+    assert page.text_content("#product") == f"Product {product}"
+    assert any(c["name"] == "fg_pass" for c in context.cookies())
+    context.close()
+
+
+def test_a_second_tab_shows_the_same_ticket(bank: Bank, browser: Any) -> None:
+    campaign = bank.campaign("browser-tabs", admission={"rate_per_s": 0.001, "burst": 1})
+    bank.join(campaign, "ahead")
+    context = customer_context(browser, bank, "park-tabs", lang="en")
+    first = context.new_page()
+    first.goto(f"{bank.url}/q/{campaign}")
+    first.click("#fg-join")
+    first.wait_for_selector("#fg-seq")
+    seq = first.text_content("#fg-seq")
+    second = context.new_page()
+    second.goto(f"{bank.url}/q/{campaign}")
+    assert second.text_content("#fg-seq") == seq == "Ticket number 2"
+    assert second.is_hidden("#fg-join-form")
+    context.close()
+
+
+def test_redis_stopped_and_restarted_mid_wait_keeps_the_place(bank: Bank, browser: Any) -> None:
+    campaign = bank.campaign(
+        "browser-redis", admission={"rate_per_s": 1000, "burst": 100, "max_active": 1}
+    )
+    holder = bank.join(campaign, "holder")  # takes the one active place
+    until(
+        lambda: bank.status(campaign, "holder", holder["ticket"])["state"] == "admitted",
+        "the holder admitted",
+    )
+    context = customer_context(browser, bank, "choi-redis", lang="ko")
+    page = context.new_page()
+    product = f"/product/{campaign}/card"
+    page.goto(bank.url + product)
+    page.click("#fg-join")
+    until(lambda: position_of(page) == 1, "position 1")
+    seq = page.text_content("#fg-seq")
+
+    bank.redis.stop()
+    try:
+        until(lambda: "접속이 많아" in text_of(page, "#fg-lead"), "the busy text")
+        assert "접속이 많아" in text_of(page, "#fg-live")  # said aloud as well
+        shoot(page, "js-busy-ko-phone")
+        # a fresh load while Redis is away: the busy page (503), never raw JSON
+        for lang in ("ko", "en"):
+            for size in SIZES:
+                other = customer_context(browser, bank, "choi-redis", lang=lang, size=size)
+                busy = other.new_page()
+                answer = busy.goto(f"{bank.url}/q/{campaign}")
+                assert answer is not None and answer.status == 503
+                assert answer.headers["content-type"].startswith("text/html")
+                assert busy.text_content("h1") == TITLE[lang]
+                assert fits(busy)
+                shoot(busy, f"busy-{lang}-{size}")
+                other.close()
+    finally:
+        bank.redis.start()  # same port and directory: the AOF brings everything back
+    until(
+        lambda: position_of(page) == 1 and "대기 중" in text_of(page, "#fg-lead"),
+        "waiting again",
+    )
+    assert page.text_content("#fg-seq") == seq  # the place is kept
+    bank.admin("PATCH", f"/admin/campaigns/{campaign}", {"max_active": 2})
+    page.wait_for_url(bank.url + product, timeout=WAIT_S * 1000)
+    context.close()
+
+
+def _open_state(
+    bank: Bank, browser: Any, campaign: str, customer: str, lang: str, size: str
+) -> Any:
+    context = customer_context(browser, bank, customer, lang=lang, size=size)
+    page = context.new_page()
+    page.goto(f"{bank.url}/q/{campaign}?lang={lang}")
+    return context, page
+
+
+def test_every_state_is_a_page_in_both_languages_at_both_widths(bank: Bank, browser: Any) -> None:
+    """join, waiting, prequeue, paused, sold out, closed, blocked: a screenshot of each at
+    phone and desktop width in Korean and English; each page entirely in its language
+    and no wider than the screen (320 px too)."""
+    now = datetime.now(UTC)
+    waiting = bank.campaign("st-waiting", admission={"rate_per_s": 0.001, "burst": 1})
+    bank.join(waiting, "ahead")
+    paused = bank.campaign("st-paused", admission={"rate_per_s": 0.001, "burst": 1})
+    soldout = bank.campaign(
+        "st-soldout", quota={"unit": "item", "total": 1}, admission={"pass_ttl_s": 600}
+    )
+    closed = bank.campaign("st-closed")
+    blocked = bank.campaign("st-blocked", admission={"rate_per_s": 0.001, "burst": 1})
+    later = bank.campaign(
+        "st-prequeue",
+        opens_at=(now + timedelta(minutes=30)).isoformat(),
+        closes_at=(now + timedelta(hours=2)).isoformat(),
+        prequeue={"window_s": 7200},
+    )
+    # sold out: the only item is claimed by the first customer
+    first = bank.join(soldout, "first")
+    until(lambda: "pass" in bank.status(soldout, "first", first["ticket"]), "first admitted")
+    claim = urllib.request.Request(
+        f"{bank.gate.url}/q/{soldout}/claim",
+        data=json.dumps({"amount": "1"}).encode(),
+        headers={
+            "X-Customer-Id": "first",
+            "X-Gate-Pass": bank.status(soldout, "first", first["ticket"])["pass"],
+            "Content-Type": "application/json",
+        },
+        method="POST",
+    )
+    urllib.request.urlopen(claim, timeout=5).close()
+    bank.admin("POST", f"/admin/campaigns/{closed}/close")
+
+    expected = {
+        "join": {"ko": "대기열에 참여", "en": "Join the queue"},
+        "waiting": {"ko": "대기 중입니다", "en": "You are in the queue"},
+        "prequeue": {"ko": "무작위로", "en": "random place"},
+        "paused": {"ko": "잠시 멈췄습니다", "en": "paused"},
+        "soldout": {"ko": "소진되었습니다", "en": "has been taken"},
+        "closed": {"ko": "마감되었습니다", "en": "has closed"},
+        "blocked": {"ko": "참여할 수 없습니다", "en": "cannot take part"},
+    }
+    for lang in ("ko", "en"):
+        for size in SIZES:
+            who = f"cust-{lang}-{size}"
+            setups: dict[str, tuple[str, Callable[[Any], None]]] = {
+                "join": (waiting, lambda page: None),
+                "waiting": (waiting, lambda page: page.click("#fg-join")),
+                "prequeue": (later, lambda page: page.click("#fg-join")),
+                "paused": (paused, lambda page: page.click("#fg-join")),
+                "soldout": (soldout, lambda page: page.click("#fg-join")),
+                "closed": (closed, lambda page: None),
+                "blocked": (blocked, lambda page: page.click("#fg-join")),
+            }
+            bank.admin("POST", f"/admin/campaigns/{blocked}/block", {"customer": who})
+            for state, (campaign, act) in setups.items():
+                context, page = _open_state(bank, browser, campaign, who, lang, size)
+                act(page)
+                if state == "paused":
+                    page.wait_for_selector("#fg-seq")
+                    bank.admin("POST", f"/admin/campaigns/{paused}/pause")
+                    page.reload()
+                words = expected[state][lang]
+                until(
+                    lambda page=page, words=words: words in text_of(page, "main"),
+                    f"{state} in {lang}",
+                )
+                assert page.get_attribute("html", "lang") == lang
+                assert page.text_content("h1") == TITLE[lang]
+                main = page.text_content("main") or ""
+                if lang == "en":
+                    assert not re.search("[가-힣]", main), (state, main)
+                else:
+                    assert re.search("[가-힣]", main), (state, main)
+                assert fits(page), (state, lang, size)
+                shoot(page, f"{state}-{lang}-{size}")
+                if state == "paused":
+                    bank.admin("POST", f"/admin/campaigns/{paused}/resume")
+                context.close()
+    # the narrowest phones: still no sideways scrolling
+    context = browser.new_context(viewport={"width": 320, "height": 640})
+    context.add_cookies(
+        [{"name": SESSION_COOKIE, "value": bank.proxy.login("narrow"), "url": bank.url}]
+    )
+    page = context.new_page()
+    page.goto(f"{bank.url}/q/{waiting}")
+    page.click("#fg-join")
+    page.wait_for_selector("#fg-wait-card", state="visible")
+    assert fits(page)
+    shoot(page, "waiting-ko-320")
+    context.close()
