@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -743,49 +744,100 @@ async def revoked_pass_is_refused(front: Front) -> None:
         await wait_for(refused, 1.0, "the revoked pass refused by the proxy")
 
 
+BROWSER = {"Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8", "Accept-Language": "en"}
+
+
+async def join_by_form(front: Front, client: aiohttp.ClientSession, asked: str) -> str:
+    """What a browser with JavaScript off does: ask for `asked`, follow the proxy to the
+    waiting page, submit its join form. Returns the page's URL it is sent back to."""
+    async with client.get(front.url + asked, headers=BROWSER, allow_redirects=False) as r:
+        assert r.status == 302, (r.status, await r.text())
+        waiting = urljoin(front.url, r.headers["Location"])
+    async with client.get(waiting, headers=BROWSER, allow_redirects=False) as r:
+        assert r.status == 200 and r.content_type == "text/html", r.status
+        page = await r.text()
+    form = re.search(r'<form method="post" action="([^"]+)"[^>]*>(.*?)</form>', page, re.S)
+    assert form is not None, page
+    fields = {
+        name: html.unescape(value)
+        for name, value in re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(2))
+    }
+    assert fields["return"] == asked
+    async with client.post(
+        urljoin(front.url, html.unescape(form.group(1))),
+        data=fields,
+        headers={**BROWSER, **front.origin},
+        allow_redirects=False,
+    ) as r:
+        assert r.status == 303, (r.status, await r.text())
+        return urljoin(front.url, r.headers["Location"])
+
+
+async def sent_on(client: aiohttp.ClientSession, page: str, timeout_s: float = 10) -> str:
+    """Reload the waiting page (its meta refresh) until it sends the customer on (303):
+    where to. A busy page (503, HTML) on the way is fine; JSON never is."""
+    landed: list[str] = []
+
+    async def redirected() -> bool:
+        async with client.get(page, headers=BROWSER, allow_redirects=False) as r:
+            if r.status == 303:
+                landed.append(r.headers["Location"])
+                return True
+            assert r.status in (200, 503), (r.status, await r.text())
+            assert r.content_type == "text/html", (r.status, r.content_type)
+            return False
+
+    await wait_for(redirected, timeout_s, "the waiting page sending the customer on", 0.1)
+    return landed[0]
+
+
 async def customer_without_script_lands_on_the_product(front: Front) -> None:
     """A browser with JavaScript off asks for the product, is sent to the waiting page,
     joins with its form, refreshes until admitted and is sent back to the URL it asked
     for, where the core takes its pass: through the proxy, cookies and all."""
     asked = "/core/deposit?product=5pct&term=12"
-    browser = {"Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8", "Accept-Language": "en"}
     async with front.client(unique("no-script")) as client:
-        async with client.get(front.url + asked, headers=browser, allow_redirects=False) as r:
-            assert r.status == 302, (r.status, await r.text())
-            waiting = urljoin(front.url, r.headers["Location"])
-        async with client.get(waiting, headers=browser, allow_redirects=False) as r:
-            assert r.status == 200 and r.content_type == "text/html", r.status
-            page = await r.text()
-        form = re.search(r'<form method="post" action="([^"]+)"[^>]*>(.*?)</form>', page, re.S)
-        assert form is not None, page
-        fields = {
-            name: html.unescape(value)
-            for name, value in re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(2))
-        }
-        assert fields["return"] == asked
-        async with client.post(
-            urljoin(front.url, html.unescape(form.group(1))),
-            data=fields,
-            headers={**browser, **front.origin},
-            allow_redirects=False,
-        ) as r:
-            assert r.status == 303, (r.status, await r.text())
-            again = urljoin(front.url, r.headers["Location"])
-        landed: list[str] = []
-
-        async def sent_on() -> bool:  # what the page's meta refresh does
-            async with client.get(again, headers=browser, allow_redirects=False) as r:
-                if r.status == 303:
-                    landed.append(r.headers["Location"])
-                    return True
-                assert r.status == 200, (r.status, await r.text())
-                return False
-
-        await wait_for(sent_on, 10, "the waiting page sending the customer on", interval_s=0.1)
-        assert landed == [asked]
-        async with client.get(front.url + asked, headers=browser, allow_redirects=False) as r:
+        page = await join_by_form(front, client, asked)
+        assert await sent_on(client, page) == asked
+        async with client.get(front.url + asked, headers=BROWSER, allow_redirects=False) as r:
             assert r.status == 200, (r.status, await r.text())
             assert (await r.json())["path"] == asked
+
+
+async def redis_pause_shows_busy_then_admits(front: Front, redis: Any) -> None:
+    """The issue: through nginx, a 2.5 s Redis pause sent an admitted customer to a raw
+    JSON 503. Now the pass check fails closed, the customer is sent to the waiting page,
+    which says "busy, keep this page open" (HTML, both languages), and once Redis is
+    back the page sends them on to the product with their place kept."""
+    assert redis.process is not None
+    asked = "/core/deposit?product=5pct"
+    async with front.client(unique("paused")) as client:
+        page = await join_by_form(front, client, asked)
+        assert await sent_on(client, page) == asked
+        os.kill(redis.process.pid, signal.SIGSTOP)
+        try:
+            async with aiohttp.ClientSession() as direct:
+
+                async def stale() -> bool:
+                    async with direct.get(front.gate.url + "/readyz") as r:
+                        return r.status == 503
+
+                await wait_for(stale, 10, "the gate to notice Redis paused", interval_s=0.05)
+            async with client.get(front.url + asked, headers=BROWSER, allow_redirects=False) as r:
+                assert r.status == 302, (r.status, await r.text())  # fail closed: no core
+                waiting = urljoin(front.url, r.headers["Location"])
+            async with client.get(waiting, headers=BROWSER, allow_redirects=False) as r:
+                assert r.status == 503, (r.status, await r.text())
+                assert r.content_type == "text/html", r.content_type
+                assert r.headers.get("Retry-After")
+                busy = await r.text()
+            assert 'lang="ko"' in busy and 'lang="en"' in busy, busy
+            assert "aria-live" in busy
+        finally:
+            os.kill(redis.process.pid, signal.SIGCONT)
+        assert await sent_on(client, waiting, timeout_s=20) == asked
+        async with client.get(front.url + asked, headers=BROWSER, allow_redirects=False) as r:
+            assert r.status == 200, (r.status, await r.text())
 
 
 SCENARIOS = (

@@ -17,6 +17,7 @@ from tests.proxy_support import (
     Front,
     needs_gate_side,
     proxied_gate,
+    redis_pause_shows_busy_then_admits,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -56,3 +57,16 @@ async def test_jwt_through_nginx(
     jwt_front: Front, scenario: Callable[[Front], Awaitable[None]]
 ) -> None:
     await scenario(jwt_front)
+
+
+async def test_redis_pause_through_nginx(tmp_path: Path, keys_file: Path) -> None:
+    """A Redis of its own, paused and resumed under an admitted customer."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        with proxied_gate(
+            "nginx", redis.url, tmp_path / "front", keys_file, campaign="paused"
+        ) as front:
+            await redis_pause_shows_busy_then_admits(front, redis)
+    finally:
+        redis.stop()
