@@ -31,7 +31,15 @@ from aiohttp import web
 
 from gate.redis_server import RedisServer
 from tests.helpers import ADMIN_TOKEN, GateProcess, redis_binaries, spec
-from tests.proxy_support import BackgroundServers, wait_gate_ready
+from tests.proxy_support import (
+    HAPROXY,
+    LOGIN_COOKIE,
+    NGINX,
+    PROXY_SECRET,
+    BackgroundServers,
+    proxied_gate,
+    wait_gate_ready,
+)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e .[dev]")
@@ -480,4 +488,113 @@ def test_every_state_is_a_page_in_both_languages_at_both_widths(bank: Bank, brow
     page.wait_for_selector("#fg-wait-card", state="visible")
     assert fits(page)
     shoot(page, "waiting-ko-320")
+    context.close()
+
+
+# -- through the shipped proxy configs, run by the real nginx and HAProxy ----------------
+
+
+@pytest.mark.parametrize("proxy", ["nginx", "haproxy"])
+def test_through_the_real_proxy_a_customer_lands_on_the_core_by_herself(
+    proxy: str,
+    browser: Any,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    keys_file: Path,
+) -> None:
+    if {"nginx": NGINX, "haproxy": HAPROXY}[proxy] is None:
+        pytest.skip(f"{proxy} is not installed (.ci/run installs it)")
+    campaign = f"via-{proxy}"
+    campaign_spec = spec(campaign, rate_per_s=2, burst=1)
+    campaign_spec["title"] = TITLE
+    with proxied_gate(
+        proxy, redis_server.url, tmp_path, keys_file, campaign=campaign, campaign_spec=campaign_spec
+    ) as front:
+        ahead = urllib.request.Request(
+            f"{front.gate.url}/q/{campaign}/join",
+            headers={"X-Customer-Id": "ahead", "X-Gate-Proxy-Secret": PROXY_SECRET},
+            method="POST",
+        )
+        urllib.request.urlopen(ahead, timeout=5).close()
+        context = browser.new_context(viewport={"width": 360, "height": 740}, locale="en-US")
+        context.add_cookies(
+            [{"name": LOGIN_COOKIE, "value": front.login.login(f"kim-{proxy}"), "url": front.url}]
+        )
+        page = context.new_page()
+        product = "/core/deposit/apply?plan=12m"
+        page.goto(front.url + product)
+        assert urlsplit(page.url).path == f"/q/{campaign}"  # the proxy sent her to wait
+        assert page.text_content("h1") in (TITLE["ko"], TITLE["en"])
+        page.click("#fg-join")
+        page.wait_for_url(front.url + product, timeout=WAIT_S * 1000)
+        assert '"booked": true' in (page.text_content("body") or "")
+        assert any(c["name"] == "fg_pass" for c in context.cookies())
+        # the core never saw the pass, only the customer the login named
+        seen = [s for s in front.core.seen if s.path == product]
+        assert seen and "fg_pass" not in seen[-1].cookies
+        assert "x-gate-pass" not in seen[-1].headers
+        # an app's flow with fairgate.js, from the same logged-in browser
+        answer = page.evaluate(
+            """async (campaign) => {
+                const { Fairgate } = await import("/q/_static/fairgate.js");
+                const gate = new Fairgate(campaign);
+                const states = [];
+                const admitted = await gate.waitForPass({ onUpdate: (a) => states.push(a.state) });
+                return { state: admitted.state, pass: Boolean(admitted.pass), states };
+            }""",
+            campaign,
+        )
+        assert answer["state"] == "admitted" and answer["pass"], answer
+        context.close()
+
+
+def test_fairgate_js_joins_waits_out_a_busy_gate_and_hands_back_the_pass(
+    bank: Bank, browser: Any
+) -> None:
+    """The module alone, with a scripted fetch: join, a 503 with Retry-After (the place
+    kept), a waiting answer, then the pass; polls spread by jitter; a refusal thrown."""
+    context = customer_context(browser, bank, "module")
+    page = context.new_page()
+    page.goto(f"{bank.url}/openapi.json")
+    result = page.evaluate(
+        """async () => {
+            const { Fairgate, FairgateError, jittered } = await import("/q/_static/fairgate.js");
+            const script = [
+                [201, { ticket: "t1", seq: 7, state: "waiting", position: 3, poll_after_ms: 20 }],
+                [503, { error: { code: "unavailable", message: "busy" } }, { "Retry-After": "0" }],
+                [200, { seq: 7, state: "waiting", position: 1, poll_after_ms: 20 }],
+                [200, { seq: 7, state: "admitted", pass: "p1", pass_expires_at: 9 }],
+            ];
+            const calls = [];
+            const fetch = async (url, init) => {
+                calls.push(init.method + " " + url);
+                const [status, body, headers] = script.shift();
+                return new Response(JSON.stringify(body), { status, headers: headers || {} });
+            };
+            const gate = new Fairgate("c1", { fetch, random: () => 0.5 });
+            const states = [];
+            const answer = await gate.waitForPass({ onUpdate: (a) => states.push(a.state) });
+            const refusing = new Fairgate("c1", {
+                fetch: async () => new Response(
+                    JSON.stringify({ error: { code: "blocked", message: "no" } }), { status: 403 }),
+            });
+            let refused = null;
+            try { await refusing.waitForPass({}); } catch (e) {
+                refused = e instanceof FairgateError ? e.code + " " + e.status : String(e);
+            }
+            const spread = new Set(Array.from({ length: 50 }, () => jittered(1000, 0.2)));
+            const inRange = [...spread].every((ms) => ms >= 800 && ms <= 1200);
+            return { pass: answer.pass, states, calls, refused, spread: spread.size, inRange };
+        }"""
+    )
+    assert result["pass"] == "p1"
+    assert result["states"] == ["waiting", "busy", "waiting", "admitted"]
+    assert result["calls"] == [
+        "POST /q/c1/join",
+        "GET /q/c1/status?ticket=t1",
+        "GET /q/c1/status?ticket=t1",
+        "GET /q/c1/status?ticket=t1",
+    ]
+    assert result["refused"] == "blocked 403"
+    assert result["spread"] > 10 and result["inRange"]
     context.close()
