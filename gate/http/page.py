@@ -412,7 +412,7 @@ def render(
         )
     if state in ("busy", "error") and campaign is not None:
         parts.append(
-            f'<p><a class="fg-button" href="{_esc(page_url(campaign, context))}">'
+            f'<p><a class="fg-button" id="fg-retry" href="{_esc(page_url(campaign, context))}">'
             f"{_esc(text['try_again'])}</a></p>"
         )
     if code and state == "error":
@@ -447,6 +447,7 @@ def render(
         "position": position if isinstance(position, int) else "",
         "seq": seq if isinstance(seq, int) else "",
         "eta": eta if isinstance(eta, int | float) else "",
+        "refresh": refresh_s if refresh_s is not None else "",
     }
     attributes = " ".join(f'data-{key.replace("_", "-")}="{_esc(v)}"' for key, v in data.items())
     body = f'<main id="fairgate" class="fg-main" {attributes}>{"".join(parts)}</main>'

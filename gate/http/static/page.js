@@ -1,7 +1,7 @@
 // The waiting page's script: the page works without it (a form and a refresh); with it,
 // the join and the polling happen in place through fairgate.js, the live region
 // announces position and ETA, and an admitted customer is sent on by location.assign.
-import { Fairgate, FairgateError } from "./fairgate.js";
+import { Fairgate, FairgateError, jittered } from "./fairgate.js";
 
 const main = document.getElementById("fairgate");
 const T = JSON.parse(document.getElementById("fg-text").textContent);
@@ -178,6 +178,15 @@ if (form) {
   });
 }
 if (data.state === "prequeue") show("prequeue");
+// The server's busy page (the gate could not answer): try again by itself, as its
+// no-script refresh does, by the page's own address (never re-sending a form).
+if (data.state === "busy") {
+  const again = $("fg-retry");
+  setTimeout(
+    () => location.assign(again ? again.href : location.href),
+    jittered(1000 * (Number(data.refresh) || 2), 0.2),
+  );
+}
 if (data.ticket && ["waiting", "paused", "prequeue", "soldout", "busy"].includes(data.state)) {
   wait(data.ticket);
 }
