@@ -565,7 +565,9 @@ def test_fairgate_js_joins_waits_out_a_busy_gate_and_hands_back_the_pass(
     page.goto(f"{bank.url}/openapi.json")
     result = page.evaluate(
         """async () => {
-            const { Fairgate, FairgateError, jittered } = await import("/q/_static/fairgate.js");
+            const { Fairgate, FairgateError, SteadyEta, jittered } = await import(
+                "/q/_static/fairgate.js"
+            );
             const script = [
                 [201, { ticket: "t1", seq: 7, state: "waiting", position: 3, poll_after_ms: 20 }],
                 [503, { error: { code: "unavailable", message: "busy" } }, { "Retry-After": "0" }],
@@ -591,7 +593,17 @@ def test_fairgate_js_joins_waits_out_a_busy_gate_and_hands_back_the_pass(
             }
             const spread = new Set(Array.from({ length: 50 }, () => jittered(1000, 0.2)));
             const inRange = [...spread].every((ms) => ms >= 800 && ms <= 1200);
-            return { pass: answer.pass, states, calls, refused, spread: spread.size, inRange };
+            // the gate's ETA a second apart, its measured rate wobbling, then halving
+            let clock = 0;
+            const eta = new SteadyEta(() => clock);
+            const shown = [];
+            for (const seconds of [60, 60, 59, 58, 58, 57, 130]) {
+                shown.push(eta.update(seconds));
+                clock += 1000;
+            }
+            return {
+                pass: answer.pass, states, calls, refused, spread: spread.size, inRange, shown,
+            };
         }"""
     )
     assert result["pass"] == "p1"
@@ -604,4 +616,9 @@ def test_fairgate_js_joins_waits_out_a_busy_gate_and_hands_back_the_pass(
     ]
     assert result["refused"] == "blocked 403"
     assert result["spread"] > 10 and result["inRange"]
+    # while the rate holds the ETA only counts down (the old page's wobbled); a real
+    # change of rate shows
+    shown = result["shown"]
+    assert shown[:6] == [60, 59, 58, 57, 56, 55], shown
+    assert shown[6] == 130
     context.close()

@@ -32,6 +32,35 @@ export function jittered(ms, spread = 0.1, random = Math.random) {
   return Math.max(0, Math.round(ms * (1 - spread + 2 * spread * random())));
 }
 
+/**
+ * An ETA that does not jump: while the admission rate holds it only counts down, however
+ * the measured rate wobbles between polls; it goes up again only when the gate's
+ * estimate is clearly longer (more than 25% and 10 s: the rate really fell).
+ */
+export class SteadyEta {
+  constructor(now = () => performance.now()) {
+    this.now = now;
+    this.shown = null;
+    this.at = 0;
+  }
+
+  /** The seconds to show for the gate's `eta_s` (null: unknown). */
+  update(seconds) {
+    const now = this.now();
+    if (seconds == null) {
+      this.shown = null;
+    } else if (this.shown == null) {
+      this.shown = seconds;
+    } else {
+      const expected = Math.max(1, this.shown - (now - this.at) / 1000);
+      const jumped = seconds > expected * 1.25 + 10;
+      this.shown = seconds <= expected || jumped ? seconds : expected;
+    }
+    this.at = now;
+    return this.shown;
+  }
+}
+
 function sleep(ms, signal) {
   return new Promise((resolve, reject) => {
     if (signal && signal.aborted) {

@@ -1,7 +1,7 @@
 // The waiting page's script: the page works without it (a form and a refresh); with it,
 // the join and the polling happen in place through fairgate.js, the live region
 // announces position and ETA, and an admitted customer is sent on by location.assign.
-import { Fairgate, FairgateError, jittered } from "./fairgate.js";
+import { Fairgate, FairgateError, SteadyEta, jittered } from "./fairgate.js";
 
 const main = document.getElementById("fairgate");
 const T = JSON.parse(document.getElementById("fg-text").textContent);
@@ -20,25 +20,7 @@ function etaText(seconds) {
   return minutes === 1 ? T.eta_m1 : format("eta_m", { n: number(minutes) });
 }
 
-// An ETA that does not jump: while the rate holds it only counts down. It goes up again
-// only when the gate's estimate is clearly longer (the rate really fell).
-const eta = { shown: null, at: 0 };
-function steadyEta(seconds) {
-  const now = performance.now();
-  if (seconds == null) {
-    eta.shown = null;
-    return null;
-  }
-  if (eta.shown != null) {
-    const expected = Math.max(1, eta.shown - (now - eta.at) / 1000);
-    if (seconds <= expected || seconds > expected * 1.25 + 10) eta.shown = seconds;
-    else eta.shown = expected;
-  } else {
-    eta.shown = seconds;
-  }
-  eta.at = now;
-  return eta.shown;
-}
+const eta = new SteadyEta();
 
 function setLead(key) {
   $("fg-lead").textContent = T[key];
@@ -114,7 +96,7 @@ function render(answer) {
       progress.value = Math.max(Number(progress.value) || 0, percent);
       progress.textContent = progress.value + "%";
     }
-    const line = state === "paused" ? T.eta_paused : etaText(steadyEta(answer.eta_s));
+    const line = state === "paused" ? T.eta_paused : etaText(eta.update(answer.eta_s));
     $("fg-eta").textContent = line;
     setLive(format("live_waiting", { n: number(position), eta: line }));
   } else if (state === "prequeue") {
