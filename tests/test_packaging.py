@@ -148,6 +148,9 @@ def test_the_wheel_holds_every_module_and_every_lua_file(wheel: Path) -> None:
     assert missing == []
     assert "gate/lua/__init__.py" in names
     assert "gate/py.typed" in names
+    # the waiting page's script and style sheet (served from the package)
+    static = {f"gate/http/static/{n}" for n in ("fairgate.js", "page.js", "fairgate.css")}
+    assert static <= names
     assert not [name for name in names if name.startswith(("lua/", "tests/"))]
 
 
