@@ -115,6 +115,7 @@ class GateServer(_Child):
         self.workers = workers
         self.port = free_port()
         self.admin_port = free_port()
+        self.core_port = free_port()
         self.env = child_env(
             {
                 "GATE_REDIS_URL": redis_url,
@@ -122,6 +123,8 @@ class GateServer(_Child):
                 "GATE_PORT": str(self.port),
                 "GATE_ADMIN_HOST": HOST,
                 "GATE_ADMIN_PORT": str(self.admin_port),
+                "GATE_CORE_HOST": HOST,
+                "GATE_CORE_PORT": str(self.core_port),
                 "GATE_ADMIN_TOKENS": f"bench:{ADMIN_TOKEN}",
                 "GATE_SIGNING_KEYS": str(keys_file),
                 "GATE_DATA_DIR": str(data_dir),

@@ -7,6 +7,7 @@ one stops start-up with a message that names the field.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -14,11 +15,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gate.errors import ConfigError
 
 Tokens = tuple[tuple[str, str], ...]
+# A list setting: a comma-separated string (GATE_* variables) or a TOML list of strings.
+Items = tuple[str, ...]
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_COOKIE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Asymmetric algorithms only: a shared-secret (HS*) token could be minted by anyone who
+# can read the JWKS, and "none" is no signature at all.
+JWT_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
 
 
 @dataclass(frozen=True)
@@ -30,8 +40,33 @@ class Config:
     admin_host: str = "127.0.0.1"
     admin_port: int = 8081
     admin_tokens: Tokens = ()
+    # The core system's confirm/release callbacks: their own listener, never the public one.
+    core_host: str = "127.0.0.1"
+    core_port: int = 8082
     core_tokens: Tokens = ()
+    # Who the customer is: "header" (set by a trusted proxy) or "jwt" (the bank's login).
+    identity: str = "header"
     customer_header: str = "X-Customer-Id"
+    # The customer header counts only from these peers (CIDRs; empty: any peer, which
+    # needs proxy_secret) and, when proxy_secret is set, with that secret in
+    # proxy_secret_header (compared in constant time).
+    trusted_proxies: Items = ("127.0.0.1/32", "::1/128")
+    proxy_secret: str = ""
+    proxy_secret_header: str = "X-Gate-Proxy-Secret"
+    # identity = "jwt": a token signed by a key of the JWKS (a file or an http(s) URL),
+    # from this issuer for this audience; the customer id is the claim jwt_claim. The
+    # token comes as `Authorization: Bearer`, or in the cookie jwt_cookie when set.
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_jwks: str = ""
+    jwt_claim: str = "sub"
+    jwt_algorithms: Items = ("RS256", "ES256", "EdDSA")
+    jwt_cookie: str = ""
+    # A token with a kid the JWKS lacks reloads it (key rotation), at most this often.
+    jwt_reload_interval_ms: int = 10000
+    # Origins, besides the request's own Host, whose pages may POST to the public
+    # listener with cookies (e.g. "https://www.bank.example").
+    public_origins: Items = ()
     signing_keys: Path | None = None
     # Where a campaign's own waiting-page template (spec page.template) is looked up.
     page_templates_dir: Path | None = None
@@ -89,6 +124,76 @@ def _parse_tokens(name: str, raw: Any) -> Tokens:
     return tuple(pairs)
 
 
+def _parse_items(name: str, raw: Any) -> Items:
+    if isinstance(raw, str):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        return tuple(x.strip() for x in raw if x.strip())
+    raise ConfigError(f"{name}: expected a comma-separated string or a list of strings")
+
+
+def _origin_ok(origin: str) -> bool:
+    parts = urlsplit(origin)
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not parts.path
+        and not parts.query
+        and not parts.fragment
+        and not parts.username
+        and origin == origin.lower()
+    )
+
+
+def _validate_identity(cfg: Config) -> None:
+    if cfg.identity not in ("header", "jwt"):
+        raise ConfigError(f"identity: {cfg.identity!r} must be 'header' or 'jwt'")
+    for network in cfg.trusted_proxies:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"trusted_proxies: {network!r} is not a CIDR") from None
+    if cfg.proxy_secret and len(cfg.proxy_secret) < 16:
+        raise ConfigError("proxy_secret: shorter than 16 characters")
+    if not _HEADER_RE.fullmatch(cfg.proxy_secret_header):
+        raise ConfigError(f"proxy_secret_header: {cfg.proxy_secret_header!r} is not a header name")
+    if cfg.identity == "header" and not cfg.trusted_proxies and not cfg.proxy_secret:
+        raise ConfigError(
+            "trusted_proxies: empty, and no proxy_secret: any client could name any customer"
+        )
+    for origin in cfg.public_origins:
+        if not _origin_ok(origin):
+            raise ConfigError(
+                f"public_origins: {origin!r} is not an origin (lower-case scheme://host[:port])"
+            )
+    unknown = [alg for alg in cfg.jwt_algorithms if alg not in JWT_ALGORITHMS]
+    if unknown or not cfg.jwt_algorithms:
+        raise ConfigError(
+            f"jwt_algorithms: {', '.join(unknown) or 'none given'}; "
+            f"choose from {', '.join(sorted(JWT_ALGORITHMS))}"
+        )
+    if cfg.jwt_cookie and not _COOKIE_RE.fullmatch(cfg.jwt_cookie):
+        raise ConfigError(f"jwt_cookie: {cfg.jwt_cookie!r} is not a cookie name")
+    if not cfg.jwt_claim or len(cfg.jwt_claim) > 128 or not cfg.jwt_claim.isprintable():
+        raise ConfigError("jwt_claim: 1 to 128 printable characters")
+    if cfg.jwt_reload_interval_ms < 100 or cfg.jwt_reload_interval_ms > 3_600_000:
+        raise ConfigError("jwt_reload_interval_ms: must be between 100 and 3600000")
+    if cfg.identity != "jwt":
+        return
+    for name in ("jwt_issuer", "jwt_audience", "jwt_jwks"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"{name}: required when identity = 'jwt'")
+    if cfg.jwt_jwks.startswith(("http://", "https://")):
+        if not urlsplit(cfg.jwt_jwks).hostname:
+            raise ConfigError(f"jwt_jwks: {cfg.jwt_jwks!r} is not a URL")
+    elif not Path(cfg.jwt_jwks).is_file():
+        raise ConfigError(f"jwt_jwks: {cfg.jwt_jwks!r} is neither an http(s) URL nor a file")
+
+
 def _coerce(name: str, raw: Any) -> Any:
     f = _FIELDS[name]
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
@@ -122,6 +227,8 @@ def _coerce(name: str, raw: Any) -> Any:
             return Path(str(raw)) if str(raw) else None
         if kind == "Tokens":
             return _parse_tokens(name, raw)
+        if kind == "Items":
+            return _parse_items(name, raw)
         if not isinstance(raw, str):
             raise ValueError
         return raw
@@ -130,7 +237,7 @@ def _coerce(name: str, raw: Any) -> Any:
 
 
 def _validate(cfg: Config) -> None:
-    for name in ("port", "admin_port"):
+    for name in ("port", "admin_port", "core_port"):
         value = getattr(cfg, name)
         if not 0 <= value <= 65535:
             raise ConfigError(f"{name}: {value} is not a TCP port")
@@ -164,6 +271,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("audit_keep_in_redis: must be 0 (keep all) or at least 10")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level: must be DEBUG, INFO, WARNING or ERROR")
+    _validate_identity(cfg)
 
 
 def load_config(

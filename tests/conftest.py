@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from gate.config import Config, default_config
 from gate.http.admin import create_admin_app
+from gate.http.claims import create_core_app
 from gate.http.public import create_public_app
 from gate.redis_client import connect
 from gate.redis_server import RedisServer
@@ -72,6 +73,7 @@ def config(redis_url: str, tmp_path: Path, keys_file: Path) -> Config:
         signing_keys=str(keys_file),
         admin_tokens=f"ops:{ADMIN_TOKEN}",
         core_tokens=f"core:{CORE_TOKEN}",
+        core_port=0,  # an app served by a test takes any free port for the core listener
         cookie_secure=False,
     )
 
@@ -93,6 +95,15 @@ async def public(gate: Gate, aiohttp_client: Any) -> TestClient[web.Request, web
 async def admin(gate: Gate, aiohttp_client: Any) -> TestClient[web.Request, web.Application]:
     client: TestClient[web.Request, web.Application] = await aiohttp_client(
         create_admin_app(gate), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    return client
+
+
+@pytest.fixture
+async def core(gate: Gate, aiohttp_client: Any) -> TestClient[web.Request, web.Application]:
+    """The core system's listener (confirm/release), with the core system's token."""
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(
+        create_core_app(gate), headers={"Authorization": f"Bearer {CORE_TOKEN}"}
     )
     return client
 

@@ -136,6 +136,7 @@ class GateProcess:
     ):
         self.port = free_port()
         self.admin_port = free_port()
+        self.core_port = free_port()
         self.data_dir = data_dir
         self.log_path = data_dir / f"gate-{self.port}.log"
         self.env = {
@@ -144,6 +145,8 @@ class GateProcess:
             "GATE_PORT": str(self.port),
             "GATE_ADMIN_PORT": str(self.admin_port),
             "GATE_ADMIN_TOKENS": f"ops:{ADMIN_TOKEN}",
+            "GATE_CORE_PORT": str(self.core_port),
+            "GATE_CORE_TOKENS": f"core:{CORE_TOKEN}",
             "GATE_SIGNING_KEYS": str(keys_file),
             "GATE_DATA_DIR": str(data_dir),
             "GATE_WORKERS": str(workers),
@@ -160,6 +163,11 @@ class GateProcess:
     @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def core_url(self) -> str:
+        """The core system's listener (confirm/release)."""
+        return f"http://127.0.0.1:{self.core_port}"
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -280,6 +288,12 @@ async def create_campaign(admin: Any, campaign: str = "c1", **admission: Any) ->
     return body
 
 
+def as_customer(customer: str, **more: str) -> dict[str, str]:
+    """The headers of a request that the trusted proxy made for `customer` (the test
+    clients connect from 127.0.0.1, a trusted peer by default)."""
+    return {"X-Customer-Id": customer, **more}
+
+
 async def join(public: Any, campaign: str, customer: str) -> dict[str, Any]:
     """Join as `customer` (a new ticket or the one they hold)."""
     r = await public.post(f"/q/{campaign}/join", headers={"X-Customer-Id": customer})
@@ -289,24 +303,28 @@ async def join(public: Any, campaign: str, customer: str) -> dict[str, Any]:
 
 
 async def admitted(public: Any, campaign: str, customer: str) -> tuple[str, str]:
-    """Join as `customer` and wait (5 s at most) until admitted: (ticket, pass)."""
+    """Join as `customer` and wait (5 s at most) until admitted: (ticket, pass). The
+    client then forgets the pass cookie, as an API client that sends its credentials in
+    headers: a later request carries a pass only when the test sends one (and a POST
+    with a cookie but no Origin would be refused as a cross-site write)."""
     ticket = (await join(public, campaign, customer))["ticket"]
     state: dict[str, Any] = {}
 
     async def is_admitted() -> bool:
-        r = await public.get(f"/q/{campaign}/status", params={"ticket": ticket})
+        r = await public.get(
+            f"/q/{campaign}/status", params={"ticket": ticket}, headers=as_customer(customer)
+        )
         state.update(await r.json())
         return state.get("state") == "admitted"
 
     await wait_for(is_admitted, 5, f"{customer} admitted")
+    public.session.cookie_jar.clear()
     return ticket, str(state["pass"])
 
 
 async def admitted_pass(public: Any, campaign: str, customer: str) -> str:
-    """`customer`'s pass, once admitted. The client then forgets the pass cookie, so a
-    later request carries a pass only when the test sends one."""
+    """`customer`'s pass, once admitted (see `admitted`)."""
     _, pass_token = await admitted(public, campaign, customer)
-    public.session.cookie_jar.clear()
     return pass_token
 
 

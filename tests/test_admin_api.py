@@ -12,7 +12,7 @@ from gate.http.admin import create_admin_app
 from gate.http.public import create_public_app
 from gate.service import Gate, running_gate
 from gate.tokens import customer_digest
-from tests.helpers import ADMIN_TOKEN, admitted, create_campaign, join, spec, wait_for
+from tests.helpers import ADMIN_TOKEN, admitted, as_customer, create_campaign, join, spec, wait_for
 
 
 async def error_code(response: Any, status: int) -> str:
@@ -238,7 +238,7 @@ async def test_block_stops_join_and_pass_within_one_second(
     async with contextlib.AsyncExitStack() as stack:
         other = await second_gate_public(config, aiohttp_client, stack)
         ticket, pass_token = await admitted(public, "c1", "alice")
-        headers = {"X-Gate-Pass": pass_token}
+        headers = as_customer("alice", **{"X-Gate-Pass": pass_token, "X-Gate-Campaign": "c1"})
 
         async def works_on_other() -> bool:
             return bool((await other.get("/gate/auth", headers=headers)).status == 200)
@@ -271,7 +271,9 @@ async def test_block_stops_join_and_pass_within_one_second(
                 assert (await r.json())["seq"] is None
             r = await public.post("/q/c1/join", headers={"X-Customer-Id": customer})
             assert await error_code(r, 403) == "blocked"
-        r = await public.get("/q/c1/status", params={"ticket": ticket})
+        r = await public.get(
+            "/q/c1/status", params={"ticket": ticket}, headers=as_customer("alice")
+        )
         assert await error_code(r, 403) == "revoked"
         # someone else is unaffected
         r = await public.post("/q/c1/join", headers={"X-Customer-Id": "carol"})
@@ -288,7 +290,7 @@ async def test_revoke_stops_pass_within_one_second(
         other = await second_gate_public(config, aiohttp_client, stack)
         _, pass_token = await admitted(public, "c1", "alice")
         _, bob_pass = await admitted(public, "c1", "bob")
-        headers = {"X-Gate-Pass": pass_token}
+        headers = as_customer("alice", **{"X-Gate-Pass": pass_token, "X-Gate-Campaign": "c1"})
 
         async def works_on_other() -> bool:
             return bool((await other.get("/gate/auth", headers=headers)).status == 200)
@@ -310,7 +312,10 @@ async def test_revoke_stops_pass_within_one_second(
                 interval_s=0.005,
             )
         assert time.monotonic() - revoked_at < 1.0
-        r = await public.get("/gate/auth", headers={"X-Gate-Pass": bob_pass})
+        r = await public.get(
+            "/gate/auth",
+            headers=as_customer("bob", **{"X-Gate-Pass": bob_pass, "X-Gate-Campaign": "c1"}),
+        )
         assert r.status == 200  # only alice
         r = await admin.post("/admin/campaigns/c1/revoke", json={"customer": "nobody"})
         assert await error_code(r, 404) == "no_ticket"

@@ -30,7 +30,7 @@ from tests.helpers import (
 
 @pytest.fixture
 async def served(redis_url: str, keys_file: Path, tmp_path: Path) -> AsyncIterator[GateProcess]:
-    env = {"GATE_CORE_TOKENS": f"core:{CORE_TOKEN}", "GATE_SEAL_INTERVAL_MS": "100"}
+    env = {"GATE_SEAL_INTERVAL_MS": "100"}
     async with GateProcess(redis_url, tmp_path / "gate", keys_file, extra_env=env) as process:
         yield process
 
@@ -52,7 +52,9 @@ async def run_campaign(served: GateProcess, campaign: str) -> dict[str, Any]:
 
         async def admitted() -> bool:
             r = await http.get(
-                f"{served.url}/q/{campaign}/status", params={"ticket": tickets["alice"]}
+                f"{served.url}/q/{campaign}/status",
+                params={"ticket": tickets["alice"]},
+                headers={"X-Customer-Id": "alice"},
             )
             status.update(await r.json())
             return bool(status.get("state") == "admitted")
@@ -61,12 +63,12 @@ async def run_campaign(served: GateProcess, campaign: str) -> dict[str, Any]:
         r = await http.post(
             f"{served.url}/q/{campaign}/claim",
             json={"amount": "7000000"},
-            headers={"X-Gate-Pass": status["pass"]},
+            headers={"X-Gate-Pass": status["pass"], "X-Customer-Id": "alice"},
         )
         assert r.status == 201, await r.text()
         rid = (await r.json())["reservation"]
         r = await http.post(
-            f"{served.url}/q/{campaign}/reservations/{rid}/confirm",
+            f"{served.core_url}/q/{campaign}/reservations/{rid}/confirm",
             headers={"Authorization": f"Bearer {CORE_TOKEN}"},
         )
         assert r.status == 200

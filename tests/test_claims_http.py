@@ -1,19 +1,19 @@
-"""Claims over HTTP with a pass, and the core system's confirm/release callbacks."""
+"""Claims over HTTP with a pass, and the core system's confirm/release callbacks (on the
+core listener)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tests.helpers import CORE_TOKEN, admitted_pass, amount_spec, wait_for
+from tests.helpers import admitted_pass, amount_spec, as_customer, wait_for
 
 
-async def test_claim_confirm_release(public: Any, admin: Any) -> None:
+async def test_claim_confirm_release(public: Any, admin: Any, core: Any) -> None:
     assert (await admin.post("/admin/campaigns", json=amount_spec("dep"))).status == 201
-    core = {"Authorization": f"Bearer {CORE_TOKEN}"}
     passes = [await admitted_pass(public, "dep", f"c{i}") for i in range(4)]
 
     def h(i: int) -> dict[str, str]:
-        return {"X-Gate-Pass": passes[i]}
+        return as_customer(f"c{i}", **{"X-Gate-Pass": passes[i]})
 
     r = await public.post("/q/dep/claim", json={"amount": "999999"}, headers=h(0))
     assert r.status == 400 and (await r.json())["error"]["code"] == "below_minimum"
@@ -24,6 +24,8 @@ async def test_claim_confirm_release(public: Any, admin: Any) -> None:
     r = await public.post("/q/dep/claim", json={"amount": "abc"}, headers=h(0))
     assert r.status == 400 and (await r.json())["error"]["code"] == "bad_amount"
     r = await public.post("/q/dep/claim", json={"amount": "1000000"})
+    assert r.status == 401
+    r = await public.post("/q/dep/claim", json={"amount": "1000000"}, headers=as_customer("c0"))
     assert r.status == 401
 
     r = await public.post(
@@ -43,17 +45,15 @@ async def test_claim_confirm_release(public: Any, admin: Any) -> None:
     assert r.status == 409 and (await r.json())["error"]["code"] == "sold_out"
 
     rid = first["reservation"]
-    r = await public.post(f"/q/dep/reservations/{rid}/confirm")
+    r = await core.post(f"/q/dep/reservations/{rid}/confirm", headers={"Authorization": ""})
     assert r.status == 401
-    r = await public.post(f"/q/dep/reservations/{rid}/confirm", headers=core)
+    r = await core.post(f"/q/dep/reservations/{rid}/confirm")
     assert r.status == 200 and (await r.json())["state"] == "confirmed"
-    r = await public.post(f"/q/dep/reservations/{rid}/release", headers=core)
+    r = await core.post(f"/q/dep/reservations/{rid}/release")
     assert r.status == 409 and (await r.json())["error"]["code"] == "reservation_confirmed"
-    r = await public.post(
-        "/q/dep/reservations/r2/release", headers=core, json={"reason": "core declined"}
-    )
+    r = await core.post("/q/dep/reservations/r2/release", json={"reason": "core declined"})
     assert r.status == 200 and (await r.json())["state"] == "released"
-    r = await public.post("/q/dep/reservations/r999/confirm", headers=core)
+    r = await core.post("/q/dep/reservations/r999/confirm")
     assert r.status == 404
     # Released money is back: customer 3 can now claim it.
     r = await public.post("/q/dep/claim", json={"amount": "10000000"}, headers=h(3))
@@ -72,13 +72,17 @@ async def test_ballot_subscribe_close_allocate(public: Any, admin: Any) -> None:
     for customer, amount in asks.items():
         pass_token = await admitted_pass(public, "ipo", customer)
         r = await public.post(
-            "/q/ipo/claim", json={"amount": amount}, headers={"X-Gate-Pass": pass_token}
+            "/q/ipo/claim",
+            json={"amount": amount},
+            headers=as_customer(customer, **{"X-Gate-Pass": pass_token}),
         )
         assert r.status == 201, await r.text()
         assert (await r.json())["subscribed"] == amount
         r = await public.post("/q/ipo/join", headers={"X-Customer-Id": customer})
         tickets[customer] = (await r.json())["ticket"]
-        r = await public.get("/q/ipo/status", params={"ticket": tickets[customer]})
+        r = await public.get(
+            "/q/ipo/status", params={"ticket": tickets[customer]}, headers=as_customer(customer)
+        )
         assert (await r.json())["state"] == "claimed"
     assert (await admin.post("/admin/campaigns/ipo/close")).status == 200
 
@@ -86,7 +90,9 @@ async def test_ballot_subscribe_close_allocate(public: Any, admin: Any) -> None:
 
     async def allocated() -> bool:
         for customer, ticket in tickets.items():
-            r = await public.get("/q/ipo/status", params={"ticket": ticket})
+            r = await public.get(
+                "/q/ipo/status", params={"ticket": ticket}, headers=as_customer(customer)
+            )
             body = await r.json()
             assert body["state"] == "closed", body
             if body["allocation"] is None:

@@ -10,14 +10,14 @@ from gate.audit.dispute import check_account, render_text
 from gate.audit.format import load_public_keys
 from gate.room.keys import CampaignKeys
 from gate.service import Gate
-from tests.helpers import CORE_TOKEN, admitted_pass, amount_spec, wait_for, wait_sealed
-
-CORE = {"Authorization": f"Bearer {CORE_TOKEN}"}
+from tests.helpers import admitted_pass, amount_spec, as_customer, wait_for, wait_sealed
 
 
-async def claim(public: Any, campaign: str, pass_token: str, amount: str) -> str:
+async def claim(public: Any, campaign: str, customer: str, pass_token: str, amount: str) -> str:
     r = await public.post(
-        f"/q/{campaign}/claim", json={"amount": amount}, headers={"X-Gate-Pass": pass_token}
+        f"/q/{campaign}/claim",
+        json={"amount": amount},
+        headers=as_customer(customer, **{"X-Gate-Pass": pass_token}),
     )
     assert r.status == 201, await r.text()
     return str((await r.json())["reservation"])
@@ -30,18 +30,16 @@ async def account_of(admin: Any, campaign: str, customer: str) -> dict[str, Any]
     return account
 
 
-async def test_dispute_accounts_with_proofs(gate: Gate, public: Any, admin: Any) -> None:
+async def test_dispute_accounts_with_proofs(gate: Gate, public: Any, admin: Any, core: Any) -> None:
     c = "dep"
     assert (await admin.post("/admin/campaigns", json=amount_spec(c))).status == 201
     passes = {name: await admitted_pass(public, c, name) for name in ("alice", "bob", "carol")}
-    rid = await claim(public, c, passes["alice"], "10000000")
-    assert (await public.post(f"/q/{c}/reservations/{rid}/confirm", headers=CORE)).status == 200
-    rid = await claim(public, c, passes["bob"], "5000000")
-    r = await public.post(
-        f"/q/{c}/reservations/{rid}/release", headers=CORE, json={"reason": "card declined"}
-    )
+    rid = await claim(public, c, "alice", passes["alice"], "10000000")
+    assert (await core.post(f"/q/{c}/reservations/{rid}/confirm")).status == 200
+    rid = await claim(public, c, "bob", passes["bob"], "5000000")
+    r = await core.post(f"/q/{c}/reservations/{rid}/release", json={"reason": "card declined"})
     assert r.status == 200
-    rid = await claim(public, c, passes["carol"], "3000000")
+    rid = await claim(public, c, "carol", passes["carol"], "3000000")
     # carol's reservation falls due: its score goes to the past, the admission loop expires it
     await gate.redis.zadd(CampaignKeys(c).reservation_expiries, {rid: 0}, xx=True)
 

@@ -1,6 +1,7 @@
-"""`create_app(config)`: the public app owns its gate and the admin listener.
+"""`create_app(config)`: the public app owns its gate, the admin listener and the core
+system's listener.
 
-Serving the app starts both; its cleanup stops both, leaving no task running and no
+Serving the app starts them all; its cleanup stops them all, leaving no task running and no
 connection open on Redis. Counted from Redis's side (CLIENT LIST), so a connection left
 behind shows whichever pool it came from.
 """
@@ -19,9 +20,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from gate.config import Config
-from gate.http.app import ADMIN_ADDRESS, create_app
+from gate.http.app import ADMIN_ADDRESS, CORE_ADDRESS, create_app
 from gate.http.common import GATE_KEY
-from tests.helpers import ADMIN_TOKEN, spec, wait_for
+from gate.redis_server import free_port
+from tests.helpers import ADMIN_TOKEN, CORE_TOKEN, as_customer, spec, wait_for
 
 
 @pytest.fixture
@@ -37,7 +39,9 @@ async def _clients(observer: Redis) -> int:
 
 
 def _app_config(config: Config) -> Config:
-    return dataclasses.replace(config, admin_host="127.0.0.1", admin_port=0)
+    return dataclasses.replace(
+        config, admin_host="127.0.0.1", admin_port=0, core_host="127.0.0.1", core_port=0
+    )
 
 
 async def test_the_app_serves_both_listeners_and_closes_everything(
@@ -53,6 +57,9 @@ async def test_the_app_serves_both_listeners_and_closes_everything(
     host, port = app[ADMIN_ADDRESS]
     assert port not in (0, public.port)
     admin_url = f"http://{host}:{port}"
+    core_host, core_port = app[CORE_ADDRESS]
+    assert core_port not in (0, public.port, port)
+    core_url = f"http://{core_host}:{core_port}"
 
     async with aiohttp.ClientSession(
         base_url=admin_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -77,14 +84,31 @@ async def test_the_app_serves_both_listeners_and_closes_everything(
     status: dict[str, Any] = {}
 
     async def is_admitted() -> bool:
-        r = await public.get("/q/app/status", params={"ticket": ticket})
+        r = await public.get(
+            "/q/app/status", params={"ticket": ticket}, headers=as_customer("alice")
+        )
         assert r.status == 200, await r.text()
         status.update(await r.json())
         return status["state"] == "admitted"
 
     await wait_for(is_admitted, 5, "alice admitted")
-    r = await public.get("/gate/auth", headers={"X-Gate-Pass": status["pass"]})
+    through_proxy = {"X-Gate-Pass": status["pass"], "X-Gate-Campaign": "app"}
+    r = await public.get("/gate/auth", headers=as_customer("alice", **through_proxy))
     assert r.status == 200
+
+    # the core system's callbacks are on the core listener only
+    async with aiohttp.ClientSession(
+        base_url=core_url, headers={"Authorization": f"Bearer {CORE_TOKEN}"}
+    ) as core:
+        r = await core.post("/q/app/reservations/r1/confirm")
+        assert r.status == 404, await r.text()  # served: the route knows no such reservation
+        assert (await r.json())["error"]["code"] == "unknown_reservation"
+        assert (await core.get("/healthz")).status == 200
+    r = await public.post(
+        "/q/app/reservations/r1/confirm", headers={"Authorization": f"Bearer {CORE_TOKEN}"}
+    )
+    assert r.status == 404
+    assert (await r.json())["error"]["code"] == "not_found"
 
     tasks = list(gate._tasks)
     assert len(tasks) == 4  # scripts loader, cache, admission, sealer
@@ -100,27 +124,34 @@ async def test_the_app_serves_both_listeners_and_closes_everything(
         return await _clients(observer) == before
 
     await wait_for(all_closed, 5, "the gate's Redis connections to close")
-    with pytest.raises(aiohttp.ClientConnectionError):
-        async with aiohttp.ClientSession() as session:
-            await session.get(f"{admin_url}/healthz")
+    for url in (admin_url, core_url):
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with aiohttp.ClientSession() as session:
+                await session.get(f"{url}/healthz")
 
 
-async def test_an_admin_port_in_use_stops_the_gate_it_started(
-    config: Config, observer: Redis
+@pytest.mark.parametrize("listener", ["admin", "core"])
+async def test_a_side_port_in_use_stops_the_gate_it_started(
+    config: Config, observer: Redis, listener: str
 ) -> None:
     before = await _clients(observer)
     tasks_before = asyncio.all_tasks()
+    admin_port = free_port()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        busy = dataclasses.replace(
-            config, admin_host="127.0.0.1", admin_port=taken.getsockname()[1]
-        )
+        ports = {"admin_port": admin_port, "core_port": 0}
+        ports[f"{listener}_port"] = taken.getsockname()[1]
+        busy = dataclasses.replace(config, admin_host="127.0.0.1", core_host="127.0.0.1", **ports)
         runner = web.AppRunner(create_app(busy))
         with pytest.raises(OSError):
-            await runner.setup()  # the app's startup: the gate starts, the admin port fails
+            await runner.setup()  # the app's startup: the gate starts, a side port fails
 
     assert not asyncio.all_tasks() - tasks_before  # no gate task left running
+    if listener == "core":  # the admin listener, started first, was closed again
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with aiohttp.ClientSession() as session:
+                await session.get(f"http://127.0.0.1:{admin_port}/healthz")
 
     async def all_closed() -> bool:
         return await _clients(observer) == before

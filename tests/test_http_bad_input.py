@@ -19,6 +19,7 @@ from gate.tokens import PASS, TICKET, TokenSigner, customer_digest
 from tests.helpers import (
     ADMIN_TOKEN,
     admitted_pass,
+    as_customer,
     b64url,
     create_campaign,
     join,
@@ -198,9 +199,16 @@ async def test_oversized_bodies_are_413(public: Any, admin: Any, gate: Gate) -> 
 async def test_unsupported_content_type_is_415(public: Any, admin: Any, ctype: str) -> None:
     await create_campaign(admin)
     r = await public.post(
-        "/q/c1/join", data=b"{}", headers={"X-Customer-Id": "alice", "Content-Type": ctype}
+        "/q/c1/join",
+        data=b"{}",
+        headers={"X-Customer-Id": "alice", "Content-Type": ctype},
+        allow_redirects=False,
     )
-    await expect_error(r, 415, "unsupported_media_type")
+    if ctype == "application/x-www-form-urlencoded":
+        # the waiting page's no-script join form: joined, and sent back to the page
+        assert r.status == 303, await r.text()
+    else:
+        await expect_error(r, 415, "unsupported_media_type")
     r = await admin.post("/admin/campaigns", data=b"{}", headers={"Content-Type": ctype})
     await expect_error(r, 415, "unsupported_media_type")
 
@@ -221,7 +229,9 @@ async def test_unknown_campaign_is_404(public: Any, admin: Any, gate: Gate, camp
     ticket = "x.y"
     if valid_campaign_id(campaign):
         ticket = gate.signer.issue(TICKET, campaign, 1, customer_digest(gate.keys, campaign, "a"))
-    r = await public.get(f"/q/{campaign}/status", params={"ticket": ticket})
+    r = await public.get(
+        f"/q/{campaign}/status", params={"ticket": ticket}, headers=as_customer("a")
+    )
     await expect_error(r, 404, "unknown_campaign")
     r = await admin.get(f"/admin/campaigns/{campaign}")
     await expect_error(r, 404, "unknown_campaign")
@@ -240,29 +250,29 @@ async def test_signed_ticket_for_a_campaign_that_does_not_exist_is_404(
 ) -> None:
     digest = customer_digest(gate.keys, "ghost", "alice")
     ticket = gate.signer.issue(TICKET, "ghost", 1, digest)
-    r = await public.get("/q/ghost/status", params={"ticket": ticket})
+    r = await public.get("/q/ghost/status", params={"ticket": ticket}, headers=as_customer("alice"))
     await expect_error(r, 404, "unknown_campaign")
 
 
 @pytest.mark.parametrize(
-    ("headers", "code"),
+    ("headers", "status", "code"),
     [
-        ({}, "missing_customer"),
-        ({"X-Customer-Id": ""}, "missing_customer"),
-        ({"X-Customer-Id": "   "}, "missing_customer"),
-        ({"X-Customer-Id": "\t"}, "missing_customer"),
-        ({"X-Customer-Id": "x" * 257}, "bad_customer"),
-        ({"X-Customer-Id": "a\tb"}, "bad_customer"),
-        ({"X-Customer": "alice"}, "missing_customer"),
+        ({}, 401, "no_identity"),
+        ({"X-Customer-Id": ""}, 401, "no_identity"),
+        ({"X-Customer-Id": "   "}, 401, "no_identity"),
+        ({"X-Customer-Id": "\t"}, 401, "no_identity"),
+        ({"X-Customer-Id": "x" * 257}, 400, "bad_customer"),
+        ({"X-Customer-Id": "a\tb"}, 400, "bad_customer"),
+        ({"X-Customer": "alice"}, 401, "no_identity"),
     ],
     ids=["absent", "empty", "spaces", "tab", "too-long", "control", "other-header"],
 )
-async def test_missing_or_bad_customer_header_is_400(
-    public: Any, admin: Any, headers: dict[str, str], code: str
+async def test_missing_or_bad_customer_header_is_refused(
+    public: Any, admin: Any, headers: dict[str, str], status: int, code: str
 ) -> None:
     await create_campaign(admin)
     r = await public.post("/q/c1/join", headers=headers)
-    message = await expect_error(r, 400, code)
+    message = await expect_error(r, status, code)
     assert "X-Customer-Id" in message
     # the longest allowed id still joins
     r = await public.post("/q/c1/join", headers={"X-Customer-Id": "x" * 256})
@@ -296,7 +306,8 @@ async def test_forged_ticket_is_403(public: Any, admin: Any, gate: Gate, forgery
     await create_campaign(admin, rate_per_s=0.001, burst=1)  # nobody is admitted during the test
     await join(public, "c1", "first")
     ticket = (await join(public, "c1", "alice"))["ticket"]
-    r = await public.get("/q/c1/status", params={"ticket": ticket})
+    alice = as_customer("alice")
+    r = await public.get("/q/c1/status", params={"ticket": ticket}, headers=alice)
     assert r.status == 200, await r.text()  # the genuine ticket works
     digest = customer_digest(gate.keys, "c1", "alice")
     forged = {
@@ -312,7 +323,7 @@ async def test_forged_ticket_is_403(public: Any, admin: Any, gate: Gate, forgery
         "two-dots": lambda: ticket + ".x",
     }[forgery]()
     assert forged != ticket
-    r = await public.get("/q/c1/status", params={"ticket": forged})
+    r = await public.get("/q/c1/status", params={"ticket": forged}, headers=alice)
     message = await expect_error(r, 403, "bad_ticket")
     assert "ticket" in message
 
@@ -323,7 +334,7 @@ async def test_ticket_for_another_campaign_is_403(public: Any, admin: Any) -> No
     other = (await join(public, "c2", "alice"))["ticket"]
     r = await public.get("/q/c1/status", params={"ticket": other})
     await expect_error(r, 403, "wrong_campaign")
-    r = await public.get("/q/c2/status", params={"ticket": other})
+    r = await public.get("/q/c2/status", params={"ticket": other}, headers=as_customer("alice"))
     assert r.status == 200, await r.text()
 
 
@@ -347,10 +358,16 @@ async def test_gate_auth_refusals(public: Any, admin: Any, gate: Gate) -> None:
     await create_campaign(admin, "c1")
     await create_campaign(admin, "c2")
     good = await admitted_pass(public, "c1", "alice")
-    r = await public.get("/gate/auth", headers={"X-Gate-Pass": good})
-    assert r.status == 200, await r.text()
+    r = await public.get("/gate/auth", headers=as_customer("alice", **{"X-Gate-Pass": good}))
+    await expect_error(r, 401, "no_campaign")  # the proxy must say which campaign it guards
     r = await public.get("/gate/auth", headers={"X-Gate-Pass": good, "X-Gate-Campaign": "c1"})
-    assert r.status == 200, await r.text()
+    await expect_error(r, 401, "no_identity")  # ... and who the customer is
+    for headers, params in (
+        ({"X-Gate-Pass": good, "X-Gate-Campaign": "c1"}, {}),
+        ({"Cookie": f"fg_pass={good}"}, {"campaign": "c1"}),
+    ):
+        r = await public.get("/gate/auth", headers=as_customer("alice", **headers), params=params)
+        assert r.status == 200, await r.text()
 
     digest = customer_digest(gate.keys, "c1", "alice")
     now = int(time.time())
@@ -376,16 +393,26 @@ async def test_gate_auth_refusals(public: Any, admin: Any, gate: Gate) -> None:
         ({"X-Gate-Pass": good, "X-Gate-Campaign": "c2"}, 403, "wrong_campaign"),
         ({"X-Gate-Pass": good, "X-Customer-Id": "mallory"}, 403, "wrong_customer"),
         (
-            {"X-Gate-Pass": gate.signer.issue(PASS, "ghost", 1, digest, exp=now + 60)},
+            {
+                "X-Gate-Pass": gate.signer.issue(
+                    PASS, "ghost", 1, customer_digest(gate.keys, "ghost", "alice"), exp=now + 60
+                ),
+                "X-Gate-Campaign": "ghost",
+            },
             401,
             "unknown_campaign",
         ),
         ({"Cookie": f"fg_pass={flip_mac(good)}"}, 401, "bad_pass"),
     ]
     for headers, status, code in cases:
-        r = await public.get("/gate/auth", headers=headers)
+        asked = {"X-Customer-Id": "alice", "X-Gate-Campaign": "c1", **headers}
+        r = await public.get("/gate/auth", headers=asked)
         await expect_error(r, status, code)
-    r = await public.get("/gate/auth", params={"campaign": "c2"}, headers={"X-Gate-Pass": good})
+    r = await public.get(
+        "/gate/auth",
+        params={"campaign": "c2"},
+        headers=as_customer("alice", **{"X-Gate-Pass": good}),
+    )
     await expect_error(r, 403, "wrong_campaign")
 
 
@@ -676,5 +703,5 @@ async def test_sweep_junk_never_500(public: Any, admin: Any, gate: Gate) -> None
     assert requests > 1000
     assert not failures, "\n".join(failures[:30])
     # and the gate still works after all that
-    r = await public.get("/q/c1/status", params={"ticket": ticket})
+    r = await public.get("/q/c1/status", params={"ticket": ticket}, headers=as_customer("alice"))
     assert r.status in (200, 403), await r.text()

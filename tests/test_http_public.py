@@ -24,7 +24,7 @@ from gate.http.admin import create_admin_app
 from gate.http.public import create_public_app, poll_after_ms
 from gate.service import Gate, running_gate
 from gate.tokens import PASS, customer_digest
-from tests.helpers import ADMIN_TOKEN, create_campaign, join, spec, wait_for
+from tests.helpers import ADMIN_TOKEN, as_customer, create_campaign, join, spec, wait_for
 
 MSGPACK = "application/msgpack"
 Client = TestClient[web.Request, web.Application]
@@ -66,8 +66,11 @@ async def quiet(config: Config, aiohttp_client: Any) -> AsyncIterator[Quiet]:
         yield Quiet(gate, public, admin)
 
 
-async def status(public: Any, campaign: str, ticket: str) -> dict[str, Any]:
-    r = await public.get(f"/q/{campaign}/status", params={"ticket": ticket})
+async def status(public: Any, campaign: str, ticket: str, customer: str) -> dict[str, Any]:
+    """The ticket's status, asked by its customer (through the trusted proxy)."""
+    r = await public.get(
+        f"/q/{campaign}/status", params={"ticket": ticket}, headers=as_customer(customer)
+    )
     assert r.status == 200, await r.text()
     body: dict[str, Any] = await r.json()
     return body
@@ -91,13 +94,17 @@ async def test_msgpack_negotiation_on_join_and_status(public: Any, admin: Any) -
     assert (await r.json())["ticket"] == body["ticket"]
 
     r = await public.get(
-        "/q/c1/status", params={"ticket": body["ticket"]}, headers={"Accept": MSGPACK}
+        "/q/c1/status",
+        params={"ticket": body["ticket"]},
+        headers=as_customer("alice", Accept=MSGPACK),
     )
     assert r.status == 200 and r.content_type == MSGPACK
     polled = msgpack.unpackb(await r.read())
     assert polled["state"] == "waiting" and polled["seq"] == 1 and polled["position"] == 1
 
-    r = await public.get("/q/c1/status", params={"ticket": body["ticket"]})
+    r = await public.get(
+        "/q/c1/status", params={"ticket": body["ticket"]}, headers=as_customer("alice")
+    )
     assert r.content_type == "application/json"
     assert (await r.json())["position"] == 1
 
@@ -130,7 +137,7 @@ async def test_waiting_position_eta_and_poll_after(quiet: Quiet) -> None:
     assert rate == pytest.approx(2.0)
     etas = []
     for n in range(4, 11):
-        body = await status(quiet.public, "c1", tickets[n])
+        body = await status(quiet.public, "c1", tickets[n], f"customer-{n}")
         position = n - 3
         assert body["state"] == "waiting", body
         assert body["position"] == position
@@ -143,7 +150,7 @@ async def test_waiting_position_eta_and_poll_after(quiet: Quiet) -> None:
     # a paused campaign has no honest ETA, but the position stays
     r = await quiet.admin.post("/admin/campaigns/c1/pause")
     assert r.status == 200
-    body = await status(quiet.public, "c1", tickets[10])
+    body = await status(quiet.public, "c1", tickets[10], "customer-10")
     assert body["state"] == "waiting" and body["position"] == 7 and body["eta_s"] is None
 
 
@@ -180,7 +187,9 @@ async def test_admitted_status_sets_httponly_cookie_and_pass_works(
 
     async def admitted() -> bool:
         nonlocal last
-        last = await public.get("/q/c1/status", params={"ticket": ticket})
+        last = await public.get(
+            "/q/c1/status", params={"ticket": ticket}, headers=as_customer("alice")
+        )
         state.update(await last.json())
         return state["state"] == "admitted"
 
@@ -199,12 +208,17 @@ async def test_admitted_status_sets_httponly_cookie_and_pass_works(
     assert "secure" not in attributes  # this config turns it off for plain-HTTP tests
     assert "samesite=lax" in cookie.lower()
 
-    # via the cookie alone (what a browser sends through the proxy)
-    r = await public.get("/gate/auth")
+    # via the cookie (what a browser sends through the proxy, which names the campaign it
+    # guards and the customer it authenticated)
+    through_proxy = as_customer("alice", **{"X-Gate-Campaign": "c1"})
+    r = await public.get("/gate/auth", headers=through_proxy)
     assert r.status == 200, await r.text()
     assert r.headers["X-Gate-Campaign"] == "c1" and r.headers["X-Gate-Seq"] == "1"
+    digest = customer_digest(gate.keys, "c1", "alice").hex()
+    assert r.headers["X-Gate-Customer"] == digest  # the keyed digest, never the raw id
+    assert "alice" not in str(r.headers) and pass_token not in str(r.headers)
     public.session.cookie_jar.clear()
-    r = await public.get("/gate/auth")
+    r = await public.get("/gate/auth", headers=through_proxy)
     assert r.status == 401
     # via the header, with the campaign and the customer named by the proxy
     r = await public.get(
@@ -212,11 +226,11 @@ async def test_admitted_status_sets_httponly_cookie_and_pass_works(
         headers={"X-Gate-Pass": pass_token, "X-Gate-Campaign": "c1", "X-Customer-Id": "alice"},
     )
     assert r.status == 200, await r.text()
-    assert (await r.json()) == {"ok": True, "campaign": "c1", "seq": 1}
+    assert (await r.json()) == {"ok": True, "campaign": "c1", "seq": 1, "customer": digest}
 
     # the pass is logged once, however often the customer polls
     for _ in range(3):
-        assert (await status(public, "c1", ticket))["state"] == "admitted"
+        assert (await status(public, "c1", ticket, "alice"))["state"] == "admitted"
     passes = [e for e in await gate.room.audit_entries("c1") if e["k"] == b"pass"]
     assert len(passes) == 1 and passes[0]["s"] == 1
 
@@ -226,7 +240,9 @@ async def test_secure_cookie_when_configured(quiet: Quiet) -> None:
     ticket = (await join(quiet.public, "c1", "alice"))["ticket"]
     await quiet.refresh()
     assert await quiet.admit("c1") == 1
-    r = await quiet.public.get("/q/c1/status", params={"ticket": ticket})
+    r = await quiet.public.get(
+        "/q/c1/status", params={"ticket": ticket}, headers=as_customer("alice")
+    )
     assert (await r.json())["state"] == "admitted"
     assert "secure" in {p.strip().lower() for p in r.headers["Set-Cookie"].split(";")}
 
@@ -251,18 +267,23 @@ async def test_waiting_poll_makes_no_redis_round_trip(quiet: Quiet, redis_url: s
     waiting = (await join(quiet.public, "c1", "waiting"))["ticket"]
     await quiet.refresh()
     assert await quiet.admit("c1") == 1
-    assert (await status(quiet.public, "c1", first))["state"] == "admitted"
-    pass_token = (await status(quiet.public, "c1", first))["pass"]
+    assert (await status(quiet.public, "c1", first, "first"))["state"] == "admitted"
+    pass_token = (await status(quiet.public, "c1", first, "first"))["pass"]
 
     counter = sync_redis.Redis.from_url(redis_url)
     try:
         command_calls(counter)  # connect (and let redis-py send its handshake) first
         before = command_calls(counter)
         for _ in range(50):
-            body = await status(quiet.public, "c1", waiting)
+            body = await status(quiet.public, "c1", waiting, "waiting")
             assert body["state"] == "waiting" and body["position"] == 1
         for _ in range(50):
-            r = await quiet.public.get("/gate/auth", headers={"X-Gate-Pass": pass_token})
+            r = await quiet.public.get(
+                "/gate/auth",
+                headers=as_customer(
+                    "first", **{"X-Gate-Pass": pass_token, "X-Gate-Campaign": "c1"}
+                ),
+            )
             assert r.status == 200
         polls = diff(before, command_calls(counter))
         assert polls == {}, f"50 waiting polls and 50 auth checks reached Redis: {polls}"
@@ -270,7 +291,7 @@ async def test_waiting_poll_makes_no_redis_round_trip(quiet: Quiet, redis_url: s
         # the measurement can see a round trip: an admitted poll makes exactly one script
         # call, and one cache refresh one pipelined read
         before = command_calls(counter)
-        assert (await status(quiet.public, "c1", first))["state"] == "admitted"
+        assert (await status(quiet.public, "c1", first, "first"))["state"] == "admitted"
         assert diff(before, command_calls(counter)).get("evalsha") == 1
         before = command_calls(counter)
         await quiet.refresh()
@@ -377,7 +398,7 @@ async def test_join_states_prequeue_and_closed(public: Any, admin: Any) -> None:
     assert body["state"] == "prequeue" and body["eta_s"] is None
     assert body["opens_at"] == later["opens_at"].replace("+00:00", "Z")
     assert 400 <= body["poll_after_ms"] <= 30000
-    assert (await status(public, "later", body["ticket"]))["state"] == "prequeue"
+    assert (await status(public, "later", body["ticket"], "alice"))["state"] == "prequeue"
 
     too_early = spec("too-early")
     too_early["opens_at"] = (now + timedelta(hours=1)).isoformat()
@@ -394,4 +415,4 @@ async def test_join_states_prequeue_and_closed(public: Any, admin: Any) -> None:
     assert r.status == 200
     r = await public.post("/q/c1/join", headers={"X-Customer-Id": "bob"})
     assert r.status == 409 and (await r.json())["error"]["code"] == "campaign_closed"
-    assert (await status(public, "c1", ticket))["state"] == "closed"
+    assert (await status(public, "c1", ticket, "alice"))["state"] == "closed"

@@ -33,7 +33,7 @@ from gate.room.keys import CampaignKeys
 from gate.room.scripts import Scripts
 from gate.signing import load_or_create_keys
 from gate.tokens import TICKET, TokenSigner, customer_digest
-from tests.helpers import ADMIN_TOKEN, GateProcess, spec, wait_for
+from tests.helpers import ADMIN_TOKEN, GateProcess, as_customer, spec, wait_for
 
 CAMPAIGN = "i1-items"
 CUSTOMERS = 5000
@@ -94,6 +94,10 @@ async def test_5000_concurrent_claims_on_100_items(
 
         # 5,000 customers in the queue, in batches of 500 (one join script call each).
         digests = [customer_digest(keys, CAMPAIGN, f"customer-{n:05d}") for n in range(CUSTOMERS)]
+
+        def customer(n: int, **more: str) -> dict[str, str]:
+            return as_customer(f"customer-{n:05d}", **more)
+
         seq_of: dict[bytes, int] = {}
         for start in range(0, CUSTOMERS, 500):
             batch = digests[start : start + 500]
@@ -127,16 +131,17 @@ async def test_5000_concurrent_claims_on_100_items(
             raise AssertionError(f"{path}: still unavailable after {MAX_TRIES} tries")
 
         # Each customer asks the gate for its pass, as the waiting-room page does.
-        async def get_pass(digest: bytes) -> str:
+        async def get_pass(n: int) -> str:
+            digest = digests[n]
             ticket = signer.issue(TICKET, CAMPAIGN, seq_of[digest], digest)
             status, answer = await call_retrying(
-                "GET", f"/q/{CAMPAIGN}/status", params={"ticket": ticket}
+                "GET", f"/q/{CAMPAIGN}/status", params={"ticket": ticket}, headers=customer(n)
             )
             assert status == 200 and answer["state"] == "admitted", answer
             return str(answer["pass"])
 
         started = time.monotonic()
-        passes = await _gather_limited([get_pass(d) for d in digests], 64)
+        passes = await _gather_limited([get_pass(n) for n in range(CUSTOMERS)], 64)
         pass_s = time.monotonic() - started
 
         # The race: every claim waits for the same signal, then all go at once.
@@ -148,7 +153,7 @@ async def test_5000_concurrent_claims_on_100_items(
                 "POST",
                 f"/q/{CAMPAIGN}/claim",
                 json={"amount": 1, "idempotency_key": f"claim-{n}"},
-                headers={"X-Gate-Pass": passes[n]},
+                headers=customer(n, **{"X-Gate-Pass": passes[n]}),
             )
 
         tasks = [asyncio.create_task(claim(n)) for n in range(CUSTOMERS)]
@@ -199,7 +204,7 @@ async def test_5000_concurrent_claims_on_100_items(
                     "POST",
                     f"/q/{CAMPAIGN}/claim",
                     json={"amount": 1, "idempotency_key": f"claim-{n}"},
-                    headers={"X-Gate-Pass": passes[n]},
+                    headers=customer(n, **{"X-Gate-Pass": passes[n]}),
                 )
                 for n in winners
             )

@@ -74,8 +74,14 @@ class Scene:
             headers={"X-Customer-Id": customer},
         )
 
-    async def auth(self, pass_token: str) -> Answer:
-        return await self.call("GET", "/gate/auth", headers={"X-Gate-Pass": pass_token})
+    async def auth(self, customer: str, pass_token: str) -> Answer:
+        """The proxy's check of `customer`'s request with this pass, for this campaign."""
+        headers = {
+            "X-Gate-Pass": pass_token,
+            "X-Gate-Campaign": CAMPAIGN,
+            "X-Customer-Id": customer,
+        }
+        return await self.call("GET", "/gate/auth", headers=headers)
 
     async def ready(self) -> bool:
         async with self.session.get(self.gate.url + "/readyz") as r:
@@ -135,8 +141,8 @@ async def scene(tmp_path: Path, keys_file: Path) -> AsyncIterator[Scene]:
             return len(scene.passes) == len(first)
 
         await wait_for(first_three_hold_a_pass, 10, "the first three customers admitted")
-        for pass_token in scene.passes.values():
-            assert (await scene.auth(pass_token)).status == 200
+        for customer, pass_token in scene.passes.items():
+            assert (await scene.auth(customer, pass_token)).status == 200
         yield scene
     finally:
         await session.close()
@@ -176,7 +182,7 @@ async def _fail_closed_checks(scene: Scene, *, join_limit_s: float) -> dict[str,
             answer = await scene.status(customer)
             _assert_unavailable(answer, "status of an admitted customer")
             note("status admitted", answer)
-            denied = await scene.auth(pass_token)
+            denied = await scene.auth(customer, pass_token)
             assert denied.status == 401, denied.body
             assert denied.body["error"]["code"] == "unavailable"
             note("auth", denied)
@@ -197,8 +203,8 @@ async def _recovers(scene: Scene) -> None:
         answer = await scene.join(customer)
         assert answer.status == 200, answer.body
         assert (answer.body["seq"], answer.body["created"]) == (seq, False)
-    for pass_token in scene.passes.values():
-        assert (await scene.auth(pass_token)).status == 200
+    for customer, pass_token in scene.passes.items():
+        assert (await scene.auth(customer, pass_token)).status == 200
 
     keys = CampaignKeys(CAMPAIGN)
     redis = Redis.from_url(scene.redis.url)
@@ -219,7 +225,7 @@ async def _recovers(scene: Scene) -> None:
         return bool(answer.body["state"] == "admitted")
 
     await wait_for(next_customer_admitted, 10, "admission to resume")
-    assert (await scene.auth(admitted["pass"])).status == 200
+    assert (await scene.auth(nxt, admitted["pass"])).status == 200
     assert all(status < 500 or status == 503 for status in scene.statuses), scene.statuses
 
 

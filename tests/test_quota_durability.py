@@ -97,6 +97,7 @@ async def passes_for_everyone(
                 "GET",
                 f"{gate.url}/q/{CAMPAIGN}/status",
                 params={"ticket": tickets[customer]},
+                headers={"X-Customer-Id": customer},
             )
         assert a.status == 200, a.body
         if a.body["state"] == "admitted":
@@ -154,7 +155,7 @@ async def test_acknowledged_claims_survive_kill_9_of_redis(tmp_path: Path, keys_
                 "POST",
                 f"{gate.url}/q/{CAMPAIGN}/claim",
                 json={"amount": str(asked[customer]), "idempotency_key": f"key-{customer}"},
-                headers={"X-Gate-Pass": passes[customer]},
+                headers={"X-Gate-Pass": passes[customer], "X-Customer-Id": customer},
             )
 
         async def burst_claim(customer: str) -> None:

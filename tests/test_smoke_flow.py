@@ -33,13 +33,15 @@ async def test_join_wait_admit_pass_auth(public: Any, admin: Any) -> None:
 
     await wait_for(admitted, 5, "alice admitted")
     pass_token = state["pass"]
-    r = await public.get("/gate/auth", headers={"X-Gate-Pass": pass_token})
+    # the proxy's check names the campaign it guards and the customer it authenticated
+    proxy = {"X-Gate-Pass": pass_token, "X-Gate-Campaign": "c1"}
+    r = await public.get("/gate/auth", headers={**proxy, "X-Customer-Id": "alice"})
     assert r.status == 200, await r.text()
-    r = await public.get(
-        "/gate/auth", headers={"X-Gate-Pass": pass_token, "X-Customer-Id": "mallory"}
-    )
+    r = await public.get("/gate/auth", headers={**proxy, "X-Customer-Id": "mallory"})
     assert r.status == 403
+    r = await public.get("/gate/auth", headers=proxy)  # nobody: a pass alone is not enough
+    assert r.status == 401
     assert public.session.cookie_jar.filter_cookies(public.make_url("/"))["fg_pass"]
     public.session.cookie_jar.clear()
-    r = await public.get("/gate/auth")
+    r = await public.get("/gate/auth", headers={"X-Customer-Id": "alice", "X-Gate-Campaign": "c1"})
     assert r.status == 401

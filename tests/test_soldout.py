@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from gate.service import Gate
-from tests.helpers import CORE_TOKEN, amount_quota, spec, wait_for
+from tests.helpers import amount_quota, as_customer, spec, wait_for
 
 CAMPAIGN = "soldout"
 CUSTOMERS = 12
@@ -29,7 +29,7 @@ SOLDOUT_DEADLINE_S = 1.0  # the cache refreshes every 10 ms; this leaves room fo
 
 
 async def test_admission_stops_and_resumes_with_the_quota(
-    gate: Gate, public: Any, admin: Any
+    gate: Gate, public: Any, admin: Any, core: Any
 ) -> None:
     body = spec(
         CAMPAIGN, rate_per_s=1000, burst=100, max_active=1000, pass_ttl_s=600, reservation_ttl_s=600
@@ -39,6 +39,10 @@ async def test_admission_stops_and_resumes_with_the_quota(
     assert r.status == 201, await r.text()
 
     tickets: dict[int, str] = {}
+
+    def customer(seq: int, **more: str) -> dict[str, str]:
+        return as_customer(f"cust-{seq}", **more)  # customer n joins n-th: seq n
+
     for n in range(1, CUSTOMERS + 1):
         r = await public.post(f"/q/{CAMPAIGN}/join", headers={"X-Customer-Id": f"cust-{n}"})
         assert r.status == 201, await r.text()
@@ -47,7 +51,9 @@ async def test_admission_stops_and_resumes_with_the_quota(
         tickets[n] = joined["ticket"]
 
     async def status(seq: int) -> dict[str, Any]:
-        r = await public.get(f"/q/{CAMPAIGN}/status", params={"ticket": tickets[seq]})
+        r = await public.get(
+            f"/q/{CAMPAIGN}/status", params={"ticket": tickets[seq]}, headers=customer(seq)
+        )
         assert r.status == 200, await r.text()
         answer: dict[str, Any] = await r.json()
         return answer
@@ -69,8 +75,6 @@ async def test_admission_stops_and_resumes_with_the_quota(
 
         await wait_for(ticked, 5, f"{count} admission ticks")
 
-    core = {"Authorization": f"Bearer {CORE_TOKEN}"}
-
     # 1. Exactly the 5 customers the quota can serve at the minimum are admitted.
     await wait_for(lambda: cursor_is(5), 5, "the first 5 admitted")
     await admission_ticks(5)
@@ -89,7 +93,9 @@ async def test_admission_stops_and_resumes_with_the_quota(
     reservations: dict[int, str] = {}
     for seq in range(1, 5):
         r = await public.post(
-            f"/q/{CAMPAIGN}/claim", json={"amount": "1200000"}, headers={"X-Gate-Pass": passes[seq]}
+            f"/q/{CAMPAIGN}/claim",
+            json={"amount": "1200000"},
+            headers=customer(seq, **{"X-Gate-Pass": passes[seq]}),
         )
         assert r.status == 201, await r.text()
         reservations[seq] = (await r.json())["reservation"]
@@ -104,7 +110,9 @@ async def test_admission_stops_and_resumes_with_the_quota(
         "every waiting customer to see soldout",
     )
     r = await public.post(
-        f"/q/{CAMPAIGN}/claim", json={"amount": "1000000"}, headers={"X-Gate-Pass": passes[5]}
+        f"/q/{CAMPAIGN}/claim",
+        json={"amount": "1000000"},
+        headers=customer(5, **{"X-Gate-Pass": passes[5]}),
     )
     assert r.status == 409, await r.text()
     refusal = (await r.json())["error"]
@@ -117,10 +125,9 @@ async def test_admission_stops_and_resumes_with_the_quota(
 
     # 3. Two reservations released: 3,100,000 back; seqs 6 and 7 are next, nobody else.
     for seq in (1, 2):
-        r = await public.post(
+        r = await core.post(
             f"/q/{CAMPAIGN}/reservations/{reservations[seq]}/release",
             json={"reason": "core declined"},
-            headers=core,
         )
         assert r.status == 200 and (await r.json())["state"] == "released", await r.text()
     await wait_for(lambda: cursor_is(7), 5, "admission to resume after the release")

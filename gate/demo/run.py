@@ -190,6 +190,7 @@ async def _demo(
         admin_tokens=f"demo:{admin_token}",
         admin_host="127.0.0.1",
         admin_port=0,  # any free port; the app says which it took
+        core_port=0,  # the core listener too (the demo's core bank books no claims)
         cookie_secure=False,
         log_level="WARNING",
     )

@@ -1,52 +1,71 @@
 """The application of one gate process: the public app owns the process's Gate.
 
-The Gate and the admin listener are opened in the public app's cleanup context and closed
-with it, so whoever serves the app (`gate serve`, `gate demo`, a test server) cannot
-start one without the other or leave a Redis connection behind. The admin listener has
-its own host and port (config.admin_host, config.admin_port): it must never be reachable
-through the public one.
+The Gate, the admin listener and the core listener are opened in the public app's
+cleanup context and closed with it, so whoever serves the app (`gate serve`, `gate demo`,
+a test server) cannot start one without the others or leave a Redis connection behind.
+The admin listener (config.admin_host, config.admin_port) and the core system's
+confirm/release listener (config.core_host, config.core_port) have their own hosts and
+ports: neither must ever be reachable through the public one.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from gate.config import Config
 from gate.http.admin import create_admin_app
+from gate.http.claims import create_core_app
 from gate.http.common import GATE_KEY
 from gate.http.public import public_app
 from gate.service import running_gate
 
 # Where the admin listener took its port (config.admin_port may be 0: any free port).
 ADMIN_ADDRESS: web.AppKey[tuple[str, int]] = web.AppKey("admin_address")
+# Where the core listener took its port (config.core_port may be 0 too).
+CORE_ADDRESS: web.AppKey[tuple[str, int]] = web.AppKey("core_address")
+
+
+async def _serve(
+    app: web.Application, host: str, port: int, *, reuse_port: bool
+) -> tuple[web.AppRunner, tuple[str, int]]:
+    """A side listener, started; the runner to clean up and the address it took."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=4096)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_host, bound_port = runner.addresses[0][:2]
+    return runner, (str(bound_host), int(bound_port))
 
 
 def create_app(config: Config, *, reuse_port: bool = False) -> web.Application:
-    """The public app. On startup it starts a Gate and serves the admin app; on cleanup
-    it closes the admin listener, then stops the Gate (its tasks and Redis connections).
+    """The public app. On startup it starts a Gate and serves the admin and core apps; on
+    cleanup it closes those listeners, then stops the Gate (its tasks and Redis
+    connections).
 
-    `reuse_port` is for the admin listener of `gate serve`'s workers, which share its
-    port as they share the public one (SO_REUSEPORT).
+    `reuse_port` is for the side listeners of `gate serve`'s workers, which share their
+    ports as they share the public one (SO_REUSEPORT).
     """
     app = public_app(config)
 
-    async def gate_and_admin(app: web.Application) -> AsyncIterator[None]:
-        async with running_gate(config) as gate:
+    async def gate_and_side_listeners(app: web.Application) -> AsyncIterator[None]:
+        async with running_gate(config) as gate, contextlib.AsyncExitStack() as listeners:
             app[GATE_KEY] = gate
-            admin = web.AppRunner(create_admin_app(gate), access_log=None, handle_signals=False)
-            await admin.setup()
-            try:
-                site = web.TCPSite(
-                    admin, config.admin_host, config.admin_port, reuse_port=reuse_port, backlog=4096
-                )
-                await site.start()
-                host, port = admin.addresses[0][:2]
-                app[ADMIN_ADDRESS] = (str(host), int(port))
-                yield
-            finally:
-                await admin.cleanup()
+            admin, app[ADMIN_ADDRESS] = await _serve(
+                create_admin_app(gate), config.admin_host, config.admin_port, reuse_port=reuse_port
+            )
+            listeners.push_async_callback(admin.cleanup)
+            core, app[CORE_ADDRESS] = await _serve(
+                create_core_app(gate), config.core_host, config.core_port, reuse_port=reuse_port
+            )
+            listeners.push_async_callback(core.cleanup)
+            yield
 
-    app.cleanup_ctx.append(gate_and_admin)
+    app.cleanup_ctx.append(gate_and_side_listeners)
     return app

@@ -1,6 +1,7 @@
-"""What a request must show before a handler acts on it, for both listeners and the claim
-routes: a campaign id in the path, the customer named by the trusted proxy, a pass, a
-bearer token. Each check answers with the value or raises the error the client sees.
+"""What a request must show before a handler acts on it, for every listener: a campaign id
+in the path, the customer (gate.identity: a trusted proxy's header or the bank's JWT), a
+pass bound to that customer and campaign, a same-origin browser write, a bearer token.
+Each check answers with the value or raises the error the client sees.
 """
 
 from __future__ import annotations
@@ -9,19 +10,29 @@ import hmac
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from gate.cache import LiveCampaign
 from gate.campaign import valid_campaign_id
-from gate.errors import BadRequest, Forbidden, NotFound, Unauthorized
-from gate.http.common import gate_of
+from gate.errors import BadRequest, Forbidden, GateError, NotFound, Unauthorized
+from gate.http.common import MSGPACK, Handler, gate_of
+from gate.identity import Credentials, Identity
 from gate.tokens import PASS, Token, TokenError, customer_digest
 
 PASS_COOKIE = "fg_pass"
 PASS_HEADER = "X-Gate-Pass"
 CAMPAIGN_HEADER = "X-Gate-Campaign"
-MAX_CUSTOMER_ID = 256
+# What /gate/auth answers a proxy with: the customer as the campaign's keyed digest (hex),
+# never the raw id, and the ticket's seq.
+CUSTOMER_DIGEST_HEADER = "X-Gate-Customer"
+SEQ_HEADER = "X-Gate-Seq"
+API_CONTENT_TYPES = ("application/json", MSGPACK)
+
+IDENTITY_KEY = web.AppKey("identity", Identity)
+# The middleware's finding, for identity(): the customer, or the error to raise.
+_FOUND = web.RequestKey("identity_found", tuple)
 
 
 def campaign_id(request: web.Request) -> str:
@@ -32,33 +43,65 @@ def campaign_id(request: web.Request) -> str:
     return campaign
 
 
-def customer_id(request: web.Request, *, required: bool) -> str | None:
-    """The customer id the proxy put in the trusted header (config.customer_header)."""
-    header = gate_of(request).config.customer_header
-    value = request.headers.get(header)
-    if value is None or not value.strip():
-        if required:
-            raise BadRequest(f"the {header} header is missing or empty", code="missing_customer")
-        return None
-    value = value.strip()
-    if len(value) > MAX_CUSTOMER_ID or not value.isprintable():
-        raise BadRequest(f"the {header} header is not a valid customer id", code="bad_customer")
-    return value
+@web.middleware
+async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Find who the request names (a JWT may need its JWKS loaded: async) before the
+    handler runs, so that identity() is a plain call. A failure is kept, not raised: it
+    matters only to a handler that asks."""
+    credentials = Credentials(request.remote, request.headers, request.cookies)
+    try:
+        request[_FOUND] = (await request.app[IDENTITY_KEY].customer(credentials), None)
+    except GateError as exc:
+        request[_FOUND] = (None, exc)
+    return await handler(request)
+
+
+def identity(request: web.Request, *, required: bool) -> str | None:
+    """The authenticated customer id: the only source of it for every handler.
+
+    None when the request names nobody (401 `no_identity` when `required`); an identity
+    header from an untrusted peer (401 `untrusted_identity`) or a bad token (401
+    `bad_identity`) is refused even where identity is optional.
+    """
+    found = request.get(_FOUND)
+    if found is None:  # an app without identity_middleware: it has no customers
+        raise Unauthorized("this listener does not know customers", code="no_identity")
+    customer, error = found
+    if error is not None:
+        raise error
+    if customer is None and required:
+        raise Unauthorized(
+            f"the request does not say who the customer is ({request.app[IDENTITY_KEY].source})",
+            code="no_identity",
+        )
+    assert customer is None or isinstance(customer, str)
+    return customer
 
 
 def check_customer(request: web.Request, token: Token) -> None:
-    """When the proxy names the customer, the token must be theirs."""
-    customer = customer_id(request, required=False)
-    if customer is None:
-        return
+    """The token (ticket or pass) must be the authenticated customer's, on every use:
+    a request that names nobody is refused, whatever header the proxy forgot."""
+    customer = identity(request, required=True)
+    assert customer is not None
     gate = gate_of(request)
-    if customer_digest(gate.keys, token.campaign, customer) != token.digest:
+    if not hmac.compare_digest(customer_digest(gate.keys, token.campaign, customer), token.digest):
         raise Forbidden("this token belongs to another customer", code="wrong_customer")
 
 
-def verified_pass(request: web.Request) -> tuple[Token, LiveCampaign]:
-    """The request's pass, checked with no Redis round trip: signature, expiry, campaign,
-    customer, and the cached revocations (a stale cache fails closed)."""
+def wanted_campaign(request: web.Request) -> str:
+    """The campaign a proxy's auth check is for (X-Gate-Campaign, or ?campaign=)."""
+    wanted = request.headers.get(CAMPAIGN_HEADER) or request.query.get("campaign")
+    if not wanted:
+        raise Unauthorized(
+            f"the {CAMPAIGN_HEADER} header (or ?campaign=) is missing", code="no_campaign"
+        )
+    return wanted
+
+
+def verified_pass(request: web.Request, campaign: str | None = None) -> tuple[Token, LiveCampaign]:
+    """The request's pass, checked with no Redis round trip: signature, expiry, campaign
+    (`campaign`, else the one the proxy names), customer, and the cached revocations (a
+    stale cache fails closed)."""
     gate = gate_of(request)
     text = request.headers.get(PASS_HEADER) or request.cookies.get(PASS_COOKIE, "")
     if not text:
@@ -69,8 +112,8 @@ def verified_pass(request: web.Request) -> tuple[Token, LiveCampaign]:
         raise Unauthorized(f"invalid pass: {exc}", code="bad_pass") from None
     if token.exp <= time.time():
         raise Unauthorized("the pass has expired", code="pass_expired")
-    wanted = request.headers.get(CAMPAIGN_HEADER) or request.query.get("campaign")
-    if wanted and wanted != token.campaign:
+    wanted = campaign if campaign is not None else wanted_campaign(request)
+    if wanted != token.campaign:
         raise Forbidden("this pass is for another campaign", code="wrong_campaign")
     check_customer(request, token)
     if not gate.cache.fresh():
@@ -84,6 +127,64 @@ def verified_pass(request: web.Request) -> tuple[Token, LiveCampaign]:
     if token.seq in live.revoked:
         raise Forbidden("this pass was revoked", code="revoked")
     return token, live
+
+
+def _origin_key(scheme: str, netloc: str) -> tuple[str, int | None] | None:
+    """(host, port) of an origin or a Host header, the scheme's port when none is given."""
+    try:
+        parts = urlsplit(f"{scheme}://{netloc}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or parts.username is not None or parts.path:
+        return None
+    default = {"http": 80, "https": 443}.get(scheme)
+    return parts.hostname.lower(), port if port is not None else default
+
+
+def same_origin(request: web.Request, origin: str) -> bool:
+    """Origin names this listener's own site (its host:port is the request's Host) or
+    one of config.public_origins."""
+    if origin.lower() in gate_of(request).config.public_origins:
+        return True
+    scheme, sep, netloc = origin.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return False  # "null" (sandboxed frames, file: pages) included
+    presented = _origin_key(scheme, netloc)
+    host = request.headers.get("Host", "")
+    return presented is not None and presented == _origin_key(scheme, host)
+
+
+def check_browser_write(request: web.Request) -> None:
+    """A POST that a browser may have sent for another site (it carries a cookie, or an
+    Origin) must come from a page of this site: the pass and JWT cookies are sent with
+    cross-site form posts too, and SameSite does not stop a sibling subdomain."""
+    if request.method != "POST":
+        return
+    origin = request.headers.get("Origin")
+    if origin is None and "Cookie" not in request.headers:
+        return  # an API client (a bank's app): its credentials are headers it set itself
+    if origin is None or not same_origin(request, origin):
+        raise Forbidden("this write does not come from the gate's own site", code="bad_origin")
+
+
+@web.middleware
+async def browser_write_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """check_browser_write() for every POST route of the listener, present and future
+    (a path it does not serve stays a 404)."""
+    if request.match_info.http_exception is None:
+        check_browser_write(request)
+    return await handler(request)
+
+
+def require_api_body(request: web.Request) -> None:
+    """A JSON or msgpack body: a content type that a cross-site HTML form cannot send."""
+    if request.content_type not in API_CONTENT_TYPES:
+        raise GateError(
+            "send the body as application/json or application/msgpack",
+            code="unsupported_media_type",
+            status=415,
+        )
 
 
 def authenticate(tokens: tuple[tuple[str, str], ...], header: str | None) -> str | None:

@@ -1,9 +1,14 @@
-"""Claims on the public listener, and the core system's confirm/release callbacks.
+"""Claims on the public listener, and the core system's confirm/release callbacks on
+the core listener.
 
-A claim needs a pass (checked like /gate/auth, no Redis round trip) and then one Lua
-call that reserves the amount atomically or refuses it with a reason. The core system
-confirms a reservation once the deposit is booked, or releases it when it fails;
-unanswered reservations expire and their amount returns to the pool.
+A claim needs a pass bound to the authenticated customer and the path's campaign
+(checked like /gate/auth, no Redis round trip), a JSON or msgpack body (a cross-site HTML
+form cannot send one), and then one Lua call that reserves the amount atomically or
+refuses it with a reason. The core system confirms a reservation once the deposit is
+booked, or releases it when it fails; unanswered reservations expire and their amount
+returns to the pool. Confirm and release live on a listener of their own
+(config.core_host, config.core_port, bearer tokens of config.core_tokens), which the
+shipped proxy configs never expose.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from typing import Any
 from aiohttp import web
 
 from gate.campaign import MAX_AMOUNT
-from gate.errors import BadRequest, Conflict, Forbidden, GateError, Unavailable
-from gate.http.checks import campaign_id, core_actor, reason_of, verified_pass
-from gate.http.common import gate_of, read_body, respond
+from gate.errors import BadRequest, Conflict, GateError, Unavailable
+from gate.http.checks import campaign_id, core_actor, reason_of, require_api_body, verified_pass
+from gate.http.common import GATE_KEY, gate_of, healthz, make_error_middleware, read_body, respond
 from gate.room import ClaimResult, ReservationOutcome
+from gate.service import Gate
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _RESERVATION_RE = re.compile(r"^r[0-9]{1,20}$")
@@ -49,9 +55,8 @@ async def claim(request: web.Request) -> web.Response:
         # Redis is out: a claim cannot be decided, so say "retry" (503), not "your pass is
         # bad" (the 401 that verified_pass gives a proxy's auth check in this case).
         raise Unavailable()
-    token, live = verified_pass(request)
-    if token.campaign != campaign:
-        raise Forbidden("this pass is for another campaign", code="wrong_campaign")
+    require_api_body(request)
+    token, live = verified_pass(request, campaign)
     body = await read_body(request)
     amount = parse_claim_amount(body.get("amount"))
     key = body.get("idempotency_key", "-")
@@ -132,6 +137,17 @@ async def release(request: web.Request) -> web.Response:
 
 
 def add_claim_routes(app: web.Application) -> None:
+    """The public listener's claim route."""
     app.router.add_post("/q/{campaign}/claim", claim)
+
+
+def create_core_app(gate: Gate) -> web.Application:
+    """The core listener: the core system's confirm and release, with its bearer token."""
+    app = web.Application(
+        client_max_size=gate.config.max_body_bytes, middlewares=[make_error_middleware("core")]
+    )
+    app[GATE_KEY] = gate
     app.router.add_post("/q/{campaign}/reservations/{reservation}/confirm", confirm)
     app.router.add_post("/q/{campaign}/reservations/{reservation}/release", release)
+    app.router.add_get("/healthz", healthz)
+    return app

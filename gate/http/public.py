@@ -18,7 +18,19 @@ from aiohttp import web
 from gate.cache import LiveCampaign
 from gate.config import Config
 from gate.errors import BadRequest, Forbidden, NotFound, Unavailable
-from gate.http.checks import PASS_COOKIE, campaign_id, check_customer, customer_id, verified_pass
+from gate.http.checks import (
+    CAMPAIGN_HEADER,
+    CUSTOMER_DIGEST_HEADER,
+    IDENTITY_KEY,
+    PASS_COOKIE,
+    SEQ_HEADER,
+    browser_write_middleware,
+    campaign_id,
+    check_customer,
+    identity,
+    identity_middleware,
+    verified_pass,
+)
 from gate.http.claims import add_claim_routes
 from gate.http.common import GATE_KEY, gate_of, healthz, make_error_middleware, read_body, respond
 from gate.http.openapi import openapi_document
@@ -33,6 +45,7 @@ from gate.http.page import (
     static_response,
     waiting_page,
 )
+from gate.identity import Identity
 from gate.room import PREQUEUED, Reply
 from gate.service import Gate
 from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, TokenError, customer_digest
@@ -117,7 +130,7 @@ def _waiting_view(live: LiveCampaign, seq: int, rng: random.Random) -> dict[str,
 async def join(request: web.Request) -> web.StreamResponse:
     gate = gate_of(request)
     campaign = campaign_id(request)
-    customer = customer_id(request, required=True)
+    customer = identity(request, required=True)
     assert customer is not None
     if is_page_form(request):
         await request.post()  # the waiting page's no-script form: no fields we use
@@ -288,10 +301,17 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
 async def auth(request: web.Request) -> web.Response:
     """For nginx auth_request, Envoy ext_authz and Traefik ForwardAuth: 200, 401 or 403."""
     token, _ = verified_pass(request)
+    # The customer as the campaign's keyed digest: the core may key its records on it,
+    # and never sees the raw id or the pass (proxies drop both upstream).
+    customer = token.digest.hex()
     return respond(
         request,
-        {"ok": True, "campaign": token.campaign, "seq": token.seq},
-        headers={"X-Gate-Campaign": token.campaign, "X-Gate-Seq": str(token.seq)},
+        {"ok": True, "campaign": token.campaign, "seq": token.seq, "customer": customer},
+        headers={
+            CAMPAIGN_HEADER: token.campaign,
+            SEQ_HEADER: str(token.seq),
+            CUSTOMER_DIGEST_HEADER: customer,
+        },
     )
 
 
@@ -385,9 +405,15 @@ def public_app(config: Config) -> web.Application:
     gate under GATE_KEY before the first request (`create_public_app`, or the cleanup
     context of `gate.http.app.create_app`)."""
     app = web.Application(
-        client_max_size=config.max_body_bytes, middlewares=[make_error_middleware("public")]
+        client_max_size=config.max_body_bytes,
+        middlewares=[
+            make_error_middleware("public"),
+            browser_write_middleware,
+            identity_middleware,
+        ],
     )
     app[RNG_KEY] = random.Random()
+    app[IDENTITY_KEY] = Identity(config)
     app[STATIC_KEY] = load_static()
     app.router.add_get(STATIC_PREFIX + "{name}", static_file)
     app.router.add_get("/openapi.json", openapi)
