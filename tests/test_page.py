@@ -333,6 +333,14 @@ async def test_paused_soldout_closed_and_blocked_are_pages_in_both_languages(
     await gate.cache.refresh_once()
     ko, en = await lead("ko"), await lead("en")
     assert "멈췄습니다" in ko.lead and "paused" in en.lead and "1번" in ko.live
+    # an app's status poll says so too (the page's script shows the same)
+    app = {"X-Customer-Id": "kim", "Origin": origin(public)}
+    ticket = (await (await public.post("/q/c1/join", headers=app)).json())["ticket"]
+    r = await public.get("/q/c1/status", params={"ticket": ticket}, headers=app)
+    paused_answer = await r.json()
+    assert paused_answer["state"] == "waiting" and paused_answer["paused"] is True
+    document = await (await public.get("/openapi.json")).json()
+    assert set(paused_answer) <= set(document["components"]["schemas"]["Status"]["properties"])
     assert "paused" in en.live.lower() or "resumes" in en.live
 
     r = await admin.post("/admin/campaigns/c1/resume")

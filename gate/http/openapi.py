@@ -44,6 +44,10 @@ _VIEW_PROPERTIES: dict[str, Any] = {
     },
     "opens_at": {"type": "string", "format": "date-time"},
     "remaining": {"type": "string", "description": "What is left to allocate (decimal)"},
+    "paused": {"type": "boolean", "description": "Admission paused by the operator"},
+    "claimed": {"type": "string", "description": "state claimed: the amount (decimal)"},
+    "subscribed": {"type": ["string", "null"], "description": "A ballot: the subscription"},
+    "allocation": {"type": ["string", "null"], "description": "A ballot: what was allotted"},
 }
 
 
