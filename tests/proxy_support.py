@@ -508,6 +508,7 @@ def proxied_gate(
                 "FAIRGATE_LOGIN": f"127.0.0.1:{login_port}",
                 "FAIRGATE_CAMPAIGN": campaign,
                 "FAIRGATE_LOGIN_PAGE": "/login",
+                "FAIRGATE_BUSY_PAGE": str(DEPLOY / "haproxy" / "fairgate-busy.html"),
                 "FAIRGATE_PROXY_SECRET": PROXY_SECRET,
             }
             check = subprocess.run(
@@ -838,6 +839,36 @@ async def redis_pause_shows_busy_then_admits(front: Front, redis: Any) -> None:
         assert await sent_on(client, waiting, timeout_s=20) == asked
         async with client.get(front.url + asked, headers=BROWSER, allow_redirects=False) as r:
             assert r.status == 200, (r.status, await r.text())
+
+
+async def gate_down_shows_busy_then_admits(front: Front) -> None:
+    """The gate itself unreachable (stopped): the proxy answers the product and the
+    waiting page with its own "busy, keep this page open" page in both languages (an API
+    client: a 503 it can retry), and once the gate is back the customer lands on the
+    product."""
+    asked = "/core/deposit?product=5pct"
+    async with front.client(unique("gate-down")) as client:
+        page = await join_by_form(front, client, asked)
+        assert await sent_on(client, page) == asked
+        front.gate.stop()
+        try:
+            for url in (front.url + asked, page):
+                async with client.get(url, headers=BROWSER, allow_redirects=False) as r:
+                    assert r.status in (502, 503, 504), (url, r.status, await r.text())
+                    assert r.content_type == "text/html", r.content_type
+                    assert r.headers.get("Retry-After"), dict(r.headers)
+                    busy = await r.text()
+                assert 'lang="ko"' in busy and 'lang="en"' in busy, busy
+                assert "aria-live" in busy and 'http-equiv="refresh"' in busy, busy
+            api = {"Accept": "application/json"}
+            async with client.get(page, headers=api, allow_redirects=False) as r:
+                assert r.status in (502, 503, 504) and r.headers.get("Retry-After"), r.status
+                if r.content_type == "application/json":
+                    assert (await r.json())["error"]["code"] == "unavailable"
+        finally:
+            front.gate.start()
+        await front.gate.wait_ready()
+        assert await sent_on(client, page) == asked
 
 
 SCENARIOS = (

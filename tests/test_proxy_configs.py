@@ -310,3 +310,18 @@ def test_traefik_pass_check(traefik: dict[str, Any]) -> None:
     assert wait["query"].startswith("/q/deposit-5pct?return=")
     unpass = traefik["middlewares"]["unpass"]["headers"]["customRequestHeaders"]
     assert unpass == {"X-Gate-Pass": ""}
+
+
+# -- nginx and HAProxy: what is not exercised live -------------------------------------
+
+
+def test_one_busy_page_for_nginx_and_haproxy() -> None:
+    """nginx serves the busy page inline (no file to install), HAProxy from a file:
+    the same page, in both languages, that reloads itself."""
+    locations = (DEPLOY / "nginx" / "fairgate-locations.conf").read_text()
+    inline = re.search(r"location @fairgate_busy_page \{.*?return 503 '([^']*)';", locations, re.S)
+    assert inline is not None
+    page = (DEPLOY / "haproxy" / "fairgate-busy.html").read_text().strip()
+    assert inline.group(1) == page
+    assert '<section lang="ko">' in page and '<section lang="en">' in page
+    assert 'aria-live="polite"' in page and 'http-equiv="refresh"' in page

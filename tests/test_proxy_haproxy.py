@@ -15,6 +15,7 @@ from tests.proxy_support import (
     JWT_SCENARIOS,
     SCENARIOS,
     Front,
+    gate_down_shows_busy_then_admits,
     needs_gate_side,
     proxied_gate,
     redis_pause_shows_busy_then_admits,
@@ -70,3 +71,14 @@ async def test_redis_pause_through_haproxy(tmp_path: Path, keys_file: Path) -> N
             await redis_pause_shows_busy_then_admits(front, redis)
     finally:
         redis.stop()
+
+
+@pytest.mark.slow  # HAProxy's Lua httpclient tries a dead gate for 3 s
+async def test_gate_down_through_haproxy(
+    redis_server: RedisServer, tmp_path: Path, keys_file: Path
+) -> None:
+    """A gate of its own, stopped and started again under an admitted customer."""
+    with proxied_gate(
+        "haproxy", redis_server.url, tmp_path, keys_file, campaign="haproxy-gate-down"
+    ) as front:
+        await gate_down_shows_busy_then_admits(front)

@@ -15,6 +15,7 @@ from tests.proxy_support import (
     NGINX,
     SCENARIOS,
     Front,
+    gate_down_shows_busy_then_admits,
     needs_gate_side,
     proxied_gate,
     redis_pause_shows_busy_then_admits,
@@ -70,3 +71,13 @@ async def test_redis_pause_through_nginx(tmp_path: Path, keys_file: Path) -> Non
             await redis_pause_shows_busy_then_admits(front, redis)
     finally:
         redis.stop()
+
+
+async def test_gate_down_through_nginx(
+    redis_server: RedisServer, tmp_path: Path, keys_file: Path
+) -> None:
+    """A gate of its own, stopped and started again under an admitted customer."""
+    with proxied_gate(
+        "nginx", redis_server.url, tmp_path, keys_file, campaign="nginx-gate-down"
+    ) as front:
+        await gate_down_shows_busy_then_admits(front)
