@@ -685,7 +685,7 @@ async def core_callbacks_are_not_exposed(front: Front) -> None:
     """The issue: the core system's confirm/release routes sat on the public listener
     that nginx exposes. Through the proxy they are not found, even with the core's own
     token, and the reservation stays held; the core confirms it on the gate's core
-    listener. The gate's internal /gate/auth is not reachable either."""
+    listener. Nor are the gate's own /gate/auth, metrics and health checks."""
     bearer = {"Authorization": f"Bearer {CORE_TOKEN}"}
     async with front.client(unique("core")) as client:
         await front.admitted(client)
@@ -705,8 +705,9 @@ async def core_callbacks_are_not_exposed(front: Front) -> None:
                 allow_redirects=False,
             ) as r:
                 assert r.status == 404, (action, r.status, await r.text())
-        async with client.get(front.url + "/gate/auth", allow_redirects=False) as r:
-            assert r.status in (302, 404), (r.status, await r.text())
+        for internal in ("/gate/auth", "/metrics", "/readyz", "/healthz", "/admin/campaigns"):
+            async with client.get(front.url + internal, allow_redirects=False) as r:
+                assert r.status == 404, (internal, r.status, await r.text())
     needs_gate_side("core_port")
     core_listener = f"http://127.0.0.1:{front.gate.env['GATE_CORE_PORT']}"
     async with (

@@ -35,6 +35,9 @@ PATHS = {
     "release": "/q/deposit-5pct/reservations/r1/release",
     "core": "/core/deposit?product=5pct",
 }
+# The gate's own business: never through the public proxy.
+INTERNAL = ("/gate/auth", "/metrics", "/readyz", "/healthz", "/admin/campaigns")
+BUSY_PAGE = DEPLOY / "haproxy" / "fairgate-busy.html"
 
 
 # -- Envoy --------------------------------------------------------------------------
@@ -61,8 +64,8 @@ def http_filter(envoy: dict[str, Any], name: str) -> dict[str, Any]:
     return config
 
 
-def envoy_route(envoy: dict[str, Any], path: str) -> dict[str, Any]:
-    """The first route that matches `path`, as Envoy picks it."""
+def envoy_route(envoy: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The first route that matches `path`, as Envoy picks it (None: Envoy's 404)."""
     [host] = connection_manager(envoy)["route_config"]["virtual_hosts"]
     bare = path.split("?", 1)[0]
     for route in host["routes"]:
@@ -73,7 +76,13 @@ def envoy_route(envoy: dict[str, Any], path: str) -> dict[str, Any]:
             return dict(route)
         if "safe_regex" in match and re.fullmatch(match["safe_regex"]["regex"], bare):
             return dict(route)
-    raise AssertionError(f"no route for {path}")
+    return None
+
+
+def routed(envoy: dict[str, Any], path: str) -> dict[str, Any]:
+    route = envoy_route(envoy, path)
+    assert route is not None, f"no route for {path}"
+    return route
 
 
 def authz_disabled(route: dict[str, Any]) -> bool:
@@ -95,12 +104,14 @@ def test_envoy_routes(envoy: dict[str, Any]) -> None:
     """The evidence and the waiting room reach the gate without a pass; the core needs
     one; the core system's callbacks are not found."""
     for name in ("confirm", "release"):
-        assert envoy_route(envoy, PATHS[name]).get("direct_response") == {"status": 404}
+        assert routed(envoy, PATHS[name]).get("direct_response") == {"status": 404}
+    for internal in INTERNAL:
+        assert envoy_route(envoy, internal) is None, internal
     for name in ("keys", "receipt", "join", "page", "claim"):
-        route = envoy_route(envoy, PATHS[name])
+        route = routed(envoy, PATHS[name])
         assert route["route"]["cluster"] == "fairgate", name
         assert authz_disabled(route), name
-    core = envoy_route(envoy, PATHS["core"])
+    core = routed(envoy, PATHS["core"])
     assert core["route"]["cluster"] == "core_bank"
     assert not authz_disabled(core)
     assert "x-gate-pass" in core["request_headers_to_remove"]
@@ -111,6 +122,7 @@ def test_envoy_routes(envoy: dict[str, Any]) -> None:
 def test_envoy_pass_check_sees_no_client_identity(envoy: dict[str, Any]) -> None:
     authz = http_filter(envoy, "envoy.filters.http.ext_authz")
     assert authz["failure_mode_allow"] is False  # the gate down: nobody passes
+    assert authz["status_on_error"] == {"code": "ServiceUnavailable"}  # ... and it is busy
     service = authz["http_service"]
     assert service["path_prefix"].startswith("/gate/auth?")
     assert service["server_uri"]["cluster"] == "fairgate"
@@ -129,7 +141,7 @@ def test_envoy_pass_check_sees_no_client_identity(envoy: dict[str, Any]) -> None
 
 def test_envoy_no_pass_goes_to_the_waiting_room(envoy: dict[str, Any]) -> None:
     hcm = connection_manager(envoy)
-    [mapper] = hcm["local_reply_config"]["mappers"]
+    mapper = hcm["local_reply_config"]["mappers"][0]
     filters = mapper["filter"]["and_filter"]["filters"]
     assert filters[0]["status_code_filter"]["comparison"]["value"]["default_value"] == 401
     assert filters[1]["header_filter"]["header"]["string_match"] == {"prefix": "/core/"}
@@ -141,6 +153,20 @@ def test_envoy_no_pass_goes_to_the_waiting_room(envoy: dict[str, Any]) -> None:
     }
     # made for the redirect only: never sent on
     assert "x-fairgate-return" in hcm["route_config"]["request_headers_to_remove"]
+
+
+def test_envoy_busy_page(envoy: dict[str, Any]) -> None:
+    """Envoy's own 502-504 (the gate or the core unreachable, the pass check failing):
+    the busy page in both languages, as nginx and HAProxy serve it."""
+    busy = connection_manager(envoy)["local_reply_config"]["mappers"][1]
+    comparison = busy["filter"]["status_code_filter"]["comparison"]
+    assert comparison["op"] == "GE" and comparison["value"]["default_value"] == 502
+    body = busy["body_format_override"]
+    assert body["content_type"].startswith("text/html")
+    assert body["text_format_source"]["inline_string"] == BUSY_PAGE.read_text().strip()
+    assert "%" not in body["text_format_source"]["inline_string"]  # no format operators
+    headers = {h["header"]["key"]: h["header"]["value"] for h in busy["headers_to_add"]}
+    assert headers["retry-after"] == "3"
 
 
 class LuaHeaders:
@@ -279,6 +305,8 @@ def traefik_router(traefik: dict[str, Any], path: str) -> dict[str, Any] | None:
 def test_traefik_routes(traefik: dict[str, Any]) -> None:
     for name in ("confirm", "release"):
         assert traefik_router(traefik, PATHS[name]) is None, name  # Traefik answers 404
+    for internal in INTERNAL:
+        assert traefik_router(traefik, internal) is None, internal
     for name in ("keys", "receipt", "join", "page", "claim"):
         router = traefik_router(traefik, PATHS[name])
         assert router is not None and router["service"] == "fairgate", name
@@ -321,7 +349,7 @@ def test_one_busy_page_for_nginx_and_haproxy() -> None:
     locations = (DEPLOY / "nginx" / "fairgate-locations.conf").read_text()
     inline = re.search(r"location @fairgate_busy_page \{.*?return 503 '([^']*)';", locations, re.S)
     assert inline is not None
-    page = (DEPLOY / "haproxy" / "fairgate-busy.html").read_text().strip()
+    page = BUSY_PAGE.read_text().strip()
     assert inline.group(1) == page
     assert '<section lang="ko">' in page and '<section lang="en">' in page
     assert 'aria-live="polite"' in page and 'http-equiv="refresh"' in page
