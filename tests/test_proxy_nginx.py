@@ -4,15 +4,18 @@ same locations passing the bank's login token through to a gate that checks it."
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from gate.redis_server import RedisServer
+from gate.redis_server import RedisServer, free_port
 from tests.proxy_support import (
+    DEPLOY,
     JWT_SCENARIOS,
     NGINX,
+    PROXY_SECRET,
     SCENARIOS,
     Front,
     gate_down_shows_busy_then_admits,
@@ -81,3 +84,26 @@ async def test_gate_down_through_nginx(
         "nginx", redis_server.url, tmp_path, keys_file, campaign="nginx-gate-down"
     ) as front:
         await gate_down_shows_busy_then_admits(front)
+
+
+def test_the_shipped_example_passes_nginx_t(tmp_path: Path) -> None:
+    """deploy/nginx/nginx.conf as shipped, with only its paths made local and TLS off."""
+    assert NGINX is not None
+    shipped = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    secret = tmp_path / "proxy-secret.conf"
+    secret.write_text(f'set $fairgate_proxy_secret "{PROXY_SECRET}";\n')
+    local = (
+        shipped.replace("/etc/fairgate/nginx/proxy-secret.conf", str(secret))
+        .replace("/etc/fairgate/nginx/", f"{DEPLOY / 'nginx'}/")
+        .replace("listen 443 ssl;", f"listen 127.0.0.1:{free_port()};")
+    )
+    local = "\n".join(line for line in local.splitlines() if "ssl_certificate" not in line)
+    assert local.count(str(DEPLOY)) == 2  # the maps and the locations, as shipped
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"pid {tmp_path}/nginx.pid;\n{local}\n")
+    check = subprocess.run(
+        [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
