@@ -19,7 +19,6 @@ from tests.proxy_support import (
     SCENARIOS,
     Front,
     gate_down_shows_busy_then_admits,
-    needs_gate_side,
     proxied_gate,
     redis_pause_shows_busy_then_admits,
 )
@@ -42,7 +41,6 @@ def front(
 def jwt_front(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory, keys_file: Path
 ) -> Iterator[Front]:
-    needs_gate_side("jwt_jwks")
     root = tmp_path_factory.mktemp("nginx-jwt")
     # a campaign of its own: both gates share the session's Redis
     with proxied_gate(
