@@ -36,7 +36,7 @@ from gate.errors import BadRequest, Unauthorized, Unavailable
 log = logging.getLogger("gate.identity")
 
 MAX_CUSTOMER_ID = 256
-MAX_JWT_CHARS = 16384
+MAX_JWT_CHARS = 8000  # an id token is 1-2 KB; aiohttp refuses header lines over 8190
 MAX_JWKS_BYTES = 1 << 20
 JWKS_MAX_AGE_S = 300.0  # a JWKS URL is fetched again this often (keys removed upstream)
 JWKS_FETCH_TIMEOUT_S = 5.0

@@ -51,11 +51,14 @@ async def run_process(
         site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=4096)
         await site.start()
         log.info(
-            "event=listening public=%s:%d admin=%s:%d",
+            "event=listening public=%s:%d admin=%s:%d core=%s:%d identity=%s",
             config.host,
             config.port,
             config.admin_host,
             config.admin_port,
+            config.core_host,
+            config.core_port,
+            config.identity,
         )
         if ready is not None:
             ready.set()

@@ -99,10 +99,12 @@ def wanted_campaign(request: web.Request) -> str:
 
 
 def verified_pass(request: web.Request, campaign: str | None = None) -> tuple[Token, LiveCampaign]:
-    """The request's pass, checked with no Redis round trip: signature, expiry, campaign
-    (`campaign`, else the one the proxy names), customer, and the cached revocations (a
-    stale cache fails closed)."""
+    """The request's pass, checked with no Redis round trip: who presents it (first: an
+    untrusted or forged identity is refused as such), signature, expiry, campaign
+    (`campaign`, else the one the proxy names), that it is the presenter's, and the cached
+    revocations (a stale cache fails closed)."""
     gate = gate_of(request)
+    identity(request, required=True)
     text = request.headers.get(PASS_HEADER) or request.cookies.get(PASS_COOKIE, "")
     if not text:
         raise Unauthorized("no pass", code="no_pass")
