@@ -36,6 +36,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from gate.config import Config, default_config
 from gate.errors import ConfigError
 from gate.http.admin import create_admin_app
+from gate.http.checks import IDENTITY_KEY
 from gate.http.public import create_public_app
 from gate.service import running_gate
 from gate.tokens import customer_digest
@@ -325,6 +326,7 @@ class JwtGate:
     admin: Any
     login: Login
     gate: Any
+    gate_identity: Any  # the public app's JwtIdentity
 
 
 async def jwt_gate(
@@ -350,7 +352,7 @@ async def jwt_gate(
             create_admin_app(gate), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
         )
         await create_campaign(admin)
-        yield JwtGate(public, admin, login, gate)
+        yield JwtGate(public, admin, login, gate, public.app[IDENTITY_KEY].jwt)
 
 
 @pytest.fixture
@@ -486,6 +488,51 @@ async def test_kid_rotation_reloads_the_jwks_once_and_unknown_kids_are_rate_limi
 
 async def _after(started: float, seconds: float) -> bool:
     return time.monotonic() - started >= seconds
+
+
+async def test_a_key_removed_from_the_jwks_stops_working_after_the_max_age(
+    bank: JwtGate, login_keys: dict[str, SigningKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gate.identity
+
+    retired = login_keys["ES256"]
+    assert (await bank.public.post("/q/c1/join", headers=bearer(mint(retired)))).status == 201
+    bank.login.keys = [k for k in bank.login.keys if k is not retired]  # it leaked
+    monkeypatch.setattr(gate.identity, "JWKS_MAX_AGE_S", 0.2)
+
+    async def refused() -> bool:
+        r = await bank.public.post("/q/c1/join", headers=bearer(mint(retired)))
+        return r.status == 401
+
+    await wait_for(refused, 5, "the retired key refused", interval_s=0.05)
+    other = mint(login_keys["RS256"], sub="bob")
+    assert (await bank.public.post("/q/c1/join", headers=bearer(other))).status == 201
+
+
+async def test_a_verified_token_is_remembered_only_until_it_expires(
+    bank: JwtGate, login_keys: dict[str, SigningKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gate.identity
+
+    monkeypatch.setattr(gate.identity, "LEEWAY_S", 0)
+    verified: list[str] = []
+    verify = bank.gate_identity._verify
+
+    async def counted(token: str) -> tuple[str, float]:
+        verified.append(token)
+        return await verify(token)
+
+    monkeypatch.setattr(bank.gate_identity, "_verify", counted)
+    token = mint(login_keys["EdDSA"], exp=int(time.time()) + 2)
+    for _ in range(5):
+        assert (await bank.public.post("/q/c1/join", headers=bearer(token))).status in (200, 201)
+    assert verified == [token]  # checked once, then remembered
+
+    async def refused() -> bool:
+        r = await bank.public.post("/q/c1/join", headers=bearer(token))
+        return await error_of(r) == (401, "bad_identity")
+
+    await wait_for(refused, 5, "the expired token refused", interval_s=0.1)
 
 
 async def test_the_jwks_endpoint_down_keeps_the_keys_it_has(

@@ -414,6 +414,11 @@ def public_app(config: Config) -> web.Application:
     )
     app[RNG_KEY] = random.Random()
     app[IDENTITY_KEY] = Identity(config)
+
+    async def close_identity(app: web.Application) -> None:
+        await app[IDENTITY_KEY].close()
+
+    app.on_cleanup.append(close_identity)
     app[STATIC_KEY] = load_static()
     app.router.add_get(STATIC_PREFIX + "{name}", static_file)
     app.router.add_get("/openapi.json", openapi)
