@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -21,6 +22,7 @@ from tests.proxy_support import (
     gate_down_shows_busy_then_admits,
     proxied_gate,
     redis_pause_shows_busy_then_admits,
+    unique,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -105,3 +107,17 @@ def test_the_shipped_example_passes_nginx_t(tmp_path: Path) -> None:
         text=True,
     )
     assert check.returncode == 0, check.stderr
+
+
+async def test_a_url_nginx_cannot_escape_goes_without_return(front: Front) -> None:
+    """Plain nginx escapes at most 8 of '%', '&', '+' in the URL asked for; with more, the
+    waiting page gets no `return` (never a half-escaped one) and uses the target_url."""
+    asked = "/core/deposit?" + "&".join(f"k{i}=v{i}" for i in range(10))
+    async with (
+        front.client(unique("long")) as client,
+        client.get(front.url + asked, allow_redirects=False) as r,
+    ):
+        assert r.status == 302, (r.status, await r.text())
+        location = urlsplit(r.headers["Location"])
+        assert location.path == f"/q/{front.campaign}"
+        assert parse_qs(location.query).get("return") is None, location
