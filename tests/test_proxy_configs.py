@@ -127,7 +127,8 @@ def test_envoy_pass_check_sees_no_client_identity(envoy: dict[str, Any]) -> None
     assert service["path_prefix"].startswith("/gate/auth?")
     assert service["server_uri"]["cluster"] == "fairgate"
     request = service["authorization_request"]
-    allowed = {p["exact"] for p in request["allowed_headers"]["patterns"]}
+    assert "allowed_headers" not in request  # deprecated there: ExtAuthz.allowed_headers
+    allowed = {p["exact"] for p in authz["allowed_headers"]["patterns"]}
     assert allowed == AUTH_INPUTS
     assert request["headers_to_add"] == [{"key": "x-gate-campaign", "value": "deposit-5pct"}]
     upstream = {
