@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--admin-port", type=int)
+    serve.add_argument("--core-port", type=int, help="the core system's confirm/release listener")
     serve.add_argument("--workers", type=int)
     serve.add_argument("--data-dir")
 
@@ -277,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 host=args.host,
                 port=args.port,
                 admin_port=args.admin_port,
+                core_port=args.core_port,
                 workers=args.workers,
                 data_dir=args.data_dir,
             )

@@ -45,8 +45,10 @@ from tests.helpers import (
     GateProcess,
     admitted_pass,
     as_customer,
+    assert_clean_error,
     b64url,
     create_campaign,
+    gate_cli,
     join,
     spec,
     wait_for,
@@ -239,6 +241,19 @@ def test_bad_identity_settings_name_the_field(fields: dict[str, Any], named: str
     with pytest.raises(ConfigError) as caught:
         default_config(**fields)
     assert str(caught.value).startswith(f"{named}:"), caught.value
+
+
+async def test_gate_serve_refuses_a_bad_identity_setting_at_start(tmp_path: Path) -> None:
+    env = {"GATE_DATA_DIR": str(tmp_path), "GATE_REDIS_URL": "redis://127.0.0.1:1/0"}
+    for args, more, field in (
+        ((), {"GATE_TRUSTED_PROXIES": "10.0.0.0/8,proxy"}, "trusted_proxies"),
+        ((), {"GATE_IDENTITY": "jwt"}, "jwt_issuer"),  # the first thing jwt identity needs
+        ((), {"GATE_PROXY_SECRET": "short"}, "proxy_secret"),
+        (("--core-port", "70000"), {}, "core_port"),
+    ):
+        result = await gate_cli("serve", *args, env={**env, **more})
+        line = assert_clean_error(result, "bad_config")
+        assert f"bad_config: {field}:" in line, line
 
 
 def test_identity_settings_from_the_environment_and_toml(tmp_path: Path) -> None:
