@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gate.config import Config
 from gate.errors import BadRequest, Unauthorized, Unavailable
@@ -65,7 +66,7 @@ class Credentials:
     """What a request shows about its customer, independent of the web framework."""
 
     peer: str | None
-    headers: Mapping[str, str]
+    headers: CIMultiDictProxy[str] | CIMultiDict[str]  # every value of a repeated header
     cookies: Mapping[str, str]
 
 
@@ -96,17 +97,24 @@ class HeaderIdentity:
         return True
 
     def customer(self, credentials: Credentials) -> str | None:
-        value = credentials.headers.get(self.header)
-        if value is None:
+        values = credentials.headers.getall(self.header, [])
+        if not values:
             return None
-        if not self.trusted(credentials):
+        trusted = self.trusted(credentials)
+        if not trusted or len(values) > 1:
             # The peer, never the value: the value may be someone else's customer id.
-            log.warning("event=untrusted_identity peer=%s header=%s", credentials.peer, self.header)
-            raise Unauthorized(
-                f"the {self.header} header is accepted only from the bank's proxy",
-                code="untrusted_identity",
+            log.warning(
+                "event=untrusted_identity peer=%s header=%s trusted_peer=%s count=%d",
+                credentials.peer,
+                self.header,
+                trusted,
+                len(values),
             )
-        return valid_customer_id(value, f"the {self.header} header")
+            # Twice, even from the proxy: one that appends its header after the client's
+            # instead of replacing it; believing either could be believing the client.
+            why = "is accepted only from the bank's proxy" if not trusted else "came twice"
+            raise Unauthorized(f"the {self.header} header {why}", code="untrusted_identity")
+        return valid_customer_id(values[0], f"the {self.header} header")
 
 
 @dataclass

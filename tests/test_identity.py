@@ -123,6 +123,20 @@ async def test_an_anonymous_client_cannot_use_another_customers_pass(
         assert r.status in (401, 403), await r.text()
 
 
+async def test_a_repeated_identity_header_is_refused_even_from_the_proxy(
+    public: Any, admin: Any
+) -> None:
+    """A proxy that adds its header after the client's instead of replacing it."""
+    from multidict import CIMultiDict
+
+    await create_campaign(admin)
+    headers = CIMultiDict([("X-Customer-Id", "victim-123"), ("X-Customer-Id", "alice")])
+    r = await public.post("/q/c1/join", headers=headers)
+    body = await r.json()
+    assert (r.status, body["error"]["code"]) == (401, "untrusted_identity"), body
+    assert "twice" in body["error"]["message"]
+
+
 @pytest.fixture
 async def untrusting(config: Config, aiohttp_client: Any) -> AsyncIterator[tuple[Any, Any, Any]]:
     """A gate that trusts only 10.0.0.0/8 (the test client connects from 127.0.0.1)."""
