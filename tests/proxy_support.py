@@ -623,6 +623,25 @@ async def pass_never_reaches_the_core(front: Front) -> None:
             assert seen.headers.get("x-gate-customer") != FORGED_HEADERS["X-Gate-Customer"]
 
 
+async def pass_check_answers_any_method(front: Front) -> None:
+    """Envoy's ext_authz asks /gate/auth with the client's method (a POST to the core is
+    checked with a POST): the gate answers the check whatever the method."""
+    customer = unique("method")
+    async with front.client(customer) as client:
+        admitted = await front.admitted(client)
+    headers = {
+        "X-Customer-Id": customer,
+        "X-Gate-Proxy-Secret": PROXY_SECRET,
+        "X-Gate-Campaign": front.campaign,
+        "X-Gate-Pass": admitted["pass"],
+    }
+    async with aiohttp.ClientSession() as proxy:
+        for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+            async with proxy.request(method, front.gate.url + "/gate/auth", headers=headers) as r:
+                assert r.status == 200, (method, r.status, await r.text())
+                assert r.headers["X-Gate-Seq"] == str(admitted["seq"])
+
+
 async def core_sees_the_keyed_digest(front: Front) -> None:
     """/gate/auth answers X-Gate-Customer, the keyed digest (hex), and the proxy hands
     it to the core: the same value as the customer's receipt, never the raw id."""
@@ -868,6 +887,7 @@ SCENARIOS = (
     pass_only_for_its_customer,
     pass_never_reaches_the_core,
     core_sees_the_keyed_digest,
+    pass_check_answers_any_method,
     evidence_is_public,
     original_url_is_kept,
     core_callbacks_are_not_exposed,

@@ -425,7 +425,9 @@ def public_app(config: Config) -> web.Application:
     app.router.add_post("/q/{campaign}/join", join)
     app.router.add_get("/q/{campaign}/status", status)
     app.router.add_get("/q/{campaign}", page)
-    app.router.add_get("/gate/auth", auth)
+    # Any method: Envoy's ext_authz asks with the client's own (a POST to the core is
+    # checked with a POST); nginx, HAProxy's Lua and Traefik ask with GET. No body is read.
+    app.router.add_route("*", "/gate/auth", auth)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
