@@ -130,6 +130,7 @@ class StandInLogin:
 
     sessions: dict[str, str] = field(default_factory=dict)
     checks: int = 0
+    down: bool = False  # answers 503 to every check
 
     def login(self, customer: str) -> str:
         session = secrets.token_urlsafe(16)
@@ -139,6 +140,8 @@ class StandInLogin:
     def app(self) -> web.Application:
         async def session(request: web.Request) -> web.Response:
             self.checks += 1
+            if self.down:
+                return web.Response(status=503)
             customer = self.sessions.get(request.cookies.get(LOGIN_COOKIE, ""))
             if customer is None:
                 return web.Response(status=401)
@@ -851,6 +854,32 @@ async def redis_pause_shows_busy_then_admits(front: Front, redis: Any) -> None:
             assert r.status == 200, (r.status, await r.text())
 
 
+async def login_down_lets_nobody_in(front: Front) -> None:
+    """The bank's login check failing (5xx): nobody is named, nobody reaches the core;
+    a customer sees a page (the busy page, or the way to the login), never a stock error."""
+    customer = unique("login-down")
+    product = f"/core/login-down-{secrets.token_hex(4)}"
+    async with front.client(customer) as client:
+        await front.admitted(client)
+        front.login.down = True
+        try:
+            for path in (f"/q/{front.campaign}", product):
+                async with client.get(
+                    front.url + path, headers=BROWSER, allow_redirects=False
+                ) as r:
+                    body = await r.text()
+                    if r.status == 302:
+                        assert "/login" in r.headers["Location"], r.headers["Location"]
+                    else:
+                        assert r.status == 503 and r.content_type == "text/html", r.status
+                        assert 'lang="ko"' in body and 'lang="en"' in body, body
+        finally:
+            front.login.down = False
+        assert front.core_seen(product) == []
+        async with client.get(front.url + product, allow_redirects=False) as r:
+            assert r.status == 200, (r.status, await r.text())  # back, with the same pass
+
+
 async def gate_down_shows_busy_then_admits(front: Front) -> None:
     """The gate itself unreachable (stopped): the proxy answers the product and the
     waiting page with its own "busy, keep this page open" page in both languages (an API
@@ -893,6 +922,7 @@ SCENARIOS = (
     core_callbacks_are_not_exposed,
     revoked_pass_is_refused,
     customer_without_script_lands_on_the_product,
+    login_down_lets_nobody_in,
 )
 
 
