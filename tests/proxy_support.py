@@ -49,6 +49,7 @@ FORGED_HEADERS = {
     "X-Gate-Proxy-Secret": "guessed-secret-0123456789",
     "X-Gate-Customer": "00" * 16,
     "X-Gate-Seq": "1",
+    "X-Gate-Campaign": "another-campaign",
 }
 
 
@@ -624,6 +625,7 @@ async def pass_never_reaches_the_core(front: Front) -> None:
             assert "x-gate-proxy-secret" not in seen.headers, path
             assert seen.headers.get("x-authenticated-customer", "") in ("", customer), path
             assert seen.headers.get("x-gate-customer") != FORGED_HEADERS["X-Gate-Customer"]
+            assert seen.headers.get("x-gate-campaign") in (None, front.campaign), path
 
 
 async def pass_check_answers_any_method(front: Front) -> None:
