@@ -564,7 +564,7 @@ async def test_unknown_route_and_wrong_method(public: Any, admin: Any) -> None:
     for client, method, path, allowed in [
         (public, "GET", "/q/c1/join", "POST"),
         (public, "POST", "/q/c1/status", "GET"),
-        (public, "DELETE", "/gate/auth", "GET"),
+        (public, "DELETE", "/q/c1/claim", "POST"),  # (/gate/auth answers any method)
         (admin, "DELETE", "/admin/campaigns/c1", "GET"),
         (admin, "GET", "/admin/campaigns/c1/pause", "POST"),
         (admin, "PUT", "/admin/campaigns", "GET"),

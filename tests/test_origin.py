@@ -202,3 +202,9 @@ async def test_reads_and_unknown_paths_are_not_writes(site: Site) -> None:
     assert r.status == 200, await r.text()  # a read changes nothing (and CORS hides it)
     r = await site.public.post("/q/c1/nothing-here", headers=foreign)
     assert r.status == 404
+    # the proxies' pass check is no write: Envoy's ext_authz asks it with the method and
+    # headers of the request it guards (a POST from the bank's own page, say)
+    r = await site.public.post(
+        "/gate/auth", headers=as_customer("dave", **foreign, **{"X-Gate-Campaign": "c1"})
+    )
+    assert await error_of(r) == (401, "no_pass")

@@ -29,6 +29,7 @@ CAMPAIGN_HEADER = "X-Gate-Campaign"
 CUSTOMER_DIGEST_HEADER = "X-Gate-Customer"
 SEQ_HEADER = "X-Gate-Seq"
 API_CONTENT_TYPES = ("application/json", MSGPACK)
+AUTH_PATH = "/gate/auth"  # the proxies' pass check
 
 IDENTITY_KEY = web.AppKey("identity", Identity)
 # The middleware's finding, for identity(): the customer, or the error to raise.
@@ -173,8 +174,10 @@ def check_browser_write(request: web.Request) -> None:
 @web.middleware
 async def browser_write_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """check_browser_write() for every POST route of the listener, present and future
-    (a path it does not serve stays a 404)."""
-    if request.match_info.http_exception is None:
+    (a path it does not serve stays a 404), except the proxies' pass check: it writes
+    nothing, and Envoy's ext_authz asks it with the method and headers of the request it
+    guards."""
+    if request.match_info.http_exception is None and request.path != AUTH_PATH:
         check_browser_write(request)
     return await handler(request)
 
