@@ -588,6 +588,50 @@ async def test_no_jwks_at_all_is_503_not_a_login_failure(
         assert "Retry-After" in r.headers
 
 
+async def test_gate_serve_with_jwt_identity_from_the_environment(
+    redis_url: str,
+    keys_file: Path,
+    tmp_path: Path,
+    aiohttp_server: Any,
+    login_keys: dict[str, SigningKey],
+) -> None:
+    """A real `gate serve` configured by GATE_IDENTITY=jwt and a JWKS URL."""
+    login = Login([login_keys["RS256"]])
+    app = web.Application()
+    app.router.add_get("/jwks", login.jwks)
+    server = await aiohttp_server(app)
+    env = {
+        "GATE_IDENTITY": "jwt",
+        "GATE_JWT_ISSUER": ISSUER,
+        "GATE_JWT_AUDIENCE": AUDIENCE,
+        "GATE_JWT_JWKS": str(server.make_url("/jwks")),
+        "GATE_JWT_ALGORITHMS": "RS256",
+    }
+    async with (
+        GateProcess(redis_url, tmp_path / "gate", keys_file, extra_env=env) as served,
+        aiohttp.ClientSession() as http,
+    ):
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with http.post(
+            served.admin_url + "/admin/campaigns", json=spec("c1"), headers=admin
+        ) as r:
+            assert r.status == 201, await r.text()
+        token = mint(login_keys["RS256"], sub="kim-0001")
+        async with http.post(f"{served.url}/q/c1/join", headers=bearer(token)) as r:
+            assert r.status == 201, await r.text()
+            ticket = (await r.json())["ticket"]
+        for headers, status in (
+            (bearer(token), 200),
+            ({"X-Customer-Id": "kim-0001"}, 401),  # the header means nothing here
+            (bearer(mint(login_keys["ES256"], sub="kim-0001")), 401),  # ES256 not allowed
+            (bearer(mint(login_keys["RS256"], sub="kim-0001", aud="x")), 401),
+        ):
+            url = f"{served.url}/q/c1/status"
+            async with http.get(url, params={"ticket": ticket}, headers=headers) as r:
+                assert r.status == status, (headers, await r.text())
+        assert login.fetches == 1
+
+
 async def test_a_jwks_file_a_custom_claim_and_a_cookie(
     config: Config, aiohttp_client: Any, tmp_path: Path, login_keys: dict[str, SigningKey]
 ) -> None:
