@@ -33,7 +33,7 @@ AUTH_PATH = "/gate/auth"  # the proxies' pass check
 
 IDENTITY_KEY = web.AppKey("identity", Identity)
 # The middleware's finding, for identity(): the customer, or the error to raise.
-_FOUND = web.RequestKey("identity_found", tuple)
+_FOUND: web.RequestKey[tuple[str | None, GateError | None]] = web.RequestKey("identity_found")
 
 
 def campaign_id(request: web.Request) -> str:
@@ -64,10 +64,10 @@ def identity(request: web.Request, *, required: bool) -> str | None:
     header from an untrusted peer (401 `untrusted_identity`) or a bad token (401
     `bad_identity`) is refused even where identity is optional.
     """
-    found = request.get(_FOUND)
-    if found is None:  # an app without identity_middleware: it has no customers
-        raise Unauthorized("this listener does not know customers", code="no_identity")
-    customer, error = found
+    try:
+        customer, error = request[_FOUND]
+    except KeyError:  # an app without identity_middleware: it has no customers
+        raise Unauthorized("this listener does not know customers", code="no_identity") from None
     if error is not None:
         raise error
     if customer is None and required:
@@ -75,7 +75,6 @@ def identity(request: web.Request, *, required: bool) -> str | None:
             f"the request does not say who the customer is ({request.app[IDENTITY_KEY].source})",
             code="no_identity",
         )
-    assert customer is None or isinstance(customer, str)
     return customer
 
 
