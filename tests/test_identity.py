@@ -682,3 +682,66 @@ async def test_a_jwks_file_a_custom_claim_and_a_cookie(
             return r.status == 201
 
         await wait_for(rotated_accepted, 5, "the key added to the file accepted", interval_s=0.05)
+
+
+async def test_junk_credentials_never_500(bank: JwtGate, login_keys: dict[str, SigningKey]) -> None:
+    good = mint(login_keys["RS256"])
+    head, body, signature = good.split(".")
+    odd_header = b64url(json.dumps({"alg": 5, "kid": []}).encode())
+    junk = [
+        "",
+        " ",
+        "Bearer",
+        "Bearer ",
+        "Bearer a.b",
+        "Bearer a.b.c",
+        "Bearer ...",
+        f"Bearer {head}.{body}",
+        f"Bearer {head}..{signature}",
+        f"Bearer {b64url(b'{}')}.{body}.{signature}",
+        f"Bearer {b64url(b'[]')}.{body}.{signature}",
+        f"Bearer {odd_header}.{body}.{signature}",
+        f"Bearer {head}.{b64url(b'[1]')}.{signature}",
+        f"Bearer {head}.{b64url(b'not json')}.{signature}",
+        "Bearer \u00e9\u00e9",
+        "bearer " + good,  # the scheme is case-insensitive: this one is fine
+        "Basic " + good,
+        "Bearer " + good + " extra",
+    ]
+    for value in junk:
+        for method, path in (("POST", "/q/c1/join"), ("GET", "/gate/auth")):
+            headers = {"Authorization": value, "X-Gate-Campaign": "c1"}
+            r = await bank.public.request(method, path, headers=headers)
+            assert r.status < 500, (value, await r.text())
+            if r.status >= 400:  # the error shape, with a code
+                assert (await r.json())["error"]["code"], value
+
+
+async def test_a_token_for_several_audiences_and_a_jwks_with_other_keys(
+    config: Config, aiohttp_client: Any, aiohttp_server: Any, login_keys: dict[str, SigningKey]
+) -> None:
+    from gate.identity import parse_jwks
+
+    signing = login_keys["ES256"]
+    private_jwk = json.loads(ECAlgorithm.to_jwk(signing.private))  # has "d"
+    document = {
+        "keys": [
+            {**signing.jwk(), "kid": "enc-1", "use": "enc"},
+            {**private_jwk, "kid": "private-1"},
+            {"kty": "unknown", "kid": "odd"},
+            "not a key",
+            signing.jwk(),
+        ]
+    }
+    assert set(parse_jwks(document)) == {signing.kid}
+    with pytest.raises(ValueError):
+        parse_jwks({"keys": "none"})
+
+    login = Login([signing])
+    async for running in jwt_gate(config, aiohttp_client, aiohttp_server, login):
+        token = mint(signing, aud=["another-app", AUDIENCE])
+        r = await running.public.post("/q/c1/join", headers=bearer(token))
+        assert r.status == 201, await r.text()
+        token = mint(signing, aud=["another-app"])
+        r = await running.public.post("/q/c1/join", headers=bearer(token))
+        assert await error_of(r) == (401, "bad_identity")
