@@ -196,8 +196,10 @@ def bank(tmp_path_factory: pytest.TempPathFactory, keys_file: Path) -> Iterator[
         redis.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module scope, not session: Playwright's sync API runs an event loop in this thread
+    # while it is started, and every async test after it would find a loop running.
     with playwright_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield chromium
