@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,7 +35,7 @@ from gate.redis_server import free_port
 from gate.room import Room
 from gate.room.keys import CampaignKeys
 from gate.room.scripts import Scripts
-from gate.service import Gate, store_for
+from gate.service import Gate, running_gate, store_for
 
 T = TypeVar("T")
 
@@ -110,6 +111,20 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(interval_s)
+
+
+@contextlib.asynccontextmanager
+async def quiet_gate(config: Any, **overrides: Any) -> AsyncIterator[Gate]:
+    """A gate with no background tasks (`config` with `overrides`): the cache refreshes and
+    admission runs only when the test says so; scripts loaded, the cache refreshed once."""
+    async with running_gate(dataclasses.replace(config, **overrides), background=False) as gate:
+
+        async def loaded() -> bool:
+            return gate.scripts_loaded
+
+        await wait_for(loaded, 10, "scripts loaded")
+        await gate.cache.refresh_once()
+        yield gate
 
 
 async def wait_redis_time(redis: Redis, at_least_us: int) -> None:

@@ -22,9 +22,17 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from gate.config import Config
 from gate.http.admin import create_admin_app
 from gate.http.public import create_public_app, poll_after_ms
-from gate.service import Gate, running_gate
+from gate.service import Gate
 from gate.tokens import PASS, customer_digest
-from tests.helpers import ADMIN_TOKEN, as_customer, create_campaign, join, spec, wait_for
+from tests.helpers import (
+    ADMIN_TOKEN,
+    as_customer,
+    create_campaign,
+    join,
+    quiet_gate,
+    spec,
+    wait_for,
+)
 
 MSGPACK = "application/msgpack"
 Client = TestClient[web.Request, web.Application]
@@ -51,14 +59,7 @@ class Quiet:
 
 @pytest.fixture
 async def quiet(config: Config, aiohttp_client: Any) -> AsyncIterator[Quiet]:
-    cfg = dataclasses.replace(config, stale_after_ms=60000, cookie_secure=True)
-    async with running_gate(cfg, background=False) as gate:
-
-        async def loaded() -> bool:
-            return gate.scripts_loaded
-
-        await wait_for(loaded, 10, "scripts loaded")
-        await gate.cache.refresh_once()
+    async with quiet_gate(config, stale_after_ms=60000, cookie_secure=True) as gate:
         public = await aiohttp_client(create_public_app(gate))
         admin = await aiohttp_client(
             create_admin_app(gate), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -349,13 +350,7 @@ async def test_health_ready_metrics_and_keys(public: Any, admin: Any, gate: Gate
 async def test_readyz_and_status_fail_closed_when_the_cache_is_stale(
     config: Config, aiohttp_client: Any
 ) -> None:
-    cfg = dataclasses.replace(config, stale_after_ms=100)
-    async with running_gate(cfg, background=False) as gate:
-
-        async def loaded() -> bool:
-            return gate.scripts_loaded
-
-        await wait_for(loaded, 10, "scripts loaded")
+    async with quiet_gate(config, stale_after_ms=100) as gate:
         public = await aiohttp_client(create_public_app(gate))
         await gate.cache.refresh_once()
         r = await public.get("/readyz")

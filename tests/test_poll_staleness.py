@@ -8,14 +8,12 @@ a pass issued, still fails closed until a refresh succeeds again.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from gate.config import Config
 from gate.http.admin import create_admin_app
 from gate.http.public import create_public_app
-from gate.service import running_gate
-from tests.helpers import ADMIN_TOKEN, create_campaign, join, wait_for
+from tests.helpers import ADMIN_TOKEN, create_campaign, join, quiet_gate, wait_for
 
 CAMPAIGN = "lag"
 
@@ -29,14 +27,7 @@ async def test_a_late_event_loop_never_turns_a_waiting_poll_into_503(
 ) -> None:
     # No background refresher: the test decides when the cache was last refreshed, which
     # is what a busy event loop does to it.
-    cfg = dataclasses.replace(config, stale_after_ms=50)
-    async with running_gate(cfg, background=False) as gate:
-
-        async def loaded() -> bool:
-            return gate.scripts_loaded
-
-        await wait_for(loaded, 10, "scripts loaded")
-        await gate.cache.refresh_once()
+    async with quiet_gate(config, stale_after_ms=50) as gate:
         public = await aiohttp_client(create_public_app(gate))
         admin = await aiohttp_client(
             create_admin_app(gate), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
