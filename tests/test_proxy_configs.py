@@ -333,7 +333,12 @@ def test_traefik_pass_check(traefik: dict[str, Any]) -> None:
     assert address.path == "/gate/auth"
     assert parse_qs(address.query) == {"campaign": ["deposit-5pct"]}
     assert {h.lower() for h in forward["authRequestHeaders"]} == AUTH_INPUTS
-    assert {h.lower() for h in forward["authResponseHeaders"]} == {"x-gate-seq", "x-gate-customer"}
+    # Cookie: /gate/auth answers with the cookies less fg_pass (tests/test_auth_cookie.py)
+    assert {h.lower() for h in forward["authResponseHeaders"]} == {
+        "x-gate-seq",
+        "x-gate-customer",
+        "cookie",
+    }
     wait = traefik["middlewares"]["wait-on-401"]["errors"]
     assert wait["status"] == ["401"] and wait["service"] == "fairgate"
     assert wait["query"] == "/q/deposit-5pct"

@@ -13,7 +13,7 @@ import random
 import time
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gate.cache import LiveCampaign
 from gate.config import Config
@@ -304,15 +304,32 @@ async def auth(request: web.Request) -> web.Response:
     # The customer as the campaign's keyed digest: the core may key its records on it,
     # and never sees the raw id or the pass (proxies drop both upstream).
     customer = token.digest.hex()
+    headers = {
+        CAMPAIGN_HEADER: token.campaign,
+        SEQ_HEADER: str(token.seq),
+        CUSTOMER_DIGEST_HEADER: customer,
+    }
+    cookies = request.headers.get(hdrs.COOKIE)
+    if cookies is not None:
+        # The request's cookies without the pass, for a proxy that can only copy whole
+        # headers from this answer onto the upstream request (Traefik's ForwardAuth
+        # authResponseHeaders): the core then never sees the pass cookie.
+        headers[hdrs.COOKIE] = without_pass_cookie(cookies)
     return respond(
         request,
         {"ok": True, "campaign": token.campaign, "seq": token.seq, "customer": customer},
-        headers={
-            CAMPAIGN_HEADER: token.campaign,
-            SEQ_HEADER: str(token.seq),
-            CUSTOMER_DIGEST_HEADER: customer,
-        },
+        headers=headers,
     )
+
+
+def without_pass_cookie(header: str) -> str:
+    """A Cookie header with every `fg_pass` pair taken out, the others kept as sent."""
+    kept = [
+        pair.strip()
+        for pair in header.split(";")
+        if pair.strip() and pair.split("=", 1)[0].strip() != PASS_COOKIE
+    ]
+    return "; ".join(kept)
 
 
 # A page's ticket that is not (or no longer) this customer's: the page offers the join.
