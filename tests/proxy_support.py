@@ -351,13 +351,21 @@ class Front:
         """Join and poll through the proxy until admitted: the status answer (with the
         pass, also set as the fg_pass cookie in the client's jar)."""
         ticket = (await self.join(client))["ticket"]
+        body = await self.poll_until_admitted(client, ticket)
+        body["ticket"] = ticket
+        return body
+
+    async def poll_until_admitted(
+        self, client: aiohttp.ClientSession, ticket: str, **headers: str
+    ) -> dict[str, Any]:
+        """Poll `ticket`'s status through the proxy until admitted: the last answer."""
         body: dict[str, Any] = {}
 
         async def admitted() -> bool:
             async with client.get(
                 f"{self.url}/q/{self.campaign}/status",
                 params={"ticket": ticket},
-                headers={"Accept": "application/json"},
+                headers={"Accept": "application/json", **headers},
                 allow_redirects=False,
             ) as r:
                 assert r.status == 200, (r.status, await r.text())
@@ -365,7 +373,6 @@ class Front:
                 return bool(body["state"] == "admitted")
 
         await wait_for(admitted, 10, "admission through the proxy")
-        body["ticket"] = ticket
         return body
 
     def core_seen(self, path: str) -> list[Seen]:
@@ -1016,20 +1023,7 @@ async def jwt_pass_for_its_token_only(front: Front) -> None:
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
         status, joined = await jwt_join(front, bearer(token))
         assert status == 201, joined
-        body: dict[str, Any] = {}
-
-        async def admitted() -> bool:
-            async with client.get(
-                f"{front.url}/q/{front.campaign}/status",
-                params={"ticket": joined["ticket"]},
-                headers={"Accept": "application/json", **bearer(token)},
-                allow_redirects=False,
-            ) as r:
-                assert r.status == 200, (r.status, await r.text())
-                body.update(await r.json())
-                return bool(body["state"] == "admitted")
-
-        await wait_for(admitted, 10, "admission through the proxy")
+        body = await front.poll_until_admitted(client, joined["ticket"], **bearer(token))
     path = f"/core/jwt-{secrets.token_hex(4)}"
     as_pass = {"X-Gate-Pass": body["pass"]}
     async with aiohttp.ClientSession() as client:
