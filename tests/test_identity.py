@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -137,10 +138,10 @@ async def test_a_repeated_identity_header_is_refused_even_from_the_proxy(
     assert "twice" in body["error"]["message"]
 
 
-@pytest.fixture
-async def untrusting(config: Config, aiohttp_client: Any) -> AsyncIterator[tuple[Any, Any, Any]]:
-    """A gate that trusts only 10.0.0.0/8 (the test client connects from 127.0.0.1)."""
-    cfg = dataclasses.replace(config, trusted_proxies=("10.0.0.0/8",))
+@contextlib.asynccontextmanager
+async def serving(cfg: Config, aiohttp_client: Any) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """A gate running with `cfg`: its public listener, its admin listener (with the admin
+    token) and the gate."""
     async with running_gate(cfg) as gate:
         await gate.wait_ready()
         public = await aiohttp_client(create_public_app(gate))
@@ -148,6 +149,14 @@ async def untrusting(config: Config, aiohttp_client: Any) -> AsyncIterator[tuple
             create_admin_app(gate), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
         )
         yield public, admin, gate
+
+
+@pytest.fixture
+async def untrusting(config: Config, aiohttp_client: Any) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """A gate that trusts only 10.0.0.0/8 (the test client connects from 127.0.0.1)."""
+    cfg = dataclasses.replace(config, trusted_proxies=("10.0.0.0/8",))
+    async with serving(cfg, aiohttp_client) as running:
+        yield running
 
 
 async def test_an_identity_header_from_an_untrusted_peer_is_refused_and_logged(
@@ -374,12 +383,7 @@ async def jwt_gate(
         **fields,
     }
     cfg = dataclasses.replace(config, **settings)
-    async with running_gate(cfg) as gate:
-        await gate.wait_ready()
-        public = await aiohttp_client(create_public_app(gate))
-        admin = await aiohttp_client(
-            create_admin_app(gate), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        )
+    async with serving(cfg, aiohttp_client) as (public, admin, gate):
         await create_campaign(admin)
         yield JwtGate(public, admin, login, gate, public.app[IDENTITY_KEY].jwt)
 
@@ -648,12 +652,7 @@ async def test_a_jwks_file_a_custom_claim_and_a_cookie(
         jwt_cookie="bank_session",
         jwt_reload_interval_ms=100,
     )
-    async with running_gate(cfg) as gate:
-        await gate.wait_ready()
-        public = await aiohttp_client(create_public_app(gate))
-        admin = await aiohttp_client(
-            create_admin_app(gate), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        )
+    async with serving(cfg, aiohttp_client) as (public, admin, gate):
         await create_campaign(admin)
         token = mint(key, sub="ignored", cid="C-0001")
         r = await public.post("/q/c1/join", headers=bearer(token))
