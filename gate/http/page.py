@@ -186,6 +186,20 @@ class PageContext:
 # -- request helpers -------------------------------------------------------------------
 
 
+def quality(params: str) -> float:
+    """The q of one Accept or Accept-Language entry from its parameters ("q=0.8;..."):
+    1 when absent, 0 when it is no number."""
+    q = 1.0
+    for param in params.split(";"):
+        key, _, value = param.strip().partition("=")
+        if key.strip() == "q":
+            try:
+                q = float(value)
+            except ValueError:
+                q = 0.0
+    return q
+
+
 def prefers_html(request: web.Request) -> bool:
     """A browser's navigation (Accept lists text/html above JSON); fetch() and API
     clients (*/*, application/json, msgpack) get JSON."""
@@ -193,14 +207,7 @@ def prefers_html(request: web.Request) -> bool:
     for part in request.headers.get("Accept", "").split(","):
         media, _, params = part.strip().partition(";")
         media = media.strip().lower()
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
+        q = quality(params)
         if media in ("text/html", "application/xhtml+xml"):
             html_q = max(html_q, q)
         elif media in ("application/json", "application/msgpack"):
@@ -220,13 +227,7 @@ def choose_lang(request: web.Request) -> str:
     ranked: list[tuple[float, int, str]] = []
     for index, part in enumerate(request.headers.get("Accept-Language", "").split(",")[:20]):
         tag, _, params = part.strip().partition(";")
-        q = 1.0
-        key, _, value = params.strip().partition("=")
-        if key.strip() == "q":
-            try:
-                q = float(value)
-            except ValueError:
-                q = 0.0
+        q = quality(params)
         primary = tag.strip().lower().split("-")[0]
         if primary in LANGS and q > 0:
             ranked.append((-q, index, primary))
