@@ -157,10 +157,7 @@ export class Fairgate {
         onTicket(ticket);
         onUpdate(answer);
       } catch (error) {
-        if (!(error instanceof FairgateError) || !error.transient) throw error;
-        onUpdate({ state: "busy", retryAfter: error.retryAfter });
-        await sleep(this.busyWait(error, backoffMs), signal);
-        backoffMs = Math.min(backoffMs * 2, this.maxBackoffMs);
+        backoffMs = await this.waitOutBusy(error, backoffMs, onUpdate, signal);
       }
     }
     for (;;) {
@@ -178,13 +175,21 @@ export class Fairgate {
         }
         onUpdate(answer);
       } catch (error) {
-        if (!(error instanceof FairgateError) || !error.transient) throw error;
-        onUpdate({ state: "busy", retryAfter: error.retryAfter });
-        await sleep(this.busyWait(error, backoffMs), signal);
-        backoffMs = Math.min(backoffMs * 2, this.maxBackoffMs);
+        backoffMs = await this.waitOutBusy(error, backoffMs, onUpdate, signal);
         answer = null;
       }
     }
+  }
+
+  /**
+   * A failed request in `waitForPass`: a transient one (the place is kept) is shown as
+   * busy and waited out; the next backoff is returned. Anything else is thrown.
+   */
+  async waitOutBusy(error, backoffMs, onUpdate, signal) {
+    if (!(error instanceof FairgateError) || !error.transient) throw error;
+    onUpdate({ state: "busy", retryAfter: error.retryAfter });
+    await sleep(this.busyWait(error, backoffMs), signal);
+    return Math.min(backoffMs * 2, this.maxBackoffMs);
   }
 
   busyWait(error, backoffMs) {
