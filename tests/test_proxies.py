@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -38,32 +40,32 @@ NGINX_PARAM = pytest.param("nginx", marks=needs_nginx)
 PROXIES = [NGINX_PARAM, pytest.param("haproxy", marks=needs_haproxy)]
 
 
+StartFront = Callable[..., AbstractContextManager[Front]]
+
+
+@pytest.fixture(scope="module")
+def start_front(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory, keys_file: Path
+) -> StartFront:
+    """`start_front(proxy, campaign, **options)`: proxied_gate() on the session's Redis, in
+    a directory of its own. Each gate has a campaign of its own: they share that Redis."""
+
+    def start(proxy: str, campaign: str, **options: Any) -> AbstractContextManager[Front]:
+        root = tmp_path_factory.mktemp(campaign)
+        return proxied_gate(proxy, redis_server.url, root, keys_file, campaign=campaign, **options)
+
+    return start
+
+
 @pytest.fixture(scope="module", params=PROXIES)
-def front(
-    request: pytest.FixtureRequest,
-    redis_server: RedisServer,
-    tmp_path_factory: pytest.TempPathFactory,
-    keys_file: Path,
-) -> Iterator[Front]:
-    proxy: str = request.param
-    root = tmp_path_factory.mktemp(proxy)
-    with proxied_gate(proxy, redis_server.url, root, keys_file, campaign=f"{proxy}-promo") as f:
+def front(request: pytest.FixtureRequest, start_front: StartFront) -> Iterator[Front]:
+    with start_front(request.param, f"{request.param}-promo") as f:
         yield f
 
 
 @pytest.fixture(scope="module", params=PROXIES)
-def jwt_front(
-    request: pytest.FixtureRequest,
-    redis_server: RedisServer,
-    tmp_path_factory: pytest.TempPathFactory,
-    keys_file: Path,
-) -> Iterator[Front]:
-    proxy: str = request.param
-    root = tmp_path_factory.mktemp(f"{proxy}-jwt")
-    # a campaign of its own: every gate here shares the session's Redis
-    with proxied_gate(
-        proxy, redis_server.url, root, keys_file, campaign=f"{proxy}-jwt", jwt=True
-    ) as f:
+def jwt_front(request: pytest.FixtureRequest, start_front: StartFront) -> Iterator[Front]:
+    with start_front(request.param, f"{request.param}-jwt", jwt=True) as f:
         yield f
 
 
@@ -101,13 +103,9 @@ async def test_redis_pause_through_proxy(proxy: str, tmp_path: Path, keys_file: 
         pytest.param("haproxy", marks=[needs_haproxy, pytest.mark.slow]),
     ],
 )
-async def test_gate_down_through_proxy(
-    proxy: str, redis_server: RedisServer, tmp_path: Path, keys_file: Path
-) -> None:
+async def test_gate_down_through_proxy(proxy: str, start_front: StartFront) -> None:
     """A gate of its own, stopped and started again under an admitted customer."""
-    with proxied_gate(
-        proxy, redis_server.url, tmp_path, keys_file, campaign=f"{proxy}-gate-down"
-    ) as front:
+    with start_front(proxy, f"{proxy}-gate-down") as front:
         await gate_down_shows_busy_then_admits(front)
 
 
