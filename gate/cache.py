@@ -6,6 +6,11 @@ stale at once, and a stale cache makes the gate fail closed. Two bars: what coul
 access (a pass check, a pass issued) needs `fresh()`, a refresh that succeeded just now;
 a waiting customer's position needs only `answering()`, no refresh failed since the last
 success, so that the gate's own event-loop lag makes a position slightly old, never a 503.
+
+It also keeps Redis's clock, the one clock of the gate: every second a refresh reads Redis
+`TIME` and keeps its offset from this process's monotonic clock, so `redis_now()` is
+Redis time without a round trip, whatever this process's wall clock says. How far that
+wall clock is from Redis is the skew: reported once per change (WARNING), and as a gauge.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gate.campaign import CampaignSpec, load_stored_spec, valid_campaign_id
 from gate.errors import GateError, Unavailable
+from gate.redis_client import guarded
 from gate.room import CampaignState, Room
 
 log = logging.getLogger("gate.cache")
@@ -25,6 +32,14 @@ RATE_WINDOW_S = 10.0
 SPEC_RELOAD_S = 1.0
 # However late this process's refresher runs, a position older than this is not shown.
 ANSWERING_LIMIT_S = 30.0
+# Redis's clock is read once a second: a clock drifts by microseconds in that time.
+CLOCK_MEASURE_S = 1.0
+# A measurement whose round trip took longer than this says little; the last good one stays.
+CLOCK_MAX_ROUND_TRIP_S = 0.25
+# A wall clock further than this from Redis's is reported; back within half of it, cleared.
+SKEW_TOLERANCE_S = 1.0
+# A skew that keeps changing is reported again at most this often.
+SKEW_REPORT_EVERY_S = 60.0
 
 
 @dataclass
@@ -49,7 +64,14 @@ class LiveCampaign:
 
 
 class CampaignCache:
-    def __init__(self, room: Room, *, refresh_interval_s: float, stale_after_s: float):
+    def __init__(
+        self,
+        room: Room,
+        *,
+        refresh_interval_s: float,
+        stale_after_s: float,
+        clock: Callable[[], float] = time.time,
+    ):
         self.room = room
         self.refresh_interval_s = refresh_interval_s
         self.stale_after_s = stale_after_s
@@ -57,6 +79,59 @@ class CampaignCache:
         self.last_ok = 0.0
         self.last_error = 0.0
         self._last_spec_reload = 0.0
+        # This process's wall clock: only compared with Redis's, never trusted to decide.
+        self.clock = clock
+        self.clock_measured = False
+        self.skew_s = 0.0  # this process's wall clock minus Redis's, at the last measure
+        self._redis_minus_monotonic = 0.0
+        self._last_clock_measure = 0.0
+        self._skew_reported: float | None = None  # the skew last reported, while out of bounds
+        self._skew_reported_at = 0.0
+
+    def redis_now(self) -> float:
+        """Redis's time (unix seconds) as this process knows it: its monotonic clock plus
+        the offset measured at the last refresh. Before the first measure, this process's
+        wall clock (no pass is checked then: the cache is not fresh)."""
+        if not self.clock_measured:
+            return self.clock()
+        return time.monotonic() + self._redis_minus_monotonic
+
+    async def measure_clock(self) -> None:
+        """Read Redis `TIME`; keep its offset from the monotonic clock and the skew of the
+        wall clock, both taken at the middle of the round trip."""
+        wall_before, started = self.clock(), time.monotonic()
+        async with guarded():
+            seconds, micros = await self.room.redis.time()
+        wall_after, ended = self.clock(), time.monotonic()
+        self._last_clock_measure = ended
+        if ended - started > CLOCK_MAX_ROUND_TRIP_S and self.clock_measured:
+            return
+        redis_s = int(seconds) + int(micros) / 1_000_000
+        self._redis_minus_monotonic = redis_s - (started + ended) / 2
+        self.skew_s = (wall_before + wall_after) / 2 - redis_s
+        self.clock_measured = True
+        self._report_skew(ended)
+
+    def _report_skew(self, now: float) -> None:
+        skew = self.skew_s
+        reported = self._skew_reported
+        if abs(skew) > SKEW_TOLERANCE_S:
+            changed = reported is None or abs(skew - reported) > SKEW_TOLERANCE_S
+            if changed and (
+                reported is None or now - self._skew_reported_at >= SKEW_REPORT_EVERY_S
+            ):
+                # Nothing this process decides uses its wall clock; the line tells the
+                # operator to fix NTP before something outside fairgate trusts it.
+                log.warning(
+                    "event=clock_skew skew_s=%.1f tolerance_s=%.1f decisions=redis_time",
+                    skew,
+                    SKEW_TOLERANCE_S,
+                )
+                self._skew_reported = skew
+                self._skew_reported_at = now
+        elif reported is not None and abs(skew) <= SKEW_TOLERANCE_S / 2:
+            log.info("event=clock_skew_cleared skew_s=%.3f", skew)
+            self._skew_reported = None
 
     def fresh(self) -> bool:
         """True while the cache proves the current state: Redis answered just now."""
@@ -104,6 +179,8 @@ class CampaignCache:
                         self.campaigns[campaign].spec = load_stored_spec(meta["spec"])
                 else:
                     await self._load(campaign)
+        if now - self._last_clock_measure >= CLOCK_MEASURE_S or not self.clock_measured:
+            await self.measure_clock()
         names = list(self.campaigns)
         if names:
             snapshots = await self.room.snapshot(names)

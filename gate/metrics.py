@@ -47,6 +47,12 @@ class _CampaignCollector(Collector):
             open_.add_metric([name], 1.0 if live.state.state == "open" else 0.0)
         fresh = GaugeMetricFamily("fairgate_redis_fresh", "1 while the cache is fresh")
         fresh.add_metric([], 1.0 if self.cache.fresh() else 0.0)
+        skew = GaugeMetricFamily(
+            "fairgate_clock_skew_seconds",
+            "this process's wall clock minus Redis TIME (decisions use Redis time)",
+        )
+        if self.cache.clock_measured:
+            skew.add_metric([], self.cache.skew_s)
         # Per process: with several gates, these show that each one takes part in admission.
         admit_calls = CounterMetricFamily(
             "fairgate_admit_calls", "admit script calls made by this process"
@@ -56,7 +62,7 @@ class _CampaignCollector(Collector):
             "fairgate_admitted", "customers admitted by this process's admit calls"
         )
         admitted.add_metric([], self.admitter.admitted)
-        yield from (joined, cursor, waiting, rate, open_, fresh, admit_calls, admitted)
+        yield from (joined, cursor, waiting, rate, open_, fresh, skew, admit_calls, admitted)
 
 
 class Metrics:

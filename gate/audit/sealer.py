@@ -13,8 +13,9 @@ A round, at most every ``seal_interval_ms`` while there are new entries (at once
 the campaign closes): read the entries after the sealed size, append their leaf
 hashes, store the completed subtrees of at least 256 entries (``fg:{c}:mnodes``, for
 cheap proofs), make sure each join batch has its receipt signature, then sign and
-publish the checkpoint with the new frontier in one script call. After a checkpoint,
-sealed entries beyond the newest ``audit_keep_in_redis`` may move to segment files.
+publish the checkpoint with the new frontier in one script call. A checkpoint's time is
+Redis's (TIME), not the sealing process's, so a hand-over keeps the times in order. After a
+checkpoint, sealed entries beyond the newest ``audit_keep_in_redis`` may move to segment files.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class _CampaignState:
     last_seal: float = 0.0
     next_attempt: float = 0.0
     behind: bool = False
+    time_held: bool = False  # Redis's clock is behind the last checkpoint's time
 
 
 @dataclass
@@ -237,7 +239,7 @@ class Sealer:
             async with guarded():
                 await self.redis.hset(k.merkle_nodes, mapping=nodes)  # type: ignore[arg-type]
         checkpoint = make_checkpoint(
-            self.keys, campaign, target, frontier.root(), int(time.time() * 1000)
+            self.keys, campaign, target, frontier.root(), await self._checkpoint_time_ms(k)
         )
         async with guarded():
             reply = await self.scripts.call(
@@ -275,6 +277,35 @@ class Sealer:
             self.stats.last_round_s * 1000,
         )
         return target
+
+    async def _checkpoint_time_ms(self, k: CampaignKeys) -> int:
+        """Redis's clock, never this process's: a hand-over to a sealer whose clock lags
+        must not date a checkpoint before its predecessor's. Nor may a failover to a
+        primary whose clock is behind: the time is at least the last checkpoint's."""
+        async with guarded():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.time()
+            pipe.lindex(k.checkpoints, -1)
+            (seconds, micros), last = await pipe.execute()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        previous = 0
+        if isinstance(last, bytes | str):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                found = json.loads(last).get("time_ms")
+                previous = found if isinstance(found, int) else 0
+        state = self._campaigns[k.campaign]
+        if previous > now_ms:
+            if not state.time_held:  # once while it lasts, not once per round
+                log.warning(
+                    "event=checkpoint_time_held campaign=%s redis_ms=%d previous_ms=%d",
+                    k.campaign,
+                    now_ms,
+                    previous,
+                )
+            state.time_held = True
+            return previous
+        state.time_held = False
+        return now_ms
 
     async def _sign_batches(self, campaign: str, joins: list[tuple[int, dict[str, Any]]]) -> None:
         """Every join batch gets its receipt signature recorded, even when the process
