@@ -470,10 +470,11 @@ def test_every_state_is_a_page_in_both_languages_at_both_widths(bank: Bank, brow
                     bank.admin("POST", f"/admin/campaigns/{paused}/pause")
                     page.reload()
                 words = expected[state][lang]
-                until(
-                    lambda page=page, words=words: words in text_of(page, "main"),
-                    f"{state} in {lang}",
-                )
+
+                def shows(page: Any = page, words: str = words) -> bool:
+                    return words in text_of(page, "main")
+
+                until(shows, f"{state} in {lang}")
                 assert page.get_attribute("html", "lang") == lang
                 assert page.text_content("h1") == TITLE[lang]
                 main = page.text_content("main") or ""
@@ -624,3 +625,411 @@ def test_fairgate_js_joins_waits_out_a_busy_gate_and_hands_back_the_pass(
     assert shown[:6] == [60, 59, 58, 57, 56, 55], shown
     assert shown[6] == 130
     context.close()
+
+
+# -- contrast and focus, measured in the page --------------------------------------------
+
+# Runs in the page. Every element with text of its own that is on screen: its colour, the
+# colour behind it (its own background or its nearest ancestor's, semi-transparent layers
+# composed over what is below them, the canvas white), opacity folded into the text, and
+# the WCAG 2.1 contrast ratio. Text left to screen readers (clipped to a pixel), text not
+# rendered (a progress bar's fallback, noscript with scripting on) and disabled controls
+# (exempt in WCAG 1.4.3) are left out. Text over a background image cannot be measured
+# this way: it is reported with the image instead of a ratio.
+CONTRAST_LIBRARY = r"""
+const parseColor = (value) => {
+  const m = /^rgba?\(\s*([\d.]+)[,\s]+([\d.]+)[,\s]+([\d.]+)(?:\s*[,/]\s*([\d.]+)(%?))?\s*\)$/
+    .exec(value);
+  if (m === null) throw new Error("a colour this check cannot read: " + value);
+  const alpha = m[4] === undefined ? 1 : parseFloat(m[4]) / (m[5] ? 100 : 1);
+  return [parseFloat(m[1]), parseFloat(m[2]), parseFloat(m[3]), alpha];
+};
+const over = (top, below) => [0, 1, 2].map((i) => top[i] * top[3] + below[i] * (1 - top[3]));
+const channel = (c) => {
+  const s = c / 255;
+  return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4;
+};
+const luminance = (c) => 0.2126 * channel(c[0]) + 0.7152 * channel(c[1]) + 0.0722 * channel(c[2]);
+const contrast = (a, b) => {
+  const [light, dark] = [luminance(a), luminance(b)].sort((x, y) => y - x);
+  return (light + 0.05) / (dark + 0.05);
+};
+const hex = (c) =>
+  "#" + c.slice(0, 3).map((v) => Math.round(v).toString(16).padStart(2, "0")).join("");
+const describe = (element) => {
+  let name = element.tagName.toLowerCase();
+  if (element.id) name += "#" + element.id;
+  for (const c of element.classList) name += "." + c;
+  return name;
+};
+// The colour behind `element`, its own background included: {color} or {image, owner}.
+const backdrop = (element) => {
+  const layers = [];
+  for (let e = element; e !== null; e = e.parentElement) {
+    const style = getComputedStyle(e);
+    if (style.backgroundImage !== "none") return { image: style.backgroundImage, owner: e };
+    const color = parseColor(style.backgroundColor);
+    if (color[3] > 0) layers.push(color);
+    if (color[3] >= 1) break;
+  }
+  let color = [255, 255, 255];
+  for (const layer of layers.reverse()) color = over(layer, color);
+  return { color };
+};
+const opacityOf = (element) => {
+  let opacity = 1;
+  for (let e = element; e !== null; e = e.parentElement) {
+    opacity *= parseFloat(getComputedStyle(e).opacity);
+  }
+  return opacity;
+};
+// Left to screen readers: clipped away, or inside a box of a pixel that hides overflow.
+const visuallyHidden = (element) => {
+  for (let e = element; e !== null; e = e.parentElement) {
+    const style = getComputedStyle(e);
+    const box = e.getBoundingClientRect();
+    if (/^rect\(0(px)?,? 0(px)?,? 0(px)?,? 0(px)?\)$/.test(style.clip)) return true;
+    if (style.overflow !== "visible" && (box.width <= 1 || box.height <= 1)) return true;
+  }
+  return false;
+};
+const rendered = (node) => {
+  const range = document.createRange();
+  range.selectNodeContents(node);
+  return [...range.getClientRects()].some((r) => r.width > 0 && r.height > 0);
+};
+const collectTexts = () => {
+  const found = new Map();
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node !== null; node = walker.nextNode()) {
+    const element = node.parentElement;
+    if (element === null || found.has(element) || !node.data.trim()) continue;
+    if (!rendered(node)) continue;
+    if (!element.checkVisibility({ opacityProperty: true, visibilityProperty: true })) continue;
+    if (visuallyHidden(element) || element.closest(":disabled") !== null) continue;
+    const style = getComputedStyle(element);
+    const text = element.textContent.trim().replace(/\s+/g, " ").slice(0, 40);
+    const entry = {
+      element: describe(element) + ' "' + text + '"',
+      fontPx: parseFloat(style.fontSize),
+      weight: parseInt(style.fontWeight, 10),
+    };
+    const behind = backdrop(element);
+    if (behind.image !== undefined) {
+      entry.image = describe(behind.owner) + ": " + behind.image;
+    } else {
+      const ink = parseColor(style.color);
+      ink[3] *= opacityOf(element);
+      const seen = over(ink, behind.color);
+      Object.assign(entry, {
+        color: hex(seen), background: hex(behind.color), ratio: contrast(seen, behind.color),
+      });
+    }
+    found.set(element, entry);
+  }
+  return [...found.values()];
+};
+const FOCUSABLE =
+  "a[href], button:not(:disabled), input:not([type=hidden]):not(:disabled), select, " +
+  "textarea, [tabindex]:not([tabindex='-1'])";
+const focusKey = (e) =>
+  describe(e) + " " + (e.getAttribute("href") || "") +
+  ' "' + e.textContent.trim().slice(0, 30) + '"';
+const focusables = () =>
+  [...document.querySelectorAll(FOCUSABLE)]
+    .filter((e) => e.checkVisibility({ visibilityProperty: true }))
+    .map(focusKey);
+// The focused element's indicator: an outline or a box-shadow, and its contrast with
+// what it is drawn on (outside the element unless the outline is inset).
+const focusIndicator = () => {
+  const element = document.activeElement;
+  if (element === null || element === document.body) return null;
+  const style = getComputedStyle(element);
+  const inside = parseFloat(style.outlineOffset) < 0 ? element : element.parentElement;
+  const behind = backdrop(inside);
+  const answer = {
+    element: focusKey(element), focusVisible: element.matches(":focus-visible"),
+    indicator: "", ratio: 0, background: behind.color ? hex(behind.color) : "image",
+  };
+  const measure = (kind, color) => {
+    const c = parseColor(color);
+    if (c[3] === 0) return;
+    const ratio = behind.color ? contrast(over(c, behind.color), behind.color) : 0;
+    if (answer.indicator === "" || ratio > answer.ratio) {
+      Object.assign(answer, { indicator: kind + " " + hex(c), ratio });
+    }
+  };
+  if (style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 1) {
+    measure("outline", style.outlineColor);
+  }
+  if (style.boxShadow !== "none") {
+    const color = /rgba?\([^)]*\)/.exec(style.boxShadow);
+    const lengths = style.boxShadow.replace(/rgba?\([^)]*\)/g, "").match(/-?[\d.]+px/g) || [];
+    if (color && lengths.some((l) => parseFloat(l) !== 0)) measure("box-shadow", color[0]);
+  }
+  return answer;
+};
+"""
+
+
+@dataclass(frozen=True)
+class TextContrast:
+    """One piece of text as measured in the page (`ratio` 0 when it sits on an image)."""
+
+    element: str
+    font_px: float
+    weight: int
+    color: str = ""
+    background: str = ""
+    ratio: float = 0.0
+    image: str = ""
+
+    @property
+    def needed(self) -> float:
+        """WCAG 2.1 AA, 1.4.3: 3:1 for large text (18 pt, or 14 pt bold), else 4.5:1."""
+        large = self.font_px >= 24 or (self.font_px >= 18.66 and self.weight >= 700)
+        return 3.0 if large else 4.5
+
+    def problem(self) -> str | None:
+        if self.image:
+            return f"{self.element} sits on a background image ({self.image}): not measurable"
+        if self.ratio < self.needed:
+            return (
+                f"{self.element} {self.color} on {self.background} is {self.ratio:.2f}:1, "
+                f"needs {self.needed}:1 ({self.font_px:g}px, weight {self.weight})"
+            )
+        return None
+
+
+def measure_texts(page: Any) -> list[TextContrast]:
+    found = page.evaluate(f"() => {{ {CONTRAST_LIBRARY}; return collectTexts(); }}")
+    return [
+        TextContrast(
+            element=t["element"],
+            font_px=t["fontPx"],
+            weight=t["weight"],
+            color=t.get("color", ""),
+            background=t.get("background", ""),
+            ratio=t.get("ratio", 0.0),
+            image=t.get("image", ""),
+        )
+        for t in found
+    ]
+
+
+def focus_problems(page: Any) -> tuple[list[str], float]:
+    """Tab through the page: every visible link, button and field is reached and shows
+    an indicator (:focus-visible, an outline or box-shadow of 3:1 against what is around
+    it, WCAG 1.4.11). The problems, and the lowest indicator ratio."""
+    expected = page.evaluate(f"() => {{ {CONTRAST_LIBRARY}; return focusables(); }}")
+    if not expected:
+        return ["nothing on the page can take the keyboard's focus"], 0.0
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    problems: list[str] = []
+    reached: dict[str, float] = {}
+    for _ in range(2 * len(expected) + 2):
+        page.keyboard.press("Tab")
+        focus = page.evaluate(f"() => {{ {CONTRAST_LIBRARY}; return focusIndicator(); }}")
+        if focus is None or focus["element"] in reached:
+            if set(reached) >= set(expected):
+                break
+            continue
+        reached[focus["element"]] = focus["ratio"]
+        if not focus["focusVisible"]:
+            problems.append(f"{focus['element']}: focused by Tab but not :focus-visible")
+        elif not focus["indicator"]:
+            problems.append(f"{focus['element']}: no outline or box-shadow when focused")
+        elif focus["ratio"] < 3.0:
+            problems.append(
+                f"{focus['element']}: {focus['indicator']} on {focus['background']} "
+                f"is {focus['ratio']:.2f}:1, needs 3:1"
+            )
+    problems += [f"{key}: never reached by Tab" for key in expected if key not in reached]
+    return problems, min(reached.values(), default=0.0)
+
+
+def test_the_contrast_and_focus_checks_find_what_they_are_for(browser: Any) -> None:
+    """The measuring itself, on a page of known colours: #777 on white is 4.48:1 (too
+    little for body text), #767676 4.54:1; #949494 is 3.03:1, enough only for large
+    text; backgrounds are taken from ancestors and composed when translucent; opacity
+    fades the text; text on an image is reported; hidden text is left out; a missing or
+    faint focus indicator is found."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_content(
+        """<!doctype html><html><head><style>
+          #nofocus:focus-visible { outline: none; }
+          #faint:focus-visible { outline: 2px solid #dddddd; }
+          #ring:focus-visible { outline: none; box-shadow: 0 0 0 3px #0b57d0; }
+          .sr { position: absolute; width: 1px; height: 1px; overflow: hidden;
+                clip: rect(0 0 0 0); }
+        </style></head><body style="margin:0;font-size:16px">
+        <p id="grey77" style="color:#777777">grey 77</p>
+        <p id="grey76" style="color:#767676">grey 76</p>
+        <p id="large" style="color:#949494;font-size:24px">large</p>
+        <p id="bold" style="color:#949494;font-size:19px;font-weight:700">large bold</p>
+        <p id="small" style="color:#949494;font-size:19px">not large</p>
+        <div style="background:#000"><div><span id="onblack" style="color:#fff">x</span></div>
+          <p id="veil" style="background:rgba(255,255,255,0.5);color:#fff">veil</p></div>
+        <p id="faded" style="opacity:0.4;color:#000">faded</p>
+        <div style="background-image:linear-gradient(#000,#000)"><p id="onimage">img</p></div>
+        <p class="sr" id="sr" style="color:#eee">for screen readers</p>
+        <p hidden style="color:#eee">hidden</p>
+        <progress max="100" value="5">5%</progress>
+        <button disabled style="color:#eee;background:#fff">disabled</button>
+        <a id="fine" href="#a">fine</a> <a id="nofocus" href="#b">none</a>
+        <a id="faint" href="#c">faint</a> <button id="ring">ring</button>
+        </body></html>"""
+    )
+    texts = {re.sub(r" .*", "", t.element): t for t in measure_texts(page)}
+    failing = {name for name, t in texts.items() if t.problem()}
+    assert failing == {"p#grey77", "p#small", "p#veil", "p#faded", "p#onimage"}, texts
+    assert round(texts["p#grey77"].ratio, 2) == 4.48
+    assert round(texts["p#grey76"].ratio, 2) == 4.54
+    assert texts["span#onblack"].ratio == 21 and texts["span#onblack"].background == "#000000"
+    assert texts["p#veil"].background == "#808080"
+    assert texts["p#faded"].color == "#999999"
+    assert "linear-gradient" in texts["p#onimage"].image
+    assert not {"p#sr", "progress", "button"} & set(texts)
+    problems, _ = focus_problems(page)
+    assert len(problems) == 2, problems
+    assert "a#nofocus" in problems[0] and "no outline or box-shadow" in problems[0]
+    assert "a#faint" in problems[1] and "needs 3:1" in problems[1]
+    page.set_content("<p>no link, no button</p>")
+    assert focus_problems(page)[0] == ["nothing on the page can take the keyboard's focus"]
+    context.close()
+
+
+STATE_WORDS = {
+    "join": {"ko": "대기열에 참여", "en": "Join the queue"},
+    "waiting": {"ko": "대기 중입니다", "en": "You are in the queue"},
+    "prequeue": {"ko": "무작위로", "en": "random place"},
+    "paused": {"ko": "잠시 멈췄습니다", "en": "paused"},
+    "soldout": {"ko": "소진되었습니다", "en": "has been taken"},
+    "closed": {"ko": "마감되었습니다", "en": "has closed"},
+    "blocked": {"ko": "참여할 수 없습니다", "en": "cannot take part"},
+    "busy": {"ko": "접속이 많아", "en": "busy"},
+}
+
+
+def test_every_state_page_has_readable_contrast_and_a_visible_focus(
+    bank: Bank, browser: Any
+) -> None:
+    """Each state, in both languages, at phone and desktop width: every text on screen
+    (links and buttons too) meets WCAG 2.1 AA contrast (4.5:1, large text 3:1), and Tab
+    reaches every link and button with a visible focus indicator. The lowest ratios
+    measured are written to $FAIRGATE_ARTIFACTS/contrast.json."""
+    now = datetime.now(UTC)
+    waiting = bank.campaign("ct-waiting", admission={"rate_per_s": 0.001, "burst": 1})
+    bank.join(waiting, "ahead")
+    paused = bank.campaign("ct-paused", admission={"rate_per_s": 0.001, "burst": 1})
+    soldout = bank.campaign(
+        "ct-soldout", quota={"unit": "item", "total": 1}, admission={"pass_ttl_s": 600}
+    )
+    closed = bank.campaign("ct-closed")
+    blocked = bank.campaign("ct-blocked", admission={"rate_per_s": 0.001, "burst": 1})
+    later = bank.campaign(
+        "ct-prequeue",
+        opens_at=(now + timedelta(minutes=30)).isoformat(),
+        closes_at=(now + timedelta(hours=2)).isoformat(),
+        prequeue={"window_s": 7200},
+    )
+    first = bank.join(soldout, "first")
+    until(lambda: "pass" in bank.status(soldout, "first", first["ticket"]), "first admitted")
+    claim = urllib.request.Request(
+        f"{bank.gate.url}/q/{soldout}/claim",
+        data=json.dumps({"amount": "1"}).encode(),
+        headers={
+            "X-Customer-Id": "first",
+            "X-Gate-Pass": bank.status(soldout, "first", first["ticket"])["pass"],
+            "Content-Type": "application/json",
+        },
+        method="POST",
+    )
+    urllib.request.urlopen(claim, timeout=5).close()
+    bank.admin("POST", f"/admin/campaigns/{closed}/close")
+    combos = [(lang, size) for lang in ("ko", "en") for size in SIZES]
+    # one browser per language and width; each joins the campaign to be paused first
+    pages: dict[tuple[str, str], Any] = {}
+    for lang, size in combos:
+        who = f"contrast-{lang}-{size}"
+        bank.admin("POST", f"/admin/campaigns/{blocked}/block", {"customer": who})
+        pages[lang, size] = customer_context(browser, bank, who, lang=lang, size=size).new_page()
+        pages[lang, size].goto(f"{bank.url}/q/{paused}?lang={lang}")
+        pages[lang, size].click("#fg-join")
+        pages[lang, size].wait_for_selector("#fg-seq")
+    bank.admin("POST", f"/admin/campaigns/{paused}/pause")
+
+    problems: list[str] = []
+    lowest: dict[str, TextContrast] = {}
+    focus_lowest: dict[str, float] = {}
+    measured: dict[str, int] = {}
+
+    def check(page: Any, state: str, lang: str, size: str) -> None:
+        words = STATE_WORDS[state][lang]
+        until(lambda: words in text_of(page, "main"), f"{state} in {lang}")
+        if state in ("waiting", "paused"):
+            page.wait_for_selector("#fg-seq")
+        where = f"{state} ({lang}, {size})"
+        texts = measure_texts(page)
+        assert texts, f"{where}: no text measured"
+        problems.extend(f"{where}: {p}" for t in texts if (p := t.problem()))
+        measured[state] = measured.get(state, 0) + len(texts)
+        for text in texts:
+            if text.ratio and (state not in lowest or text.ratio < lowest[state].ratio):
+                lowest[state] = text
+        focus, ratio = focus_problems(page)
+        problems.extend(f"{where}: focus: {p}" for p in focus)
+        focus_lowest[state] = min(focus_lowest.get(state, 99.0), ratio)
+
+    for lang, size in combos:
+        page = pages[lang, size]
+        # (state, campaign to open, "" to stay on the page; whether to press join)
+        visits = [
+            ("join", waiting, False),
+            ("waiting", "", True),
+            ("prequeue", later, True),
+            ("paused", paused, False),
+            ("soldout", soldout, True),
+            ("closed", closed, False),
+            ("blocked", blocked, True),
+        ]
+        for state, campaign, join in visits:
+            if campaign:
+                page.goto(f"{bank.url}/q/{campaign}?lang={lang}")
+            if join:
+                page.click("#fg-join")
+            check(page, state, lang, size)
+        page.context.close()
+    bank.redis.stop()
+    try:
+        for lang, size in combos:
+            context = customer_context(
+                browser, bank, f"contrast-{lang}-{size}", lang=lang, size=size
+            )
+            page = context.new_page()
+            answer = page.goto(f"{bank.url}/q/{waiting}?lang={lang}")
+            assert answer is not None and answer.status == 503
+            check(page, "busy", lang, size)
+            context.close()
+    finally:
+        bank.redis.start()
+    bank.admin("POST", f"/admin/campaigns/{paused}/resume")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "contrast.json").write_text(
+        json.dumps(
+            {
+                state: {
+                    "texts_measured": measured[state],
+                    "lowest_text_ratio": round(text.ratio, 2),
+                    "lowest_text": f"{text.element} {text.color} on {text.background}",
+                    "lowest_focus_indicator_ratio": round(focus_lowest[state], 2),
+                }
+                for state, text in lowest.items()
+            },
+            ensure_ascii=False,
+            indent=2,
+        )
+    )
+    assert set(lowest) == set(STATE_WORDS), lowest
+    assert not problems, "\n".join(problems)
