@@ -2,6 +2,19 @@
 
 Workers share the listening ports through SO_REUSEPORT; the parent owns the embedded
 Redis and the signing-key file, so every worker signs and verifies with the same keys.
+
+Process safety of the embedded mode:
+- the data dir is locked (`gate.lock`) before anything else: a second `gate serve` on it
+  stops with `data_dir_in_use` (exit 2) instead of starting a second Redis on the same AOF;
+  the embedded Redis inherits the lock, so it holds until that Redis has exited too;
+- the embedded Redis and every worker get SIGTERM from the kernel when the parent dies,
+  even by kill -9 (Linux; `die_with_parent`);
+- a dead embedded Redis is restarted by the parent on the same port and data dir, and
+  loads its AOF (`appendfsync always`: nothing acknowledged is lost). While it is down each
+  process's cache refresh fails, so `/readyz` answers 503 and the gate fails closed. After
+  `MAX_RESTARTS` deaths within `RESTART_WINDOW_S`, or a Redis that does not answer within
+  `START_TIMEOUT_S`, the gate stops and exits 1, so that its supervisor (systemd
+  `Restart=on-failure`) and an operator take over from a Redis that cannot stay up.
 """
 
 from __future__ import annotations
@@ -11,8 +24,12 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import signal
 import sys
+import time
+from collections import deque
+from multiprocessing.connection import wait as wait_any
 from pathlib import Path
 
 from aiohttp import web
@@ -20,10 +37,69 @@ from aiohttp import web
 from gate.config import Config
 from gate.http.app import create_app
 from gate.logs import setup_logging
-from gate.redis_server import RedisServer
+from gate.redis_server import RedisServer, die_with_parent, lock_data_dir
 from gate.signing import load_or_create_keys
 
 log = logging.getLogger("gate.server")
+
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+START_TIMEOUT_S = 30.0
+WATCH_INTERVAL_S = 0.1
+
+
+class RedisKeeper:
+    """Keeps the embedded Redis running: `tick()`, called every `WATCH_INTERVAL_S` from the
+    parent's main thread, restarts a dead Redis and returns False once it gives up."""
+
+    def __init__(self, server: RedisServer):
+        self.server = server
+        self.deaths: deque[float] = deque()
+        self.starting_since: float | None = None
+
+    def tick(self) -> bool:
+        now = time.monotonic()
+        if self.starting_since is not None:
+            if self.server.alive() and self.server.answering():
+                log.warning(
+                    "event=embedded_redis_restarted pid=%s port=%d after_s=%.2f",
+                    self.server.pid,
+                    self.server.port,
+                    now - self.starting_since,
+                )
+                self.starting_since = None
+                return True
+            if self.server.alive() and now - self.starting_since < START_TIMEOUT_S:
+                return True
+            if self.server.alive():
+                log.error("event=embedded_redis_start_timeout port=%d", self.server.port)
+                self.server.kill()
+                return False
+        elif self.server.alive():
+            return True
+        code = self.server.process.returncode if self.server.process is not None else None
+        log.error("event=embedded_redis_died code=%s port=%d", code, self.server.port)
+        while self.deaths and now - self.deaths[0] > RESTART_WINDOW_S:
+            self.deaths.popleft()
+        self.deaths.append(now)
+        if len(self.deaths) > MAX_RESTARTS:
+            log.error(
+                "event=embedded_redis_gave_up deaths=%d window_s=%d: the gate stops",
+                len(self.deaths),
+                RESTART_WINDOW_S,
+            )
+            return False
+        self.server.launch()
+        self.starting_since = now
+        return True
+
+
+async def _keep_redis(keeper: RedisKeeper, stop: asyncio.Event, gave_up: list[bool]) -> None:
+    while not stop.is_set():
+        await asyncio.sleep(WATCH_INTERVAL_S)
+        if not keeper.tick():
+            gave_up.append(True)
+            stop.set()
 
 
 def _install_uvloop() -> None:
@@ -34,10 +110,16 @@ def _install_uvloop() -> None:
 
 
 async def run_process(
-    config: Config, *, reuse_port: bool, ready: asyncio.Event | None = None
-) -> None:
-    """One gate process: both listeners, until SIGTERM or SIGINT."""
+    config: Config,
+    *,
+    reuse_port: bool,
+    ready: asyncio.Event | None = None,
+    keeper: RedisKeeper | None = None,
+) -> bool:
+    """One gate process: both listeners, until SIGTERM or SIGINT. With a `keeper`, it also
+    keeps the embedded Redis; False when it stopped because that Redis could not be kept."""
     stop = asyncio.Event()
+    gave_up: list[bool] = []
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -62,12 +144,18 @@ async def run_process(
         )
         if ready is not None:
             ready.set()
+        if keeper is not None:
+            watch = asyncio.create_task(_keep_redis(keeper, stop, gave_up))
         await stop.wait()
+        if keeper is not None:
+            watch.cancel()
     finally:
         await runner.cleanup()
+    return not gave_up
 
 
-def _worker(config: Config) -> None:
+def _worker(config: Config, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
     setup_logging(config.log_level)
     _install_uvloop()
     asyncio.run(run_process(config, reuse_port=True))
@@ -75,42 +163,68 @@ def _worker(config: Config) -> None:
 
 def serve(config: Config) -> int:
     setup_logging(config.log_level)
-    load_or_create_keys(config.keys_path, create=config.signing_keys is None)
+    lock_fd: int | None = None
     embedded: RedisServer | None = None
     if not config.redis_url:
-        embedded = RedisServer(Path(config.data_dir) / "redis")
-        embedded.start()
-        config = dataclasses.replace(config, redis_url=embedded.url)
-        log.info(
-            "event=embedded_redis version=%s port=%d dir=%s appendfsync=always",
-            embedded.version(),
-            embedded.port,
-            embedded.data_dir,
-        )
+        # Before anything else is written there (the keys file included).
+        lock_fd = lock_data_dir(Path(config.data_dir))
     try:
+        load_or_create_keys(config.keys_path, create=config.signing_keys is None)
+        if lock_fd is not None:
+            embedded = RedisServer(
+                Path(config.data_dir) / "redis", die_with_parent=True, keep_fds=(lock_fd,)
+            )
+            embedded.start()
+            config = dataclasses.replace(config, redis_url=embedded.url)
+            log.info(
+                "event=embedded_redis version=%s port=%d pid=%s dir=%s appendfsync=always",
+                embedded.version(),
+                embedded.port,
+                embedded.pid,
+                embedded.data_dir,
+            )
+        keeper = RedisKeeper(embedded) if embedded is not None else None
         if config.workers == 1:
             _install_uvloop()
-            asyncio.run(run_process(config, reuse_port=False))
-            return 0
-        ctx = multiprocessing.get_context("spawn")
-        workers = [
-            ctx.Process(target=_worker, args=(config,), name=f"gate-worker-{i}")
-            for i in range(config.workers)
-        ]
-        for process in workers:
-            process.start()
-
-        def forward(signum: int, _frame: object) -> None:
-            for process in workers:
-                if process.is_alive() and process.pid is not None:
-                    process.terminate()
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        for process in workers:
-            process.join()
-        return 0 if all(p.exitcode == 0 for p in workers) else 1
+            kept = asyncio.run(run_process(config, reuse_port=False, keeper=keeper))
+            return 0 if kept else 1
+        return _run_workers(config, keeper)
     finally:
         if embedded is not None:
             embedded.stop()
             sys.stderr.flush()
+        if lock_fd is not None:
+            os.close(lock_fd)
+
+
+def _run_workers(config: Config, keeper: RedisKeeper | None) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    workers = [
+        ctx.Process(target=_worker, args=(config, os.getpid()), name=f"gate-worker-{i}")
+        for i in range(config.workers)
+    ]
+    for process in workers:
+        process.start()
+        log.info("event=worker_started name=%s pid=%s", process.name, process.pid)
+
+    def stop_workers() -> None:
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()
+
+    def forward(signum: int, _frame: object) -> None:
+        stop_workers()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    kept = True
+    while any(process.is_alive() for process in workers):
+        wait_any([process.sentinel for process in workers], timeout=WATCH_INTERVAL_S)
+        if kept and keeper is not None and not keeper.tick():
+            kept = False
+            stop_workers()
+    for process in workers:
+        process.join()
+        if process.exitcode != 0:
+            log.error("event=worker_failed name=%s code=%s", process.name, process.exitcode)
+    return 0 if kept and all(p.exitcode == 0 for p in workers) else 1
