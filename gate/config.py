@@ -85,6 +85,16 @@ class Config:
     join_batch_window_ms: float = 1.0
     join_batch_max: int = 500
     max_body_bytes: int = 16384
+    # Every listener: a request head must be complete this long after its first byte, a
+    # body read this long after the handler asks for it (408), and an idle keep-alive
+    # connection is closed after keepalive_timeout_s.
+    header_timeout_ms: int = 10000
+    body_timeout_ms: int = 10000
+    keepalive_timeout_s: int = 15
+    # Requests in flight per listener per process on the public and core listeners; one
+    # more is answered 503 with Retry-After at once (0: no bound). The admin listener has
+    # no bound, so that operators can pause or close under any load.
+    max_concurrent_requests: int = 1000
     cookie_secure: bool = True
     log_level: str = "INFO"
     # The audit log's sealer (gate/audit/sealer.py): a checkpoint at most this often while
@@ -261,6 +271,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("join_batch_window_ms: must be at most 50")
     if cfg.max_body_bytes < 256 or cfg.max_body_bytes > 1 << 20:
         raise ConfigError("max_body_bytes: must be between 256 and 1048576")
+    for name in ("header_timeout_ms", "body_timeout_ms"):
+        if not 100 <= getattr(cfg, name) <= 600000:
+            raise ConfigError(f"{name}: must be between 100 and 600000")
+    if cfg.keepalive_timeout_s < 1 or cfg.keepalive_timeout_s > 3600:
+        raise ConfigError("keepalive_timeout_s: must be between 1 and 3600")
+    if cfg.max_concurrent_requests > 1_000_000:
+        raise ConfigError("max_concurrent_requests: must be 0 (no bound) or at most 1000000")
     if cfg.redis_timeout_ms < 10:
         raise ConfigError("redis_timeout_ms: must be at least 10")
     if cfg.seal_interval_ms < 10 or cfg.seal_interval_ms > 600000:

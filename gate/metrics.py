@@ -74,6 +74,14 @@ class Metrics:
             ["listener", "route", "status"],
             registry=self.registry,
         )
+        # Refused before or instead of a handler: malformed HTTP, a slow request head or
+        # body, more concurrent requests than max_concurrent_requests.
+        self.refused = Counter(
+            "fairgate_http_refused",
+            "HTTP requests refused by the listener",
+            ["listener", "reason"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "fairgate_http_seconds",
             "HTTP handling time",

@@ -36,6 +36,7 @@ from aiohttp import web
 
 from gate.config import Config
 from gate.http.app import create_app
+from gate.http.listener import ListenerRunner
 from gate.logs import setup_logging
 from gate.redis_server import RedisServer, die_with_parent, lock_data_dir
 from gate.signing import load_or_create_keys
@@ -125,9 +126,7 @@ async def run_process(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     # The app starts the gate and the admin listener, and stops them in its cleanup.
-    runner = web.AppRunner(
-        create_app(config, reuse_port=reuse_port), access_log=None, handle_signals=False
-    )
+    runner = ListenerRunner(create_app(config, reuse_port=reuse_port), config, listener="public")
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=4096)

@@ -19,6 +19,7 @@ from gate.config import Config
 from gate.http.admin import create_admin_app
 from gate.http.claims import create_core_app
 from gate.http.common import GATE_KEY
+from gate.http.listener import ListenerRunner
 from gate.http.public import public_app
 from gate.service import running_gate
 
@@ -29,10 +30,10 @@ CORE_ADDRESS: web.AppKey[tuple[str, int]] = web.AppKey("core_address")
 
 
 async def _serve(
-    app: web.Application, host: str, port: int, *, reuse_port: bool
+    app: web.Application, config: Config, listener: str, host: str, port: int, *, reuse_port: bool
 ) -> tuple[web.AppRunner, tuple[str, int]]:
     """A side listener, started; the runner to clean up and the address it took."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = ListenerRunner(app, config, listener=listener)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=4096)
@@ -58,11 +59,21 @@ def create_app(config: Config, *, reuse_port: bool = False) -> web.Application:
         async with running_gate(config) as gate, contextlib.AsyncExitStack() as listeners:
             app[GATE_KEY] = gate
             admin, app[ADMIN_ADDRESS] = await _serve(
-                create_admin_app(gate), config.admin_host, config.admin_port, reuse_port=reuse_port
+                create_admin_app(gate),
+                config,
+                "admin",
+                config.admin_host,
+                config.admin_port,
+                reuse_port=reuse_port,
             )
             listeners.push_async_callback(admin.cleanup)
             core, app[CORE_ADDRESS] = await _serve(
-                create_core_app(gate), config.core_host, config.core_port, reuse_port=reuse_port
+                create_core_app(gate),
+                config,
+                "core",
+                config.core_host,
+                config.core_port,
+                reuse_port=reuse_port,
             )
             listeners.push_async_callback(core.cleanup)
             yield

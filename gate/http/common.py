@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -103,7 +105,17 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         raise GateError(
             f"the body is larger than {max_size} bytes", code="body_too_large", status=413
         )
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(gate_of(request).config.body_timeout_ms / 1000):
+            raw = await request.read()
+    except TimeoutError:
+        raise GateError(
+            "the body did not arrive in time", code="body_timeout", status=408
+        ) from None
+    except ConnectionError:  # the client went away mid-body: nobody reads the answer
+        raise BadRequest("the body was cut off", code="body_incomplete") from None
+    except web.RequestPayloadError:  # bad chunking, or a Content-Encoding that does not decode
+        raise BadRequest("the body could not be decoded", code="bad_body_encoding") from None
     if not raw:
         return {}
     ctype = request.content_type
@@ -125,40 +137,96 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         )
     if not isinstance(data, dict):
         raise BadRequest("the body must be an object", code="bad_body")
+    require_text(data)
     return data
 
 
+def require_text(data: Any) -> None:
+    """Every string in `data` (keys too) is text that UTF-8 can carry: JSON's \\ud800 escapes
+    decode to lone surrogates, which no Redis call, digest or msgpack answer can encode."""
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                raise BadRequest(
+                    "the body holds a string that is not valid text (a lone surrogate)",
+                    code="bad_text",
+                ) from None
+
+
 def make_error_middleware(listener: str) -> Any:
+    """The listener's outermost middleware: every error answered in the JSON error shape
+    (or a page), requests counted and timed, and, except on the admin listener, at most
+    config.max_concurrent_requests in flight in this process (503 at once above it)."""
+    in_flight = 0
+
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal in_flight
         gate = request.app[GATE_KEY]
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        started = time.perf_counter()
-        try:
-            response = await handler(request)
-        except Unavailable as exc:
-            response = error_response(
-                request, 503, exc.code, exc.message, {"Retry-After": str(exc.retry_after_s)}
+        bound = gate.config.max_concurrent_requests if listener != "admin" else 0
+        if bound and in_flight >= bound:
+            gate.metrics.refused.labels(listener, "overload").inc()
+            gate.metrics.requests.labels(listener, route, "503").inc()
+            return error_response(
+                request,
+                503,
+                "unavailable",  # the busy page for a browser, as when Redis is away
+                "the gate is at its limit of requests in flight; retry shortly",
+                {"Retry-After": "1"},
             )
-        except GateError as exc:
-            if exc.status >= 500:
-                log.error(
-                    "event=gate_error route=%s code=%s message=%s", route, exc.code, exc.message
-                )
-            response = error_response(request, exc.status, exc.code, exc.message)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            code = _HTTP_CODES.get(exc.status, "http_error")
-            response = error_response(request, exc.status, code, exc.reason)
-            if exc.status == 405:
-                response.headers["Allow"] = exc.headers.get("Allow", "")
-        except Exception:
-            log.exception("event=unhandled route=%s", route)
-            response = error_response(request, 500, "internal", "internal error")
+        started = time.perf_counter()
+        in_flight += 1
+        try:
+            response = await _answer(request, handler, route)
+        finally:
+            in_flight -= 1
         gate.metrics.requests.labels(listener, route, str(response.status)).inc()
         gate.metrics.latency.labels(listener, route).observe(time.perf_counter() - started)
+        if response.status == 408:
+            # What still comes of the body is no request: answer, then close at once
+            # rather than linger reading it.
+            gate.metrics.refused.labels(listener, "body_timeout").inc()
+            response.force_close()
+            with contextlib.suppress(ConnectionError):  # the client may be gone already
+                await response.prepare(request)
+                await response.write_eof()
+            request.protocol.force_close()
         return response
 
     return errors
+
+
+async def _answer(request: web.Request, handler: Handler, route: str) -> web.StreamResponse:
+    """The handler's response, or its error as the client sees it."""
+    try:
+        response = await handler(request)
+    except Unavailable as exc:
+        response = error_response(
+            request, 503, exc.code, exc.message, {"Retry-After": str(exc.retry_after_s)}
+        )
+    except GateError as exc:
+        if exc.status >= 500:
+            log.error("event=gate_error route=%s code=%s message=%s", route, exc.code, exc.message)
+        response = error_response(request, exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        response = error_response(request, exc.status, code, exc.reason)
+        if exc.status == 405:
+            response.headers["Allow"] = exc.headers.get("Allow", "")
+    except Exception:
+        log.exception("event=unhandled route=%s", route)
+        response = error_response(request, 500, "internal", "internal error")
+    return response
