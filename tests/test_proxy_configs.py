@@ -359,3 +359,29 @@ def test_one_busy_page_for_nginx_and_haproxy() -> None:
     assert inline.group(1) == page
     assert '<section lang="ko">' in page and '<section lang="en">' in page
     assert 'aria-live="polite"' in page and 'http-equiv="refresh"' in page
+
+
+# -- idle connections to the gate --------------------------------------------------------
+
+
+def test_every_proxy_lets_idle_gate_connections_go_before_the_gate_does() -> None:
+    """The gate closes an idle keep-alive connection after keepalive_timeout_s; a proxy that
+    kept it longer could send a request on a connection the gate is closing."""
+    from gate.config import default_config
+
+    gate_s = default_config().keepalive_timeout_s
+    nginx = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    upstream = re.search(r"upstream fairgate\s*\{([^}]*)\}", nginx)
+    assert upstream is not None
+    nginx_s = re.search(r"keepalive_timeout (\d+)s;", upstream.group(1))
+    assert nginx_s is not None and int(nginx_s.group(1)) < gate_s
+    envoy_doc = yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text())
+    cluster = next(c for c in envoy_doc["static_resources"]["clusters"] if c["name"] == "fairgate")
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert int(options["common_http_protocol_options"]["idle_timeout"].rstrip("s")) < gate_s
+    traefik_doc = yaml.safe_load((DEPLOY / "traefik" / "dynamic.yml").read_text())["http"]
+    transport = traefik_doc["services"]["fairgate"]["loadBalancer"]["serversTransport"]
+    timeouts = traefik_doc["serversTransports"][transport]["forwardingTimeouts"]
+    assert int(timeouts["idleConnTimeout"].rstrip("s")) < gate_s
