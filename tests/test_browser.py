@@ -405,21 +405,20 @@ def _open_state(
     return context, page
 
 
-def test_every_state_is_a_page_in_both_languages_at_both_widths(bank: Bank, browser: Any) -> None:
-    """join, waiting, prequeue, paused, sold out, closed, blocked: a screenshot of each at
-    phone and desktop width in Korean and English; each page entirely in its language
-    and no wider than the screen (320 px too)."""
+def state_campaigns(bank: Bank, prefix: str) -> tuple[str, str, str, str, str, str]:
+    """One campaign per state a customer can meet: waiting (someone ahead), to be paused,
+    sold out (the only item claimed), closed, to be blocked, and not open yet (pre-queue)."""
     now = datetime.now(UTC)
-    waiting = bank.campaign("st-waiting", admission={"rate_per_s": 0.001, "burst": 1})
+    waiting = bank.campaign(f"{prefix}-waiting", admission={"rate_per_s": 0.001, "burst": 1})
     bank.join(waiting, "ahead")
-    paused = bank.campaign("st-paused", admission={"rate_per_s": 0.001, "burst": 1})
+    paused = bank.campaign(f"{prefix}-paused", admission={"rate_per_s": 0.001, "burst": 1})
     soldout = bank.campaign(
-        "st-soldout", quota={"unit": "item", "total": 1}, admission={"pass_ttl_s": 600}
+        f"{prefix}-soldout", quota={"unit": "item", "total": 1}, admission={"pass_ttl_s": 600}
     )
-    closed = bank.campaign("st-closed")
-    blocked = bank.campaign("st-blocked", admission={"rate_per_s": 0.001, "burst": 1})
+    closed = bank.campaign(f"{prefix}-closed")
+    blocked = bank.campaign(f"{prefix}-blocked", admission={"rate_per_s": 0.001, "burst": 1})
     later = bank.campaign(
-        "st-prequeue",
+        f"{prefix}-prequeue",
         opens_at=(now + timedelta(minutes=30)).isoformat(),
         closes_at=(now + timedelta(hours=2)).isoformat(),
         prequeue={"window_s": 7200},
@@ -439,6 +438,14 @@ def test_every_state_is_a_page_in_both_languages_at_both_widths(bank: Bank, brow
     )
     urllib.request.urlopen(claim, timeout=5).close()
     bank.admin("POST", f"/admin/campaigns/{closed}/close")
+    return waiting, paused, soldout, closed, blocked, later
+
+
+def test_every_state_is_a_page_in_both_languages_at_both_widths(bank: Bank, browser: Any) -> None:
+    """join, waiting, prequeue, paused, sold out, closed, blocked: a screenshot of each at
+    phone and desktop width in Korean and English; each page entirely in its language
+    and no wider than the screen (320 px too)."""
+    waiting, paused, soldout, closed, blocked, later = state_campaigns(bank, "st")
 
     expected = {
         "join": {"ko": "대기열에 참여", "en": "Join the queue"},
@@ -919,35 +926,7 @@ def test_every_state_page_has_readable_contrast_and_a_visible_focus(
     (links and buttons too) meets WCAG 2.1 AA contrast (4.5:1, large text 3:1), and Tab
     reaches every link and button with a visible focus indicator. The lowest ratios
     measured are written to $FAIRGATE_ARTIFACTS/contrast.json."""
-    now = datetime.now(UTC)
-    waiting = bank.campaign("ct-waiting", admission={"rate_per_s": 0.001, "burst": 1})
-    bank.join(waiting, "ahead")
-    paused = bank.campaign("ct-paused", admission={"rate_per_s": 0.001, "burst": 1})
-    soldout = bank.campaign(
-        "ct-soldout", quota={"unit": "item", "total": 1}, admission={"pass_ttl_s": 600}
-    )
-    closed = bank.campaign("ct-closed")
-    blocked = bank.campaign("ct-blocked", admission={"rate_per_s": 0.001, "burst": 1})
-    later = bank.campaign(
-        "ct-prequeue",
-        opens_at=(now + timedelta(minutes=30)).isoformat(),
-        closes_at=(now + timedelta(hours=2)).isoformat(),
-        prequeue={"window_s": 7200},
-    )
-    first = bank.join(soldout, "first")
-    until(lambda: "pass" in bank.status(soldout, "first", first["ticket"]), "first admitted")
-    claim = urllib.request.Request(
-        f"{bank.gate.url}/q/{soldout}/claim",
-        data=json.dumps({"amount": "1"}).encode(),
-        headers={
-            "X-Customer-Id": "first",
-            "X-Gate-Pass": bank.status(soldout, "first", first["ticket"])["pass"],
-            "Content-Type": "application/json",
-        },
-        method="POST",
-    )
-    urllib.request.urlopen(claim, timeout=5).close()
-    bank.admin("POST", f"/admin/campaigns/{closed}/close")
+    waiting, paused, soldout, closed, blocked, later = state_campaigns(bank, "ct")
     combos = [(lang, size) for lang in ("ko", "en") for size in SIZES]
     # one browser per language and width; each joins the campaign to be paused first
     pages: dict[tuple[str, str], Any] = {}
