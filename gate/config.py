@@ -103,6 +103,9 @@ class Config:
     seal_interval_ms: int = 1000
     seal_lease_ms: int = 3000
     audit_keep_in_redis: int = 100000
+    # Memory each process may give to recently used join batches, to answer retried
+    # joins and receipt reads without reading the log (least recently used out first).
+    receipt_cache_bytes: int = 16 * 1024 * 1024
 
     @property
     def keys_path(self) -> Path:
@@ -286,6 +289,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("seal_lease_ms: must be between 500 and 600000")
     if cfg.audit_keep_in_redis != 0 and cfg.audit_keep_in_redis < 10:
         raise ConfigError("audit_keep_in_redis: must be 0 (keep all) or at least 10")
+    if cfg.receipt_cache_bytes < 0 or cfg.receipt_cache_bytes > 1 << 34:
+        raise ConfigError("receipt_cache_bytes: must be between 0 (no cache) and 17179869184")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level: must be DEBUG, INFO, WARNING or ERROR")
     _validate_identity(cfg)

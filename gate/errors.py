@@ -62,6 +62,15 @@ class Unavailable(GateError):
         self.retry_after_s = retry_after_s
 
 
+class RedisRefused(Unavailable):
+    """Redis refused a command (OOM at maxmemory, MISCONF, BUSY, ...): a 503 like any
+    outage, with a generic message; `reason` is for the count and the log, never the client."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
+
+
 class ScriptError(GateError):
     """A Lua script refused its arguments (a bug in the caller, never customer input)."""
 

@@ -14,12 +14,14 @@ from prometheus_client.registry import Collector
 
 from gate.admission import Admitter
 from gate.cache import CampaignCache
+from gate.redis_checks import RedisSanity
 
 
 class _CampaignCollector(Collector):
-    def __init__(self, cache: CampaignCache, admitter: Admitter):
+    def __init__(self, cache: CampaignCache, admitter: Admitter, sanity: RedisSanity):
         self.cache = cache
         self.admitter = admitter
+        self.sanity = sanity
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         joined = GaugeMetricFamily(
@@ -62,11 +64,24 @@ class _CampaignCollector(Collector):
             "fairgate_admitted", "customers admitted by this process's admit calls"
         )
         admitted.add_metric([], self.admitter.admitted)
+        unsafe = GaugeMetricFamily(
+            "fairgate_redis_unsafe",
+            "1 while Redis runs an evicting policy or weaker persistence than configured",
+        )
+        unsafe.add_metric([], 1.0 if self.sanity.problem is not None else 0.0)
+        refused = CounterMetricFamily(
+            "fairgate_redis_refused",
+            "commands Redis refused (OOM, MISCONF, BUSY, ...), answered 503",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self.sanity.refusals.items()):
+            refused.add_metric([reason], count)
         yield from (joined, cursor, waiting, rate, open_, fresh, skew, admit_calls, admitted)
+        yield from (unsafe, refused)
 
 
 class Metrics:
-    def __init__(self, cache: CampaignCache, admitter: Admitter):
+    def __init__(self, cache: CampaignCache, admitter: Admitter, sanity: RedisSanity):
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "fairgate_http_requests",
@@ -89,7 +104,7 @@ class Metrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
-        self.registry.register(_CampaignCollector(cache, admitter))
+        self.registry.register(_CampaignCollector(cache, admitter, sanity))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

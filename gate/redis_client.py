@@ -16,7 +16,8 @@ from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gate.errors import ConfigError, ScriptError, Unavailable
+from gate.errors import ConfigError, RedisRefused, ScriptError, Unavailable
+from gate.redis_checks import refusal_reason
 
 
 def connect(url: str, *, timeout_s: float, max_connections: int = 64) -> Redis:
@@ -71,7 +72,9 @@ def connect(url: str, *, timeout_s: float, max_connections: int = 64) -> Redis:
 @asynccontextmanager
 async def guarded() -> AsyncIterator[None]:
     """Redis unreachable, loading or read-only -> `Unavailable` (the gate fails closed);
-    a script that refuses its arguments -> `ScriptError`."""
+    Redis refusing service (OOM, MISCONF, BUSY, ...) -> `RedisRefused`, a 503 whose message
+    is generic (Redis's own text never reaches a client); a script that refuses its
+    arguments -> `ScriptError`."""
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError) as exc:
@@ -79,4 +82,7 @@ async def guarded() -> AsyncIterator[None]:
     except ResponseError as exc:
         if "READONLY" in str(exc) or "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
             raise Unavailable() from exc
+        reason = refusal_reason(str(exc))
+        if reason is not None:
+            raise RedisRefused(reason) from exc
         raise ScriptError(f"Redis refused a script: {exc}") from exc

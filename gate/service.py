@@ -57,7 +57,13 @@ class Gate:
             refresh_interval_s=config.refresh_interval_ms / 1000,
             stale_after_s=config.stale_after_ms / 1000,
         )
-        self.receipts = ReceiptBook(self.redis, keys, segments_root(config), scripts=self.scripts)
+        self.receipts = ReceiptBook(
+            self.redis,
+            keys,
+            segments_root(config),
+            scripts=self.scripts,
+            cache_bytes=config.receipt_cache_bytes,
+        )
         self.batcher = JoinBatcher(
             self.room,
             window_s=config.join_batch_window_ms / 1000,

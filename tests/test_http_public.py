@@ -313,7 +313,7 @@ async def test_health_ready_metrics_and_keys(public: Any, admin: Any, gate: Gate
     assert r.status == 200 and (await r.json()) == {"ok": True}
     r = await public.get("/readyz")
     assert r.status == 200
-    assert (await r.json()) == {"ready": True, "redis": True, "scripts": True}
+    assert (await r.json()) == {"ready": True, "redis": True, "scripts": True, "reason": None}
 
     async def counted() -> bool:
         text = await (await public.get("/metrics")).text()

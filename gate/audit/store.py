@@ -13,6 +13,12 @@ exactly as Redis stored them. It is written to a temporary name, fsynced, rename
 the directory fsynced before Redis is trimmed, so a crash leaves either no file or a
 complete one. The segments directory must be shared by every gate process that may
 seal the campaign (one host's data dir, or a shared volume).
+
+The stored Merkle subtrees (``fg:{c}:mnodes``) of the moved entries move with them, so
+Redis holds only those of the newest entries: ``nodes-<first>-<last>.fgn`` (written the
+same way, before the fields are deleted from Redis) holds every stored subtree whose
+last entry lies in ``first..last``: the magic line ``FGNOD1\\n`` then, per subtree, its
+level (1 byte), its index (8 bytes, big-endian) and its 32-byte hash.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ READ_CHUNK = 1000
 # (about one 32-byte hash per 128 entries), enough to build any proof from few leaves.
 NODE_MIN_LEVEL = 8
 _SEGMENT_RE = re.compile(r"^seg-(\d{12})-(\d{12})\.fgs$")
+NODES_MAGIC = b"FGNOD1\n"
+_NODES_RE = re.compile(r"^nodes-(\d{12})-(\d{12})\.fgn$")
+_NODE_RECORD = struct.Struct(">BQ32s")
 
 
 class AuditGapError(RuntimeError):
@@ -62,6 +71,39 @@ class Segment:
 
 def node_field(level: int, index: int) -> str:
     return f"{level}:{index}"
+
+
+def parse_node_field(field: bytes | str) -> tuple[int, int] | None:
+    text = field.decode() if isinstance(field, bytes) else field
+    level, sep, index = text.partition(":")
+    if not (sep and level.isdigit() and index.isdigit()):
+        return None
+    return int(level), int(index)
+
+
+def node_last_entry(level: int, index: int) -> int:
+    """The index of the last entry (1-based) a stored subtree covers."""
+    return (index + 1) << level
+
+
+def _write_nodes(
+    directory: Path, first: int, last: int, nodes: dict[tuple[int, int], bytes]
+) -> Path:
+    path = directory / f"nodes-{first:012d}-{last:012d}.fgn"
+    body = bytearray(NODES_MAGIC)
+    for (level, index), value in sorted(nodes.items()):
+        body += _NODE_RECORD.pack(level, index, value)
+    _write_file(directory, path, bytes(body))
+    return path
+
+
+def _parse_nodes(data: bytes, path: Path) -> dict[tuple[int, int], bytes]:
+    if not data.startswith(NODES_MAGIC) or (len(data) - len(NODES_MAGIC)) % _NODE_RECORD.size:
+        raise AuditGapError(f"{path}: not a complete subtree file")
+    return {
+        (level, index): value
+        for level, index, value in _NODE_RECORD.iter_unpack(data[len(NODES_MAGIC) :])
+    }
 
 
 def entry_index(raw: bytes) -> int:
@@ -90,20 +132,27 @@ def _parse_segment(data: bytes, segment: Segment) -> list[bytes]:
 def _write_segment(directory: Path, first: int, entries: list[bytes]) -> Segment:
     last = first + len(entries) - 1
     path = directory / f"seg-{first:012d}-{last:012d}.fgs"
-    tmp = directory / f".{path.name}.tmp"
     body = bytearray(MAGIC)
     for raw in entries:
         body += struct.pack(">I", len(raw))
         body += raw
+    _write_file(directory, path, bytes(body))
+    return Segment(first, last, path)
+
+
+def _write_file(directory: Path, path: Path, body: bytes) -> None:
+    """Temporary name, fsync, rename, fsync the directory: all of it or nothing."""
+    tmp = directory / f".{path.name}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, bytes(body))
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
     _fsync_dir(directory)
-    return Segment(first, last, path)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -168,6 +217,71 @@ class AuditStore:
             part = entries[offset : offset + SEGMENT_MAX_ENTRIES]
             written.append(await asyncio.to_thread(_write_segment, directory, first + offset, part))
         return written
+
+    # -- stored subtrees of moved entries ---------------------------------------------
+
+    async def node_files(self) -> list[tuple[int, int, Path]]:
+        """The subtree files, as (first entry, last entry, path)."""
+        if self.directory is None:
+            await self.bounds()
+        if self.directory is None or not self.directory.is_dir():
+            return []
+        found: list[tuple[int, int, Path]] = []
+        for name in os.listdir(self.directory):
+            match = _NODES_RE.fullmatch(name)
+            if match:
+                found.append((int(match[1]), int(match[2]), self.directory / name))
+        return sorted(found)
+
+    async def archive_nodes(self, first: int, last: int) -> list[str]:
+        """Write every subtree stored in Redis whose last entry is at most ``last`` to
+        ``nodes-<first>-<last>.fgn`` (fsynced); returns their Redis fields, for
+        `drop_nodes` once the entries are trimmed. Redis holds only the subtrees of the
+        entries it still holds (plus a few levels above), so reading it whole is cheap;
+        a field left behind by a crash before `drop_nodes` goes into this file too."""
+        if self.directory is None:
+            await self.bounds()
+        if self.directory is None:
+            raise RuntimeError("no segments directory configured")
+        async with guarded():
+            fields = await self.redis.hkeys(self.keys.merkle_nodes)
+        chosen: list[tuple[tuple[int, int], bytes | str]] = []
+        for field in fields:
+            node = parse_node_field(field)
+            if node is not None and node_last_entry(*node) <= last:
+                chosen.append((node, field))
+        if not chosen:
+            return []
+        async with guarded():
+            values = await self.redis.hmget(self.keys.merkle_nodes, [f for _, f in chosen])
+        nodes: dict[tuple[int, int], bytes] = {}
+        for (node, _), value in zip(chosen, values, strict=True):
+            if isinstance(value, bytes) and len(value) == merkle.HASH_SIZE:
+                nodes[node] = value
+        directory = self.directory
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(_write_nodes, directory, first, last, nodes)
+        return [node_field(*node) for node in nodes]
+
+    async def drop_nodes(self, fields: Sequence[str]) -> None:
+        """Delete subtrees from Redis that `archive_nodes` has written to a file."""
+        for offset in range(0, len(fields), READ_CHUNK):
+            async with guarded():
+                await self.redis.hdel(self.keys.merkle_nodes, *fields[offset : offset + READ_CHUNK])
+
+    async def _archived_nodes(
+        self, wanted: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        """Stored subtrees from the files of the entries they end in."""
+        files = await self.node_files()
+        out: dict[tuple[int, int], bytes] = {}
+        for first, last, path in files:
+            if not any(first <= node_last_entry(*node) <= last for node in wanted):
+                continue
+            data = await asyncio.to_thread(path.read_bytes)
+            found = _parse_nodes(data, path)
+            out.update((node, found[node]) for node in wanted if node in found)
+        return out
 
     # -- Redis -----------------------------------------------------------------------
 
@@ -301,6 +415,12 @@ class AuditStore:
             for node, value in zip(wanted, values, strict=True):
                 if isinstance(value, bytes) and len(value) == merkle.HASH_SIZE:
                     stored[node] = value
+            absent = [node for node in wanted if node not in stored]
+            if absent:
+                trimmed, _ = await self.bounds()
+                moved = [node for node in absent if node_last_entry(*node) <= trimmed]
+                if moved:
+                    stored.update(await self._archived_nodes(moved))
 
         def has(level: int, index: int) -> bool:
             return (level, index) in stored

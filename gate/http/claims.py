@@ -55,6 +55,7 @@ async def claim(request: web.Request) -> web.Response:
         # Redis is out: a claim cannot be decided, so say "retry" (503), not "your pass is
         # bad" (the 401 that verified_pass gives a proxy's auth check in this case).
         raise Unavailable()
+    gate.refuse_writes_if_unsafe()
     require_api_body(request)
     token, live = verified_pass(request, campaign)
     body = await read_body(request)

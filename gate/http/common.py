@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from gate.errors import BadRequest, GateError, Unavailable
+from gate.errors import BadRequest, GateError, RedisRefused, Unavailable
 from gate.http.page import error_page, prefers_html
 from gate.service import Gate
 
@@ -212,6 +212,8 @@ async def _answer(request: web.Request, handler: Handler, route: str) -> web.Str
     try:
         response = await handler(request)
     except Unavailable as exc:
+        if isinstance(exc, RedisRefused):
+            gate_of(request).sanity.refused(exc.reason)
         response = error_response(
             request, 503, exc.code, exc.message, {"Retry-After": str(exc.retry_after_s)}
         )

@@ -137,6 +137,7 @@ async def join(request: web.Request) -> web.StreamResponse:
     else:
         await read_body(request)  # no fields yet, but a malformed body is still refused
     live = await _campaign(request, campaign)
+    gate.refuse_writes_if_unsafe()
     digest = customer_digest(gate.keys, campaign, customer)
     outcome = await gate.batcher.join(campaign, digest)
     # unknown_campaign, campaign_closed or not_open_yet, as the reply table words them
@@ -383,8 +384,16 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     gate = gate_of(request)
-    ready = gate.scripts_loaded and gate.cache.fresh()
-    body = {"ready": ready, "redis": gate.cache.fresh(), "scripts": gate.scripts_loaded}
+    # `reason`: redis_unsafe (an evicting policy or weak persistence: the log names the
+    # setting), redis_refused_<why> (Redis refused a command in the last seconds), or null.
+    reason = gate.sanity.not_ready()
+    ready = gate.scripts_loaded and gate.cache.fresh() and reason is None
+    body = {
+        "ready": ready,
+        "redis": gate.cache.fresh(),
+        "scripts": gate.scripts_loaded,
+        "reason": reason,
+    }
     return respond(request, body, 200 if ready else 503, None if ready else {"Retry-After": "1"})
 
 

@@ -20,7 +20,7 @@ from importlib.resources.abc import Traversable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 INCLUDE_PREFIX = "--!include"
 _INCLUDE_RE = re.compile(r"--!include (lib/[a-z0-9_]+\.lua)\s*")
@@ -98,6 +98,15 @@ def _expand(path: str, read: Read, chain: tuple[str, ...], done: set[str]) -> st
     return "".join(parts)
 
 
+# Scripts an operator must be able to run while Redis is at its maxmemory under
+# noeviction (pause, resume, close), so that a campaign can be stopped even then. Redis 7
+# lets a script declare that with a shebang flag; Redis 6.2 has no script flags (a shebang
+# is a Lua syntax error there) and refuses every script's first write at the limit, so on
+# 6.2 an operator must free memory or raise maxmemory first.
+ALLOW_OOM = frozenset({"campaign_state"})
+ALLOW_OOM_FLAG = "#!lua flags=allow-oom\n"
+
+
 @dataclass(frozen=True)
 class Script:
     name: str
@@ -114,10 +123,12 @@ class Scripts:
         tree = lua_root() if root is None else root
         read = reader(tree)
         self._scripts: dict[str, Script] = {}
+        self._flagged: dict[str, Script] = {}
         for name in script_names(tree):
             source = render(name, read)
-            sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-            self._scripts[name] = Script(name, source, sha)
+            self._scripts[name] = _script(name, source)
+            if name in ALLOW_OOM:
+                self._flagged[name] = _script(name, ALLOW_OOM_FLAG + source)
 
     def __getitem__(self, name: str) -> Script:
         return self._scripts[name]
@@ -126,6 +137,9 @@ class Scripts:
         return list(self._scripts)
 
     async def load_all(self, redis: Redis) -> None:
+        if self._flagged and await _has_script_flags(redis):
+            self._scripts.update(self._flagged)
+            self._flagged = {}
         for script in self._scripts.values():
             sha = await redis.script_load(script.source)
             if sha != script.sha:
@@ -141,3 +155,17 @@ class Scripts:
             # After a restart or a failover the script cache is empty: load and retry once.
             await redis.script_load(script.source)
             return await redis.evalsha(script.sha, len(keys), *keys, *args)
+
+
+def _script(name: str, source: str) -> Script:
+    return Script(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
+async def _has_script_flags(redis: Redis) -> bool:
+    """Redis 7 or later (script shebang flags)."""
+    try:
+        version = str((await redis.info("server")).get("redis_version", "0"))
+    except ResponseError:  # INFO renamed or not permitted: assume no flags
+        return False
+    major = version.split(".")[0]
+    return major.isdigit() and int(major) >= 7
