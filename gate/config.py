@@ -77,6 +77,9 @@ class Config:
     # many replicas to acknowledge each batch before answering a customer.
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 200
+    # Refuse traffic (readyz 503) when Redis runs with AOF off, or appendfsync weaker than
+    # always and no replica to wait for. An evicting maxmemory-policy is refused always.
+    redis_check_persistence: bool = True
     redis_timeout_ms: int = 500
     admit_interval_ms: int = 50
     refresh_interval_ms: int = 10

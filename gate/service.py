@@ -16,6 +16,7 @@ from gate.cache import CampaignCache
 from gate.config import Config
 from gate.errors import ConfigError, Unavailable
 from gate.metrics import Metrics
+from gate.redis_checks import RedisSanity
 from gate.redis_client import connect
 from gate.room import Room
 from gate.room.scripts import Scripts
@@ -74,7 +75,13 @@ class Gate:
         self.admitter = Admitter(
             self.control_room, self.cache, interval_s=config.admit_interval_ms / 1000
         )
-        self.metrics = Metrics(self.cache, self.admitter)
+        # Refuses traffic on an evicting or non-durable Redis, and counts Redis's refusals.
+        self.sanity = RedisSanity(
+            self.control_redis,
+            wait_replicas=config.redis_wait_replicas,
+            check_persistence=config.redis_check_persistence,
+        )
+        self.metrics = Metrics(self.cache, self.admitter, self.sanity)
         self.scripts_loaded = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -92,6 +99,7 @@ class Gate:
     async def start(self, *, background: bool = True) -> None:
         self._tasks.append(asyncio.create_task(self._load_scripts()))
         if background:
+            self._tasks.append(asyncio.create_task(self.sanity.run()))
             self._tasks.append(asyncio.create_task(self.cache.run()))
             self._tasks.append(asyncio.create_task(self.admitter.run()))
             self._tasks.append(asyncio.create_task(self.sealer.run()))
@@ -114,6 +122,12 @@ class Gate:
         await self.sealer.close()
         await self.redis.aclose()
         await self.control_redis.aclose()
+
+    def refuse_writes_if_unsafe(self) -> None:
+        """A join or claim on an evicting or non-durable Redis would be acknowledged and
+        then lost: answer 503 instead (the operator fixes the setting; see /readyz)."""
+        if self.sanity.problem is not None:
+            raise Unavailable()
 
     async def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout_s
