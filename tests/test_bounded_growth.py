@@ -1,5 +1,6 @@
-"""Bounded growth: a long campaign's stored Merkle subtrees leave Redis with the entries
-they cover (and every proof stays servable), and the receipt cache is bounded in bytes."""
+"""Bounded growth: a long campaign's stored Merkle subtrees and receipt index leave Redis
+with the entries they cover (every receipt and proof stays servable), and the receipt
+cache is bounded in bytes."""
 
 from __future__ import annotations
 
@@ -50,9 +51,11 @@ async def all_entries(store: AuditStore) -> list[bytes]:
 async def test_a_long_campaign_keeps_the_stored_subtrees_in_redis_bounded(
     room: Room, config: Config
 ) -> None:
-    """Old code: every subtree of >= 256 entries stays in fg:{c}:mnodes for ever (7,000
-    entries: 50 fields, growing with the log); now at most one per level, and proofs
-    over moved entries (read from the nodes-*.fgn files) are unchanged."""
+    """Old code: every subtree of >= 256 entries stays in fg:{c}:mnodes, and every join
+    batch in fg:{c}:rsig and fg:{c}:rjoin, for ever (7,000 joins: 50 subtrees and 7,000
+    index records, growing with the log); now at most one subtree per level and the
+    index of the newest entries only, and receipts and proofs over moved entries (read
+    from the nodes-*.fgn and receipts-*.fgr files) are unchanged."""
     keys = load_or_create_keys(config.keys_path, create=False)
     c = "longrun"
     k = CampaignKeys(c)
@@ -77,7 +80,11 @@ async def test_a_long_campaign_keeps_the_stored_subtrees_in_redis_bounded(
     # straddles it, however long the campaign.
     for at, nodes in sizes:
         assert nodes <= max(at.bit_length() - 8, 0), sizes
-    assert int(await room.redis.llen(k.audit)) <= KEEP + KEEP // 4 + 1
+    window = KEEP + KEEP // 4 + 1
+    assert int(await room.redis.llen(k.audit)) <= window
+    # One join entry per batch here: the receipt index keeps only the window's.
+    assert int(await room.redis.hlen(k.receipt_signatures)) <= window
+    assert int(await room.redis.zcard(k.join_entries)) <= window
     print(f"\n{size} entries; mnodes fields in Redis per 500 joins: {[n for _, n in sizes]}")
 
     entries = await all_entries(store)
@@ -90,11 +97,21 @@ async def test_a_long_campaign_keeps_the_stored_subtrees_in_redis_bounded(
         assert await store.consistency_proof(old, size) == want
     assert await store.root(size) == merkle.root(leaves)
 
-    # The first customer's receipt and its inclusion proof still verify offline.
+    # Early customers' receipts and their inclusion proofs still verify offline, each
+    # for its own customer, from a process with nothing cached.
     book = ReceiptBook(room.redis, keys, segments_root(config), scripts=room.scripts)
-    answer = await book.receipt_with_proof(c, 1)
-    assert answer is not None and answer["inclusion"] is not None
-    assert verify_receipt_proof(answer, load_public_keys(keys.public_keys()))
+    public_keys = load_public_keys(keys.public_keys())
+    for seq in [1, 2, 257, 3500, size - 500, joined]:
+        answer = await book.receipt_with_proof(c, seq)
+        assert answer is not None and answer["inclusion"] is not None, seq
+        assert verify_receipt_proof(answer, public_keys), seq
+        assert answer["receipt"]["seq"] == seq
+        assert answer["receipt"]["digest"] == customer_digest(keys, c, f"c{seq - 1}").hex()
+    found = await ReceiptBook(room.redis, keys, segments_root(config)).receipts_for(
+        c, list(range(1, joined + 1))
+    )
+    assert sorted(found) == list(range(1, joined + 1))
+    assert await book.receipt(c, joined + 1) is None
     await sealer.close()
 
 

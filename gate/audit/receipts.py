@@ -5,9 +5,11 @@ At join time the gate signs the batch right after the join script returns and an
 each new customer with their receipt; it records the signature per join entry
 (``fg:{c}:rsig``: entry index -> "kid:sig") and the entry's first seq
 (``fg:{c}:rjoin``), so a retried join, or ``GET /q/{c}/receipt/{seq}``, rebuilds the
-same receipt later from the log. The sealer fills both for any join entry that was not
-recorded (a process that died in between, pre-queue assignments). Ed25519 is
-deterministic, so signing a batch again with the same key gives the same signature.
+same receipt later from the log. When the sealer moves entries to segment files, their
+index records move to a ``receipts-*.fgr`` file beside them (store.py). The sealer fills
+both for any join entry that was not recorded (a process that died in between, pre-queue
+assignments). Ed25519 is deterministic, so signing a batch again with the same key gives
+the same signature.
 """
 
 from __future__ import annotations
@@ -289,6 +291,12 @@ class ReceiptBook:
             entry = int(reply[2 * n])
             if entry:
                 located[seq] = (entry, _parse_signature(reply[2 * n + 1]))
+        unindexed = [seq for seq in wanted if seq not in located]
+        if unindexed and self.segments_dir is not None:
+            # Batches moved to segment files took their index with them.
+            archived = await self.store(campaign).archived_receipt_index(unindexed)
+            for seq, (entry, recorded) in archived.items():
+                located[seq] = (entry, _parse_signature(recorded.encode()))
         # Held here for this answer: the cache may drop a batch before it is used.
         batches: dict[int, BatchReceipts] = {}
         for entry in {e for e, _ in located.values()}:

@@ -16,7 +16,8 @@ cheap proofs), make sure each join batch has its receipt signature, then sign an
 publish the checkpoint with the new frontier in one script call. A checkpoint's time is
 Redis's (TIME), not the sealing process's, so a hand-over keeps the times in order. After a
 checkpoint, sealed entries beyond the newest ``audit_keep_in_redis`` may move to segment files,
-and their stored subtrees with them (store.py), so Redis stays bounded in a long campaign.
+and their stored subtrees and receipt index with them (store.py), so Redis stays
+bounded in a long campaign.
 """
 
 from __future__ import annotations
@@ -351,6 +352,7 @@ class Sealer:
             await store.write_segments(trimmed + 1, moving)
         # Their stored subtrees go to a file first, leave Redis only after the trim.
         node_fields = await store.archive_nodes(trimmed + 1, upto)
+        receipt_entries = await store.archive_receipt_index(trimmed + 1, upto)
         k = CampaignKeys(campaign)
         async with guarded():
             reply = await self.scripts.call(
@@ -363,6 +365,7 @@ class Sealer:
             log.warning("event=audit_trim_refused campaign=%s reason=%s", campaign, reply[1])
             return 0
         await store.drop_nodes(node_fields)
+        await store.drop_receipt_index(receipt_entries)
         self.stats.moved += upto - trimmed
         log.info("event=audit_moved campaign=%s upto=%d", campaign, upto)
         return upto - trimmed

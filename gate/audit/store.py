@@ -18,7 +18,10 @@ The stored Merkle subtrees (``fg:{c}:mnodes``) of the moved entries move with th
 Redis holds only those of the newest entries: ``nodes-<first>-<last>.fgn`` (written the
 same way, before the fields are deleted from Redis) holds every stored subtree whose
 last entry lies in ``first..last``: the magic line ``FGNOD1\\n`` then, per subtree, its
-level (1 byte), its index (8 bytes, big-endian) and its 32-byte hash.
+level (1 byte), its index (8 bytes, big-endian) and its 32-byte hash. The receipt index
+of the moved join entries (``fg:{c}:rjoin``, ``fg:{c}:rsig``) moves the same way to
+``receipts-<first>-<last>-<smallest first seq>.fgr``: the magic line ``FGRCP1\\n`` then
+one JSON line ``[entry, first seq, "kid:sig"]`` per join entry, by first seq.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ _SEGMENT_RE = re.compile(r"^seg-(\d{12})-(\d{12})\.fgs$")
 NODES_MAGIC = b"FGNOD1\n"
 _NODES_RE = re.compile(r"^nodes-(\d{12})-(\d{12})\.fgn$")
 _NODE_RECORD = struct.Struct(">BQ32s")
+RECEIPTS_MAGIC = b"FGRCP1\n"
+_RECEIPTS_RE = re.compile(r"^receipts-(\d{12})-(\d{12})-(\d{12})\.fgr$")
 
 
 class AuditGapError(RuntimeError):
@@ -161,6 +166,16 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _parse_receipts(data: bytes, path: Path) -> list[tuple[int, int, str]]:
+    if not data.startswith(RECEIPTS_MAGIC):
+        raise AuditGapError(f"{path}: not a receipts file")
+    out: list[tuple[int, int, str]] = []
+    for line in data[len(RECEIPTS_MAGIC) :].splitlines():
+        entry, first_seq, signature = json.loads(line)
+        out.append((int(entry), int(first_seq), str(signature)))
+    return out
 
 
 class AuditStore:
@@ -281,6 +296,87 @@ class AuditStore:
             data = await asyncio.to_thread(path.read_bytes)
             found = _parse_nodes(data, path)
             out.update((node, found[node]) for node in wanted if node in found)
+        return out
+
+    # -- receipt index of moved join entries -----------------------------------------
+
+    async def archive_receipt_index(self, first: int, last: int) -> list[str]:
+        """Write the receipt index of the join entries up to ``last`` (``fg:{c}:rjoin``
+        and ``fg:{c}:rsig``: entry, its first seq, "kid:sig") to
+        ``receipts-<first>-<last>-<smallest first seq>.fgr``, fsynced; returns the
+        entries written, for `drop_receipt_index` once the entries are trimmed. An entry
+        not yet signed stays in Redis."""
+        if self.directory is None:
+            await self.bounds()
+        if self.directory is None:
+            raise RuntimeError("no segments directory configured")
+        async with guarded():
+            indexed = await self.redis.zrange(self.keys.join_entries, 0, -1, withscores=True)
+        chosen: list[tuple[int, int]] = []
+        for item in indexed:
+            member, score = item[0], item[1]
+            if isinstance(member, bytes) and member.isdigit() and int(member) <= last:
+                chosen.append((int(member), int(score)))
+        if not chosen:
+            return []
+        async with guarded():
+            signatures = await self.redis.hmget(
+                self.keys.receipt_signatures, [str(entry) for entry, _ in chosen]
+            )
+        records = [
+            (entry, first_seq, signature.decode())
+            for (entry, first_seq), signature in zip(chosen, signatures, strict=True)
+            if isinstance(signature, bytes)
+        ]
+        if not records:
+            return []
+        records.sort(key=lambda record: record[1])
+        lines = b"".join(
+            json.dumps(list(record), separators=(",", ":")).encode() + b"\n" for record in records
+        )
+        path = self.directory / f"receipts-{first:012d}-{last:012d}-{records[0][1]:012d}.fgr"
+        directory = self.directory
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(_write_file, directory, path, RECEIPTS_MAGIC + lines)
+        return [str(entry) for entry, _, _ in records]
+
+    async def drop_receipt_index(self, entries: Sequence[str]) -> None:
+        """Delete receipt index records from Redis that are in a receipts file."""
+        for offset in range(0, len(entries), READ_CHUNK):
+            part = entries[offset : offset + READ_CHUNK]
+            async with guarded():
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.zrem(self.keys.join_entries, *part)
+                pipe.hdel(self.keys.receipt_signatures, *part)
+                await pipe.execute()
+
+    async def archived_receipt_index(self, seqs: Sequence[int]) -> dict[int, tuple[int, str]]:
+        """For each seq, the moved join entry with the largest first seq not above it, and
+        its "kid:sig" (the caller checks the seq is in that batch)."""
+        if self.directory is None:
+            await self.bounds()
+        if self.directory is None or not self.directory.is_dir() or not seqs:
+            return {}
+        files: list[tuple[int, Path]] = []
+        for name in os.listdir(self.directory):
+            match = _RECEIPTS_RE.fullmatch(name)
+            if match:
+                files.append((int(match[3]), self.directory / name))
+        files.sort(reverse=True)
+        out: dict[int, tuple[int, str]] = {}
+        parsed: dict[Path, list[tuple[int, int, str]]] = {}
+        for seq in seqs:
+            # The batch is in the newest file starting at or below it; a second file
+            # covers a copy a predecessor wrote before it could trim.
+            best: tuple[int, int, str] | None = None
+            for _, path in [f for f in files if f[0] <= seq][:2]:
+                if path not in parsed:
+                    parsed[path] = _parse_receipts(await asyncio.to_thread(path.read_bytes), path)
+                for entry, first_seq, signature in parsed[path]:
+                    if first_seq <= seq and (best is None or first_seq > best[1]):
+                        best = (entry, first_seq, signature)
+            if best is not None:
+                out[seq] = (best[0], best[2])
         return out
 
     # -- Redis -----------------------------------------------------------------------
