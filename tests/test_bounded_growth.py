@@ -8,16 +8,18 @@ import sys
 from typing import Any
 
 from gate.audit import merkle
+from gate.audit.export import export_chunks
 from gate.audit.format import load_public_keys
 from gate.audit.receipts import BatchReceipts, ReceiptBook, batch_bytes, verify_receipt_proof
 from gate.audit.store import AuditStore, segments_root
+from gate.audit.verify import verify_lines
 from gate.campaign import parse_spec
 from gate.config import Config, default_config
 from gate.room import Room
 from gate.room.keys import CampaignKeys
 from gate.signing import SigningKeys, load_or_create_keys
 from gate.tokens import customer_digest
-from tests.helpers import sealer_for, spec
+from tests.helpers import assert_sealed_log, sealer_for, spec
 
 ACTOR = "ops"
 KEEP = 100
@@ -224,4 +226,64 @@ async def test_receipts_are_served_with_no_cache_at_all(room: Room, config: Conf
     answer = await book.receipt_with_proof(c, 7)
     assert answer is not None
     assert verify_receipt_proof(answer, load_public_keys(keys.public_keys()))
+    await sealer.close()
+
+
+async def test_the_checkpoint_list_in_redis_is_bounded_and_the_export_has_every_one(
+    room: Room, config: Config
+) -> None:
+    """Old code: one checkpoint per sealing round in fg:{c}:checkpoints for ever (300
+    rounds: 300 items); now at most the newest `checkpoints_in_redis` (+ a quarter) stay,
+    the others in a checkpoints file, and the export still holds every one, in order."""
+    keys = load_or_create_keys(config.keys_path, create=False)
+    c = "manyrounds"
+    k = CampaignKeys(c)
+    await room.create(parse_spec(spec(c)), ACTOR)
+    sealer = sealer_for(room, config, keep_in_redis=KEEP)
+    sealer.checkpoints_in_redis = 20
+    longest = 0
+    for n in range(300):
+        await room.join(c, [customer_digest(keys, c, f"m{n}")])
+        assert await sealer.step(c, force=True)
+        longest = max(longest, int(await room.redis.llen(k.checkpoints)))
+    assert longest <= 20 + 20 // 4
+    store = AuditStore(room.redis, c, segments_root(config))
+    checkpoints = await store.checkpoints()
+    # One per round: the first covers the campaign's creation and the first join.
+    assert [cp["size"] for cp in checkpoints] == list(range(2, 302))
+    entries = await all_entries(store)
+    assert_sealed_log(entries, checkpoints, keys.public_keys())
+    public = keys.public_keys()
+    lines = b"".join([chunk async for chunk in export_chunks(store, public)]).splitlines()
+    report = verify_lines(lines, public, require_sealed=True)
+    assert report.checkpoints == 300
+    latest = await store.latest_checkpoint()
+    assert latest is not None and latest["size"] == 301
+    await sealer.close()
+
+
+async def test_only_the_lease_holder_drops_checkpoints(room: Room, config: Config) -> None:
+    keys = load_or_create_keys(config.keys_path, create=False)
+    c = "fencedtrim"
+    k = CampaignKeys(c)
+    await room.create(parse_spec(spec(c)), ACTOR)
+    sealer = sealer_for(room, config)
+    for n in range(5):
+        await room.join(c, [customer_digest(keys, c, f"t{n}")])
+        assert await sealer.step(c, force=True)
+    fence = int(await room.redis.get(k.sealer_fence) or 0)
+    keys_ = [k.sealer_fence, k.checkpoints, k.meta]
+
+    async def trim(*args: int) -> list[Any]:
+        reply = await room.scripts.call(room.redis, "checkpoint_trim", keys_, list(args))
+        return [x.decode() if isinstance(x, bytes) else x for x in reply]
+
+    assert await trim(fence + 1, 0, 2) == [0, "fenced"]
+    assert await trim(fence, 3, 2) == [0, "moved"]
+    assert await trim(fence, 0, 5) == [0, "not_growing"]  # the latest always stays
+    assert await trim(fence, 0, 0) == [0, "not_growing"]
+    assert int(await room.redis.llen(k.checkpoints)) == 5
+    assert await trim(fence, 0, 2) == [1, 2]
+    assert int(await room.redis.llen(k.checkpoints)) == 3
+    assert await room.redis.hget(k.meta, "checkpoints_trimmed") == b"2"
     await sealer.close()

@@ -3,8 +3,8 @@
 Every gate process runs a `Sealer`; per campaign, exactly one of them is active at a
 time: it holds the lease ``fg:{c}:sealer`` (SET NX PX, renewed while it works), and each
 new holder gets a larger fencing token that its writes carry (sealer_lease.lua,
-checkpoint_add.lua, audit_trim.lua), so a holder whose lease lapsed can never write
-after its successor started. The Merkle frontier is stored with each checkpoint
+checkpoint_add.lua, audit_trim.lua, checkpoint_trim.lua), so a holder whose lease lapsed
+can never write after its successor started. The Merkle frontier is stored with each checkpoint
 (``fg:{c}:frontier``), so a successor continues the same tree from the same index:
 entries are read in order, none skipped, and every checkpoint is an extension of the
 one before (provable with `merkle.consistency_proof`).
@@ -50,6 +50,8 @@ log = logging.getLogger("gate.audit")
 
 MAX_PER_ROUND = 20000  # entries per checkpoint when catching up on a backlog
 RENEW_EVERY = 5000  # entries between lease renewals inside a long round
+# Signed checkpoints kept in Redis; older ones move to a checkpoints file (store.py).
+CHECKPOINTS_IN_REDIS = 1000
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Sealer:
         interval_s: float,
         lease_ms: int,
         keep_in_redis: int,
+        checkpoints_in_redis: int = CHECKPOINTS_IN_REDIS,
     ):
         self.redis = redis
         self.scripts = scripts
@@ -93,6 +96,7 @@ class Sealer:
         self.interval_s = interval_s
         self.lease_ms = lease_ms
         self.keep_in_redis = keep_in_redis
+        self.checkpoints_in_redis = checkpoints_in_redis
         self.token = secrets.token_hex(16)
         self.book = ReceiptBook(redis, keys, segments_dir, scripts=scripts)
         self.stats = SealStats()
@@ -190,6 +194,7 @@ class Sealer:
         state.behind = 0 < published < size  # a backlog: go on at the next tick
         if published:
             await self._maybe_move(campaign, fence, published)
+            await self._maybe_move_checkpoints(campaign, fence)
         return bool(published)
 
     # -- a sealing round -----------------------------------------------------------
@@ -369,6 +374,43 @@ class Sealer:
         self.stats.moved += upto - trimmed
         log.info("event=audit_moved campaign=%s upto=%d", campaign, upto)
         return upto - trimmed
+
+    async def _maybe_move_checkpoints(self, campaign: str, fence: int) -> int:
+        """Move the oldest checkpoints beyond the newest `checkpoints_in_redis` to a
+        file, then drop them from Redis; returns how many moved."""
+        keep = self.checkpoints_in_redis
+        if keep <= 0 or self.segments_dir is None:
+            return 0
+        k = CampaignKeys(campaign)
+        async with guarded():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.llen(k.checkpoints)
+            pipe.hget(k.meta, "checkpoints_trimmed")
+            length, trimmed_raw = await pipe.execute()
+        if int(length) < keep + max(keep // 4, 1):
+            return 0
+        count = int(length) - keep
+        async with guarded():
+            # Only the fenced sealer drops from the head; new ones go to the tail.
+            raw = await self.redis.lrange(k.checkpoints, 0, count - 1)
+        moving = [item for item in raw if isinstance(item, bytes)]
+        if len(moving) != count:
+            return 0
+        store = AuditStore(self.redis, campaign, self.segments_dir)
+        await store.archive_checkpoints(moving)
+        trimmed = int(trimmed_raw or 0)
+        async with guarded():
+            reply = await self.scripts.call(
+                self.redis,
+                "checkpoint_trim",
+                [k.sealer_fence, k.checkpoints, k.meta],
+                [fence, trimmed, count],
+            )
+        if int(reply[0]) != 1:
+            log.warning("event=checkpoint_trim_refused campaign=%s reason=%s", campaign, reply[1])
+            return 0
+        log.info("event=checkpoints_moved campaign=%s moved=%d", campaign, count)
+        return count
 
     # -- shutdown ------------------------------------------------------------------
 

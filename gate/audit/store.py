@@ -22,6 +22,10 @@ level (1 byte), its index (8 bytes, big-endian) and its 32-byte hash. The receip
 of the moved join entries (``fg:{c}:rjoin``, ``fg:{c}:rsig``) moves the same way to
 ``receipts-<first>-<last>-<smallest first seq>.fgr``: the magic line ``FGRCP1\\n`` then
 one JSON line ``[entry, first seq, "kid:sig"]`` per join entry, by first seq.
+Only the newest signed checkpoints stay in ``fg:{c}:checkpoints`` (meta field
+``checkpoints_trimmed`` counts the others): the older ones are in
+``checkpoints-<first size>-<last size>.fgc``, the magic line ``FGCKP1\\n`` then each
+checkpoint's JSON exactly as Redis held it, one a line.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ _NODES_RE = re.compile(r"^nodes-(\d{12})-(\d{12})\.fgn$")
 _NODE_RECORD = struct.Struct(">BQ32s")
 RECEIPTS_MAGIC = b"FGRCP1\n"
 _RECEIPTS_RE = re.compile(r"^receipts-(\d{12})-(\d{12})-(\d{12})\.fgr$")
+CHECKPOINTS_MAGIC = b"FGCKP1\n"
+_CHECKPOINTS_RE = re.compile(r"^checkpoints-(\d{12})-(\d{12})\.fgc$")
 
 
 class AuditGapError(RuntimeError):
@@ -562,10 +568,57 @@ class AuditStore:
     # -- checkpoints -----------------------------------------------------------------
 
     async def checkpoints(self) -> list[dict[str, Any]]:
-        """Every published checkpoint, in size order (as signed; see checkpoints.py)."""
+        """Every published checkpoint, in size order (as signed; see checkpoints.py): the
+        older ones from the checkpoints files, the newest from Redis."""
         async with guarded():
-            raw = await self.redis.lrange(self.keys.checkpoints, 0, -1)
-        return [json.loads(item) for item in raw]
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(self.keys.meta, "checkpoints_trimmed")
+            pipe.lrange(self.keys.checkpoints, 0, -1)
+            trimmed_raw, raw = await pipe.execute()
+        in_redis = [json.loads(item) for item in raw]
+        trimmed = int(trimmed_raw or 0)
+        if not trimmed:
+            return in_redis
+        # Files written after the read above hold only checkpoints Redis still had then.
+        first_size = in_redis[0]["size"] if in_redis else None
+        older = {
+            checkpoint["size"]: checkpoint
+            for checkpoint in await self._archived_checkpoints()
+            if first_size is None or checkpoint["size"] < first_size
+        }
+        if len(older) != trimmed:
+            raise AuditGapError(
+                f"campaign {self.campaign}: {trimmed} checkpoints moved out of Redis, "
+                f"{len(older)} found in {self.directory}"
+            )
+        return [older[size] for size in sorted(older)] + in_redis
+
+    async def _archived_checkpoints(self) -> list[dict[str, Any]]:
+        if self.directory is None:
+            await self.bounds()
+        if self.directory is None or not self.directory.is_dir():
+            return []
+        out: list[dict[str, Any]] = []
+        for name in sorted(os.listdir(self.directory)):
+            if _CHECKPOINTS_RE.fullmatch(name):
+                data = await asyncio.to_thread((self.directory / name).read_bytes)
+                if not data.startswith(CHECKPOINTS_MAGIC):
+                    raise AuditGapError(f"{self.directory / name}: not a checkpoints file")
+                out.extend(json.loads(line) for line in data[len(CHECKPOINTS_MAGIC) :].splitlines())
+        return out
+
+    async def archive_checkpoints(self, raw: Sequence[bytes]) -> None:
+        """Write the oldest checkpoints, as Redis holds them, to a fsynced file."""
+        if self.directory is None:
+            await self.bounds()
+        if self.directory is None:
+            raise RuntimeError("no segments directory configured")
+        sizes = [json.loads(item)["size"] for item in raw]
+        path = self.directory / f"checkpoints-{sizes[0]:012d}-{sizes[-1]:012d}.fgc"
+        body = CHECKPOINTS_MAGIC + b"".join(item.rstrip(b"\n") + b"\n" for item in raw)
+        directory = self.directory
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(_write_file, directory, path, body)
 
     async def latest_checkpoint(self) -> dict[str, Any] | None:
         async with guarded():
