@@ -405,6 +405,19 @@ def _open_state(
     return context, page
 
 
+# A phrase each state's page shows, in each language.
+STATE_WORDS = {
+    "join": {"ko": "대기열에 참여", "en": "Join the queue"},
+    "waiting": {"ko": "대기 중입니다", "en": "You are in the queue"},
+    "prequeue": {"ko": "무작위로", "en": "random place"},
+    "paused": {"ko": "잠시 멈췄습니다", "en": "paused"},
+    "soldout": {"ko": "소진되었습니다", "en": "has been taken"},
+    "closed": {"ko": "마감되었습니다", "en": "has closed"},
+    "blocked": {"ko": "참여할 수 없습니다", "en": "cannot take part"},
+    "busy": {"ko": "접속이 많아", "en": "busy"},
+}
+
+
 def state_campaigns(bank: Bank, prefix: str) -> tuple[str, str, str, str, str, str]:
     """One campaign per state a customer can meet: waiting (someone ahead), to be paused,
     sold out (the only item claimed), closed, to be blocked, and not open yet (pre-queue)."""
@@ -447,15 +460,6 @@ def test_every_state_is_a_page_in_both_languages_at_both_widths(bank: Bank, brow
     and no wider than the screen (320 px too)."""
     waiting, paused, soldout, closed, blocked, later = state_campaigns(bank, "st")
 
-    expected = {
-        "join": {"ko": "대기열에 참여", "en": "Join the queue"},
-        "waiting": {"ko": "대기 중입니다", "en": "You are in the queue"},
-        "prequeue": {"ko": "무작위로", "en": "random place"},
-        "paused": {"ko": "잠시 멈췄습니다", "en": "paused"},
-        "soldout": {"ko": "소진되었습니다", "en": "has been taken"},
-        "closed": {"ko": "마감되었습니다", "en": "has closed"},
-        "blocked": {"ko": "참여할 수 없습니다", "en": "cannot take part"},
-    }
     for lang in ("ko", "en"):
         for size in SIZES:
             who = f"cust-{lang}-{size}"
@@ -476,7 +480,7 @@ def test_every_state_is_a_page_in_both_languages_at_both_widths(bank: Bank, brow
                     page.wait_for_selector("#fg-seq")
                     bank.admin("POST", f"/admin/campaigns/{paused}/pause")
                     page.reload()
-                words = expected[state][lang]
+                words = STATE_WORDS[state][lang]
 
                 def shows(page: Any = page, words: str = words) -> bool:
                     return words in text_of(page, "main")
@@ -905,18 +909,6 @@ def test_the_contrast_and_focus_checks_find_what_they_are_for(browser: Any) -> N
     page.set_content("<p>no link, no button</p>")
     assert focus_problems(page)[0] == ["nothing on the page can take the keyboard's focus"]
     context.close()
-
-
-STATE_WORDS = {
-    "join": {"ko": "대기열에 참여", "en": "Join the queue"},
-    "waiting": {"ko": "대기 중입니다", "en": "You are in the queue"},
-    "prequeue": {"ko": "무작위로", "en": "random place"},
-    "paused": {"ko": "잠시 멈췄습니다", "en": "paused"},
-    "soldout": {"ko": "소진되었습니다", "en": "has been taken"},
-    "closed": {"ko": "마감되었습니다", "en": "has closed"},
-    "blocked": {"ko": "참여할 수 없습니다", "en": "cannot take part"},
-    "busy": {"ko": "접속이 많아", "en": "busy"},
-}
 
 
 def test_every_state_page_has_readable_contrast_and_a_visible_focus(

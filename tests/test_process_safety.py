@@ -186,6 +186,19 @@ async def test_a_second_serve_on_the_same_data_dir_is_refused(
     assert not first.leftovers
 
 
+async def _restarted_and_ready(session: aiohttp.ClientSession, gate: GateProcess) -> None:
+    """The embedded Redis restarted by the gate, and the gate ready again."""
+
+    async def restarted() -> bool:
+        return "event=embedded_redis_restarted pid=" in gate.log_path.read_text()
+
+    async def ready() -> bool:
+        return await _status(session, gate.url) == 200
+
+    await wait_for(restarted, 15, "the embedded Redis to be restarted")
+    await wait_for(ready, 15, "/readyz 200 once the embedded Redis is restarted")
+
+
 async def test_a_dead_embedded_redis_is_restarted_with_its_tickets(
     tmp_path: Path, keys_file: Path, session: aiohttp.ClientSession
 ) -> None:
@@ -206,14 +219,7 @@ async def test_a_dead_embedded_redis_is_restarted_with_its_tickets(
         finally:
             gate.process.send_signal(signal.SIGCONT)
 
-        async def restarted() -> bool:
-            return "event=embedded_redis_restarted pid=" in gate.log_path.read_text()
-
-        async def ready() -> bool:
-            return await _status(session, gate.url) == 200
-
-        await wait_for(restarted, 15, "the embedded Redis to be restarted")
-        await wait_for(ready, 15, "/readyz 200 once the embedded Redis is restarted")
+        await _restarted_and_ready(session, gate)
         log = gate.log_path.read_text()
         assert "event=embedded_redis_died code=-9" in log, log
         assert re.search(f"event=embedded_redis_restarted pid=\\d+ port={port} ", log), log
@@ -231,14 +237,7 @@ async def test_a_single_process_gate_restarts_its_redis_too(
         _, redis_pid = _embedded(gate.log_path)
         os.kill(redis_pid, signal.SIGKILL)
 
-        async def restarted() -> bool:
-            return "event=embedded_redis_restarted pid=" in gate.log_path.read_text()
-
-        async def ready() -> bool:
-            return await _status(session, gate.url) == 200
-
-        await wait_for(restarted, 15, "the embedded Redis to be restarted")
-        await wait_for(ready, 15, "/readyz 200 once the embedded Redis is restarted")
+        await _restarted_and_ready(session, gate)
         assert [await _join(session, gate, c) for c in ("a", "b", "c")] == [1, 2, 3]
         await _stop(gate)
     assert not gate.leftovers
