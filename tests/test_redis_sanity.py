@@ -25,6 +25,7 @@ from gate.http.admin import create_admin_app
 from gate.http.public import create_public_app
 from gate.redis_checks import RedisSettings, problems, refusal_reason
 from gate.redis_server import RedisServer
+from gate.room.keys import CampaignKeys
 from gate.service import Gate, running_gate
 from tests.helpers import ADMIN_TOKEN, create_campaign, redis_binaries, wait_for
 
@@ -158,15 +159,27 @@ async def test_oom_is_a_generic_503_logged_once(
         assert (await ready.json())["reason"] == "redis_refused_oom"
         metrics = await (await public.get("/metrics")).text()
         assert 'fairgate_redis_refused_total{reason="oom"} 20.0' in metrics
-        # An operator can still stop the campaign on Redis 7 (allow-oom); Redis 6.2 has no
-        # script flags and refuses, with the same generic 503 (the operator frees memory).
-        paused = await admin.post("/admin/campaigns/oom/pause")
-        text = await paused.text()
-        if _major(server) >= 7:
-            assert paused.status == 200, text
-            assert (await paused.json())["state"] == "paused"
-        else:
-            assert paused.status == 503 and "OOM" not in text, text
+        # An operator can still pause, resume and close at the limit, on Redis 7 (the
+        # allow-oom flag) and on 6.2 (which has no script flags: the state change makes a
+        # write Redis never refuses first, after which Redis lets a script finish), each
+        # change audited in the same script. Joins are still refused meanwhile.
+        audit_before = _audit_length(server, "oom")
+        for action, state in (("pause", "paused"), ("resume", "open"), ("close", "closed")):
+            changed = await admin.post(f"/admin/campaigns/oom/{action}")
+            text = await changed.text()
+            assert changed.status == 200, (_major(server), action, text)
+            assert (await changed.json())["state"] == state
+        assert _audit_length(server, "oom") == audit_before + 3
+        still = await public.post("/q/oom/join", headers={"X-Customer-Id": "after"})
+        assert still.status in (409, 503), await still.text()
+
+
+def _audit_length(server: RedisServer, campaign: str) -> int:
+    client = sync_redis.Redis(port=server.port)
+    try:
+        return int(client.llen(CampaignKeys(campaign).audit))
+    finally:
+        client.close()
 
 
 def _major(server: RedisServer) -> int:

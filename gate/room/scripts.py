@@ -101,8 +101,9 @@ def _expand(path: str, read: Read, chain: tuple[str, ...], done: set[str]) -> st
 # Scripts an operator must be able to run while Redis is at its maxmemory under
 # noeviction (pause, resume, close), so that a campaign can be stopped even then. Redis 7
 # lets a script declare that with a shebang flag; Redis 6.2 has no script flags (a shebang
-# is a Lua syntax error there) and refuses every script's first write at the limit, so on
-# 6.2 an operator must free memory or raise maxmemory first.
+# is a Lua syntax error there) and refuses a script's first write that may grow memory, so
+# there the script itself first makes a write that is never refused (see
+# lua/campaign_state.lua), after which Redis lets it finish.
 ALLOW_OOM = frozenset({"campaign_state"})
 ALLOW_OOM_FLAG = "#!lua flags=allow-oom\n"
 
