@@ -1,0 +1,447 @@
+"""Issue 11's acceptance test for replicated durability: a Sentinel failover after
+replication lag, in the middle of a burst, loses nothing that was acknowledged.
+
+Real processes on loopback (tests/redis_topology.py): a primary, two replicas with
+`appendfsync everysec`, three Sentinels, and a lossy link (a TCP proxy) between the
+primary and replica 1. Replica 2 has `replica-priority 0`, so the failover promotes
+replica 1, the one behind the link: the hostile case, where WAIT 1 was satisfied by the
+replica that will not be promoted. A real `gate serve` process talks to Redis through
+the Sentinels (`redis+sentinel://...`).
+
+Customers arrive at a steady rate and each one joins, waits to be admitted and fetches a
+pass, claims an amount (amount quota, demand well above the total) and is confirmed by
+the core system; every 503 (and every dropped connection) is retried after a short
+pause, as the waiting page does. Mid-burst the link starts lagging (0.7 s), then the
+primary is killed with SIGKILL, and the bytes still on the link vanish with it. The
+burst goes on through the failover; once the Sentinels name the new primary, the killed
+server is restarted as a replica of it (as its supervisor would), so that a mode that
+waits for 2 replicas can write again.
+
+Every acknowledged answer (2xx) is recorded: the seq each customer was given (on every
+join and retried join), their pass, their reservation id and amount, their confirmation.
+Afterwards, on the new primary:
+- 0 acknowledged joins lost: each acknowledged customer's ticket is there, same seq;
+- 0 seqs acknowledged to two customers; 0 reservation ids acknowledged to two customers;
+- 0 acknowledged reservations or confirmations lost;
+- confirmed total <= the quota total (no oversell), in the acknowledgements and in Redis;
+- `gate audit export` then `gate audit verify` (the CLI, offline, with the published
+  keys) is clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+import redis as sync_redis
+
+from gate.room.keys import CampaignKeys
+from gate.signing import load_or_create_keys
+from gate.tokens import customer_digest
+from tests.helpers import (
+    ADMIN_TOKEN,
+    CORE_TOKEN,
+    GateProcess,
+    amount_quota,
+    gate_cli,
+    spec,
+    wait_for,
+)
+from tests.redis_topology import ReplicaSet
+
+CAMPAIGN = "failover-deposit"
+CUSTOMERS = 240
+ARRIVALS_PER_S = 30.0  # the burst lasts ~8 s: the kill lands in its middle
+TOTAL = 300_000_000
+LOW, HIGH, STEP = 1_000_000, 3_000_000, 10_000  # demand ~480,000,000: it sells out
+LAG_AFTER_S = 2.0  # the link starts lagging this long into the burst
+KILL_AFTER_S = 3.0  # and the primary is killed this long into it
+LAG_S = 0.7
+CUSTOMER_DEADLINE_S = 60.0
+
+
+@dataclass
+class Ledger:
+    """Every acknowledged answer of the burst, and what went wrong on the way."""
+
+    seqs: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    passes: dict[str, int] = field(default_factory=dict)  # customer -> seq of the pass
+    reservations: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    amounts: dict[str, int] = field(default_factory=dict)  # reservation -> amount
+    confirmed: dict[str, tuple[str, int]] = field(default_factory=dict)  # customer -> (rid, amount)
+    sold_out: set[str] = field(default_factory=set)
+    statuses: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    unexpected: list[str] = field(default_factory=list)
+    retries: int = 0
+    unfinished: set[str] = field(default_factory=set)
+    # Customers still waiting when nobody else is left: what is left of the quota cannot
+    # serve them (admission is capped by it), so they stop polling and go home.
+    waiting: set[str] = field(default_factory=set)
+    left_waiting: set[str] = field(default_factory=set)
+    stop_waiting: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class Figures:
+    acknowledged_joins: int = 0
+    lost_joins: int = 0
+    seqs_twice: int = 0
+    acknowledged_reservations: int = 0
+    reservation_ids_twice: int = 0
+    lost_reservations: int = 0
+    acknowledged_confirms: int = 0
+    lost_confirms: int = 0
+    confirmed_total: int = 0
+    confirmed_in_redis: int = 0
+    held_in_redis: int = 0
+    oversold: int = 0
+    verify_ok: bool = False
+    verify_output: str = ""
+    failover_s: float = 0.0
+    retries: int = 0
+    unexpected: list[str] = field(default_factory=list)
+    unfinished: int = 0
+    left_waiting: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    def clean(self) -> bool:
+        return (
+            self.lost_joins == 0
+            and self.seqs_twice == 0
+            and self.reservation_ids_twice == 0
+            and self.lost_reservations == 0
+            and self.lost_confirms == 0
+            and self.oversold == 0
+            and self.verify_ok
+            and not self.unexpected
+            and self.unfinished == 0
+        )
+
+
+def campaign_spec() -> dict[str, Any]:
+    raw = spec(
+        CAMPAIGN,
+        rate_per_s=100_000,
+        burst=10_000,
+        max_active=100_000,
+        pass_ttl_s=600,
+        reservation_ttl_s=600,
+    )
+    raw["quota"] = amount_quota(TOTAL, LOW, HIGH, STEP)
+    return raw
+
+
+class Customer:
+    """One customer's way through the gate, retrying what answers 503 as the page does."""
+
+    def __init__(
+        self,
+        name: str,
+        http: aiohttp.ClientSession,
+        gate: GateProcess,
+        ledger: Ledger,
+        rng: random.Random,
+    ):
+        self.name = name
+        self.http = http
+        self.gate = gate
+        self.ledger = ledger
+        self.amount = rng.randrange(LOW, HIGH + 1, STEP)
+        self.deadline = time.monotonic() + CUSTOMER_DEADLINE_S
+
+    async def call(self, method: str, url: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        """The answer, after retrying 503s and dropped connections until the deadline."""
+        while True:
+            try:
+                async with self.http.request(method, url, **kwargs) as r:
+                    status = r.status
+                    body = await r.json(content_type=None)
+            except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError):
+                status, body = 0, {}
+            self.ledger.statuses[status] += 1
+            if status not in (0, 503):
+                if status >= 500:
+                    self.ledger.unexpected.append(f"{self.name} {url}: {status} {body}")
+                return status, body
+            if time.monotonic() > self.deadline:
+                return status, body
+            self.ledger.retries += 1
+            await asyncio.sleep(random.uniform(0.05, 0.2))
+
+    async def run(self) -> None:
+        self.ledger.unfinished.add(self.name)
+        who = {"X-Customer-Id": self.name}
+        base = f"{self.gate.url}/q/{CAMPAIGN}"
+        status, body = await self.call("POST", f"{base}/join", headers=who)
+        if status not in (200, 201):
+            self.ledger.unexpected.append(f"{self.name} join: {status} {body}")
+            return
+        self.ledger.seqs[self.name].add(int(body["seq"]))
+        ticket = body["ticket"]
+        # Wait to be admitted; the status that says so carries the pass.
+        pass_token = ""
+        while not pass_token:
+            status, body = await self.call(
+                "GET", f"{base}/status", params={"ticket": ticket}, headers=who
+            )
+            if status != 200:
+                self.ledger.unexpected.append(f"{self.name} status: {status} {body}")
+                return
+            if body.get("state") == "admitted" and body.get("pass"):
+                pass_token = body["pass"]
+                self.ledger.passes[self.name] = int(body.get("seq", 0) or 0)
+            elif body.get("state") == "soldout":
+                self.ledger.sold_out.add(self.name)
+                self.ledger.unfinished.discard(self.name)
+                return
+            elif self.ledger.stop_waiting.is_set():
+                self.ledger.left_waiting.add(self.name)
+                self.ledger.unfinished.discard(self.name)
+                return
+            elif time.monotonic() > self.deadline:
+                self.ledger.unexpected.append(f"{self.name} never admitted: {body}")
+                return
+            else:
+                self.ledger.waiting.add(self.name)
+                await asyncio.sleep(0.2)
+        self.ledger.waiting.discard(self.name)
+        # A retried join after the pass: the ticket acknowledged again (the same seq).
+        status, body = await self.call("POST", f"{base}/join", headers=who)
+        if status in (200, 201):
+            self.ledger.seqs[self.name].add(int(body["seq"]))
+        status, body = await self.call(
+            "POST",
+            f"{base}/claim",
+            json={"amount": str(self.amount), "idempotency_key": f"k-{self.name}"},
+            headers={**who, "X-Gate-Pass": pass_token},
+        )
+        if status == 409 and body.get("error", {}).get("code") == "sold_out":
+            self.ledger.sold_out.add(self.name)
+            self.ledger.unfinished.discard(self.name)
+            return
+        if status not in (200, 201):
+            self.ledger.unexpected.append(f"{self.name} claim: {status} {body}")
+            return
+        reservation = body["reservation"]
+        self.ledger.reservations[reservation].add(self.name)
+        self.ledger.amounts[reservation] = int(body["amount"])
+        status, body = await self.call(
+            "POST",
+            f"{self.gate.core_url}/q/{CAMPAIGN}/reservations/{reservation}/confirm",
+            headers={"Authorization": f"Bearer {CORE_TOKEN}"},
+        )
+        if status != 200 or body.get("state") != "confirmed":
+            self.ledger.unexpected.append(f"{self.name} confirm {reservation}: {status} {body}")
+            return
+        self.ledger.confirmed[self.name] = (reservation, int(body["amount"]))
+        self.ledger.unfinished.discard(self.name)
+
+
+async def burst(
+    topology: ReplicaSet, gate: GateProcess, http: aiohttp.ClientSession
+) -> tuple[Ledger, float]:
+    """Customers arrive at ARRIVALS_PER_S; lag, kill and failover land in the middle.
+    Returns the ledger and how long the failover took (kill to a new primary named)."""
+    ledger = Ledger()
+    rng = random.Random(11)
+    tasks: dict[str, asyncio.Task[None]] = {}
+    started = time.monotonic()
+
+    async def arrivals() -> None:
+        for n in range(CUSTOMERS):
+            due = started + n / ARRIVALS_PER_S
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            customer = Customer(f"cust-{n:04d}", http, gate, ledger, rng)
+            tasks[customer.name] = asyncio.create_task(customer.run())
+
+    async def faults() -> float:
+        assert topology.link is not None
+        await asyncio.sleep(max(0.0, started + LAG_AFTER_S - time.monotonic()))
+        assert topology.proxy_in_path(), topology.sentinel_log()
+        topology.link.set_delay(LAG_S)
+        await asyncio.sleep(max(0.0, started + KILL_AFTER_S - time.monotonic()))
+        assert topology.proxy_in_path(), topology.sentinel_log()
+        killed = topology.kill_primary()
+        kill_at = time.monotonic()
+        await asyncio.to_thread(topology.wait_failover, 30)
+        took = time.monotonic() - kill_at
+        # The supervisor restarts the killed server: it comes back as a replica.
+        await asyncio.to_thread(topology.restart_as_replica, killed)
+        return took
+
+    fault_task = asyncio.create_task(faults())
+    await arrivals()
+    failover_s = await fault_task
+    quiet_since = time.monotonic()
+    while not all(task.done() for task in tasks.values()):
+        # Only customers waiting are left, and none of them is admitted for a while:
+        # the quota that is left cannot serve them.
+        if {name for name, task in tasks.items() if not task.done()} - ledger.waiting:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 1.5:
+            ledger.stop_waiting.set()
+        await asyncio.sleep(0.05)
+    return ledger, failover_s
+
+
+def redis_state(port: int) -> tuple[dict[bytes, int], dict[str, list[Any]], dict[str, str]]:
+    """Tickets (digest -> seq), reservations and meta, as the new primary holds them."""
+    keys = CampaignKeys(CAMPAIGN)
+    client = sync_redis.Redis(port=port)
+    try:
+        tickets = {k: int(v) for k, v in client.hgetall(keys.tickets).items()}
+        reservations = {
+            rid.decode(): msgpack.unpackb(value, raw=True)
+            for rid, value in client.hgetall(keys.reservations).items()
+        }
+        meta = {
+            k.decode(): v.decode(errors="replace") for k, v in client.hgetall(keys.meta).items()
+        }
+    finally:
+        client.close()
+    return tickets, reservations, meta
+
+
+async def audit_verify(
+    gate: GateProcess, http: aiohttp.ClientSession, tmp: Path
+) -> tuple[bool, str]:
+    """Export through the CLI and verify offline with the published keys."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    async def sealed() -> bool:
+        try:
+            async with http.get(
+                f"{gate.admin_url}/admin/campaigns/{CAMPAIGN}/stats", headers=admin
+            ) as r:
+                stats = await r.json()
+            async with http.get(
+                f"{gate.admin_url}/admin/campaigns/{CAMPAIGN}/checkpoints", headers=admin
+            ) as r:
+                cps = await r.json()
+        except (aiohttp.ClientError, json.JSONDecodeError):
+            return False
+        return bool(cps.get("checkpoints")) and cps["checkpoints"][-1]["size"] >= stats.get(
+            "audit_entries", 1 << 60
+        )
+
+    with contextlib.suppress(AssertionError):  # verify says what is wrong if it never is
+        await wait_for(sealed, 15, "the log sealed to its end", interval_s=0.2)
+    async with http.get(gate.url + "/.well-known/fairgate/keys") as r:
+        keys_doc = await r.json()
+    keys_path = tmp / "public-keys.json"
+    keys_path.write_text(json.dumps(keys_doc))
+    log_path = tmp / "export.jsonl"
+    env = {"GATE_ADMIN_URL": gate.admin_url, "GATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    exported = await gate_cli("audit", "export", CAMPAIGN, "--out", str(log_path), env=env)
+    if exported.code != 0:
+        return False, f"export failed: {exported}"
+    verified = await gate_cli("audit", "verify", str(log_path), "--keys", str(keys_path))
+    return verified.code == 0, (verified.out + verified.err).strip()[-1500:]
+
+
+def tally(ledger: Ledger, port: int, keys_file: Path) -> Figures:
+    figures = Figures(retries=ledger.retries, unexpected=list(ledger.unexpected))
+    figures.statuses = dict(sorted(ledger.statuses.items()))
+    figures.unfinished = len(ledger.unfinished)
+    figures.left_waiting = len(ledger.left_waiting)
+    tickets, reservations, meta = redis_state(port)
+    keys = load_or_create_keys(keys_file, create=False)
+    by_seq: dict[int, set[str]] = defaultdict(set)
+    for customer, seqs in ledger.seqs.items():
+        figures.acknowledged_joins += 1
+        for seq in seqs:
+            by_seq[seq].add(customer)
+        digest = customer_digest(keys, CAMPAIGN, customer)
+        if len(seqs) > 1 or tickets.get(digest) not in seqs:
+            figures.lost_joins += 1
+    figures.seqs_twice = sum(len(who) > 1 for who in by_seq.values())
+    figures.acknowledged_reservations = len(ledger.reservations)
+    figures.reservation_ids_twice = sum(len(who) > 1 for who in ledger.reservations.values())
+    for rid, amount in ledger.amounts.items():
+        record = reservations.get(rid)
+        customer = next(iter(ledger.reservations[rid]))
+        if record is None or int(record[1]) != amount or min(ledger.seqs[customer]) != record[0]:
+            figures.lost_reservations += 1
+    figures.acknowledged_confirms = len(ledger.confirmed)
+    for customer, (rid, amount) in ledger.confirmed.items():
+        record = reservations.get(rid)
+        if (
+            record is None
+            or record[2] != b"confirmed"
+            or int(record[1]) != amount
+            or min(ledger.seqs[customer]) != record[0]
+        ):
+            figures.lost_confirms += 1
+    figures.confirmed_total = sum(amount for _, amount in ledger.confirmed.values())
+    figures.confirmed_in_redis = int(meta.get("confirmed", "0") or 0)
+    figures.held_in_redis = int(meta.get("held", "0") or 0)
+    figures.oversold = max(
+        0,
+        figures.confirmed_total - TOTAL,
+        figures.confirmed_in_redis + figures.held_in_redis - TOTAL,
+    )
+    return figures
+
+
+async def run_scenario(tmp_path: Path, keys_file: Path, env: dict[str, str]) -> Figures:
+    """The whole scenario with the gate's settings `env`; its figures."""
+    topology = ReplicaSet(tmp_path / "redis")
+    await asyncio.to_thread(topology.start)
+    gate = GateProcess(
+        topology.sentinel_url,
+        tmp_path / "gate",
+        keys_file,
+        extra_env={"GATE_SEAL_INTERVAL_MS": "200", **env},
+    )
+    connector = aiohttp.TCPConnector(limit=200)
+    http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
+    try:
+        await gate.__aenter__()
+        async with http.post(
+            f"{gate.admin_url}/admin/campaigns",
+            json=campaign_spec(),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as r:
+            assert r.status == 201, await r.text()
+        ledger, failover_s = await burst(topology, gate, http)
+        figures = tally(ledger, topology.primary.port, keys_file)
+        figures.failover_s = round(failover_s, 2)
+        figures.verify_ok, figures.verify_output = await audit_verify(gate, http, tmp_path)
+        print(f"\nfailover figures {env}: {figures}")
+        return figures
+    finally:
+        await http.close()
+        gate.stop()
+        await asyncio.to_thread(topology.stop)
+
+
+MODES = [
+    pytest.param({"GATE_REDIS_WAIT_REPLICAS": "1"}, id="wait-1-replica"),
+    pytest.param({"GATE_REDIS_WAIT_REPLICAS": "2"}, id="wait-2-replicas"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11: WAIT on every acknowledgement and reconciliation after a failover are "
+    "not in yet (measured before them: 20-21 of 240 acknowledged joins lost and re-issued, "
+    "21-22 reservation ids acknowledged twice, +11% confirmed over the quota)",
+)
+@pytest.mark.parametrize("env", MODES)
+async def test_sentinel_failover_after_lag_loses_nothing_acknowledged(
+    env: dict[str, str], tmp_path: Path, keys_file: Path
+) -> None:
+    figures = await run_scenario(tmp_path, keys_file, env)
+    assert figures.acknowledged_joins > CUSTOMERS // 2, figures
+    assert figures.clean(), figures
