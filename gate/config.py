@@ -81,6 +81,9 @@ class Config:
     # always and no replica to wait for. An evicting maxmemory-policy is refused always.
     redis_check_persistence: bool = True
     redis_timeout_ms: int = 500
+    # The embedded Redis (no redis_url): unanswered PINGs for this long (a process that
+    # exists but is hung, e.g. SIGSTOPped) and the gate kills it and restarts it on its AOF.
+    embedded_redis_hang_ms: int = 10000
     admit_interval_ms: int = 50
     refresh_interval_ms: int = 10
     # A cache older than this no longer proves that a pass was not revoked: fail closed.
@@ -286,6 +289,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("max_concurrent_requests: must be 0 (no bound) or at most 1000000")
     if cfg.redis_timeout_ms < 10:
         raise ConfigError("redis_timeout_ms: must be at least 10")
+    if cfg.embedded_redis_hang_ms < 500 or cfg.embedded_redis_hang_ms > 600000:
+        raise ConfigError("embedded_redis_hang_ms: must be between 500 and 600000")
     if cfg.seal_interval_ms < 10 or cfg.seal_interval_ms > 600000:
         raise ConfigError("seal_interval_ms: must be between 10 and 600000")
     if cfg.seal_lease_ms < 500 or cfg.seal_lease_ms > 600000:

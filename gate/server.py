@@ -14,7 +14,9 @@ Process safety of the embedded mode:
   process's cache refresh fails, so `/readyz` answers 503 and the gate fails closed. After
   `MAX_RESTARTS` deaths within `RESTART_WINDOW_S`, or a Redis that does not answer within
   `START_TIMEOUT_S`, the gate stops and exits 1, so that its supervisor (systemd
-  `Restart=on-failure`) and an operator take over from a Redis that cannot stay up.
+  `Restart=on-failure`) and an operator take over from a Redis that cannot stay up;
+- a running embedded Redis that answers no PING for `embedded_redis_hang_ms` (hung, or
+  stopped: its process still exists) is killed and counts as a death, as above.
 """
 
 from __future__ import annotations
@@ -47,19 +49,46 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 START_TIMEOUT_S = 30.0
 WATCH_INTERVAL_S = 0.1
+# How often the keeper PINGs a running embedded Redis, and how long one PING may take.
+PROBE_INTERVAL_S = 0.5
+PROBE_TIMEOUT_S = 0.2
 
 
 class RedisKeeper:
     """Keeps the embedded Redis running: `tick()`, called every `WATCH_INTERVAL_S` from the
-    parent's main thread, restarts a dead Redis and returns False once it gives up."""
+    parent's main thread, restarts a dead Redis and returns False once it gives up.
 
-    def __init__(self, server: RedisServer):
+    A process that exists is not proof of a Redis that answers: a stopped (SIGSTOP) or
+    wedged one keeps its pid. So the caller also PINGs it every `PROBE_INTERVAL_S`
+    (`probe_due`, then `answered`), and a Redis that has not answered for `hang_s` is
+    killed (SIGKILL) and counts as a death: restarted on its AOF (nothing acknowledged is
+    lost with `appendfsync always`), or the gate gives up as for any other death."""
+
+    def __init__(self, server: RedisServer, hang_s: float = 10.0):
         self.server = server
+        self.hang_s = hang_s
         self.deaths: deque[float] = deque()
         self.starting_since: float | None = None
+        self.last_answer = time.monotonic()
+        self.last_probe = 0.0
+
+    def probe_due(self) -> bool:
+        """A running Redis (not one starting) whose last PING is `PROBE_INTERVAL_S` old."""
+        return (
+            self.starting_since is None
+            and time.monotonic() - self.last_probe >= PROBE_INTERVAL_S
+            and self.server.alive()
+        )
+
+    def answered(self, ok: bool) -> None:
+        now = time.monotonic()
+        self.last_probe = now
+        if ok:
+            self.last_answer = now
 
     def tick(self) -> bool:
         now = time.monotonic()
+        code: int | None
         if self.starting_since is not None:
             if self.server.alive() and self.server.answering():
                 log.warning(
@@ -69,6 +98,7 @@ class RedisKeeper:
                     now - self.starting_since,
                 )
                 self.starting_since = None
+                self.last_answer = now
                 return True
             if self.server.alive() and now - self.starting_since < START_TIMEOUT_S:
                 return True
@@ -77,8 +107,17 @@ class RedisKeeper:
                 self.server.kill()
                 return False
         elif self.server.alive():
-            return True
-        code = self.server.process.returncode if self.server.process is not None else None
+            silent_s = now - self.last_answer
+            if silent_s < self.hang_s:
+                return True
+            log.error(
+                "event=embedded_redis_hung pid=%s port=%d silent_s=%.1f: killed, to restart",
+                self.server.pid,
+                self.server.port,
+                silent_s,
+            )
+            self.server.kill()
+        code = self.server.process.returncode if self.server.process is not None else -9
         log.error("event=embedded_redis_died code=%s port=%d", code, self.server.port)
         while self.deaths and now - self.deaths[0] > RESTART_WINDOW_S:
             self.deaths.popleft()
@@ -95,9 +134,26 @@ class RedisKeeper:
         return True
 
 
+async def _ping(port: int) -> bool:
+    """PING the embedded Redis without holding up the event loop that serves requests."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"PING\r\n")
+            return (await reader.readline()).startswith(b"+PONG")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 async def _keep_redis(keeper: RedisKeeper, stop: asyncio.Event, gave_up: list[bool]) -> None:
     while not stop.is_set():
         await asyncio.sleep(WATCH_INTERVAL_S)
+        if keeper.probe_due():
+            keeper.answered(await _ping(keeper.server.port))
         if not keeper.tick():
             gave_up.append(True)
             stop.set()
@@ -182,7 +238,11 @@ def serve(config: Config) -> int:
                 embedded.pid,
                 embedded.data_dir,
             )
-        keeper = RedisKeeper(embedded) if embedded is not None else None
+        keeper = (
+            RedisKeeper(embedded, hang_s=config.embedded_redis_hang_ms / 1000)
+            if embedded is not None
+            else None
+        )
         if config.workers == 1:
             _install_uvloop()
             kept = asyncio.run(run_process(config, reuse_port=False, keeper=keeper))
@@ -219,6 +279,8 @@ def _run_workers(config: Config, keeper: RedisKeeper | None) -> int:
     kept = True
     while any(process.is_alive() for process in workers):
         wait_any([process.sentinel for process in workers], timeout=WATCH_INTERVAL_S)
+        if kept and keeper is not None and keeper.probe_due():
+            keeper.answered(keeper.server.answering())
         if kept and keeper is not None and not keeper.tick():
             kept = False
             stop_workers()

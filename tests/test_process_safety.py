@@ -4,6 +4,7 @@ one gate per data dir, and a dead embedded Redis is restarted (or the gate exits
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -285,4 +286,54 @@ async def test_a_redis_that_cannot_be_restarted_stops_the_gate_with_exit_1(
             return not any(_running(identity) for identity in left) and _group_empty(pid)
 
         await wait_for(all_gone, 15, f"the workers of a gate that gave up to exit: {left}")
+    assert not gate.leftovers
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "workers"])
+async def test_a_hung_embedded_redis_is_killed_and_restarted(
+    tmp_path: Path, keys_file: Path, session: aiohttp.ClientSession, workers: int
+) -> None:
+    """A SIGSTOPped embedded Redis still exists as a process, so a keeper that only asks
+    whether the process lives believes it alive forever (before: no restart, 503 until an
+    operator came). Unanswered for `embedded_redis_hang_ms`, it is killed and restarted on
+    its AOF; the tickets are kept."""
+    hang_ms = 1500
+    gate = GateProcess(
+        "",
+        tmp_path / "data",
+        keys_file,
+        workers=workers,
+        extra_env={"GATE_EMBEDDED_REDIS_HANG_MS": str(hang_ms)},
+    )
+    async with gate:
+        await _workers_listening(gate, workers)
+        await _with_campaign(session, gate)
+        port, redis_pid = _embedded(gate.log_path)
+        hung = _identity(redis_pid)
+        assert hung is not None
+        os.kill(redis_pid, signal.SIGSTOP)
+        stopped_at = asyncio.get_running_loop().time()
+        try:
+
+            async def not_ready() -> bool:
+                return await _status(session, gate.url) == 503
+
+            await wait_for(not_ready, 5, "/readyz 503 while the embedded Redis is hung")
+            not_ready_s = asyncio.get_running_loop().time() - stopped_at
+            await _restarted_and_ready(session, gate)
+            back_s = asyncio.get_running_loop().time() - stopped_at
+        finally:
+            # a no-op once it is killed; lets it go on if the gate never did
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(redis_pid, signal.SIGCONT)
+        log = gate.log_path.read_text()
+        print(f"hung embedded Redis: readyz 503 after {not_ready_s:.2f}s, back {back_s:.2f}s")
+        assert re.search(r"event=embedded_redis_hung pid=\d+ port=\d+ silent_s=\d", log), log
+        assert re.search(f"event=embedded_redis_restarted pid=\\d+ port={port} ", log), log
+        assert not_ready_s < 1.5, not_ready_s
+        # the last answer may be one probe interval (0.5 s) older than the stop
+        assert hang_ms / 1000 - 0.5 <= back_s < hang_ms / 1000 + 5, back_s
+        assert not _running(hung)  # killed, not left stopped beside the new one
+        assert [await _join(session, gate, c) for c in ("a", "b", "c")] == [1, 2, 3]
+        await _stop(gate)
     assert not gate.leftovers
