@@ -20,9 +20,13 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
+
+from gate.redis_nodes import is_cluster
 
 log = logging.getLogger("gate")
 
@@ -70,6 +74,40 @@ async def read_settings(redis: Redis) -> RedisSettings:
     )
 
 
+async def read_all_settings(redis: Redis) -> dict[str, RedisSettings]:
+    """Each master's settings by node name (host:port) in a cluster, where each master
+    holds campaigns of its own; {"": settings} on one Redis."""
+    if not is_cluster(redis):
+        return {"": await read_settings(redis)}
+    masters = {"target_nodes": RedisCluster.PRIMARIES}
+    try:
+        got: dict[str, dict[str | None, str | None]] = {}
+        for name in ("maxmemory-policy", "appendonly", "appendfsync"):
+            replies: Any = await redis.config_get(name, **masters)  # by node, in a cluster
+            for node, reply in replies.items():
+                got.setdefault(node, {}).update({_text(k): _text(v) for k, v in reply.items()})
+        return {
+            node: RedisSettings(
+                values.get("maxmemory-policy"), values.get("appendonly"), values.get("appendfsync")
+            )
+            for node, values in got.items()
+        }
+    except RedisError as exc:
+        if not _is_refusal_of_config(exc):
+            raise
+    memory = await redis.info("memory", **masters)
+    persistence = await redis.info("persistence", **masters)
+    out: dict[str, RedisSettings] = {}
+    for node, info in memory.items():
+        aof = persistence.get(node, {}).get("aof_enabled")
+        out[node] = RedisSettings(
+            _text(info.get("maxmemory_policy")),
+            None if aof is None else ("yes" if str(aof) == "1" else "no"),
+            None,
+        )
+    return out
+
+
 def _is_refusal_of_config(exc: RedisError) -> bool:
     text = str(exc).lower()
     return "unknown command" in text or "noperm" in text or "no permissions" in text
@@ -107,6 +145,7 @@ _REFUSALS = (
     ("CLUSTERDOWN", "clusterdown"),
     ("TRYAGAIN", "tryagain"),
     ("NOPERM", "noperm"),
+    ("no permissions to", "noperm"),  # redis-py drops the "NOPERM " prefix too
 )
 
 
@@ -125,10 +164,12 @@ class RedisSanity:
         self._unlogged = 0
 
     async def check(self) -> None:
-        settings = await read_settings(self.redis)
-        found = problems(settings, wait_replicas=self.wait_replicas)
-        if not self.check_persistence:
-            found = [p for p in found if p.startswith("maxmemory-policy")]
+        found: list[str] = []
+        for node, settings in (await read_all_settings(self.redis)).items():
+            here = problems(settings, wait_replicas=self.wait_replicas)
+            if not self.check_persistence:
+                here = [p for p in here if p.startswith("maxmemory-policy")]
+            found += [f"{node} {p}" if node else p for p in here]
         problem = "; ".join(found) or None
         if problem != self.problem:
             if problem is not None:

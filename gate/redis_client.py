@@ -1,18 +1,26 @@
-"""Open a Redis connection from a URL (redis://, rediss://, unix://, redis+sentinel://), and
-turn what redis-py raises into fairgate's errors (`guarded`)."""
+"""Open a Redis connection from a URL (redis://, rediss://, unix://, redis+sentinel://,
+redis+cluster://), and turn what redis-py raises into fairgate's errors (`guarded`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlparse
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import BusyLoadingError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    RedisClusterException,
+    ResponseError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -20,14 +28,22 @@ from gate.errors import ConfigError, RedisRefused, ScriptError, Unavailable
 from gate.redis_checks import refusal_reason
 
 
-def connect(url: str, *, timeout_s: float, max_connections: int = 64) -> Redis:
+def connect(
+    url: str,
+    *,
+    timeout_s: float,
+    max_connections: int = 64,
+    on_connect: Callable[[AbstractConnection], Awaitable[None]] | None = None,
+) -> Redis:
     """A client whose commands fail within `timeout_s` instead of hanging (I7).
 
     When every connection is busy, a caller waits up to `timeout_s` for one instead of
     failing at once: a burst of concurrent joins must queue, not answer 503. The retry
     policy is explicit, not redis-py's (which changes between versions): a dropped
     connection (Redis restarted) is retried once, at once, and a command that timed out
-    is never re-sent, so an answer costs at most about one timeout.
+    is never re-sent, so an answer costs at most about one timeout. `on_connect`, when
+    given, replaces redis-py's handshake on every new connection (it must call
+    `connection.on_connect()`): the failover check (gate.failover) asks who the primary is.
     """
     common: dict[str, Any] = {
         "socket_timeout": timeout_s,
@@ -38,19 +54,17 @@ def connect(url: str, *, timeout_s: float, max_connections: int = 64) -> Redis:
         "health_check_interval": 0,
         "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
+    if on_connect is not None:
+        common["redis_connect_func"] = on_connect
+    if url.startswith("redis+cluster://"):
+        return _cluster(url, timeout_s=timeout_s, max_connections=max_connections)
     if url.startswith("redis+sentinel://"):
         # redis+sentinel://[:password@]host:port[,host:port]/service_name[?db=N]
         parsed = urlparse(url.replace("redis+sentinel://", "http://", 1))
         service = parsed.path.strip("/")
         if not service:
             raise ConfigError("redis_url: a sentinel URL must name the service: .../mymaster")
-        hosts: list[tuple[str, int]] = []
-        netloc = parsed.netloc.rpartition("@")[2]
-        for part in netloc.split(","):
-            host, _, port = part.rpartition(":")
-            if not host or not port.isdigit():
-                raise ConfigError(f"redis_url: bad sentinel address {part!r}")
-            hosts.append((host.strip("[]"), int(port)))
+        hosts = _addresses(parsed.netloc, "sentinel")
         password = unquote(parsed.password) if parsed.password else None
         db = int(parse_qs(parsed.query).get("db", ["0"])[0])
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
@@ -69,6 +83,58 @@ def connect(url: str, *, timeout_s: float, max_connections: int = 64) -> Redis:
         raise ConfigError(f"redis_url: {exc}") from None
 
 
+def _addresses(netloc: str, kind: str) -> list[tuple[str, int]]:
+    hosts: list[tuple[str, int]] = []
+    for part in netloc.rpartition("@")[2].split(","):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"redis_url: bad {kind} address {part!r}")
+        hosts.append((host.strip("[]"), int(port)))
+    return hosts
+
+
+class FairgateCluster(RedisCluster):
+    """redis-py's cluster client, retrying only what is safe to send twice: a command that
+    never reached a node (connection refused or dropped: the node died, the client learns
+    the new topology and tries once more) or that the cluster refused whole (CLUSTERDOWN,
+    a slot not covered while a replica takes over). A command that timed out may have run
+    and is never re-sent, as with the other URLs."""
+
+    ERRORS_ALLOW_RETRY = (  # type: ignore[assignment]  # a narrower tuple, on purpose
+        RedisConnectionError,
+        ClusterDownError,
+        SlotNotCoveredError,
+    )
+
+
+def _cluster(url: str, *, timeout_s: float, max_connections: int) -> Redis:
+    """redis+cluster://[[user]:password@]host:port[,host:port...] (the startup nodes: any
+    of them tells the client the whole topology). The client is typed as `Redis`: it
+    answers every command fairgate sends by key; the few that need one node or all masters
+    (WAIT, CONFIG GET, INFO) go through gate.redis_nodes."""
+    parsed = urlparse(url.replace("redis+cluster://", "http://", 1))
+    if parsed.path.strip("/") not in ("", "0"):
+        raise ConfigError("redis_url: a cluster has database 0 only (no /N after the nodes)")
+    nodes = [ClusterNode(host, port) for host, port in _addresses(parsed.netloc, "cluster")]
+    cluster = FairgateCluster(
+        startup_nodes=nodes,
+        username=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password) if parsed.password else None,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        decode_responses=False,
+        health_check_interval=0,
+        # One retry, at once, after the topology is read again (a master just died or
+        # moved a slot); then the error reaches guarded() and the gate answers 503.
+        retry=Retry(NoBackoff(), 1),
+        # Per node, and a full node fails at once (MaxConnectionsError -> 503) instead of
+        # queueing as the standalone pool does: room for a burst.
+        max_connections=max(max_connections, 32),
+        require_full_coverage=True,
+    )
+    return cast(Redis, cluster)
+
+
 @asynccontextmanager
 async def guarded() -> AsyncIterator[None]:
     """Redis unreachable, loading or read-only -> `Unavailable` (the gate fails closed);
@@ -79,6 +145,14 @@ async def guarded() -> AsyncIterator[None]:
         yield
     except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError) as exc:
         raise Unavailable() from exc
+    except (ClusterDownError, SlotNotCoveredError) as exc:
+        # A cluster failing a master over (CLUSTERDOWN, a slot not covered): unreachable
+        # for now.
+        raise Unavailable() from exc
+    except RedisClusterException as exc:
+        if "cannot be connected" not in str(exc):  # a bug (a command cluster mode bars)
+            raise
+        raise Unavailable() from exc  # no startup node would tell the topology
     except ResponseError as exc:
         if "READONLY" in str(exc) or "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
             raise Unavailable() from exc
