@@ -11,12 +11,19 @@ connection of the slot's master and their replies read back in order.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AskError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ConnectionError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from gate.errors import Unavailable
 
@@ -64,9 +71,14 @@ async def one_connection(redis: Redis, key: str | bytes, commands: Sequence[Comm
                 replies.append(await connection.read_response(disconnect_on_error=False))
             except ResponseError as exc:
                 replies.append(exc)
-    except BaseException:
+    except BaseException as exc:
         # The connection is out of step with its replies (or dead): never reuse it.
         await connection.disconnect()
+        if isinstance(exc, ConnectionError | OSError):
+            # The master may be gone: learn the topology again (as redis-py does for its
+            # own commands), so that a retry finds the replica that took its slots over.
+            with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                await cluster.nodes_manager.initialize(last_failed_node_name=node.name)
         raise
     finally:
         node.release(connection)
