@@ -15,6 +15,8 @@ from gate.batcher import JoinBatcher
 from gate.cache import CampaignCache
 from gate.config import Config
 from gate.errors import ConfigError, Unavailable
+from gate.failover import FailoverCollector, FailoverWatch, PrimaryIdentity, config_is_cluster
+from gate.marks import Marks
 from gate.metrics import Metrics
 from gate.redis_checks import RedisSanity
 from gate.redis_client import connect
@@ -33,7 +35,15 @@ class Gate:
         self.config = config
         self.keys = keys
         self.signer = TokenSigner(keys)
-        self.redis = connect(config.redis_url, timeout_s=config.redis_timeout_ms / 1000)
+        # Every new connection asks who the primary is: none carries a write to a new
+        # primary before this process has reconciled with it (gate/failover.py).
+        self.primary = PrimaryIdentity()
+        self.marks = Marks()
+        self.redis = connect(
+            config.redis_url,
+            timeout_s=config.redis_timeout_ms / 1000,
+            on_connect=self.primary.check_connection,
+        )
         self.scripts = Scripts()
         self.room = Room(
             self.redis,
@@ -45,7 +55,10 @@ class Gate:
         # admission loop get their own connections: a burst of customer requests queueing
         # for the shared pool must not pass for a Redis outage and fail every pass closed.
         self.control_redis = connect(
-            config.redis_url, timeout_s=config.redis_timeout_ms / 1000, max_connections=4
+            config.redis_url,
+            timeout_s=config.redis_timeout_ms / 1000,
+            max_connections=4,
+            on_connect=self.primary.check_connection,
         )
         self.control_room = Room(
             self.control_redis,
@@ -82,6 +95,16 @@ class Gate:
             check_persistence=config.redis_check_persistence,
         )
         self.metrics = Metrics(self.cache, self.admitter, self.sanity)
+        # Its own connection, not subject to the identity check it serves.
+        self.failover = FailoverWatch(
+            connect(config.redis_url, timeout_s=config.redis_timeout_ms / 1000, max_connections=2),
+            self.scripts,
+            self.marks,
+            self.primary,
+            segments_root(config),
+        )
+        self.room.marks = self.marks
+        self.metrics.registry.register(FailoverCollector(self.failover))
         self.scripts_loaded = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -103,6 +126,8 @@ class Gate:
             self._tasks.append(asyncio.create_task(self.cache.run()))
             self._tasks.append(asyncio.create_task(self.admitter.run()))
             self._tasks.append(asyncio.create_task(self.sealer.run()))
+            if not config_is_cluster(self.config):  # a cluster's masters: not watched yet
+                self._tasks.append(asyncio.create_task(self.failover.run()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -122,10 +147,15 @@ class Gate:
         await self.sealer.close()
         await self.redis.aclose()
         await self.control_redis.aclose()
+        await self.failover.redis.aclose()
 
-    def refuse_writes_if_unsafe(self) -> None:
+    def refuse_writes_if_unsafe(
+        self, campaign: str | None = None, *, allocates: bool = True
+    ) -> None:
         """A join or claim on an evicting or non-durable Redis would be acknowledged and
-        then lost: answer 503 instead (the operator fixes the setting; see /readyz)."""
+        then lost: answer 503 instead (the operator fixes the setting; see /readyz). While
+        a new primary is reconciled, and for a campaign held after a failover, 503 too."""
+        self.failover.refuse(campaign, allocates=allocates)
         if self.sanity.problem is not None:
             raise Unavailable()
 

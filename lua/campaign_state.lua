@@ -6,6 +6,9 @@
   ARGV[2] actor
   Returns {OK, new_state}, {BAD_STATE, current_state} when the move is not allowed, or
   {UNKNOWN_CAMPAIGN}.
+  A campaign held after a failover (meta failover_hold, reconcile.lua) is released by resume
+  or close, which drop the hold; one whose log cannot continue (failover_log_broken) refuses
+  every move with {BAD_STATE, HELD}: an entry appended now would take a sealed index.
 ]]
 --!include lib/common.lua
 --!include lib/replies.lua
@@ -16,6 +19,7 @@ local moves = {pause = {open = 'paused'}, resume = {paused = 'open'},
 if moves[action] == nil or actor == nil then error('bad argument: action') end
 local state = rcall('HGET', KEYS[1], 'state')
 if not state then return {UNKNOWN_CAMPAIGN} end
+if rcall('HEXISTS', KEYS[1], 'failover_log_broken') == 1 then return {BAD_STATE, HELD} end
 local target = moves[action][state]
 if target == nil then return {BAD_STATE, state} end
 local now = now_us()
@@ -27,5 +31,6 @@ local now = now_us()
 -- writes below, and the audit entry with them, run as one step on 6.2 too.
 rcall('HDEL', KEYS[1], '\0oom-guard')
 rcall('HSET', KEYS[1], 'state', target)
+if action ~= 'pause' then rcall('HDEL', KEYS[1], 'failover_hold') end
 audit(KEYS[1], KEYS[2], now, {k = 'admin-' .. action, a = actor})
 return {OK, target}

@@ -13,7 +13,8 @@
   KEYS[9] audit list        fg:{c}:audit
   ARGV[1] seq   ARGV[2] customer digest (16 bytes)   ARGV[3] amount (decimal string)
   ARGV[4] idempotency key (1..64 bytes)
-  Returns {OK, rid, amount, expires_us, replayed(0|1)} when reserved,
+  Returns {OK, rid, amount, expires_us, replayed(0|1)[, entry]} when reserved (entry: the
+          claim's audit index, when this call made it),
           {REFUSED, reason, detail} when refused, or {UNKNOWN_CAMPAIGN}.
   Reasons: CLOSED, WRONG_POLICY, NOT_ADMITTED, BELOW_MINIMUM, BAD_STEP,
            OVER_CUSTOMER_LIMIT, SOLD_OUT, RESERVATION_PENDING, IDEMPOTENCY_KEY_REUSED.
@@ -76,6 +77,6 @@ rcall('HINCRBY', KEYS[1], 'holding', 1)
 rcall('HINCRBY', KEYS[1], 'claims', 1)
 -- the customer stays active (counts against max_active) until the core system answers
 if tonumber(deadline) < expires then rcall('ZADD', KEYS[2], 'XX', expires, seq) end
-audit(KEYS[1], KEYS[9], now, {k = 'claim', s = seq, c = digest, r = rid, m = grant,
+local entry = audit(KEYS[1], KEYS[9], now, {k = 'claim', s = seq, c = digest, r = rid, m = grant,
   q = amount, e = expires})
-return {OK, rid, grant, expires, 0}
+return {OK, rid, grant, expires, 0, entry}

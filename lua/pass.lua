@@ -9,7 +9,8 @@
   KEYS[7] spent hash     fg:{c}:spent
   KEYS[8] subscriptions  fg:{c}:subs
   ARGV[1] seq            ARGV[2] customer digest (16 raw bytes, from the signed ticket)
-  Returns {OK, state[, value]}: {OK, ADMITTED, deadline_us}, {OK, WAITING, cursor},
+  Returns {OK, state[, value]}: {OK, ADMITTED, deadline_us[, entry]} (entry: the audit
+  index of the `pass` entry, when this call logged it), {OK, WAITING, cursor},
   {OK, EXPIRED}, {OK, CLAIMED, amount} (held, confirmed or subscribed), {OK, REVOKED},
   {OK, CLOSED}; or {UNKNOWN_CAMPAIGN}.
 ]]
@@ -32,6 +33,8 @@ local deadline = rcall('ZSCORE', KEYS[2], seq)
 local now = now_us()
 if not deadline or tonumber(deadline) <= now then return {OK, EXPIRED} end
 if rcall('SADD', KEYS[4], seq) == 1 then
-  audit(KEYS[1], KEYS[5], now, {k = 'pass', s = seq, c = ARGV[2], d = tonumber(deadline)})
+  local entry = audit(KEYS[1], KEYS[5], now,
+    {k = 'pass', s = seq, c = ARGV[2], d = tonumber(deadline)})
+  return {OK, ADMITTED, int_str(tonumber(deadline)), entry}
 end
 return {OK, ADMITTED, int_str(tonumber(deadline))}

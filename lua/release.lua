@@ -3,7 +3,8 @@
   KEYS[1] meta  KEYS[2] active  KEYS[3] reservations  KEYS[4] expiries  KEYS[5] holds
   KEYS[6] spent  KEYS[7] audit
   ARGV[1] reservation id   ARGV[2] actor (core token name)   ARGV[3] reason
-  Returns {OK, state, seq, amount} (state "released"; a repeat returns the same),
+  Returns {OK, state, seq, amount[, entry]} (state "released"; a repeat returns the
+          same without entry, the audit index of the release this call made),
           {REFUSED, state, seq, amount} when it cannot be released (confirmed, expired:
           the reservation's state, lib/reservations.lua),
           {UNKNOWN_RESERVATION}, or {UNKNOWN_CAMPAIGN}.
@@ -22,5 +23,6 @@ local now = now_us()
 local k = {meta = KEYS[1], active = KEYS[2], res = KEYS[3], resexp = KEYS[4], holds = KEYS[5],
            spent = KEYS[6]}
 res_finish(k, rid, r, 'released')
-audit(KEYS[1], KEYS[7], now, {k = 'release', r = rid, s = r[1], m = r[2], a = actor, x = reason})
-return {OK, r[3], r[1], r[2]}
+local entry = audit(KEYS[1], KEYS[7], now,
+  {k = 'release', r = rid, s = r[1], m = r[2], a = actor, x = reason})
+return {OK, r[3], r[1], r[2], entry}

@@ -6,7 +6,8 @@
   KEYS[4] subscriptions     fg:{c}:subs      seq -> msgpack {amount, digest}
   KEYS[5] audit list        fg:{c}:audit
   ARGV[1] seq   ARGV[2] customer digest   ARGV[3] amount (decimal string)
-  Returns {OK, amount, replayed(0|1)}, {REFUSED, reason, detail}, or {UNKNOWN_CAMPAIGN}.
+  Returns {OK, amount, replayed(0|1)[, entry]} (entry: the subscription's audit index, when
+  this call made it), {REFUSED, reason, detail}, or {UNKNOWN_CAMPAIGN}.
   Reasons: CLOSED, WRONG_POLICY, NOT_ADMITTED, BELOW_MINIMUM, BAD_STEP,
            OVER_CUSTOMER_LIMIT, ALREADY_SUBSCRIBED.
 ]]
@@ -39,5 +40,5 @@ rcall('HSET', KEYS[4], seq, cmsgpack.pack({amount, digest}))
 rcall('HINCRBY', KEYS[1], 'subscriptions', 1)
 rcall('HSET', KEYS[1], 'subscribed', money_add(rcall('HGET', KEYS[1], 'subscribed') or '0', amount))
 rcall('ZREM', KEYS[2], seq)  -- done: the active slot goes to the next customer
-audit(KEYS[1], KEYS[5], now, {k = 'subscribe', s = seq, c = digest, m = amount})
-return {OK, amount, 0}
+local entry = audit(KEYS[1], KEYS[5], now, {k = 'subscribe', s = seq, c = digest, m = amount})
+return {OK, amount, 0, entry}

@@ -111,8 +111,9 @@ async def test_the_app_serves_both_listeners_and_closes_everything(
     assert (await r.json())["error"]["code"] == "not_found"
 
     tasks = list(gate._tasks)
-    assert len(tasks) == 5  # scripts loader, Redis sanity, cache, admission, sealer
-    assert sum(not task.done() for task in tasks) == 4  # all but the finished loader
+    # scripts loader, Redis sanity, cache, admission, sealer, failover watch
+    assert len(tasks) == 6
+    assert sum(not task.done() for task in tasks) == 5  # all but the finished loader
     assert await _clients(observer) > before
 
     await public.close()  # the app's cleanup

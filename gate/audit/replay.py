@@ -161,6 +161,7 @@ class Replay:
         self.seq_of: dict[bytes, int] = {}
         self.blocked: set[bytes] = set()
         self.revoked: set[int] = set()
+        self.lost_seqs: set[int] = set()  # given out, then lost in a failover (failover-lost)
         # admission
         self.cursor = 0
         self.admitted = 0
@@ -215,6 +216,7 @@ class Replay:
             "prejoin": self._prejoin,
             "reveal": self._reveal_prequeue,
             "prequeue": self._prequeue,
+            "failover-lost": self._failover_lost,
         }
 
     # -- dispatch ----------------------------------------------------------------------
@@ -295,6 +297,38 @@ class Replay:
         if self.state not in allowed:
             raise EntryProblem(f"{kind} of a campaign that is {self.state}")
         self.state = target
+
+    def _failover_lost(self, t: int, entry: dict[str, Any]) -> None:
+        """A new Redis primary lacked acknowledged state (lua/reconcile.lua): the seqs and
+        reservation numbers it names were given out before and are never given again, and
+        an open campaign is paused."""
+        need_text(entry, "n")
+        for name in ("sr", "rr", "xr"):
+            if name in entry:
+                span = need_list(entry, name)
+                if len(span) != 2 or not all(is_int(v) for v in span) or span[0] > span[1]:
+                    raise EntryProblem(f"{name} must be a range [first, last]")
+        seqs = entry.get("sr")
+        if isinstance(seqs, list):
+            if seqs[0] != self.next_seq + 1:
+                raise EntryProblem(f"lost seqs start at {seqs[0]}, not {self.next_seq + 1}")
+            self.next_seq = seqs[1]
+            # No ticket holds them any more: admission passes them over as revoked.
+            lost = range(seqs[0], seqs[1] + 1)
+            self.lost_seqs.update(lost)
+            self.revoked.update(lost)
+        reservations = entry.get("rr")
+        if isinstance(reservations, list):
+            if reservations[0] != self.res_n + 1:
+                raise EntryProblem(
+                    f"lost reservations start at r{reservations[0]}, not r{self.res_n + 1}"
+                )
+            self.res_n = reservations[1]
+        paused = need_int(entry, "p")
+        if paused not in (0, 1) or (paused == 1) != (self.state == "open"):
+            raise EntryProblem(f"p={paused} for a campaign that was {self.state}")
+        if paused:
+            self.state = "paused"
 
     def _scheduled_close(self, t: int, entry: dict[str, Any]) -> None:
         if need_text(entry, "a") != "schedule":
@@ -435,7 +469,7 @@ class Replay:
         if any(not first <= s <= last for s in skip):
             raise EntryProblem("x lists a seq outside the admitted range")
         for seq in range(first, last + 1):
-            if seq not in self.digest_of:
+            if seq not in self.digest_of and seq not in self.lost_seqs:
                 raise EntryProblem(f"admission of seq {seq}, which has no ticket")
             if (seq in self.revoked) != (seq in skip):
                 what = "skipped though not revoked" if seq in skip else "admitted though revoked"

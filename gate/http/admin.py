@@ -17,6 +17,7 @@ from gate.audit.query import parse_query, run_query
 from gate.audit.store import AuditGapError
 from gate.campaign import load_stored_spec, parse_patch, parse_spec
 from gate.errors import BadRequest, GateError, NotFound
+from gate.failover import hold_report
 from gate.http.checks import admin_actor, campaign_id, reason_of
 from gate.http.common import (
     GATE_KEY,
@@ -60,6 +61,8 @@ async def _view(gate: Gate, campaign: str) -> dict[str, Any]:
         "spec": load_stored_spec(meta["spec"]).to_json(),
         "state": stats["state"],
         "stats": stats,
+        # What a Redis failover lost, while the campaign is held (gate/failover.py).
+        "failover_hold": hold_report(meta),
     }
 
 

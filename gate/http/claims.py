@@ -55,7 +55,7 @@ async def claim(request: web.Request) -> web.Response:
         # Redis is out: a claim cannot be decided, so say "retry" (503), not "your pass is
         # bad" (the 401 that verified_pass gives a proxy's auth check in this case).
         raise Unavailable()
-    gate.refuse_writes_if_unsafe()
+    gate.refuse_writes_if_unsafe(campaign)
     require_api_body(request)
     token, live = verified_pass(request, campaign)
     body = await read_body(request)
@@ -123,6 +123,7 @@ async def confirm(request: web.Request) -> web.Response:
     campaign = campaign_id(request)
     reservation = _reservation_id(request)
     await read_body(request)
+    gate_of(request).refuse_writes_if_unsafe(campaign, allocates=False)
     outcome = await gate_of(request).room.confirm(campaign, reservation, actor)
     return _outcome(request, reservation, outcome, "confirmed")
 
@@ -133,6 +134,7 @@ async def release(request: web.Request) -> web.Response:
     reservation = _reservation_id(request)
     body = await read_body(request)
     reason = reason_of(body)
+    gate_of(request).refuse_writes_if_unsafe(campaign, allocates=False)
     outcome = await gate_of(request).room.release(campaign, reservation, actor, reason)
     return _outcome(request, reservation, outcome, "released")
 

@@ -14,6 +14,7 @@ import msgpack
 from aiohttp import web
 
 from gate.errors import BadRequest, GateError, RedisRefused, Unavailable
+from gate.failover import Reconciling
 from gate.http.page import error_page, prefers_html
 from gate.service import Gate
 
@@ -214,6 +215,9 @@ async def _answer(request: web.Request, handler: Handler, route: str) -> web.Str
     except Unavailable as exc:
         if isinstance(exc, RedisRefused):
             gate_of(request).sanity.refused(exc.reason)
+        elif gate_of(request).failover.holding:
+            # Redis answers, but not before this process has reconciled with a new primary.
+            exc = Reconciling()
         response = error_response(
             request, 503, exc.code, exc.message, {"Retry-After": str(exc.retry_after_s)}
         )

@@ -137,7 +137,7 @@ async def join(request: web.Request) -> web.StreamResponse:
     else:
         await read_body(request)  # no fields yet, but a malformed body is still refused
     live = await _campaign(request, campaign)
-    gate.refuse_writes_if_unsafe()
+    gate.refuse_writes_if_unsafe(campaign, allocates=False)
     digest = customer_digest(gate.keys, campaign, customer)
     outcome = await gate.batcher.join(campaign, digest)
     # unknown_campaign, campaign_closed or not_open_yet, as the reply table words them
@@ -385,8 +385,9 @@ async def openapi(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     gate = gate_of(request)
     # `reason`: redis_unsafe (an evicting policy or weak persistence: the log names the
-    # setting), redis_refused_<why> (Redis refused a command in the last seconds), or null.
-    reason = gate.sanity.not_ready()
+    # setting), redis_refused_<why> (Redis refused a command in the last seconds),
+    # reconciling (a new Redis primary is being checked: gate/failover.py), or null.
+    reason = gate.failover.not_ready() or gate.sanity.not_ready()
     ready = gate.scripts_loaded and gate.cache.fresh() and reason is None
     body = {
         "ready": ready,

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from gate.campaign import CampaignSpec, to_us
 from gate.errors import Unavailable
+from gate.marks import Marks
 from gate.redis_client import guarded
 from gate.room.keys import REGISTRY, CampaignKeys
 from gate.room.replies import Reply, status_of, text
@@ -32,6 +33,10 @@ from gate.room.scripts import ScriptArg, Scripts
 
 
 class ScriptCalls:
+    # What this process acknowledged, for the failover check (gate/failover.py); the gate
+    # sets it on the room its listeners use.
+    marks: Marks | None = None
+
     def __init__(
         self, redis: Redis, scripts: Scripts, *, wait_replicas: int = 0, wait_timeout_ms: int = 200
     ):
@@ -140,6 +145,10 @@ class ScriptCalls:
         tickets = [(int(flat[i]), bool(int(flat[i + 1]))) for i in range(0, len(flat), 2)]
         if any(created for _, created in tickets):
             await self.durable()
+        if self.marks is not None:
+            self.marks.acknowledged(
+                campaign, seq=max((s for s, _ in tickets), default=0), audit_n=entry
+            )
         return JoinResult(int(status.value), int(reply[1]), tickets, entry)
 
     async def prequeue_assign(
@@ -200,6 +209,8 @@ class ScriptCalls:
         value = int(reply[2]) if len(reply) > 2 else 0
         if state is Reply.ADMITTED:
             await self.durable()
+            if self.marks is not None and len(reply) > 3:
+                self.marks.acknowledged(campaign, audit_n=int(reply[3]))
         return str(state.value), value
 
     async def claim(
@@ -231,6 +242,10 @@ class ScriptCalls:
             replayed=bool(int(reply[4])),
         )
         await self.durable()
+        if self.marks is not None:
+            self.marks.reservation(
+                campaign, result.reservation, int(reply[5]) if len(reply) > 5 else 0
+            )
         return result
 
     async def subscribe(self, campaign: str, seq: int, digest: bytes, amount: int) -> ClaimResult:
@@ -243,6 +258,8 @@ class ScriptCalls:
         if status.expect(Reply.OK, Reply.REFUSED, campaign=campaign) is Reply.REFUSED:
             return _refused(reply)
         await self.durable()
+        if self.marks is not None and len(reply) > 3:
+            self.marks.acknowledged(campaign, audit_n=int(reply[3]))
         return ClaimResult(True, amount=int(reply[1]), replayed=bool(int(reply[2])))
 
     async def _finish(
@@ -259,6 +276,8 @@ class ScriptCalls:
             status is Reply.OK, text(reply[1]), int(reply[2]), int(reply[3])
         )
         await self.durable()
+        if self.marks is not None and len(reply) > 4:
+            self.marks.acknowledged(campaign, audit_n=int(reply[4]))
         return outcome
 
     async def confirm(self, campaign: str, reservation: str, actor: str) -> ReservationOutcome:

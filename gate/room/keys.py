@@ -94,6 +94,12 @@ class CampaignKeys:
         """Set: digests of customers who joined before opening (shuffled into seqs 1..P)."""
         return self._key("prequeue")
 
+    @property
+    def failover_marks(self) -> str:
+        """Hash (after a failover): gate process token -> what it acknowledged,
+        "seq,res_n,audit_n,sealed,old run id"; reconcile.lua reads and deletes it."""
+        return self._key("fo_marks")
+
     # -- the audit log's sealing (gate/audit/) ----------------------------------------
 
     @property

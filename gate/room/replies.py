@@ -96,6 +96,9 @@ class Reply(Enum):
     CLAIMED = "claimed", None, 200, "claimed {detail}"
     REVOKED = "revoked", Forbidden, 403, "this customer's admission was revoked"
 
+    # -- a campaign held after a failover, its log unable to continue (BAD_STATE's state) --
+    HELD = "held", Conflict, 409, "campaign {campaign} is held after a Redis failover"
+
     @property
     def code(self) -> str:
         """The error code a client sees."""

@@ -53,3 +53,7 @@ local WAITING = 'waiting'
 local EXPIRED = 'expired'
 local CLAIMED = 'claimed'
 local REVOKED = 'revoked'
+
+-- What campaign_state.lua answers after BAD_STATE for a campaign a failover held and whose
+-- log cannot continue (reconcile.lua).
+local HELD = 'held'

@@ -1,0 +1,53 @@
+"""What this process has acknowledged, per campaign: the marks a failover is checked against.
+
+After a write's durability wait succeeded and its answer is on its way, the script calls
+(gate.room.calls) raise the campaign's marks: the highest seq, reservation number and
+audit index this process has told anyone about. The failover watch (gate.failover) also
+records here the sealed size it saw (a signed checkpoint that may have been served) and
+the last entry of the segment files on disk. A new primary whose counters are below a
+mark lacks something that was acknowledged.
+
+Per process and in memory only: a gate process restarted after a failover has no marks,
+and reconciles with those of the processes that kept running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class CampaignMarks:
+    seq: int = 0  # the highest seq acknowledged (a ticket, a retried join's ticket)
+    res_n: int = 0  # the highest reservation number acknowledged (r<n>)
+    audit_n: int = 0  # the highest audit index of an acknowledged change
+    sealed: int = 0  # the largest log size seen sealed (checkpoint) or in a segment file
+
+    def encode(self, previous_primary: str) -> str:
+        """The form reconcile.lua reads: "seq,res_n,audit_n,sealed,previous run id"."""
+        return f"{self.seq},{self.res_n},{self.audit_n},{self.sealed},{previous_primary}"
+
+
+class Marks:
+    def __init__(self) -> None:
+        self.campaigns: dict[str, CampaignMarks] = {}
+
+    def of(self, campaign: str) -> CampaignMarks:
+        return self.campaigns.setdefault(campaign, CampaignMarks())
+
+    def acknowledged(
+        self, campaign: str, *, seq: int = 0, res_n: int = 0, audit_n: int = 0
+    ) -> None:
+        marks = self.of(campaign)
+        marks.seq = max(marks.seq, seq)
+        marks.res_n = max(marks.res_n, res_n)
+        marks.audit_n = max(marks.audit_n, audit_n)
+
+    def sealed(self, campaign: str, size: int) -> None:
+        marks = self.of(campaign)
+        marks.sealed = max(marks.sealed, size)
+
+    def reservation(self, campaign: str, reservation: str, audit_n: int = 0) -> None:
+        """A reservation id ("r17", or "r17-<random part>") acknowledged."""
+        number = reservation[1:].partition("-")[0]
+        self.acknowledged(campaign, res_n=int(number) if number.isdigit() else 0, audit_n=audit_n)
