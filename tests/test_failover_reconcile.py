@@ -24,7 +24,10 @@ import pytest
 import redis as sync_redis
 
 from gate.audit.format import decode_entry
+from gate.campaign import parse_spec
 from gate.redis_server import RedisServer, free_port
+from gate.room import Room
+from gate.room.keys import CampaignKeys
 from tests.helpers import (
     ADMIN_TOKEN,
     CORE_TOKEN,
@@ -386,3 +389,45 @@ async def test_sealed_entries_beyond_the_new_primary_keep_the_campaign_held(
     r = await scene.admin.post(f"/admin/campaigns/{CAMPAIGN}/resume", json={})
     assert r.status == 409, await r.text()
     assert "held" in (await r.json())["error"]["message"]
+
+
+async def test_reconcile_takes_every_process_marks_and_merges_reports(room: Room) -> None:
+    """Two processes' marks in one call (the maximum of each counter), then a third that
+    finds more lost after the first report: the report's ranges grow, nothing is issued
+    twice, and a process with lower marks changes nothing."""
+    await room.create(parse_spec(spec("rc")), "ops")
+    digests = [bytes([n]) * 16 for n in range(1, 4)]
+    await room.join("rc", digests)  # seqs 1..3 here; the lost primary had more
+    k = CampaignKeys("rc")
+    redis = room.redis
+    audit_n = int(await redis.hget(k.meta, "audit_n"))
+
+    async def reconcile(marks: dict[str, str]) -> list[Any]:
+        if marks:
+            await redis.hset(k.failover_marks, mapping=marks)  # type: ignore[arg-type]
+        reply: list[Any] = await room.scripts.call(
+            redis, "reconcile", [k.meta, k.audit, k.failover_marks, k.revoked], ["new-run", 5]
+        )
+        return reply
+
+    first = await reconcile({"p1": f"5,2,{audit_n + 3},0,old-run", "p2": "6,1,0,0,old-run"})
+    assert first[:2] == [1, 1]
+    report = json.loads(first[2])
+    assert report["seqs"] == [4, 6] and report["reservations"] == [1, 2]
+    assert report["audit"] == [audit_n + 1, audit_n + 3] and report["log_broken"] is False
+    assert report["previous_primary"] == "old-run" and report["primary"] == "new-run"
+    meta = await room.meta("rc")
+    assert meta is not None
+    assert (meta["seq"], meta["res_n"], meta["state"]) == ("6", "2", "paused")
+    assert await redis.smembers(k.revoked) == {b"4", b"5", b"6"}
+    assert not await redis.exists(k.failover_marks)
+    # A process whose marks are all covered now: nothing more.
+    assert (await reconcile({"p3": "6,2,0,0,old-run"}))[:2] == [1, 0]
+    # One that acknowledged more: the ranges grow; the failover's own entry is not counted
+    # as the primary's (audit_base stays).
+    grown = json.loads((await reconcile({"p4": f"8,3,{audit_n + 2},0,old-run"}))[2])
+    assert grown["seqs"] == [4, 8] and grown["reservations"] == [1, 3]
+    assert grown["audit_base"] == audit_n and grown["audit"] == [audit_n + 1, audit_n + 3]
+    assert (await room.meta("rc") or {})["seq"] == "8"
+    joined = await room.join("rc", [bytes([9]) * 16])
+    assert joined.tickets == [(9, True)]
