@@ -175,6 +175,8 @@ class FailoverWatch:
         self.broken: set[str] = set()
         self.failovers = 0
         self.lost_campaigns: dict[str, int] = {}
+        # Called with a campaign that lost entries: caches keyed by entry index drop it.
+        self.forget: list[Callable[[str], None]] = []
         identity.noticed = self._noticed
 
     # -- what the listeners ask ------------------------------------------------------
@@ -347,6 +349,8 @@ class FailoverWatch:
     def _lost(self, campaign: str, raw: Any) -> None:
         report = _report(raw)
         self.lost_campaigns[campaign] = self.lost_campaigns.get(campaign, 0) + 1
+        for forget in self.forget:
+            forget(campaign)
 
         def span(name: str) -> str:
             value = report.get(name)

@@ -104,6 +104,7 @@ class Gate:
             segments_root(config),
         )
         self.room.marks = self.marks
+        self.failover.forget = [self.receipts.forget, self.sealer.book.forget]
         self.metrics.registry.register(FailoverCollector(self.failover))
         self.scripts_loaded = False
         self._tasks: list[asyncio.Task[None]] = []

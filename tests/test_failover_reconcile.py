@@ -240,6 +240,11 @@ async def test_lost_writes_hold_the_campaign_and_nothing_is_issued_twice(scene: 
     assert seq_g not in given, f"seq {seq_g} issued twice (already given: {sorted(given)})"
     assert seq_g == 7
     assert (503, "reconciling") in seen, f"/readyz never said reconciling: {seen}"
+    # Its receipt, though its join entry took the index of a lost one (a cached batch of
+    # that index must not stand in for it).
+    r = await scene.public.get(f"/q/{CAMPAIGN}/receipt/{seq_g}")
+    assert r.status == 200, await r.text()
+    assert (await r.json())["receipt"]["seq"] == seq_g
 
     # The campaign is held: paused, with a report of exactly what was lost.
     shown = await view(scene)

@@ -231,6 +231,12 @@ class ReceiptBook:
             _, old = self._cache.popitem(last=False)
             self.cached_bytes -= old.size_bytes
 
+    def forget(self, campaign: str) -> None:
+        """Drop the campaign's cached batches: after a failover lost entries, the new
+        primary gives their indexes to other entries (gate/failover.py)."""
+        for key in [key for key in self._cache if key[0] == campaign]:
+            self.cached_bytes -= self._cache.pop(key).size_bytes
+
     def sign_batch(
         self, campaign: str, entry: int, t: int, created: Sequence[tuple[int, bytes]]
     ) -> tuple[list[dict[str, Any]], tuple[int, int, str, str]]:
