@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import multiprocessing
 import os
@@ -31,12 +32,14 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from multiprocessing.connection import wait as wait_any
 from pathlib import Path
 
 from aiohttp import web
 
 from gate.config import Config
+from gate.errors import GateError
 from gate.http.app import create_app
 from gate.http.listener import ListenerRunner
 from gate.logs import setup_logging
@@ -216,20 +219,49 @@ def _worker(config: Config, parent_pid: int) -> None:
     asyncio.run(run_process(config, reuse_port=True))
 
 
+@contextlib.contextmanager
+def _start_writes(path: Path) -> Iterator[None]:
+    """What `gate serve` writes before it serves (the data-dir lock, a generated keys
+    file) failing is a clear error naming the path, exit 2, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise GateError(
+                f"{path}: no space left on the device: free space (or move data_dir), "
+                "then start again",
+                code="disk_full",
+            ) from None
+        raise GateError(
+            f"{path}: {exc.strerror or exc}: the gate cannot write there",
+            code="data_dir_unwritable",
+        ) from None
+
+
 def serve(config: Config) -> int:
     setup_logging(config.log_level)
     lock_fd: int | None = None
     embedded: RedisServer | None = None
     if not config.redis_url:
         # Before anything else is written there (the keys file included).
-        lock_fd = lock_data_dir(Path(config.data_dir))
+        with _start_writes(Path(config.data_dir)):
+            lock_fd = lock_data_dir(Path(config.data_dir))
     try:
-        load_or_create_keys(config.keys_path, create=config.signing_keys is None)
+        with _start_writes(config.keys_path):
+            load_or_create_keys(config.keys_path, create=config.signing_keys is None)
         if lock_fd is not None:
             embedded = RedisServer(
                 Path(config.data_dir) / "redis", die_with_parent=True, keep_fds=(lock_fd,)
             )
-            embedded.start()
+            try:
+                with _start_writes(embedded.data_dir):
+                    embedded.start()
+            except RuntimeError as exc:  # it exited, or did not answer in time
+                raise GateError(
+                    f"the embedded Redis did not start ({exc}); "
+                    f"see {embedded.data_dir / 'redis.log'}",
+                    code="embedded_redis_failed",
+                ) from None
             config = dataclasses.replace(config, redis_url=embedded.url)
             log.info(
                 "event=embedded_redis version=%s port=%d pid=%s dir=%s appendfsync=always",

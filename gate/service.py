@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from gate.admission import Admitter
 from gate.audit.receipts import ReceiptBook
-from gate.audit.sealer import Sealer
+from gate.audit.sealer import Sealer, SealerCollector
 from gate.audit.store import AuditStore, segments_root
 from gate.batcher import JoinBatcher
 from gate.cache import CampaignCache
@@ -106,6 +106,7 @@ class Gate:
         self.room.marks = self.marks
         self.failover.forget = [self.receipts.forget, self.sealer.book.forget]
         self.metrics.registry.register(FailoverCollector(self.failover))
+        self.metrics.registry.register(SealerCollector(self.sealer))
         self.scripts_loaded = False
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -18,20 +18,30 @@ Redis's (TIME), not the sealing process's, so a hand-over keeps the times in ord
 checkpoint, sealed entries beyond the newest ``audit_keep_in_redis`` may move to segment files,
 and their stored subtrees and receipt index with them (store.py), so Redis stays
 bounded in a long campaign.
+
+A file that cannot be written (a full disk, an I/O error) moves nothing: its entries stay
+in Redis (trimmed only once their file is fsynced), sealing goes on, for this campaign
+and every other, and the move is tried again every ``MOVE_RETRY_S``, also with no new
+entries, so it catches up by itself once there is space. It is one WARNING line per
+campaign per ``REPORT_EVERY_S``, and `SealerCollector`'s metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from gate.audit import merkle
@@ -52,6 +62,10 @@ MAX_PER_ROUND = 20000  # entries per checkpoint when catching up on a backlog
 RENEW_EVERY = 5000  # entries between lease renewals inside a long round
 # Signed checkpoints kept in Redis; older ones move to a checkpoints file (store.py).
 CHECKPOINTS_IN_REDIS = 1000
+# A move to segment files that failed is tried again this often.
+MOVE_RETRY_S = 2.0
+# A failure that lasts (Redis away, a full disk) is logged again at most this often.
+REPORT_EVERY_S = 60.0
 
 
 @dataclass
@@ -62,6 +76,9 @@ class _CampaignState:
     next_attempt: float = 0.0
     behind: bool = False
     time_held: bool = False  # Redis's clock is behind the last checkpoint's time
+    move_failing: bool = False  # the last move to segment files could not write a file
+    next_move: float = 0.0
+    move_reported: float = 0.0
 
 
 @dataclass
@@ -73,6 +90,7 @@ class SealStats:
     moved: int = 0
     last_round_s: float = 0.0
     errors: int = 0
+    move_errors: int = 0  # moves to segment files that could not write their files
     fenced: dict[str, int] = field(default_factory=dict)
 
 
@@ -102,6 +120,8 @@ class Sealer:
         self.stats = SealStats()
         self._campaigns: dict[str, _CampaignState] = {}
         self._owns_redis = False
+        self._failing_since: float | None = None
+        self._error_reported = 0.0
 
     @classmethod
     def from_config(
@@ -141,8 +161,27 @@ class Sealer:
                 raise
             except Exception as exc:  # Redis away, a bug in one round: keep going
                 self.stats.errors += 1
-                log.warning("event=seal_error error=%s detail=%s", exc.__class__.__name__, exc)
+                now = time.monotonic()
+                if self._failing_since is None or now - self._error_reported >= REPORT_EVERY_S:
+                    # Once, then once a minute while it lasts: a partition must not
+                    # write a line a second.
+                    log.warning(
+                        "event=seal_error error=%s detail=%s errors=%d",
+                        exc.__class__.__name__,
+                        exc,
+                        self.stats.errors,
+                    )
+                    self._error_reported = now
+                if self._failing_since is None:
+                    self._failing_since = now
                 await asyncio.sleep(1.0)  # no tight loop of failures
+            else:
+                if self._failing_since is not None:
+                    log.info(
+                        "event=seal_recovered after_s=%.1f",
+                        time.monotonic() - self._failing_since,
+                    )
+                    self._failing_since = None
             await asyncio.sleep(self.tick_s)
 
     async def tick(self) -> None:
@@ -184,6 +223,8 @@ class Sealer:
             # Someone else seals it; look again in a fraction of the lease.
             state.next_attempt = now + max(self.tick_s, self.lease_ms / 4000)
             return False
+        if state.move_failing and now >= state.next_move:
+            await self._move(campaign, fence, sealed)
         if size <= sealed:
             return False
         due = now - state.last_seal >= self.interval_s
@@ -192,9 +233,8 @@ class Sealer:
         published = await self.seal(campaign, fence, sealed, size)
         state.last_seal = time.monotonic()
         state.behind = 0 < published < size  # a backlog: go on at the next tick
-        if published:
-            await self._maybe_move(campaign, fence, published)
-            await self._maybe_move_checkpoints(campaign, fence)
+        if published and not state.move_failing:
+            await self._move(campaign, fence, published)
         return bool(published)
 
     # -- a sealing round -----------------------------------------------------------
@@ -331,6 +371,42 @@ class Sealer:
 
     # -- segments ------------------------------------------------------------------
 
+    def moves_failing(self) -> int:
+        """Campaigns whose last move to segment files could not write a file."""
+        return sum(1 for state in self._campaigns.values() if state.move_failing)
+
+    async def _move(self, campaign: str, fence: int, sealed: int) -> None:
+        """Move what may move to segment files; a file that cannot be written leaves
+        every entry in Redis and is tried again in `MOVE_RETRY_S` (module docstring)."""
+        state = self._campaigns[campaign]
+        try:
+            # Files an earlier, failed attempt completed are used first (and only them);
+            # then what is still due moves too, not at the next checkpoint only.
+            for _ in range(8):
+                if not await self._maybe_move(campaign, fence, sealed):
+                    break
+            await self._maybe_move_checkpoints(campaign, fence)
+        except OSError as exc:
+            now = time.monotonic()
+            self.stats.move_errors += 1
+            state.next_move = now + MOVE_RETRY_S
+            if not state.move_failing or now - state.move_reported >= REPORT_EVERY_S:
+                log.warning(
+                    "event=segments_write_failed campaign=%s errno=%s detail=%s "
+                    "entries=kept_in_redis retry_s=%.0f errors=%d",
+                    campaign,
+                    errno.errorcode.get(exc.errno or 0, exc.errno),
+                    exc.strerror,
+                    MOVE_RETRY_S,
+                    self.stats.move_errors,
+                )
+                state.move_reported = now
+            state.move_failing = True
+            return
+        if state.move_failing:
+            log.info("event=segments_write_recovered campaign=%s", campaign)
+            state.move_failing = False
+
     async def _maybe_move(self, campaign: str, fence: int, sealed: int) -> int:
         """Move sealed entries older than the newest `keep_in_redis` to segment files,
         then trim them from Redis; returns how many moved."""
@@ -422,3 +498,29 @@ class Sealer:
         self._campaigns.clear()
         if self._owns_redis:
             await self.redis.aclose()
+
+
+class SealerCollector(Collector):
+    """The sealer's metrics: a move to segment files that cannot write its files (a full
+    disk) is an alert, not an outage (the entries stay in Redis), so it is a metric."""
+
+    def __init__(self, sealer: Sealer):
+        self.sealer = sealer
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        failing = GaugeMetricFamily(
+            "fairgate_segments_write_failing",
+            "1 while a move of sealed entries to segment files cannot write its files "
+            "(a full disk): the entries stay in Redis, which grows until it is fixed",
+        )
+        failing.add_metric([], 1.0 if self.sealer.moves_failing() else 0.0)
+        errors = CounterMetricFamily(
+            "fairgate_segments_write_errors",
+            "moves to segment files that failed to write a file",
+        )
+        errors.add_metric([], self.sealer.stats.move_errors)
+        seal_errors = CounterMetricFamily(
+            "fairgate_seal_errors", "sealing rounds that failed (Redis away, ...)"
+        )
+        seal_errors.add_metric([], self.sealer.stats.errors)
+        yield from (failing, errors, seal_errors)
