@@ -34,7 +34,9 @@ REDIS_TIMEOUT_MS = 200
 # on top of it at worst, and a loaded 2-core machine's slack.
 ANSWER_LIMIT_S = 1.0
 HEAL_LIMIT_S = 5.0
-LOG_LINES_LIMIT = 40
+# One line when the cache finds Redis gone, one from the sealer; then one a minute (before:
+# a seal_error line a second, 5 lines in 5 s).
+LOG_LINES_LIMIT = 4
 # Long enough for every background task (cache, admission, sealer, sanity check) to fail
 # many times over, so that a log line per failure would show.
 PARTITION_S = 5.0
@@ -63,9 +65,8 @@ async def partition(tmp_path: Path, keys_file: Path) -> AsyncIterator[tuple[Scen
             gate.admin_url + "/admin/campaigns", json=body, headers=_admin()
         ) as r:
             assert r.status == 201, await r.text()
-        answers = await asyncio.gather(*(scene.join(_customer(n)) for n in range(CUSTOMERS)))
+        answers = await asyncio.gather(*(_joined(scene, _customer(n)) for n in range(CUSTOMERS)))
         for n, answer in enumerate(answers):
-            assert answer.status == 201, answer.body
             scene.seq[_customer(n)] = answer.body["seq"]
             scene.ticket[_customer(n)] = answer.body["ticket"]
         first = sorted(scene.seq, key=scene.seq.__getitem__)[:3]
@@ -87,6 +88,18 @@ async def partition(tmp_path: Path, keys_file: Path) -> AsyncIterator[tuple[Scen
         gate.stop()
         forwarder.close()
         server.stop()
+
+
+async def _joined(scene: Scene, customer: str) -> Answer:
+    """A join before the partition: a 503 of a loaded machine (a 200 ms Redis timeout on
+    2 shared cores) is retried, as a client would; the setup is not what is measured."""
+    answer = await scene.join(customer)
+    deadline = time.monotonic() + 10
+    while answer.status == 503 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        answer = await scene.join(customer)
+    assert answer.status in (200, 201), answer.body
+    return answer
 
 
 def _admin() -> dict[str, str]:
@@ -184,13 +197,12 @@ async def test_a_partition_fails_closed_within_the_timeout_and_heals(
     # Nobody lost their place: the same seq for every customer, and no seq twice, also for
     # the new customers whose joins reached Redis only when the partition healed.
     for customer, seq in scene.seq.items():
-        answer = await scene.join(customer)
+        answer = await _joined(scene, customer)
         assert answer.status == 200, answer.body
         assert (answer.body["seq"], answer.body["created"]) == (seq, False)
     late_seqs = []
     for customer in late:
-        answer = await scene.join(customer)
-        assert answer.status in (200, 201), answer.body
+        answer = await _joined(scene, customer)
         late_seqs.append(answer.body["seq"])
     everyone = [*scene.seq.values(), *late_seqs]
     assert len(set(everyone)) == len(everyone)
