@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from gate.cache import CampaignCache
 from gate.errors import GateError, Unavailable
@@ -32,10 +31,11 @@ class Admitter:
     async def tick(self) -> None:
         for campaign, live in list(self.cache.campaigns.items()):
             # At opening, shuffle the pre-queue into seqs 1..P (admit waits for it). The
-            # script checks the opening by Redis time, so a fast local clock costs nothing.
+            # script checks the opening by Redis time; this check goes by Redis time too
+            # (as the cache measures it), so a lagging local clock delays nothing.
             opening = (
                 live.state.prequeue_state == "assigning"
-                or time.time() * 1_000_000 >= live.state.opens_at_us
+                or self.cache.redis_now() * 1_000_000 >= live.state.opens_at_us
             )
             if (
                 live.state.prequeue_pending

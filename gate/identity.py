@@ -23,9 +23,10 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,11 @@ class JwtIdentity:
         # sha256(token) -> (customer id, valid until: unix seconds), least recent first
         self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         self.loads = 0  # successful JWKS loads (for tests and metrics)
+        # The time a token's exp, nbf and iat are checked against: Redis's time as the
+        # gate's cache measures it, once the gate binds it (Identity.bind_clock), so a
+        # process whose wall clock lags neither accepts expired tokens nor refuses fresh
+        # ones; this process's clock only until then.
+        self.clock: Callable[[], float] = time.time
 
     async def close(self) -> None:
         if self._refresh is not None and not self._refresh.done():
@@ -242,7 +248,7 @@ class JwtIdentity:
         # request: verify it once (0.15-0.2 ms of CPU), then answer from a bounded cache
         # until its expiry, a minute at most, or the next change of the JWKS.
         fingerprint = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        now = time.time()
+        now = self.clock()
         cached = self._verified.get(fingerprint)
         if cached is not None:
             if now < cached[1]:
@@ -275,21 +281,50 @@ class JwtIdentity:
                 algorithms=[algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
-                leeway=LEEWAY_S,
-                options={"require": ["exp", "iss", "aud"]},
+                # exp, nbf and iat are checked below, against the gate's clock
+                options={
+                    "require": ["exp", "iss", "aud"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("the identity token has expired", code="bad_identity") from None
         except jwt.PyJWTError as exc:
             # The kind of failure only (bad signature, wrong issuer, ...): never the token.
             raise Unauthorized(
                 f"the identity token is not valid ({exc.__class__.__name__})", code="bad_identity"
             ) from None
+        self._check_times(claims)
         value = claims.get(self.claim)
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise Unauthorized(f"the identity token has no {self.claim} claim", code="bad_identity")
         customer = valid_customer_id(str(value), f"the token's {self.claim} claim")
         return customer, float(claims["exp"])
+
+    def _check_times(self, claims: dict[str, Any]) -> None:
+        """exp, nbf and iat as PyJWT checks them (LEEWAY_S either way), against
+        self.clock: Redis's time once the gate is running."""
+        now = self.clock()
+        times: dict[str, float] = {}
+        for name in ("exp", "nbf", "iat"):
+            value = claims.get(name)
+            if value is None and name != "exp":
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise Unauthorized(
+                    f"the identity token's {name} is not a number", code="bad_identity"
+                )
+            times[name] = float(value)
+        if times["exp"] <= now - LEEWAY_S:
+            raise Unauthorized("the identity token has expired", code="bad_identity")
+        if max(times.get("nbf", now), times.get("iat", now)) > now + LEEWAY_S:
+            raise Unauthorized(
+                "the identity token is not valid (ImmatureSignatureError)", code="bad_identity"
+            )
 
 
 class Identity:
@@ -306,6 +341,11 @@ class Identity:
             else "a bearer token from the bank's login"
             + (f" or the {config.jwt_cookie} cookie" if config.jwt_cookie else "")
         )
+
+    def bind_clock(self, clock: Callable[[], float]) -> None:
+        """Check token times against `clock` (the gate's Redis time) from now on."""
+        if self.jwt is not None:
+            self.jwt.clock = clock
 
     async def customer(self, credentials: Credentials) -> str | None:
         """The customer id, None when the request names nobody; raises when it names

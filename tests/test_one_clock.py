@@ -14,6 +14,7 @@ import logging
 import re
 import time
 import types
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -296,5 +297,160 @@ async def test_a_real_gate_120_s_behind_seals_after_a_handover_and_verify_is_cle
         ]
         assert len(times) >= 2 and times == sorted(times), times
         print(f"\n{len(times)} checkpoints across the hand-over to a gate {LAG_S:.0f} s behind")
+    finally:
+        await redis.aclose()
+
+
+def _lagging_env(extra: dict[str, str]) -> dict[str, str]:
+    return {
+        "LD_PRELOAD": str(FAKETIME_LIB),
+        "FAKETIME": f"-{int(LAG_S)}",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_NO_CACHE": "1",
+        **extra,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FAKETIME_LIB.exists(), reason="faketime is not installed")
+async def test_a_real_gate_120_s_behind_shows_and_checks_redis_time(
+    redis_url: str, tmp_path: Path, keys_file: Path
+) -> None:
+    """A real `gate serve` under libfaketime 120 s behind Redis, with the bank's JWTs as
+    identity. Before the fix it refused a token the bank had just issued (its `iat` 120 s
+    "in the future") and accepted one that had expired a minute ago; it showed a campaign
+    open for a second as "prequeue" with a countdown of 1 min 59 s; it counted a campaign
+    opening in 8 s as 2 min 8 s away (page and poll_after_ms); it shuffled the pre-queue
+    120 s late; its pass cookie lived 120 s longer than the pass (Max-Age 420 for a
+    300 s pass). Now every one of them goes by Redis time."""
+    from tests.test_identity import AUDIENCE, ISSUER, mint, new_key
+
+    key = new_key("RS256")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [key.jwk()]}))
+    env = _lagging_env(
+        {
+            "GATE_IDENTITY": "jwt",
+            "GATE_JWT_ISSUER": ISSUER,
+            "GATE_JWT_AUDIENCE": AUDIENCE,
+            "GATE_JWT_JWKS": str(jwks),
+            "GATE_JWT_ALGORITHMS": "RS256",
+        }
+    )
+    redis = Redis.from_url(redis_url)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    async def bearer(customer: str, *, age_s: float = 0.0) -> dict[str, str]:
+        """A token the bank issued `age_s` ago by the true (Redis) clock, valid 300 s."""
+        issued = int(await redis_ms(redis) / 1000 - age_s)
+        token = mint(key, sub=customer, iat=issued, exp=issued + 300)
+        return {"Authorization": f"Bearer {token}"}
+
+    try:
+        async with (
+            GateProcess(redis_url, tmp_path / "gate", keys_file, extra_env=env) as lagging,
+            aiohttp.ClientSession() as http,
+        ):
+            now_s = await redis_ms(redis) / 1000
+            opening = spec("clock-open", pass_ttl_s=300)
+            later = spec("clock-later")
+            later["opens_at"] = datetime.fromtimestamp(now_s + 8, UTC).isoformat()
+            later["prequeue"] = {"window_s": 600, "shuffle": True}
+            for body in (opening, later):
+                async with http.post(
+                    lagging.admin_url + "/admin/campaigns", json=body, headers=admin
+                ) as r:
+                    assert r.status == 201, await r.text()
+
+            # The bank's fresh token is accepted; one expired a minute ago is not.
+            tickets = {}
+
+            async def join_open(customer: str) -> None:
+                async with http.post(
+                    f"{lagging.url}/q/clock-open/join", headers=await bearer(customer)
+                ) as r:
+                    assert r.status == 201, await r.text()
+                    tickets[customer] = (await r.json())["ticket"]
+
+            await join_open("first")
+            async with http.get(
+                f"{lagging.url}/q/clock-open/status",
+                params={"ticket": tickets["first"]},
+                headers=await bearer("first", age_s=360),
+            ) as r:
+                assert r.status == 401, await r.text()
+                assert (await r.json())["error"]["code"] == "bad_identity"
+
+            # The first customer holds a pass whose cookie lives as long as the pass.
+            admitted: dict[str, Any] = {}
+
+            async def first_admitted() -> bool:
+                async with http.get(
+                    f"{lagging.url}/q/clock-open/status",
+                    params={"ticket": tickets["first"]},
+                    headers=await bearer("first"),
+                ) as r:
+                    assert r.status == 200, await r.text()
+                    admitted.update(await r.json())
+                    admitted["cookie"] = r.headers.get("Set-Cookie", "")
+                return admitted["state"] == "admitted"
+
+            await wait_for(first_admitted, 10, "the first customer's pass", interval_s=0.1)
+            max_age = re.search(r"Max-Age=(\d+)", admitted["cookie"])
+            assert max_age is not None, admitted["cookie"]
+            assert abs(int(max_age.group(1)) - 300) <= 5, admitted["cookie"]
+
+            # The campaign is open (and paused): the second customer waits in line, with
+            # no countdown.
+            async with http.post(
+                f"{lagging.admin_url}/admin/campaigns/clock-open/pause", headers=admin
+            ) as r:
+                assert r.status == 200, await r.text()
+            await join_open("second")
+            async with http.get(
+                f"{lagging.url}/q/clock-open/status",
+                params={"ticket": tickets["second"]},
+                headers=await bearer("second"),
+            ) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["state"] == "waiting"
+            async with http.get(f"{lagging.url}/q/clock-open", params={"lang": "en"}) as r:
+                page = await r.text()
+                assert r.status == 200, page
+            assert 'id="fg-open-card"' not in page
+
+            # A campaign opening in 8 s: the page and the poll count 8 s, not 2 min 8 s,
+            # and the page gives its script Redis's time to count down from.
+            async with http.post(
+                f"{lagging.url}/q/clock-later/join", headers=await bearer("early")
+            ) as r:
+                assert r.status == 201, await r.text()
+                early = await r.json()
+            assert early["state"] == "prequeue" and early["poll_after_ms"] <= 8000, early
+            async with http.get(f"{lagging.url}/q/clock-later", params={"lang": "en"}) as r:
+                page = await r.text()
+            countdown = re.search(r'id="fg-countdown">Opens in ([^<]*)\.<', page)
+            assert countdown is not None, page[-3000:]
+            seconds = re.fullmatch(r"(\d) s", countdown.group(1))
+            assert seconds is not None and int(seconds.group(1)) <= 8, countdown.group(1)
+            server_now = re.search(r'data-now="(\d+)"', page)
+            assert server_now is not None
+            assert abs(int(server_now.group(1)) - await redis_ms(redis)) < 2000
+
+            # At the opening (by Redis time) the pre-queue is shuffled at once.
+            state: dict[str, Any] = {}
+
+            async def shuffled() -> bool:
+                async with http.get(
+                    f"{lagging.url}/q/clock-later/status",
+                    params={"ticket": early["ticket"]},
+                    headers=await bearer("early"),
+                ) as r:
+                    assert r.status == 200, await r.text()
+                    state.update(await r.json())
+                return int(state.get("seq") or 0) > 0
+
+            await wait_for(shuffled, 15, "the pre-queue shuffle at the opening", interval_s=0.2)
+            assert await redis_ms(redis) / 1000 < now_s + 15, state
     finally:
         await redis.aclose()

@@ -331,8 +331,11 @@ def render(
     templates_dir: Path | None,
     code: str | None = None,
     refresh_s: int | None = None,
+    now: datetime | None = None,
 ) -> str:
-    """One whole page in one language (`context.lang`)."""
+    """One whole page in one language (`context.lang`). `now` is Redis's time as the
+    gate knows it (the countdown's basis; this process's clock when not given)."""
+    now = now or datetime.now(UTC)
     lang = context.lang
     text = TEXT[lang]
     spec = context.spec
@@ -381,7 +384,7 @@ def render(
         live = text["live_waiting"].format(n=f"{place:,}", eta=eta_line)
     when = ""
     if opens_at is not None:
-        remaining = (opens_at - datetime.now(UTC)).total_seconds()
+        remaining = (opens_at - now).total_seconds()
         when = text["opens_in"].format(time=duration_text(lang, remaining))
         opening = text["opens_at"].format(time=time_text(opens_at))
         parts.append(
@@ -445,6 +448,8 @@ def render(
         "ticket": ticket or "",
         "target": target_of(spec, context) if spec is not None else "",
         "opens_at": opens_at.isoformat() if opens_at is not None else "",
+        # the gate's time (ms): the script counts down by it, not by the device's clock
+        "now": round(now.timestamp() * 1000),
         "position": position if isinstance(position, int) else "",
         "seq": seq if isinstance(seq, int) else "",
         "eta": eta if isinstance(eta, int | float) else "",
@@ -549,9 +554,12 @@ def waiting_page(
     view: dict[str, Any] | None,
     ticket: str | None,
     templates_dir: Path | None,
+    now: datetime | None = None,
 ) -> web.StreamResponse:
     """The page for a ticket's view (None: not joined yet); a 303 to the target once
-    admitted. The caller sets the pass cookie on an admitted answer."""
+    admitted. The caller sets the pass cookie on an admitted answer. `now`: Redis's time
+    as the gate knows it."""
+    now = now or datetime.now(UTC)
     context = dataclasses.replace(page_context(request), campaign=campaign, spec=spec)
     state = _state_of(view, campaign_state)
     if state == "admitted":
@@ -566,9 +574,10 @@ def waiting_page(
         view=view,
         ticket=ticket,
         joined_at=joined_at if view else None,
-        opens_at=spec.opens_at if spec.opens_at > datetime.now(UTC) else None,
+        opens_at=spec.opens_at if spec.opens_at > now else None,
         templates_dir=templates_dir,
         refresh_s=refresh_s,
+        now=now,
     )
     response = html_response(page, lang=context.lang)
     remember_lang(request, response, campaign)

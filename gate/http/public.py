@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import time
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -68,9 +68,15 @@ def poll_after_ms(position: int, rate: float, rng: random.Random) -> int:
     return int(base * rng.uniform(0.8, 1.2))
 
 
-def _prequeue_view(live: LiveCampaign, rng: random.Random) -> dict[str, Any]:
+def redis_now_us(request: web.Request) -> float:
+    """Now, by Redis's clock as this process measures it (gate.cache): the one clock for
+    what a customer is shown (countdowns, cookie lifetimes), never this process's own."""
+    return gate_of(request).cache.redis_now() * 1_000_000
+
+
+def _prequeue_view(live: LiveCampaign, rng: random.Random, now_us: float) -> dict[str, Any]:
     """A customer in a shuffled pre-queue: no position until the shuffle at opening."""
-    until_open_ms = (live.state.opens_at_us - time.time() * 1_000_000) / 1000
+    until_open_ms = (live.state.opens_at_us - now_us) / 1000
     if until_open_ms > 0:  # come back around the opening
         wait_ms = min(max(until_open_ms, 500), 30000) * rng.uniform(0.8, 1.0)
     else:  # the seqs are being given out (a second or so): spread the first polls
@@ -84,18 +90,19 @@ def _prequeue_view(live: LiveCampaign, rng: random.Random) -> dict[str, Any]:
     }
 
 
-def _queue_view(live: LiveCampaign, seq: int, rng: random.Random) -> dict[str, Any]:
-    view = _waiting_view(live, seq, rng)
+def _queue_view(live: LiveCampaign, seq: int, rng: random.Random, now_us: float) -> dict[str, Any]:
+    view = _waiting_view(live, seq, rng, now_us)
     if live.state.policy == "first_come":
         # what is still neither held nor confirmed, so nobody waits for nothing
         view["remaining"] = str(max(0, live.state.remaining))
     return view
 
 
-def _waiting_view(live: LiveCampaign, seq: int, rng: random.Random) -> dict[str, Any]:
+def _waiting_view(
+    live: LiveCampaign, seq: int, rng: random.Random, now_us: float
+) -> dict[str, Any]:
     state = live.state
     position = max(0, seq - state.cursor)
-    now_us = time.time() * 1_000_000
     if now_us < state.opens_at_us:
         until_open_ms = (state.opens_at_us - now_us) / 1000
         return {
@@ -156,7 +163,7 @@ async def join(request: web.Request) -> web.StreamResponse:
             "ticket": gate.signer.issue(PREQUEUE_TICKET, campaign, 0, digest),
             "seq": 0,
             "created": outcome.created,
-            **_prequeue_view(live, request.app[RNG_KEY]),
+            **_prequeue_view(live, request.app[RNG_KEY], redis_now_us(request)),
             "receipt": None,  # the receipt comes with the seq (the `prequeue` audit entry)
         }
         return await _joined(request, campaign, prequeue_body, outcome.created)
@@ -167,7 +174,7 @@ async def join(request: web.Request) -> web.StreamResponse:
         "seq": outcome.seq,
         "created": outcome.created,
     }
-    body.update(_queue_view(live, outcome.seq, request.app[RNG_KEY]))
+    body.update(_queue_view(live, outcome.seq, request.app[RNG_KEY], redis_now_us(request)))
     if outcome.seq <= live.state.cursor and body["state"] == "waiting":
         body.update(state="admitted", position=0, eta_s=0, poll_after_ms=0)
     # Signed with the batch; a retried join gets the receipt it was given the first time
@@ -210,7 +217,7 @@ def set_pass_cookie(
     response.set_cookie(
         PASS_COOKIE,
         view["pass"],
-        max_age=max(1, expires_at - int(time.time())),
+        max_age=max(1, expires_at - int(redis_now_us(request) / 1_000_000)),
         httponly=True,
         secure=gate_of(request).config.cookie_secure,
         samesite="Lax",
@@ -238,7 +245,7 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
             if live.state.state == "closed":
                 closed = {"state": "closed", "position": None, "eta_s": None}
                 return {**base, **closed, "poll_after_ms": None}
-            return {**base, **_prequeue_view(live, request.app[RNG_KEY])}
+            return {**base, **_prequeue_view(live, request.app[RNG_KEY], redis_now_us(request))}
         # Shuffled: one Redis call for the seq, then a ticket that carries it.
         seq = await gate.room.ticket_seq(campaign, token.digest)
         if seq is None:
@@ -260,7 +267,7 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
                 "eta_s": None,
                 "poll_after_ms": None,
             }
-        return {**base, **_queue_view(live, token.seq, request.app[RNG_KEY])}
+        return {**base, **_queue_view(live, token.seq, request.app[RNG_KEY], redis_now_us(request))}
     if not gate.cache.fresh():
         # A pass grants access: it is issued only on state proven just now (I7).
         raise Unavailable()
@@ -268,7 +275,7 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
     if state == "revoked":
         raise Forbidden("this customer's admission was revoked", code="revoked")
     if state == "waiting":  # another process's cache ran ahead of ours; keep waiting
-        return {**base, **_queue_view(live, token.seq, request.app[RNG_KEY])}
+        return {**base, **_queue_view(live, token.seq, request.app[RNG_KEY], redis_now_us(request))}
     if state != "admitted":
         final: dict[str, Any] = {
             **base,
@@ -365,6 +372,7 @@ async def page(request: web.Request) -> web.StreamResponse:
         view=view,
         ticket=ticket,
         templates_dir=gate.config.page_templates_dir,
+        now=datetime.fromtimestamp(gate.cache.redis_now(), UTC),
     )
     if view is not None:
         set_pass_cookie(request, response, view)
@@ -441,6 +449,14 @@ def public_app(config: Config) -> web.Application:
     )
     app[RNG_KEY] = random.Random()
     app[IDENTITY_KEY] = Identity(config)
+
+    async def bind_identity_clock(app: web.Application) -> None:
+        # After the gate is in place (create_public_app, or app.py's cleanup context,
+        # which runs first): token times are checked against Redis's time.
+        if GATE_KEY in app:
+            app[IDENTITY_KEY].bind_clock(app[GATE_KEY].cache.redis_now)
+
+    app.on_startup.append(bind_identity_clock)
 
     async def close_identity(app: web.Application) -> None:
         await app[IDENTITY_KEY].close()

@@ -107,9 +107,13 @@ function render(answer) {
   showReceipt(answer);
 }
 
+// The gate's clock (Redis time when the page was made) minus this device's: the
+// countdown goes by the gate's clock, whatever the device's says.
+const clockOffsetMs = data.now ? Number(data.now) - Date.now() : 0;
+
 function countdown() {
   if (!data.opensAt) return;
-  const left = (Date.parse(data.opensAt) - Date.now()) / 1000;
+  const left = (Date.parse(data.opensAt) - (Date.now() + clockOffsetMs)) / 1000;
   const total = Math.max(0, Math.ceil(left));
   const minutes = Math.floor(total / 60);
   const time = minutes
