@@ -25,8 +25,10 @@ acknowledged, the lost seqs revoked), one ERROR line `event=failover_lost`, and 
 campaign refuses claims and subscriptions (every write when its log cannot continue)
 until an operator resumes it.
 
-Nothing lost is restored: the marks say what is missing, not what it was (a lost ticket's
-customer joins again and gets a new seq; see docs/contract-notes.md).
+Restored: confirmations and releases this process acknowledged (it remembers the newest
+100,000) whose reservation the new primary still holds are done again (fo_restored, the
+admin view's `failover_restored`). Nothing else: the marks say what is missing, not what it
+was (a lost ticket's customer joins again and gets a new seq; see docs/contract-notes.md).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
@@ -54,6 +57,7 @@ from gate.config import Config
 from gate.errors import GateError, Unavailable
 from gate.marks import Marks
 from gate.redis_client import guarded
+from gate.room import Room
 from gate.room.keys import PREFIX, REGISTRY, CampaignKeys
 from gate.room.scripts import Scripts
 
@@ -177,6 +181,8 @@ class FailoverWatch:
         self.lost_campaigns: dict[str, int] = {}
         # Called with a campaign that lost entries: caches keyed by entry index drop it.
         self.forget: list[Callable[[str], None]] = []
+        # Does confirmations and releases again (on this watch's connection), set by the gate.
+        self.room: Room | None = None
         identity.noticed = self._noticed
 
     # -- what the listeners ask ------------------------------------------------------
@@ -314,12 +320,14 @@ class FailoverWatch:
                 reply = await self.scripts.call(
                     self.redis,
                     "reconcile",
-                    [k.meta, k.audit, k.failover_marks, k.revoked],
+                    [k.meta, k.audit, k.failover_marks, k.revoked, k.failover_restored],
                     [new.run_id, first_us],
                 )
             if int(reply[0]) == 1 and int(reply[1]) == 1:
                 lost += 1
                 self._lost(campaign, reply[2])
+            if int(reply[0]) == 1:
+                await self._restore(campaign)
         # Resume once every process that noticed this primary has reconciled.
         async with guarded():
             await self.redis.zrem(pending, self.token)
@@ -369,6 +377,46 @@ class FailoverWatch:
             report.get("primary", ""),
         )
 
+    async def _restore(self, campaign: str) -> None:
+        """Do again the confirmations and releases this process acknowledged that the new
+        primary lacks (the reservation is there, still held): the core system acted on
+        them. One whose reservation is gone, or ended otherwise, is recorded as lost."""
+        journal = self.marks.of(campaign).finished
+        if self.room is None or not journal:
+            return
+        k = CampaignKeys(campaign)
+        rids = list(journal)
+        async with guarded():
+            held, broken = await self.redis.hmget(k.meta, [HOLD_FIELD, BROKEN_FIELD])
+            records = await self.redis.hmget(k.reservations, rids)
+        if held is None or broken is not None:
+            return  # nothing lost here, or nothing may be appended
+        outcomes: dict[str, str] = {}
+        for rid, raw in zip(rids, records, strict=True):
+            script, args = journal[rid]
+            wanted = "confirmed" if script == "confirm" else "released"
+            state = _reservation_state(raw)
+            if state == wanted:
+                continue
+            if state != "held":
+                outcomes[rid] = f"lost: {wanted}, then {state or 'missing'} on the new primary"
+            else:
+                if script == "confirm":
+                    outcome = await self.room.confirm(campaign, rid, *args)
+                else:
+                    outcome = await self.room.release(campaign, rid, *args)
+                outcomes[rid] = f"{wanted} again" if outcome.ok else f"lost: now {outcome.state}"
+            log.log(
+                logging.INFO if outcomes[rid].endswith("again") else logging.ERROR,
+                "event=failover_restore campaign=%s reservation=%s outcome=%s",
+                campaign,
+                rid,
+                outcomes[rid].replace(" ", "_"),
+            )
+        if outcomes:
+            async with guarded():
+                await self.redis.hset(k.failover_restored, mapping=outcomes)  # type: ignore[arg-type]
+
     async def _record_disk_sizes(self) -> None:
         """Segment files on disk are sealed entries too (and outlive Redis)."""
         if self.segments_dir is None:
@@ -398,6 +446,29 @@ def _report(raw: Any) -> dict[str, Any]:
         if not isinstance(value.get(name), list):
             value[name] = None
     return value
+
+
+def _reservation_state(raw: Any) -> str:
+    """A reservation record's state (msgpack {seq, amount, state, ...}), "" when absent."""
+    if not isinstance(raw, bytes):
+        return ""
+    try:
+        record = msgpack.unpackb(raw, raw=True)
+        state = record[2]
+    except (ValueError, IndexError, TypeError, msgpack.UnpackException):
+        return "unreadable"
+    return state.decode() if isinstance(state, bytes) else str(state)
+
+
+async def restored_report(redis: Redis, campaign: str) -> dict[str, str]:
+    """What became of the confirmations and releases a failover lost (fo_restored)."""
+    async with guarded():
+        raw = await redis.hgetall(CampaignKeys(campaign).failover_restored)
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def hold_report(meta: dict[str, str]) -> dict[str, Any] | None:

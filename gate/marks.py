@@ -13,7 +13,12 @@ and reconciles with those of the processes that kept running.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+# Confirmations and releases remembered per campaign (the newest), to restore after a
+# failover that lost them: about 100 bytes each.
+FINISHED_KEPT = 100_000
 
 
 @dataclass
@@ -22,6 +27,8 @@ class CampaignMarks:
     res_n: int = 0  # the highest reservation number acknowledged (r<n>)
     audit_n: int = 0  # the highest audit index of an acknowledged change
     sealed: int = 0  # the largest log size seen sealed (checkpoint) or in a segment file
+    # reservation id -> (script, its arguments after the id): confirm/release acknowledged
+    finished: OrderedDict[str, tuple[str, tuple[str, ...]]] = field(default_factory=OrderedDict)
 
     def encode(self, previous_primary: str) -> str:
         """The form reconcile.lua reads: "seq,res_n,audit_n,sealed,previous run id"."""
@@ -46,6 +53,17 @@ class Marks:
     def sealed(self, campaign: str, size: int) -> None:
         marks = self.of(campaign)
         marks.sealed = max(marks.sealed, size)
+
+    def finished(
+        self, campaign: str, reservation: str, script: str, args: tuple[str, ...], audit_n: int
+    ) -> None:
+        """A confirmation or release acknowledged to the core system."""
+        marks = self.of(campaign)
+        marks.audit_n = max(marks.audit_n, audit_n)
+        marks.finished[reservation] = (script, args)
+        marks.finished.move_to_end(reservation)
+        while len(marks.finished) > FINISHED_KEPT:
+            marks.finished.popitem(last=False)
 
     def reservation(self, campaign: str, reservation: str, audit_n: int = 0) -> None:
         """A reservation id ("r17", or "r17-<random part>") acknowledged."""

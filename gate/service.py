@@ -105,6 +105,12 @@ class Gate:
         )
         self.room.marks = self.marks
         self.failover.forget = [self.receipts.forget, self.sealer.book.forget]
+        self.failover.room = Room(
+            self.failover.redis,
+            self.scripts,
+            wait_replicas=config.redis_wait_replicas,
+            wait_timeout_ms=config.redis_wait_timeout_ms,
+        )
         self.metrics.registry.register(FailoverCollector(self.failover))
         self.metrics.registry.register(SealerCollector(self.sealer))
         self.scripts_loaded = False

@@ -5,6 +5,8 @@
   KEYS[2] audit list     fg:{c}:audit
   KEYS[3] marks hash     fg:{c}:fo_marks   process token -> "seq,res_n,audit_n,sealed,old run id"
   KEYS[4] revoked set    fg:{c}:revoked    the lost seqs join it: admission passes them over
+  KEYS[5] restored hash  fg:{c}:fo_restored  emptied when a new report starts (gate/failover.py
+                         fills it with the confirmations and releases it did again)
   ARGV[1] this primary's run id
   ARGV[2] when the failover was first seen (microseconds, Redis time)
   Returns {OK, 0} when nothing acknowledged is missing, {OK, 1, report} when something is
@@ -62,6 +64,7 @@ local function merged(name, from, to)
   return {from, to}
 end
 local now = now_us()
+if not (report and report.primary == new_run) then rcall('DEL', KEYS[5]) end
 local new = {primary = new_run, audit_base = base, at_us = int_str(now),
              seen_at_us = int_str(seen_at), state_before = m[1],
              log_broken = broken or (report ~= nil and report.log_broken == true)}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgpack
 import pytest
 import redis as sync_redis
 
@@ -219,10 +220,9 @@ async def after_copy(scene: Scene, state: dict[str, Any]) -> None:
     rid = await reservation(scene, "b", state["passes"]["b"], "k-b")
     assert number(rid) == 2
     state["reservations"].append(rid)
-    r = await scene.core.post(
-        f"/q/{CAMPAIGN}/reservations/{state['reservations'][0]}/confirm", json={}
-    )
-    assert r.status == 200, await r.text()
+    for rid in state["reservations"]:  # r1 (on the copy, held there) and r2 (not on it)
+        r = await scene.core.post(f"/q/{CAMPAIGN}/reservations/{rid}/confirm", json={})
+        assert r.status == 200, await r.text()
 
 
 async def test_lost_writes_hold_the_campaign_and_nothing_is_issued_twice(scene: Scene) -> None:
@@ -258,6 +258,18 @@ async def test_lost_writes_hold_the_campaign_and_nothing_is_issued_twice(scene: 
     assert report["log_broken"] is False
     first_lost, last_lost = report["audit"]
     assert first_lost == report["audit_base"] + 1 and last_lost > first_lost
+    # The confirmation of r1, acknowledged to the core system, is done again; r2's cannot be.
+    r1, r2 = state["reservations"]
+    assert shown["failover_restored"] == {
+        r1: "confirmed again",
+        r2: "lost: confirmed, then missing on the new primary",
+    }
+    client = sync_redis.Redis(port=scene.port)
+    try:
+        record = client.hget(f"fg:{{{CAMPAIGN}}}:res", r1)
+    finally:
+        client.close()
+    assert record is not None and msgpack.unpackb(record, raw=True)[2] == b"confirmed"
     log = scene.log()
     assert re.search(
         rf"event=failover_lost campaign={CAMPAIGN} seqs=4\.\.6 reservations=r2\.\.r2 ", log
@@ -411,7 +423,10 @@ async def test_reconcile_takes_every_process_marks_and_merges_reports(room: Room
         if marks:
             await redis.hset(k.failover_marks, mapping=marks)  # type: ignore[arg-type]
         reply: list[Any] = await room.scripts.call(
-            redis, "reconcile", [k.meta, k.audit, k.failover_marks, k.revoked], ["new-run", 5]
+            redis,
+            "reconcile",
+            [k.meta, k.audit, k.failover_marks, k.revoked, k.failover_restored],
+            ["new-run", 5],
         )
         return reply
 

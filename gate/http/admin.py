@@ -17,7 +17,7 @@ from gate.audit.query import parse_query, run_query
 from gate.audit.store import AuditGapError
 from gate.campaign import load_stored_spec, parse_patch, parse_spec
 from gate.errors import BadRequest, GateError, NotFound
-from gate.failover import hold_report
+from gate.failover import hold_report, restored_report
 from gate.http.checks import admin_actor, campaign_id, reason_of
 from gate.http.common import (
     GATE_KEY,
@@ -63,6 +63,9 @@ async def _view(gate: Gate, campaign: str) -> dict[str, Any]:
         "stats": stats,
         # What a Redis failover lost, while the campaign is held (gate/failover.py).
         "failover_hold": hold_report(meta),
+        "failover_restored": await restored_report(gate.redis, campaign)
+        if "failover_hold" in meta
+        else None,
     }
 
 

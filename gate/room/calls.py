@@ -276,8 +276,9 @@ class ScriptCalls:
             status is Reply.OK, text(reply[1]), int(reply[2]), int(reply[3])
         )
         await self.durable()
-        if self.marks is not None and len(reply) > 4:
-            self.marks.acknowledged(campaign, audit_n=int(reply[4]))
+        if self.marks is not None and outcome.ok:
+            index = int(reply[4]) if len(reply) > 4 else 0
+            self.marks.finished(campaign, reservation, script, tuple(map(str, args)), index)
         return outcome
 
     async def confirm(self, campaign: str, reservation: str, actor: str) -> ReservationOutcome:

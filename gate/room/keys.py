@@ -100,6 +100,12 @@ class CampaignKeys:
         "seq,res_n,audit_n,sealed,old run id"; reconcile.lua reads and deletes it."""
         return self._key("fo_marks")
 
+    @property
+    def failover_restored(self) -> str:
+        """Hash (after a failover that lost something): reservation id -> what became of a
+        confirmation or release the new primary lacked (done again, or why not)."""
+        return self._key("fo_restored")
+
     # -- the audit log's sealing (gate/audit/) ----------------------------------------
 
     @property
