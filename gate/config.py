@@ -74,9 +74,17 @@ class Config:
     admin_url: str = "http://127.0.0.1:8081"
     admin_token: str = ""
     # Durability: with an external Redis that runs `appendfsync everysec`, wait for this
-    # many replicas to acknowledge each batch before answering a customer.
+    # many replicas to acknowledge each write (join, pass, claim, confirm, admin change;
+    # replays too) before answering it (gate/room/durability.py).
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 200
+    # WAITAOF instead of WAIT (Redis 7.2+; else WAIT, logged once at start): the primary's
+    # AOF and redis_wait_replicas replicas' AOFs have the write fsynced.
+    redis_wait_aof: bool = False
+    # Fewer acknowledgements than wanted within redis_wait_timeout_ms: "hold" answers 503
+    # + Retry-After (the write stays, unacknowledged; a retry waits again), "continue"
+    # answers, counts fairgate_durability_degraded_total and logs a warning.
+    redis_replica_loss: str = "hold"
     # Refuse traffic (readyz 503) when Redis runs with AOF off, or appendfsync weaker than
     # always and no replica to wait for. An evicting maxmemory-policy is refused always.
     redis_check_persistence: bool = True
@@ -213,6 +221,34 @@ def _validate_identity(cfg: Config) -> None:
         raise ConfigError(f"jwt_jwks: {cfg.jwt_jwks!r} is neither an http(s) URL nor a file")
 
 
+def _validate_durability(cfg: Config) -> None:
+    if cfg.redis_replica_loss not in ("hold", "continue"):
+        raise ConfigError(
+            f"redis_replica_loss: {cfg.redis_replica_loss!r} must be 'hold' or 'continue'"
+        )
+    if cfg.redis_wait_replicas > 64:
+        raise ConfigError("redis_wait_replicas: must be between 0 and 64")
+    # WAIT 0 would block forever; a wait longer than the socket's timeout would end as a
+    # dropped connection instead of a count.
+    waits = cfg.redis_wait_replicas > 0 or cfg.redis_wait_aof
+    if waits and not 1 <= cfg.redis_wait_timeout_ms < cfg.redis_timeout_ms:
+        raise ConfigError(
+            f"redis_wait_timeout_ms: must be between 1 and redis_timeout_ms - 1 "
+            f"({cfg.redis_timeout_ms - 1})"
+        )
+    if (
+        cfg.redis_url.startswith(("redis+sentinel://", "redis+cluster://"))
+        and cfg.redis_wait_replicas == 0
+        and cfg.redis_replica_loss != "continue"
+    ):
+        raise ConfigError(
+            "redis_wait_replicas: 0 with a redis+sentinel:// or redis+cluster:// URL: a "
+            "failover promotes a "
+            "replica that may lack acknowledged writes; set redis_wait_replicas = 1 or more "
+            '(or redis_replica_loss = "continue" to accept that loss)'
+        )
+
+
 def _coerce(name: str, raw: Any) -> Any:
     f = _FIELDS[name]
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
@@ -264,9 +300,19 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"workers: {cfg.workers} must be between 1 and 256")
     if not _HEADER_RE.fullmatch(cfg.customer_header):
         raise ConfigError(f"customer_header: {cfg.customer_header!r} is not a header name")
-    if cfg.redis_url and not re.match(r"^(redis|rediss|redis\+sentinel|unix)://", cfg.redis_url):
+    if cfg.redis_url and not re.match(
+        r"^(redis|rediss|redis\+sentinel|redis\+cluster|unix)://", cfg.redis_url
+    ):
         raise ConfigError(
-            "redis_url: must start with redis://, rediss://, redis+sentinel:// or unix://"
+            "redis_url: must start with redis://, rediss://, redis+sentinel://, "
+            "redis+cluster:// or unix://"
+        )
+    if cfg.redis_url.startswith("redis+cluster://") and not re.fullmatch(
+        r"redis\+cluster://([^@/]*@)?[^@/,]+:\d+(,[^@/,]+:\d+)*/?", cfg.redis_url
+    ):
+        raise ConfigError(
+            "redis_url: a cluster URL lists its startup nodes: "
+            "redis+cluster://[:password@]host:port[,host:port...]"
         )
     if cfg.admit_interval_ms < 5 or cfg.admit_interval_ms > 5000:
         raise ConfigError("admit_interval_ms: must be between 5 and 5000")
@@ -289,6 +335,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("max_concurrent_requests: must be 0 (no bound) or at most 1000000")
     if cfg.redis_timeout_ms < 10:
         raise ConfigError("redis_timeout_ms: must be at least 10")
+    _validate_durability(cfg)
     if cfg.embedded_redis_hang_ms < 500 or cfg.embedded_redis_hang_ms > 600000:
         raise ConfigError("embedded_redis_hang_ms: must be between 500 and 600000")
     if cfg.seal_interval_ms < 10 or cfg.seal_interval_ms > 600000:

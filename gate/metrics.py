@@ -15,13 +15,21 @@ from prometheus_client.registry import Collector
 from gate.admission import Admitter
 from gate.cache import CampaignCache
 from gate.redis_checks import RedisSanity
+from gate.room.durability import Durability
 
 
 class _CampaignCollector(Collector):
-    def __init__(self, cache: CampaignCache, admitter: Admitter, sanity: RedisSanity):
+    def __init__(
+        self,
+        cache: CampaignCache,
+        admitter: Admitter,
+        sanity: RedisSanity,
+        durability: Durability | None = None,
+    ):
         self.cache = cache
         self.admitter = admitter
         self.sanity = sanity
+        self.durability = durability or Durability()
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         joined = GaugeMetricFamily(
@@ -78,10 +86,32 @@ class _CampaignCollector(Collector):
             refused.add_metric([reason], count)
         yield from (joined, cursor, waiting, rate, open_, fresh, skew, admit_calls, admitted)
         yield from (unsafe, refused)
+        degraded = CounterMetricFamily(
+            "fairgate_durability_degraded",
+            "answers given with fewer replica acknowledgements than redis_wait_replicas "
+            "(redis_replica_loss = continue): what = answer, or seal (a checkpoint made so)",
+            labels=["what"],
+        )
+        held = CounterMetricFamily(
+            "fairgate_durability_held",
+            "writes answered 503 (what = answer), or sealing rounds put off (what = seal), "
+            "because fewer replicas than redis_wait_replicas acknowledged (hold)",
+            labels=["what"],
+        )
+        for what in ("answer", "seal"):
+            degraded.add_metric([what], self.durability.degraded_by.get(what, 0))
+            held.add_metric([what], self.durability.held_by.get(what, 0))
+        yield from (degraded, held)
 
 
 class Metrics:
-    def __init__(self, cache: CampaignCache, admitter: Admitter, sanity: RedisSanity):
+    def __init__(
+        self,
+        cache: CampaignCache,
+        admitter: Admitter,
+        sanity: RedisSanity,
+        durability: Durability | None = None,
+    ):
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "fairgate_http_requests",
@@ -104,7 +134,7 @@ class Metrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
-        self.registry.register(_CampaignCollector(cache, admitter, sanity))
+        self.registry.register(_CampaignCollector(cache, admitter, sanity, durability))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -21,6 +21,7 @@ from gate.metrics import Metrics
 from gate.redis_checks import RedisSanity
 from gate.redis_client import connect
 from gate.room import Room
+from gate.room.durability import Durability
 from gate.room.scripts import Scripts
 from gate.signing import SigningKeys, load_or_create_keys
 from gate.tokens import TokenSigner
@@ -45,11 +46,13 @@ class Gate:
             on_connect=self.primary.check_connection,
         )
         self.scripts = Scripts()
+        # What every acknowledgement waits for (gate/room/durability.py); one per process, so
+        # the rooms and the sealer count into the same metrics.
+        self.durability = Durability.from_config(config)
         self.room = Room(
             self.redis,
             self.scripts,
-            wait_replicas=config.redis_wait_replicas,
-            wait_timeout_ms=config.redis_wait_timeout_ms,
+            durability=self.durability,
         )
         # The cache (whose refresh is the gate's proof that Redis answers) and the
         # admission loop get their own connections: a burst of customer requests queueing
@@ -63,8 +66,7 @@ class Gate:
         self.control_room = Room(
             self.control_redis,
             self.scripts,
-            wait_replicas=config.redis_wait_replicas,
-            wait_timeout_ms=config.redis_wait_timeout_ms,
+            durability=self.durability,
         )
         self.cache = CampaignCache(
             self.control_room,
@@ -84,7 +86,9 @@ class Gate:
             max_batch=config.join_batch_max,
             receipts=self.receipts,
         )
-        self.sealer = Sealer.from_config(config, self.scripts, keys, segments_root(config))
+        self.sealer = Sealer.from_config(
+            config, self.scripts, keys, segments_root(config), durability=self.durability
+        )
         self.admitter = Admitter(
             self.control_room, self.cache, interval_s=config.admit_interval_ms / 1000
         )
@@ -94,7 +98,8 @@ class Gate:
             wait_replicas=config.redis_wait_replicas,
             check_persistence=config.redis_check_persistence,
         )
-        self.metrics = Metrics(self.cache, self.admitter, self.sanity)
+        self.metrics = Metrics(self.cache, self.admitter, self.sanity, self.durability)
+        self.metrics.registry.register(SealerCollector(self.sealer))
         # Its own connection, not subject to the identity check it serves.
         self.failover = FailoverWatch(
             connect(config.redis_url, timeout_s=config.redis_timeout_ms / 1000, max_connections=2),
@@ -112,7 +117,6 @@ class Gate:
             wait_timeout_ms=config.redis_wait_timeout_ms,
         )
         self.metrics.registry.register(FailoverCollector(self.failover))
-        self.metrics.registry.register(SealerCollector(self.sealer))
         self.scripts_loaded = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -120,6 +124,7 @@ class Gate:
         while not self.scripts_loaded:
             try:
                 await self.scripts.load_all(self.redis)
+                await self.durability.probe(self.redis)  # WAITAOF or WAIT, said once
                 self.scripts_loaded = True
             except Unavailable:
                 await asyncio.sleep(0.2)

@@ -11,11 +11,15 @@
   KEYS[7] holds hash        fg:{c}:holds     seq -> rid of the customer's held reservation
   KEYS[8] idempotency hash  fg:{c}:idem      seq:key -> rid
   KEYS[9] audit list        fg:{c}:audit
+  KEYS[10] tickets hash     fg:{c}:tickets   digest -> seq
   ARGV[1] seq   ARGV[2] customer digest (16 bytes)   ARGV[3] amount (decimal string)
   ARGV[4] idempotency key (1..64 bytes)
+  ARGV[5] the reservation id's random part (8 of A-Z a-z 0-9 _ -): the id is
+          'r' .. res_n .. '-' .. it, unique even when a failover sets res_n back
   Returns {OK, rid, amount, expires_us, replayed(0|1)[, entry]} when reserved (entry: the
           claim's audit index, when this call made it),
-          {REFUSED, reason, detail} when refused, or {UNKNOWN_CAMPAIGN}.
+          {REFUSED, reason, detail} when refused, {UNKNOWN_CAMPAIGN}, or {TICKET_UNKNOWN}
+          when Redis does not hold tickets[digest] == seq.
   Reasons: CLOSED, WRONG_POLICY, NOT_ADMITTED, BELOW_MINIMUM, BAD_STEP,
            OVER_CUSTOMER_LIMIT, SOLD_OUT, RESERVATION_PENDING, IDEMPOTENCY_KEY_REUSED.
 ]]
@@ -24,14 +28,18 @@
 --!include lib/replies.lua
 --!include lib/reservations.lua
 local seq = int_arg(ARGV[1], 1, 'seq')
-local digest, amount, key = ARGV[2], ARGV[3], ARGV[4]
+local digest, amount, key, suffix = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if string.len(digest or '') ~= 16 then error('bad argument: digest') end
 if not money_ok(amount) then error('bad argument: amount') end
 if key == nil or #key < 1 or #key > 64 then error('bad argument: idempotency key') end
+if suffix == nil or #suffix ~= 8 or string.find(suffix, '[^%w_%-]') then
+  error('bad argument: reservation id suffix')
+end
 
 local m = rcall('HMGET', KEYS[1], 'state', 'policy', 'q_total', 'q_min', 'q_max', 'q_step',
-  'partial', 'held', 'confirmed', 'res_ttl_us')
+  'partial', 'held', 'confirmed', 'res_ttl_us', 'res_n')
 if not m[1] then return {UNKNOWN_CAMPAIGN} end
+if not ticket_held(KEYS[10], digest, seq) then return {TICKET_UNKNOWN} end
 local idem_field = seq .. ':' .. key
 local previous = rcall('HGET', KEYS[8], idem_field)
 if previous then
@@ -65,7 +73,12 @@ if money_cmp(amount, remaining) > 0 then
   if money_cmp(grant, low) < 0 then return {REFUSED, SOLD_OUT, remaining} end
 end
 
-local rid = 'r' .. rcall('HINCRBY', KEYS[1], 'res_n', 1)
+-- The number alone would repeat after a failover that lost the counter's last steps (and
+-- two customers would hold one id); the caller's random part keeps every id new.
+local res_n = tonumber(m[11] or '0') + 1
+local rid = 'r' .. res_n .. '-' .. suffix
+if rcall('HEXISTS', KEYS[4], rid) == 1 then error('reservation id ' .. rid .. ' exists') end
+rcall('HSET', KEYS[1], 'res_n', res_n)
 local expires = now + tonumber(m[10])
 rcall('HSET', KEYS[4], rid, cmsgpack.pack({seq, grant, 'held', expires, digest, amount}))
 rcall('ZADD', KEYS[5], expires, rid)

@@ -8,11 +8,13 @@
   KEYS[6] holds hash     fg:{c}:holds
   KEYS[7] spent hash     fg:{c}:spent
   KEYS[8] subscriptions  fg:{c}:subs
+  KEYS[9] tickets hash   fg:{c}:tickets   digest -> seq
   ARGV[1] seq            ARGV[2] customer digest (16 raw bytes, from the signed ticket)
   Returns {OK, state[, value]}: {OK, ADMITTED, deadline_us[, entry]} (entry: the audit
   index of the `pass` entry, when this call logged it), {OK, WAITING, cursor},
   {OK, EXPIRED}, {OK, CLAIMED, amount} (held, confirmed or subscribed), {OK, REVOKED},
-  {OK, CLOSED}; or {UNKNOWN_CAMPAIGN}.
+  {OK, CLOSED}; or {UNKNOWN_CAMPAIGN}, or {TICKET_UNKNOWN} when Redis does not hold
+  tickets[digest] == seq (the ticket was lost, or the seq is another customer's).
 ]]
 --!include lib/common.lua
 --!include lib/replies.lua
@@ -20,6 +22,7 @@ local seq = int_arg(ARGV[1], 1, 'seq')
 if string.len(ARGV[2] or '') ~= 16 then error('bad argument: digest') end
 local m = rcall('HMGET', KEYS[1], 'state', 'cursor')
 if not m[1] then return {UNKNOWN_CAMPAIGN} end
+if not ticket_held(KEYS[9], ARGV[2], seq) then return {TICKET_UNKNOWN} end
 if m[1] == 'closed' then return {OK, CLOSED} end
 if rcall('SISMEMBER', KEYS[3], seq) == 1 then return {OK, REVOKED} end
 if seq > tonumber(m[2]) then return {OK, WAITING, m[2]} end

@@ -5,9 +5,11 @@
   KEYS[3] revoked set       fg:{c}:revoked
   KEYS[4] subscriptions     fg:{c}:subs      seq -> msgpack {amount, digest}
   KEYS[5] audit list        fg:{c}:audit
+  KEYS[6] tickets hash      fg:{c}:tickets   digest -> seq
   ARGV[1] seq   ARGV[2] customer digest   ARGV[3] amount (decimal string)
   Returns {OK, amount, replayed(0|1)[, entry]} (entry: the subscription's audit index, when
-  this call made it), {REFUSED, reason, detail}, or {UNKNOWN_CAMPAIGN}.
+  this call made it), {REFUSED, reason, detail}, {UNKNOWN_CAMPAIGN}, or
+  {TICKET_UNKNOWN} when Redis does not hold tickets[digest] == seq.
   Reasons: CLOSED, WRONG_POLICY, NOT_ADMITTED, BELOW_MINIMUM, BAD_STEP,
            OVER_CUSTOMER_LIMIT, ALREADY_SUBSCRIBED.
 ]]
@@ -20,6 +22,7 @@ if string.len(digest or '') ~= 16 then error('bad argument: digest') end
 if not money_ok(amount) then error('bad argument: amount') end
 local m = rcall('HMGET', KEYS[1], 'state', 'policy', 'q_min', 'q_max', 'q_step')
 if not m[1] then return {UNKNOWN_CAMPAIGN} end
+if not ticket_held(KEYS[6], digest, seq) then return {TICKET_UNKNOWN} end
 local previous = rcall('HGET', KEYS[4], seq)
 if previous then
   local sub = cmsgpack.unpack(previous)

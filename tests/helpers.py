@@ -447,6 +447,7 @@ def sealer_for(room: Room, config: Any, keep_in_redis: int = 0) -> Any:
     short lease and interval, for tests that drive it with `step()`."""
     from gate.audit.sealer import Sealer
     from gate.audit.store import segments_root
+    from gate.room.durability import Durability
     from gate.signing import load_or_create_keys
 
     keys = load_or_create_keys(config.keys_path, create=False)
@@ -458,6 +459,7 @@ def sealer_for(room: Room, config: Any, keep_in_redis: int = 0) -> Any:
         interval_s=0.01,
         lease_ms=1000,
         keep_in_redis=keep_in_redis,
+        durability=Durability.from_config(config),
     )
 
 

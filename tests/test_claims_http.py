@@ -38,9 +38,14 @@ async def test_claim_confirm_release(public: Any, admin: Any, core: Any) -> None
     )
     assert r.status == 200 and (await r.json())["reservation"] == first["reservation"]
 
+    rids = []
     for i in (1, 2):
         r = await public.post("/q/dep/claim", json={"amount": "10000000"}, headers=h(i))
         assert r.status == 201, await r.text()
+        rids.append((await r.json())["reservation"])
+    # r<n>-<8 random URL-safe characters>: unique even if a failover sets n back
+    assert [rid.partition("-")[0] for rid in rids] == ["r2", "r3"]
+    assert all(len(rid.partition("-")[2]) == 8 for rid in rids)
     r = await public.post("/q/dep/claim", json={"amount": "1000000"}, headers=h(3))
     assert r.status == 409 and (await r.json())["error"]["code"] == "sold_out"
 
@@ -51,7 +56,7 @@ async def test_claim_confirm_release(public: Any, admin: Any, core: Any) -> None
     assert r.status == 200 and (await r.json())["state"] == "confirmed"
     r = await core.post(f"/q/dep/reservations/{rid}/release")
     assert r.status == 409 and (await r.json())["error"]["code"] == "reservation_confirmed"
-    r = await core.post("/q/dep/reservations/r2/release", json={"reason": "core declined"})
+    r = await core.post(f"/q/dep/reservations/{rids[0]}/release", json={"reason": "core declined"})
     assert r.status == 200 and (await r.json())["state"] == "released"
     r = await core.post("/q/dep/reservations/r999/confirm")
     assert r.status == 404

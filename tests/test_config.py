@@ -128,6 +128,18 @@ def test_tokens_forms() -> None:
         ({"GATE_MAX_BODY_BYTES": "10"}, "max_body_bytes"),
         ({"GATE_REDIS_TIMEOUT_MS": "1"}, "redis_timeout_ms"),
         ({"GATE_LOG_LEVEL": "LOUD"}, "log_level"),
+        ({"GATE_REDIS_REPLICA_LOSS": "ignore"}, "redis_replica_loss"),
+        ({"GATE_REDIS_WAIT_AOF": "sometimes"}, "redis_wait_aof"),
+        ({"GATE_REDIS_WAIT_REPLICAS": "65"}, "redis_wait_replicas"),
+        (
+            {"GATE_REDIS_WAIT_REPLICAS": "1", "GATE_REDIS_WAIT_TIMEOUT_MS": "0"},
+            "redis_wait_timeout_ms",
+        ),
+        (
+            {"GATE_REDIS_WAIT_REPLICAS": "1", "GATE_REDIS_WAIT_TIMEOUT_MS": "500"},
+            "redis_wait_timeout_ms",
+        ),
+        ({"GATE_REDIS_URL": "redis+sentinel://127.0.0.1:26379/m"}, "redis_wait_replicas"),
     ],
 )
 def test_bad_environment_values_name_the_field(env: dict[str, str], field: str) -> None:
@@ -200,3 +212,21 @@ def test_config_is_frozen() -> None:
     cfg = default_config()
     with pytest.raises(AttributeError):
         cfg.port = 1  # type: ignore[misc]
+
+
+def test_a_sentinel_url_needs_a_replica_to_wait_for_unless_loss_is_accepted() -> None:
+    """A failover promotes a replica: without a WAIT it may lack acknowledged writes."""
+    url = "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/fgmaster"
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, env={"GATE_REDIS_URL": url})
+    assert "redis+sentinel://" in caught.value.message
+    assert 'redis_replica_loss = "continue"' in caught.value.message
+    waits = load_config(None, env={"GATE_REDIS_URL": url, "GATE_REDIS_WAIT_REPLICAS": "1"})
+    assert (waits.redis_wait_replicas, waits.redis_replica_loss) == (1, "hold")
+    accepted = load_config(None, env={"GATE_REDIS_URL": url, "GATE_REDIS_REPLICA_LOSS": "continue"})
+    assert accepted.redis_wait_replicas == 0
+    # a wait that is configured must end before the socket's timeout does
+    tight = load_config(
+        None, env={"GATE_REDIS_WAIT_AOF": "yes", "GATE_REDIS_WAIT_TIMEOUT_MS": "499"}
+    )
+    assert tight.redis_wait_aof and tight.redis_wait_timeout_ms == 499

@@ -142,6 +142,8 @@ class Model:
 
     def pass_check(self, seq: int, d: bytes) -> tuple[str, int | None]:
         """(state, value); value None means "the deadline Redis holds"."""
+        if self.seq_of.get(d) != seq:
+            return "ticket_unknown", 0  # a signed (seq, digest) Redis holds no ticket for
         if self.state == "closed":
             return "closed", 0
         if seq in self.revoked:
@@ -275,7 +277,10 @@ class LuaModelMachine(ScriptsMachine):
         else:
             d = digest(pick % CUSTOMERS)
             seq = self.model.seq_of.get(d, other_seq)
-        state, value = self.run(self.room.pass_check(CAMPAIGN, seq, d))
+        try:
+            state, value = self.run(self.room.pass_check(CAMPAIGN, seq, d))
+        except Conflict as refused:
+            state, value = refused.code, 0
         expected_state, expected_value = self.model.pass_check(seq, d)
         assert state == expected_state
         event(f"pass_check: {state}")

@@ -21,7 +21,7 @@ import pytest
 import redis as sync_redis
 
 from gate.campaign import CampaignSpec, parse_patch, parse_spec
-from gate.errors import Conflict, NotFound, ScriptError
+from gate.errors import Conflict, GateError, NotFound, ScriptError
 from gate.redis_client import connect
 from gate.redis_server import RedisServer
 from gate.room import JOIN_CLOSED, JOIN_NOT_OPEN, JOIN_OK, JOIN_UNKNOWN, Room
@@ -442,8 +442,12 @@ async def test_pass_states_and_one_pass_entry_per_seq(room: Room) -> None:
     assert await room.pass_check("ps", 1, a) == ("expired", 0)
 
     await room.set_state("ps", "close", ACTOR)
-    for seq, d in ((1, a), (2, b), (3, c), (4, digest(3))):
+    for seq, d in ((1, a), (2, b), (3, c)):
         assert await room.pass_check("ps", seq, d) == ("closed", 0)
+    # a signed (seq, digest) that Redis holds no ticket for grants nothing, closed or not
+    with pytest.raises(GateError) as unknown:
+        await room.pass_check("ps", 4, digest(3))
+    assert (unknown.value.status, unknown.value.code) == (409, "ticket_unknown")
     assert await room.pass_check("nope", 1, a) == ("unknown", 0)
     for seq, d in ((1, b"short"), (0, a)):
         with pytest.raises(ScriptError):

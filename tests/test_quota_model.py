@@ -51,7 +51,7 @@ from hypothesis.stateful import (
 )
 
 from gate.campaign import parse_spec
-from gate.errors import NotFound
+from gate.errors import GateError, NotFound
 from gate.redis_client import connect
 from gate.redis_server import RedisServer
 from gate.room import JOIN_CLOSED, JOIN_OK, Room
@@ -184,6 +184,8 @@ class Model:
 
     def claim(self, seq: int, d: bytes, amount: int, key: str) -> Granted | Refused:
         p = self.p
+        if self.digest_of.get(seq) != d:
+            return Refused("ticket_unknown", "")  # no pass without the ticket in Redis
         previous = self.idem.get(f"{seq}:{key}")
         if previous is not None:
             r = self.res[previous]
@@ -222,6 +224,21 @@ class Model:
         self.claims += 1
         self.log.append(("claim", seq, d, rid, str(grant), str(amount)))
         return Granted(rid, grant, False)
+
+    def adopt(self, rid: str, real: str) -> None:
+        """The id Redis gave the reservation the model calls `rid` ("r7" -> "r7-Xy3_k9Qa":
+        its random part is the caller's, claim.lua)."""
+        assert real.partition("-")[0] == rid and len(real) == len(rid) + 9, (rid, real)
+        r = self.res.pop(rid)
+        r.rid = real
+        self.res[real] = r
+        self.holds[r.seq] = real
+        for field_, value in list(self.idem.items()):
+            if value == rid:
+                self.idem[field_] = real
+        kind, seq, d, _, *rest = self.log[-1]
+        assert kind == "claim"
+        self.log[-1] = (kind, seq, d, real, *rest)
 
     def _finish(self, r: Reservation, to: str) -> None:
         self.held -= r.amount
@@ -434,12 +451,21 @@ class QuotaModelMachine(ScriptsMachine):
     def claim_and_compare(self, seq: int, amount: int, key: str) -> None:
         d = self.m.digest_of.get(seq, digest(99))
         expected = self.m.claim(seq, d, amount, key)
+        if isinstance(expected, Refused) and expected.code == "ticket_unknown":
+            with pytest.raises(GateError) as refused:
+                self.run(self.room.claim(CAMPAIGN, seq, d, amount, key))
+            assert refused.value.code == "ticket_unknown"
+            self.seen["ticket_unknown"] += 1
+            return
         real = self.run(self.room.claim(CAMPAIGN, seq, d, amount, key))
         if isinstance(expected, Refused):
             assert (real.ok, real.code, real.detail) == (False, expected.code, expected.detail)
             self.seen[expected.code] += 1
             return
         assert real.ok, (real, expected)
+        if not expected.replayed:
+            self.m.adopt(expected.rid, real.reservation)
+            expected = Granted(real.reservation, expected.amount, expected.replayed)
         assert (real.reservation, real.amount, real.replayed) == (
             expected.rid,
             expected.amount,
@@ -501,7 +527,7 @@ class QuotaModelMachine(ScriptsMachine):
 
     def finish(self, data: st.DataObject, to: str) -> None:
         confirm = to == "confirmed"
-        rids = sorted(self.m.res, key=lambda r: int(r[1:]))
+        rids = sorted(self.m.res, key=lambda r: int(r[1:].partition("-")[0]))
         held = sorted(self.m.holds.values())
         # mostly a held reservation; confirm more often than release, or nothing sells out
         odds = [True, True, True, False] if confirm else [False, False, False, True]

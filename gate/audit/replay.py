@@ -596,8 +596,13 @@ class Replay:
                 raise EntryProblem(f"granted {grant} with only {remaining} left (oversold)")
         if grant != expected:
             raise EntryProblem(f"granted {grant} for {asked} asked, expected {expected}")
-        if rid != f"r{self.res_n + 1}":
-            raise EntryProblem(f"reservation id {rid}, expected r{self.res_n + 1}")
+        # r<n> (before the random part was added) or r<n>-<8 random characters>: the
+        # number counts the claims, the random part keeps ids unique across a failover.
+        number, _, suffix = rid.partition("-")
+        if number != f"r{self.res_n + 1}" or (suffix and len(suffix) != 8):
+            raise EntryProblem(f"reservation id {rid}, expected r{self.res_n + 1}[-xxxxxxxx]")
+        if rid in self.reservations:
+            raise EntryProblem(f"reservation id {rid} issued twice")
         if expires != t + self.res_ttl_us:
             raise EntryProblem("the reservation expiry is not t + reservation_ttl")
         self.res_n += 1

@@ -50,8 +50,10 @@ from gate.audit.format import decode_entry
 from gate.audit.receipts import RECEIPT_KINDS, BatchReceipts, ReceiptBook, batch_pairs
 from gate.audit.store import NODE_MIN_LEVEL, AuditGapError, AuditStore, node_field
 from gate.config import Config
-from gate.errors import GateError
+from gate.errors import GateError, Unavailable
 from gate.redis_client import connect, guarded
+from gate.redis_nodes import one_connection
+from gate.room.durability import Durability
 from gate.room.keys import REGISTRY, CampaignKeys
 from gate.room.scripts import Scripts
 from gate.signing import SigningKeys
@@ -106,8 +108,11 @@ class Sealer:
         lease_ms: int,
         keep_in_redis: int,
         checkpoints_in_redis: int = CHECKPOINTS_IN_REDIS,
+        durability: Durability | None = None,
     ):
         self.redis = redis
+        # Seal only entries the configured replicas have (`_replicated_size`).
+        self.durability = durability or Durability()
         self.scripts = scripts
         self.keys = keys
         self.segments_dir = segments_dir
@@ -125,7 +130,13 @@ class Sealer:
 
     @classmethod
     def from_config(
-        cls, config: Config, scripts: Scripts, keys: SigningKeys, segments_dir: Path | None
+        cls,
+        config: Config,
+        scripts: Scripts,
+        keys: SigningKeys,
+        segments_dir: Path | None,
+        *,
+        durability: Durability | None = None,
     ) -> Sealer:
         # Its own small pool: long reads must not delay the cache's refresh (I7).
         redis = connect(
@@ -139,6 +150,7 @@ class Sealer:
             interval_s=config.seal_interval_ms / 1000,
             lease_ms=config.seal_lease_ms,
             keep_in_redis=config.audit_keep_in_redis,
+            durability=durability or Durability.from_config(config),
         )
         sealer._owns_redis = True
         return sealer
@@ -202,6 +214,30 @@ class Sealer:
         state = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
         return int(reply[0]), int(reply[1]), state, int(reply[3])
 
+    async def _replicated_size(self, campaign: str) -> tuple[int, int] | None:
+        """The lease kept and the log's size read (one script), then the campaign's mark
+        and the wait on that same connection: every entry up to that size was written
+        before the mark, so the wait covers them all (gate/room/durability.py). A checkpoint
+        is signed, served and written to segment files: an entry that a failover could
+        still lose must not be in one, or its index would be sealed twice. (fence, size);
+        None when too few replicas acknowledged under `hold` (counted, no seal now);
+        under `continue` the size comes back all the same (counted as degraded)."""
+        k = CampaignKeys(campaign)
+        reply, enough = await self.durability.run(
+            self.redis,
+            self.scripts,
+            "sealer_lease",
+            [k.sealer, k.sealer_fence, k.meta, k.frontier],
+            [self.token, self.lease_ms, "acquire"],
+            mark=k.durable_mark,
+        )
+        if not enough:
+            try:
+                self.durability.fell_short(what="seal", call="sealer_lease")
+            except Unavailable:
+                return None
+        return int(reply[0]), int(reply[1])
+
     async def step(self, campaign: str, *, force: bool = False) -> bool:
         """One look at a campaign: hold or take its lease, seal when due. True when a
         checkpoint was published."""
@@ -230,6 +266,13 @@ class Sealer:
         due = now - state.last_seal >= self.interval_s
         if not (due or force or state.behind or campaign_state == "closed"):
             return False
+        if self.durability.active:
+            replicated = await self._replicated_size(campaign)
+            if replicated is None:
+                return False  # hold: not this round
+            renewed, size = replicated
+            if renewed != fence:
+                return False  # the lease moved meanwhile: the next tick sees it
         published = await self.seal(campaign, fence, sealed, size)
         state.last_seal = time.monotonic()
         state.behind = 0 < published < size  # a backlog: go on at the next tick
@@ -330,10 +373,10 @@ class Sealer:
         must not date a checkpoint before its predecessor's. Nor may a failover to a
         primary whose clock is behind: the time is at least the last checkpoint's."""
         async with guarded():
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.time()
-            pipe.lindex(k.checkpoints, -1)
-            (seconds, micros), last = await pipe.execute()
+            # one round trip; in a cluster, to the campaign's own master (its clock)
+            (seconds, micros), last = await one_connection(
+                self.redis, k.checkpoints, [("TIME",), ("LINDEX", k.checkpoints, -1)]
+            )
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         previous = 0
         if isinstance(last, bytes | str):

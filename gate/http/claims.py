@@ -26,7 +26,8 @@ from gate.room import ClaimResult, ReservationOutcome
 from gate.service import Gate
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_RESERVATION_RE = re.compile(r"^r[0-9]{1,20}$")
+# r<n>-<8 random URL-safe characters> (claim.lua); a bare r<n> from before the suffix too.
+_RESERVATION_RE = re.compile(r"^r[0-9]{1,20}(-[A-Za-z0-9_-]{8})?$")
 
 
 def parse_claim_amount(value: Any) -> int:

@@ -17,10 +17,11 @@ import msgpack
 from redis.asyncio import Redis
 
 from gate.campaign import CampaignSpec, to_us
-from gate.errors import Unavailable
 from gate.marks import Marks
 from gate.redis_client import guarded
-from gate.room.keys import REGISTRY, CampaignKeys
+from gate.redis_nodes import is_cluster
+from gate.room.durability import Durability
+from gate.room.keys import REGISTRY, REGISTRY_MARK, CampaignKeys
 from gate.room.replies import Reply, status_of, text
 from gate.room.results import (
     AdmitResult,
@@ -38,12 +39,21 @@ class ScriptCalls:
     marks: Marks | None = None
 
     def __init__(
-        self, redis: Redis, scripts: Scripts, *, wait_replicas: int = 0, wait_timeout_ms: int = 200
+        self,
+        redis: Redis,
+        scripts: Scripts,
+        *,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 200,
+        durability: Durability | None = None,
     ):
         self.redis = redis
         self.scripts = scripts
-        self.wait_replicas = wait_replicas
-        self.wait_timeout_ms = wait_timeout_ms
+        # What an acknowledgement waits for (the gate shares one among its rooms and its
+        # sealer, so their counts add up); `wait_replicas`/`wait_timeout_ms` alone make one.
+        self.durability = durability or Durability(wait_replicas, wait_timeout_ms)
+        self.wait_replicas = self.durability.replicas
+        self.wait_timeout_ms = self.durability.timeout_ms
 
     async def _call(
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]
@@ -53,14 +63,24 @@ class ScriptCalls:
             reply = await self.scripts.call(self.redis, name, keys, args)
         return status_of(reply), reply
 
-    async def durable(self) -> None:
-        """With `appendfsync everysec`, hold the answer until replicas have the write."""
-        if self.wait_replicas <= 0:
-            return
-        async with guarded():
-            acked = await self.redis.wait(self.wait_replicas, self.wait_timeout_ms)
-        if int(acked) < self.wait_replicas:
-            raise Unavailable("not enough replicas acknowledged the write; retry")
+    async def _durable_call(
+        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], *, mark: str | None
+    ) -> tuple[Reply, list[Any]]:
+        """An acknowledging call: script `name` and the wait for the configured durability
+        on ONE connection, [EVALSHA, INCR mark, WAIT] (gate/room/durability.py says why the
+        connection must be the same and why the mark: a replay writes nothing itself).
+        `mark` is the campaign's mark key, or None for a script whose acknowledged answer
+        always writes. With no durability configured: the script alone, no extra work."""
+        if not self.durability.active:
+            return await self._call(name, keys, args)
+        reply = await self.durability.call(self.redis, self.scripts, name, keys, args, mark=mark)
+        return status_of(reply), reply
+
+    async def durable(self, campaign: str) -> None:
+        """Hold the answer until everything written so far (by any connection, any
+        process) is as durable as configured: the campaign's mark and the wait, on one
+        connection. For the multi-step flows."""
+        await self.durability.mark(self.redis, CampaignKeys(campaign).durable_mark)
 
     # -- campaigns -------------------------------------------------------------------
 
@@ -98,14 +118,26 @@ class ScriptCalls:
             "pq_seed": pq_seed.hex(),
             "pq_seed_hash": hashlib.sha256(pq_seed).hexdigest(),
         }
-        status, reply = await self._call(
-            "campaign_create", [k.meta, k.audit], [msgpack.packb(fields)]
+        # Registered first (SADD is idempotent), then created: a create cut short between
+        # the two leaves at most a registered id with no campaign, which every reader skips
+        # and a retried create completes; never a campaign that no sealer knows of. (In a
+        # cluster the registry and the campaign live in two slots: no one script can write
+        # both.)
+        await self._register(spec.id)
+        # An OK answer always wrote (the campaign): no mark needed.
+        status, reply = await self._durable_call(
+            "campaign_create", [k.meta, k.audit], [msgpack.packb(fields)], mark=None
         )
         status.expect(Reply.OK, campaign=spec.id)
-        async with guarded():
-            await self.redis.sadd(REGISTRY, spec.id)
-        await self.durable()
         return int(reply[1])
+
+    async def _register(self, campaign: str) -> None:
+        async with guarded():
+            await self.redis.sadd(REGISTRY, campaign)
+        if is_cluster(self.redis):
+            # The registry's master is not the campaign's: the campaign's wait would not
+            # cover this write. (On one Redis it does: no extra round trip.)
+            await self.durability.mark(self.redis, REGISTRY_MARK)
 
     async def update(
         self, campaign: str, spec: CampaignSpec, fields: dict[str, str], actor: str
@@ -114,24 +146,31 @@ class ScriptCalls:
         args: list[ScriptArg] = [actor, spec.dumps()]
         for name, value in fields.items():
             args += [name, value]
-        status, _ = await self._call("campaign_update", [k.meta, k.audit], args)
+        status, _ = await self._durable_call("campaign_update", [k.meta, k.audit], args, mark=None)
         status.expect(Reply.OK, campaign=campaign)
-        await self.durable()
 
     async def set_state(self, campaign: str, action: str, actor: str) -> str:
         k = CampaignKeys(campaign)
-        status, reply = await self._call("campaign_state", [k.meta, k.audit], [action, actor])
+        # No mark: an OK answer always wrote the state, and a mark (a write without the
+        # script's allow-oom flag) would turn a pause at maxmemory into a 503.
+        status, reply = await self._durable_call(
+            "campaign_state", [k.meta, k.audit], [action, actor], mark=None
+        )
         state = text(reply[1]) if len(reply) > 1 else ""
         status.expect(Reply.OK, campaign=campaign, action=action, state=state)
-        await self.durable()
         return state
 
     # -- customers -------------------------------------------------------------------
 
     async def join(self, campaign: str, digests: Sequence[bytes]) -> JoinResult:
         k = CampaignKeys(campaign)
-        status, reply = await self._call(
-            "join", [k.meta, k.tickets, k.blocked, k.audit, k.prequeue], digests
+        # Every answer waits, a replayed ticket's (created:false) too: it may be one that
+        # another call wrote a moment ago and no replica has yet.
+        status, reply = await self._durable_call(
+            "join",
+            [k.meta, k.tickets, k.blocked, k.audit, k.prequeue],
+            digests,
+            mark=k.durable_mark,
         )
         if status is not Reply.OK:
             # the caller answers each customer: the codes are JoinResult.status's
@@ -143,8 +182,6 @@ class ScriptCalls:
             entry = int(flat[-1])
             flat = flat[:-1]
         tickets = [(int(flat[i]), bool(int(flat[i + 1]))) for i in range(0, len(flat), 2)]
-        if any(created for _, created in tickets):
-            await self.durable()
         if self.marks is not None:
             self.marks.acknowledged(
                 campaign, seq=max((s for s, _ in tickets), default=0), audit_n=entry
@@ -194,12 +231,25 @@ class ScriptCalls:
 
     async def pass_check(self, campaign: str, seq: int, digest: bytes) -> tuple[str, int]:
         """The pass's state (a Reply value: admitted, waiting, expired, claimed, revoked,
-        closed; "unknown" for no such campaign) and its number (deadline, cursor, amount)."""
+        closed; "unknown" for no such campaign) and its number (deadline, cursor, amount).
+        A token whose ticket Redis does not hold (lost in a failover, or another
+        customer's seq) raises TICKET_UNKNOWN's error (409 ticket_unknown): no pass."""
         k = CampaignKeys(campaign)
-        status, reply = await self._call(
+        status, reply = await self._durable_call(
             "pass",
-            [k.meta, k.active, k.revoked, k.passed, k.audit, k.holds, k.spent, k.subscriptions],
+            [
+                k.meta,
+                k.active,
+                k.revoked,
+                k.passed,
+                k.audit,
+                k.holds,
+                k.spent,
+                k.subscriptions,
+                k.tickets,
+            ],
             [seq, digest],
+            mark=k.durable_mark,
         )
         if status.expect(Reply.OK, Reply.UNKNOWN_CAMPAIGN) is Reply.UNKNOWN_CAMPAIGN:
             return "unknown", 0
@@ -207,17 +257,15 @@ class ScriptCalls:
             Reply.ADMITTED, Reply.WAITING, Reply.EXPIRED, Reply.CLAIMED, Reply.REVOKED, Reply.CLOSED
         )
         value = int(reply[2]) if len(reply) > 2 else 0
-        if state is Reply.ADMITTED:
-            await self.durable()
-            if self.marks is not None and len(reply) > 3:
-                self.marks.acknowledged(campaign, audit_n=int(reply[3]))
+        if state is Reply.ADMITTED and self.marks is not None and len(reply) > 3:
+            self.marks.acknowledged(campaign, audit_n=int(reply[3]))
         return str(state.value), value
 
     async def claim(
         self, campaign: str, seq: int, digest: bytes, amount: int, idempotency_key: str
     ) -> ClaimResult:
         k = CampaignKeys(campaign)
-        status, reply = await self._call(
+        status, reply = await self._durable_call(
             "claim",
             [
                 k.meta,
@@ -229,8 +277,12 @@ class ScriptCalls:
                 k.holds,
                 k.idempotency,
                 k.audit,
+                k.tickets,
             ],
-            [seq, digest, str(amount), idempotency_key],
+            # the id's random part keeps ids unique even when a failover sets the
+            # reservation counter back (claim.lua)
+            [seq, digest, str(amount), idempotency_key, reservation_suffix()],
+            mark=k.durable_mark,
         )
         if status.expect(Reply.OK, Reply.REFUSED, campaign=campaign) is Reply.REFUSED:
             return _refused(reply)
@@ -241,7 +293,6 @@ class ScriptCalls:
             expires_us=int(reply[3]),
             replayed=bool(int(reply[4])),
         )
-        await self.durable()
         if self.marks is not None:
             self.marks.reservation(
                 campaign, result.reservation, int(reply[5]) if len(reply) > 5 else 0
@@ -250,14 +301,14 @@ class ScriptCalls:
 
     async def subscribe(self, campaign: str, seq: int, digest: bytes, amount: int) -> ClaimResult:
         k = CampaignKeys(campaign)
-        status, reply = await self._call(
+        status, reply = await self._durable_call(
             "subscribe",
-            [k.meta, k.active, k.revoked, k.subscriptions, k.audit],
+            [k.meta, k.active, k.revoked, k.subscriptions, k.audit, k.tickets],
             [seq, digest, str(amount)],
+            mark=k.durable_mark,
         )
         if status.expect(Reply.OK, Reply.REFUSED, campaign=campaign) is Reply.REFUSED:
             return _refused(reply)
-        await self.durable()
         if self.marks is not None and len(reply) > 3:
             self.marks.acknowledged(campaign, audit_n=int(reply[3]))
         return ClaimResult(True, amount=int(reply[1]), replayed=bool(int(reply[2])))
@@ -266,16 +317,18 @@ class ScriptCalls:
         self, script: str, campaign: str, reservation: str, args: list[ScriptArg]
     ) -> ReservationOutcome:
         k = CampaignKeys(campaign)
-        status, reply = await self._call(
+        # A repeat (already confirmed) and a refusal (released, expired) wait too: the core
+        # system acts on either answer.
+        status, reply = await self._durable_call(
             script,
             [k.meta, k.active, k.reservations, k.reservation_expiries, k.holds, k.spent, k.audit],
             [reservation, *args],
+            mark=k.durable_mark,
         )
         status.expect(Reply.OK, Reply.REFUSED, campaign=campaign, reservation=reservation)
         outcome = ReservationOutcome(
             status is Reply.OK, text(reply[1]), int(reply[2]), int(reply[3])
         )
-        await self.durable()
         if self.marks is not None and outcome.ok:
             index = int(reply[4]) if len(reply) > 4 else 0
             self.marks.finished(campaign, reservation, script, tuple(map(str, args)), index)
@@ -307,23 +360,31 @@ class ScriptCalls:
 
     async def block(self, campaign: str, digest: bytes, actor: str, reason: str) -> int:
         k = CampaignKeys(campaign)
-        status, reply = await self._call(
+        # No mark: an OK answer always wrote (the block, its audit entry).
+        status, reply = await self._durable_call(
             "block",
             [k.meta, k.tickets, k.blocked, k.revoked, k.active, k.audit],
             [digest, actor, reason],
+            mark=None,
         )
         status.expect(Reply.OK, campaign=campaign)
-        await self.durable()
         return int(reply[2])
 
     async def revoke(self, campaign: str, digest: bytes, actor: str, reason: str) -> int:
         k = CampaignKeys(campaign)
-        status, reply = await self._call(
-            "revoke", [k.meta, k.tickets, k.revoked, k.active, k.audit], [digest, actor, reason]
+        status, reply = await self._durable_call(
+            "revoke",
+            [k.meta, k.tickets, k.revoked, k.active, k.audit],
+            [digest, actor, reason],
+            mark=None,  # an OK answer always wrote
         )
         status.expect(Reply.OK, campaign=campaign)
-        await self.durable()
         return int(reply[2])
+
+
+def reservation_suffix() -> str:
+    """The random part of a reservation id (8 URL-safe characters, 48 bits): "r17-Kq3v_x8A"."""
+    return secrets.token_urlsafe(6)
 
 
 def _refused(reply: list[Any]) -> ClaimResult:

@@ -28,7 +28,7 @@ class Flows(ScriptCalls, Reads):
             if step.status not in (Reply.OK, Reply.FROZEN, Reply.REFUSED):
                 return step.status is Reply.NO_PREQUEUE
             if step.state == "done":
-                await self.durable()
+                await self.durable(campaign)
                 return True
             position, size = step.position, step.total
         else:
@@ -49,7 +49,7 @@ class Flows(ScriptCalls, Reads):
             position = step.position
             if step.state == "done":
                 break
-        await self.durable()
+        await self.durable(campaign)
         return await self.prequeue_done(campaign)
 
     async def finalize_ballot(self, campaign: str, chunk_size: int = 1000) -> bool:
@@ -75,6 +75,9 @@ class Flows(ScriptCalls, Reads):
             status, detail = await self.ballot_store(campaign, index, last, chunks[index])
             if status is not Reply.OK:
                 # another process stored this chunk first; done once it stored the last
-                return status is Reply.REFUSED and detail == "done"
-        await self.durable()
+                done = status is Reply.REFUSED and detail == "done"
+                if done:
+                    await self.durable(campaign)
+                return done
+        await self.durable(campaign)
         return True

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 PREFIX = "fg"
 REGISTRY = f"{PREFIX}:campaigns"
+# In the registry's slot (a hash tag of its whole name): the durability mark INCR'd before
+# a WAIT that must cover a registration (gate/room/durability.py), in a cluster.
+REGISTRY_MARK = f"{{{REGISTRY}}}:mark"
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,12 @@ class CampaignKeys:
         """Hash (after a failover that lost something): reservation id -> what became of a
         confirmation or release the new primary lacked (done again, or why not)."""
         return self._key("fo_restored")
+
+    @property
+    def durable_mark(self) -> str:
+        """Counter: INCR'd on the connection of an acknowledgement, right before its WAIT,
+        so the WAIT covers every earlier write (gate/room/durability.py); nothing reads it."""
+        return self._key("mark")
 
     # -- the audit log's sealing (gate/audit/) ----------------------------------------
 

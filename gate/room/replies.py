@@ -49,6 +49,12 @@ class Reply(Enum):
     CAMPAIGN_EXISTS = -8, Conflict, 409, "campaign {campaign} already exists"
     NO_TICKET = -9, NotFound, 404, "that customer has no ticket in this campaign"
     BAD_STATE = -10, Conflict, 409, "cannot {action} campaign {campaign}: it is {state}"
+    TICKET_UNKNOWN = (
+        -11,
+        Conflict,
+        409,
+        "this ticket is not on record (Redis lost it, e.g. in a failover): join again",
+    )
 
     # -- reasons of a refused claim or subscription -----------------------------------
     CLOSED = "closed", Conflict, 409, "the campaign is closed"

@@ -5,6 +5,7 @@
   audit_at(log, index, now, entry)  append one entry whose index the caller took from
                                 meta.audit_n and writes back itself (with its other meta fields)
   int_arg(v, lo, name)          an integer ARGV, or a script error naming it
+  ticket_held(tickets, digest, seq)  whether Redis holds the ticket a signed token names
 ]]
 local rcall = redis.call
 
@@ -25,6 +26,13 @@ local function audit_at(log_key, index, now, entry)
   entry['t'] = now
   rcall('RPUSH', log_key, cmsgpack.pack(entry))
   return index
+end
+
+-- A signed (seq, digest) proves what the gate once issued, not that Redis still holds it:
+-- a failover to a replica that lacked the ticket loses it, and its seq may then be given
+-- to another customer. Scripts that grant on a token check this first.
+local function ticket_held(tickets_key, digest, seq)
+  return tonumber(rcall('HGET', tickets_key, digest) or '0') == seq
 end
 
 local function int_arg(value, lo, name)

@@ -9,6 +9,8 @@
     REFUSED   nothing done; what follows says why: a reason below, a state, or where
               things stand (a chunk position)
     negative  the call does not apply; nothing follows unless the header says so
+              (TICKET_UNKNOWN: pass, claim and subscribe found no ticket in Redis for the
+              signed (seq, digest) they were given, and granted nothing)
   A claim or subscribe refused, and a sealer write refused, name their reason after
   REFUSED; pass answers OK and the pass's state.
   Two scripts cannot refuse and return their result as it is: sealer_lease and
@@ -27,6 +29,7 @@ local NOT_BALLOT = -7
 local CAMPAIGN_EXISTS = -8
 local NO_TICKET = -9
 local BAD_STATE = -10
+local TICKET_UNKNOWN = -11
 
 -- Reasons of a refused claim or subscription (claim.lua, subscribe.lua).
 local CLOSED = 'closed'
