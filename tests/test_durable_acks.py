@@ -229,16 +229,45 @@ async def test_c_hold_answers_503_until_a_replica_acknowledges(
     async with served(settings, aiohttp_client) as (gate, public, admin):
         await create(admin, "hold")
         with pair.replica_stopped():
-            answers = [
-                await public.post("/q/hold/join", headers=as_customer(f"h{n}")) for n in range(5)
-            ]
+            answers, took = [], []
+            for n in range(5):
+                started = time.monotonic()
+                answers.append(await public.post("/q/hold/join", headers=as_customer(f"h{n}")))
+                took.append(time.monotonic() - started)
             assert [a.status for a in answers] == [503] * 5
+            # answered once the WAIT's timeout ran out, not held open
+            assert all(WAIT_MS / 1000 <= t < WAIT_MS / 1000 + 1.0 for t in took), took
             assert all(a.headers.get("Retry-After") for a in answers)
             assert await metric(public, 'fairgate_durability_held_total{what="answer"}') == 5
             assert await metric(public, 'fairgate_durability_degraded_total{what="answer"}') == 0
         ok = await public.post("/q/hold/join", headers=as_customer("h0"))
         assert ok.status == 200 and (await ok.json())["seq"] == 1
         assert gate.durability.held_by["answer"] == 5
+
+
+async def test_c_no_pass_is_issued_while_no_replica_acknowledges(
+    pair: Pair, config: Config, aiohttp_client: Any
+) -> None:
+    pair.fresh()
+    async with served(durable_config(config, pair), aiohttp_client) as (gate, public, admin):
+        await create(admin, "passes")
+        joined = await public.post("/q/passes/join", headers=as_customer("pia"))
+        assert joined.status == 201
+        ticket = (await joined.json())["ticket"]
+
+        async def admitted() -> bool:
+            live = gate.cache.campaigns.get("passes")
+            return live is not None and live.state.cursor >= 1
+
+        await wait_for(admitted, 5, "pia admitted")
+        status = {"params": {"ticket": ticket}, "headers": as_customer("pia")}
+        with pair.replica_stopped():
+            held = await public.get("/q/passes/status", **status)
+            assert held.status == 503 and held.headers.get("Retry-After")
+            assert "pass" not in await held.text()
+        passed = await public.get("/q/passes/status", **status)
+        body = await passed.json()
+        assert passed.status == 200 and body["state"] == "admitted" and body["pass"]
 
 
 async def test_c_continue_answers_and_counts_and_logs_once(
