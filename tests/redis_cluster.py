@@ -29,6 +29,15 @@ class Node:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    command: list[str] = field(default_factory=list)
+
+    def launch(self) -> None:
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
 
     def client(self) -> sync_redis.Redis:
         return sync_redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=1)
@@ -54,36 +63,32 @@ class Cluster:
             directory = self.root / f"node-{index}"
             directory.mkdir(parents=True)
             node = Node(port, directory)
-            node.process = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(directory),
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    str(self.node_timeout_ms),
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                    "--save",
-                    "",
-                    "--maxmemory-policy",
-                    "noeviction",
-                    "--logfile",
-                    str(directory / "redis.log"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                stdin=subprocess.DEVNULL,
-            )
+            node.command = [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(directory),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--logfile",
+                str(directory / "redis.log"),
+            ]
+            node.launch()
             self.nodes.append(node)
         deadline = time.monotonic() + timeout_s
         for node in self.nodes:
@@ -174,6 +179,17 @@ class Cluster:
         assert node.process is not None
         node.process.send_signal(signal.SIGKILL)
         node.process.wait()
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again on its directory (as its supervisor would): it rejoins
+        from its nodes.conf, as a replica of the master that took its slots over."""
+        node = self.node(port)
+        node.launch()
+        deadline = time.monotonic() + 10
+        while not _pings(node):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cluster node {port} did not restart")
+            time.sleep(0.05)
 
     def wait_promoted(self, dead_port: int, key: str, timeout_s: float = 30.0) -> int:
         """Wait until a live master serves `key`'s slot and the cluster is ok again; the
