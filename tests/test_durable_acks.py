@@ -423,3 +423,44 @@ async def test_f_sealer_holds_when_no_replica_acknowledges(pair: Pair, config: C
         assert await room.redis.llen(CampaignKeys("seal").checkpoints) == 2
     finally:
         await room.redis.aclose()
+
+
+# -- the mechanism's edges ------------------------------------------------------------
+
+
+async def test_waitaof_falls_back_to_wait_on_redis_before_7_2_and_says_so_once(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis 7.2 brought WAITAOF; the Redis here is older (7.0, 6.2): WAIT, logged once."""
+    pair.fresh()
+    caplog.set_level(logging.INFO, logger="gate")
+    room = await room_on(pair.primary.url)
+    try:
+        durability = Durability(1, WAIT_MS, aof=True)
+        await durability.probe(room.redis)
+        assert durability.use_waitaof is False and durability.active
+        lines = [r.getMessage() for r in caplog.records if "durability_mode" in r.getMessage()]
+        assert len(lines) == 1 and "mode=wait" in lines[0], lines
+        durable = Room(room.redis, room.scripts, durability=durability)
+        await durable.create(parse_spec(spec("aof")), "ops")
+        with pair.replica_stopped(), pytest.raises(Unavailable):
+            await durable.join("aof", [b"w" * 16])
+    finally:
+        await room.redis.aclose()
+
+
+async def test_a_durable_call_reloads_a_script_redis_forgot(pair: Pair) -> None:
+    """After a failover the new primary's script cache is empty (SCRIPT LOAD is not
+    replicated): the pipeline's EVALSHA answers NOSCRIPT, the script is loaded and the
+    pipeline sent again, and its WAIT still covers the write."""
+    pair.fresh()
+    room = await room_on(pair.primary.url, wait_replicas=1, wait_timeout_ms=WAIT_MS)
+    try:
+        await room.create(parse_spec(spec("noscript")), "ops")
+        await room.redis.script_flush()
+        assert (await room.join("noscript", [b"n" * 16])).tickets == [(1, True)]
+        await room.redis.script_flush()
+        with pair.replica_stopped(), pytest.raises(Unavailable):
+            await room.join("noscript", [b"n" * 16])
+    finally:
+        await room.redis.aclose()
