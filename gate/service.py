@@ -125,6 +125,10 @@ class Gate:
             try:
                 await self.scripts.load_all(self.redis)
                 await self.durability.probe(self.redis)  # WAITAOF or WAIT, said once
+                if self.durability.use_waitaof and self.durability.numlocal:
+                    # Each answer waits for the primary's own AOF fsync: `appendfsync
+                    # everysec` is then as safe as `always` for the settings check.
+                    self.sanity.wait_replicas = max(self.sanity.wait_replicas, 1)
                 self.scripts_loaded = True
             except Unavailable:
                 await asyncio.sleep(0.2)
