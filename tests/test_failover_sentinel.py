@@ -36,7 +36,8 @@ acknowledgement (its seq, its reservation number); still nothing is issued twice
 nothing is oversold.
 
 The last test takes away the only replica left after a failover: with
-`redis_replica_loss = "hold"` joins answer 503 + Retry-After until it is back.
+`redis_replica_loss = "hold"` joins answer 503 + Retry-After until it is back; with
+"continue" they are answered, counted and logged.
 """
 
 from __future__ import annotations
@@ -582,17 +583,20 @@ async def answer(
 
 
 @pytest.mark.slow
-async def test_no_replica_left_after_a_failover_holds_writes(
-    tmp_path: Path, keys_file: Path
+@pytest.mark.parametrize("choice", ["hold", "continue"])
+async def test_no_replica_left_after_a_failover(
+    choice: str, tmp_path: Path, keys_file: Path
 ) -> None:
-    """`redis_wait_replicas = 1`, `redis_replica_loss = "hold"`: after a failover only one
-    replica is left, and then it stops too. Joins answer 503 + Retry-After (nothing is
-    acknowledged that no replica has); when the replica is back, the same customers' joins
-    are acknowledged, each with one seq of its own, and every acknowledged ticket is on
-    the primary."""
+    """`redis_wait_replicas = 1`: after a failover only one replica is left, and then it
+    stops too. With `redis_replica_loss = "hold"` joins answer 503 + Retry-After (nothing
+    is acknowledged that no replica has) until the replica is back, and then the same
+    customers' joins are acknowledged. With "continue" they are answered at once, each
+    one counted in fairgate_durability_degraded_total and logged (event=
+    durability_degraded). Either way each customer has one seq of their own, and every
+    acknowledged ticket is on the primary."""
     topology = ReplicaSet(tmp_path / "redis", proxy=False)
     await asyncio.to_thread(topology.start)
-    env = {"GATE_REDIS_WAIT_REPLICAS": "1", "GATE_REDIS_REPLICA_LOSS": "hold"}
+    env = {"GATE_REDIS_WAIT_REPLICAS": "1", "GATE_REDIS_REPLICA_LOSS": choice}
     gate = GateProcess(topology.sentinel_url, tmp_path / "gate", keys_file, extra_env=env)
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
     acked: dict[str, int] = {}
@@ -628,12 +632,24 @@ async def test_no_replica_left_after_a_failover_holds_writes(
         (last,) = topology.replicas
         await asyncio.to_thread(last.stop)  # no replica left
         held = [await join(f"held-{n}") for n in range(10)]
-        assert all(status == 503 and retry_after for status, _, retry_after in held), held
-        assert all(body["error"]["code"] for _, body, _ in held), held
-        assert not any(c.startswith("held-") for c in acked), acked
-        # Still held a moment later: nothing was acknowledged in between.
-        again = await join("held-0")
-        assert again[0] == 503, again
+        if choice == "continue":
+            assert all(status == 201 for status, _, _ in held), held
+            async with http.get(gate.url + "/metrics") as r:
+                metrics = await r.text()
+            degraded = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith("fairgate_durability_degraded_total")
+            )
+            assert degraded >= len(held), metrics
+            assert "event=durability_degraded" in gate.log_path.read_text()
+        else:
+            assert all(status == 503 and retry_after for status, _, retry_after in held), held
+            assert all(body["error"]["code"] for _, body, _ in held), held
+            assert not any(c.startswith("held-") for c in acked), acked
+            # Still held a moment later: nothing was acknowledged in between.
+            again = await join("held-0")
+            assert again[0] == 503, again
 
         await asyncio.to_thread(topology.restart_as_replica, last)
 
@@ -649,7 +665,8 @@ async def test_no_replica_left_after_a_failover_holds_writes(
         assert len(set(acked.values())) == len(acked), acked
         for customer, seq in acked.items():
             assert tickets.get(customer_digest(keys, CAMPAIGN, customer)) == seq, customer
-        print(f"\nno replica left: {len(held)} joins held (503), then {len(acked)} acknowledged")
+        statuses = sorted(status for status, _, _ in held)
+        print(f"\nno replica left ({choice}): joins {statuses}, {len(acked)} acknowledged")
     finally:
         await http.close()
         gate.stop()
