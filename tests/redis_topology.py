@@ -41,6 +41,14 @@ a replica's reconfiguration that stalls), and the proxy stays in the path for th
 60 s of a topology, longer than a test needs. `proxy_in_path()` says whether it still is;
 a test asserts it before it kills the primary.
 
+What the failover tests do with the link: lag (`set_delay`), and at the kill the bytes in
+flight vanish (`kill_primary` blackholes and cuts it). They do not use `set_drop`: a link
+that loses bytes inside a TCP stream is not a fault a real network has, and Redis's
+replication cannot survive it (a replica that silently misses a chunk of whole commands
+still counts later bytes in its offset, so its acknowledgements claim writes it never
+applied; one that misses part of a command misreads the stream). It is there to stress a
+replica's protocol handling, not as a durability scenario.
+
 After the failover, Sentinel points the remaining replica at the new primary directly.
 `restart_as_replica(server)` restarts a killed server on its port and data directory as
 a replica of the current primary, as a supervisor would (its AOF's unreplicated tail is
