@@ -33,10 +33,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int)
     serve.add_argument("--data-dir")
 
-    demo = sub.add_parser("demo", help="embedded Redis + gate + a burst of customers")
-    demo.add_argument("--scenario", default="burst")
-    demo.add_argument("--customers", type=int, default=3000)
-    demo.add_argument("--rate", type=float, default=500.0)
+    demo = sub.add_parser(
+        "demo", help="a seed incident replayed without the gate and with it (or: burst)"
+    )
+    demo.add_argument(
+        "--scenario",
+        default="special-deposit",
+        help="special-deposit (default), slow-bureau, ipo-rush, failover, or burst "
+        "(the gate alone under a burst)",
+    )
+    demo.add_argument("--customers", type=int, help="default: the scenario's (burst: 3000)")
+    demo.add_argument("--rate", type=float, help="admission rate/s (default: the scenario's)")
+    demo.add_argument("--full", action="store_true", help="the issue's full sizes (slow)")
     demo.add_argument("--out", default="demo-out")
 
     # the two commands that talk to a running gate's admin API find it the same way
@@ -287,7 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gate.demo.run import run_demo
 
             return run_demo(
-                scenario=args.scenario, customers=args.customers, rate=args.rate, out=Path(args.out)
+                scenario=args.scenario,
+                customers=args.customers,
+                rate=args.rate,
+                out=Path(args.out),
+                full=args.full,
             )
         if args.command == "campaign":
             return _campaign_command(args)

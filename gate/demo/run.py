@@ -266,8 +266,24 @@ async def _demo(
     raise AssertionError("unreachable")  # pragma: no cover - the exit stack does not swallow
 
 
-def run_demo(scenario: str, customers: int, rate: float, out: Path) -> int:
-    """Run the demo; print the summary; write the report under `out`. 0 when every check held."""
+def run_demo(
+    scenario: str,
+    customers: int | None = None,
+    rate: float | None = None,
+    out: Path = Path("demo-out"),
+    full: bool = False,
+) -> int:
+    """Run the demo; print the summary; write the report under `out`. 0 when every check held.
+
+    `burst` is the gate alone under a burst; the other scenarios (gate.demo.scenarios) run
+    the same arrivals without the gate and with it, in front of a simulated core bank.
+    """
+    if scenario != "burst":
+        from gate.demo.scenarios import run_scenario
+
+        return run_scenario(scenario, customers, rate, full, Path(out))
+    customers = 3000 if customers is None else customers
+    rate = 500.0 if rate is None else rate
     _validate(scenario, customers, rate)
     out = Path(out)
     try:

@@ -1,0 +1,190 @@
+"""A scenario's HTML report: the summary table and inline SVG plots, with vs without the gate.
+
+No plotting library: each plot is a small hand-written SVG (lines or dots on linear axes).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+WITHOUT, WITH = "#d62728", "#1f77b4"
+Series = tuple[str, str, Sequence[tuple[float, float]], bool]  # label, colour, points, dots
+
+
+COLUMNS = (
+    ("row", "", "row"),
+    ("core errors", "core_errors", ""),
+    ("core p99", "core_p99_ms", " ms"),
+    ("oversell", "oversell_krw", " KRW"),
+    ("sold", "sold_krw", " KRW"),
+    ("inversions", "inversions", ""),
+    ("let in, then sold out", "let_in_then_sold_out", ""),
+    ("max wait", "max_wait_s", " s"),
+    ("told sold out", "told_soldout", ""),
+    ("rate changes", "rate_changes", ""),
+    ("gate errors", "gate_errors", ""),
+)
+
+
+def _cell(row: dict[str, Any], key: str, unit: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "n/a"
+    if key.endswith("_krw"):
+        return f"{value:,}{unit}"
+    return f"{value}{unit}"
+
+
+def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    header = [name for name, _key, _unit in COLUMNS]
+    body = [
+        [row["row"]] + [_cell(row, key, unit) for _name, key, unit in COLUMNS[1:]] for row in rows
+    ]
+    return [header, *body]
+
+
+def svg_chart(
+    title: str,
+    series: Sequence[Series],
+    xlabel: str,
+    ylabel: str,
+    hlines: Sequence[tuple[str, float]] = (),
+    width: int = 640,
+    height: int = 260,
+) -> str:
+    left, right, top, bottom = 60, 20, 30, 40
+    xs = [x for _l, _c, pts, _d in series for x, _y in pts] or [0.0, 1.0]
+    ys = [y for _l, _c, pts, _d in series for _x, y in pts] + [v for _n, v in hlines] + [0.0]
+    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
+    y1 = max(ys) * 1.1 or 1.0
+    pw, ph = width - left - right, height - top - bottom
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def py(y: float) -> float:
+        return top + ph - y / y1 * ph
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="11">',
+        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">'
+        f"{html.escape(title)}</text>",
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
+    ]
+    for i in range(5):
+        v = y1 * i / 4
+        parts.append(
+            f'<text x="{left - 4}" y="{py(v) + 4:.1f}" text-anchor="end">{v:.4g}</text>'
+            f'<line x1="{left}" x2="{left + pw}" y1="{py(v):.1f}" y2="{py(v):.1f}" '
+            'stroke="#eee"/>'
+        )
+        xv = x0 + (x1 - x0) * i / 4
+        parts.append(
+            f'<text x="{px(xv):.1f}" y="{top + ph + 14}" text-anchor="middle">{xv:.4g}</text>'
+        )
+    parts.append(
+        f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">'
+        f"{html.escape(xlabel)}</text>"
+        f'<text x="12" y="{top + ph / 2}" transform="rotate(-90 12 {top + ph / 2})" '
+        f'text-anchor="middle">{html.escape(ylabel)}</text>'
+    )
+    for name, value in hlines:
+        parts.append(
+            f'<line x1="{left}" x2="{left + pw}" y1="{py(value):.1f}" y2="{py(value):.1f}" '
+            f'stroke="#2ca02c" stroke-dasharray="5,3"/><text x="{left + pw - 4}" '
+            f'y="{py(value) - 4:.1f}" text-anchor="end" fill="#2ca02c">{html.escape(name)}</text>'
+        )
+    for n, (label, colour, points, dots) in enumerate(series):
+        if dots:
+            parts += [
+                f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="1.8" fill="{colour}"/>'
+                for x, y in points
+            ]
+        elif points:
+            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
+            parts.append(
+                f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>'
+            )
+        parts.append(
+            f'<text x="{left + 8}" y="{top + 14 + 14 * n}" fill="{colour}">'
+            f"{html.escape(label)}</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _per_second(row: dict[str, Any], key: str) -> list[tuple[float, float]]:
+    return [(r["t"] + 0.5, float(r[key] or 0)) for r in row["per_second"]]
+
+
+def plots(report: dict[str, Any]) -> list[str]:
+    without, gated = report["without_gate"], report["with_gate"]
+    core = report["core"]
+    session_s = (core["service_ms"] + core["bureau_ms"]) / 1000
+    capacity = core["capacity"] / session_s if session_s > 0 else 0.0
+    pair = (("without gate", WITHOUT, without), ("with gate", WITH, gated))
+    return [
+        svg_chart(
+            "Requests arriving at the core per second",
+            [(label, colour, _per_second(row, "arrivals"), False) for label, colour, row in pair],
+            "seconds since the first customer",
+            "arrivals/s",
+            [(f"core capacity ~{capacity:.0f}/s (bureau at its usual latency)", capacity)],
+        ),
+        svg_chart(
+            "Core errors (503 overloaded, 504 bureau timeout) per second",
+            [(label, colour, _per_second(row, "errors"), False) for label, colour, row in pair],
+            "seconds since the first customer",
+            "errors/s",
+        ),
+        svg_chart(
+            "Core latency p99 per second",
+            [(label, colour, _per_second(row, "p99_ms"), False) for label, colour, row in pair],
+            "seconds since the first customer",
+            "ms",
+        ),
+        svg_chart(
+            "Wait by arrival order (click to final answer)",
+            [
+                (label, colour, [(p[0], p[1]) for p in row["wait_by_arrival"]], True)
+                for label, colour, row in pair
+            ],
+            "arrival rank (with the gate: seq)",
+            "seconds",
+        ),
+    ]
+
+
+def write_html(report: dict[str, Any], path: Path) -> Path:
+    rows = table_rows([report["without_gate"], report["with_gate"]])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:]
+    )
+    checks = "".join(
+        f"<li>{'&#10003;' if ok else '&#10007;'} {html.escape(name)}</li>"
+        for name, ok in report["checks"].items()
+    )
+    figures = "".join(f"<div>{svg}</div>" for svg in plots(report))
+    path.write_text(
+        "<!doctype html><meta charset=utf-8>"
+        f"<title>fairgate demo: {html.escape(report['scenario'])}</title>"
+        "<style>body{font-family:sans-serif;max-width:900px;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}td:first-child{text-align:left}</style>"
+        f"<h1>fairgate demo: {html.escape(report['scenario'])}</h1>"
+        f"<p>{report['customers']} customers; {html.escape(report['what'])}. The same "
+        "arrivals (same seed, times and amounts) ran straight at the simulated core, then "
+        "through the gate.</p>"
+        f"<table><tr>{head}</tr>{body}</table>"
+        f"<p>Result: <b>{'OK' if report['ok'] else 'FAILED'}</b></p><ul>{checks}</ul>"
+        f"{figures}"
+        "<p>Inversions: pairs of customers where the one who arrived first was let in to "
+        "be served later, or not at all while the other was (Kendall tau distance; the gate "
+        "lets in by its admission, the core alone by starting a session).</p>"
+    )
+    return path

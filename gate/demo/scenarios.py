@@ -1,0 +1,712 @@
+"""`gate demo --scenario NAME`: the seed incidents, replayed without the gate and with it.
+
+Each scenario runs twice with the same arrivals (same seed, same amounts, same times):
+once straight at the simulated core bank (`gate.demo.sim_core`, its own process) and once
+through a real gate (embedded Redis, AOF always) in front of the same core. The customers
+run in their own process (`gate.demo.crowd`). The summary table has one row for each run.
+
+Default sizes are small so a scenario ends in well under a minute on a 2-core machine;
+`--full` runs the issue's sizes (100,000 customers within one second for special-deposit).
+The admission rate is the campaign's fixed `rate_per_s` (no adaptive rate yet, so "rate
+changes" is 0); the gate's `max_active` is set to what the core can hold (sessions +
+queue), which is what keeps the core healthy when the bureau slows down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gate.demo.crowd import CrowdSpec
+from gate.demo.html_report import table_rows, write_html
+from gate.demo.sim_core import CoreParams, per_second
+from gate.errors import GateError
+
+CAMPAIGN = "special-deposit"
+NOT_YET = ("ipo-rush", "failover")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    customers: int
+    full_customers: int
+    spread_s: float  # arrivals uniform over this long
+    total: int  # KRW
+    amount_min: int = 1_000_000
+    amount_max: int = 10_000_000
+    step: int = 10_000
+    rate: float = 400.0
+    core: CoreParams = field(default_factory=CoreParams)
+    bureau_change: tuple[float, float] | None = None  # (at s after the first arrival, x)
+    retries: int = 3
+
+    @property
+    def max_active(self) -> int:
+        """What the core can hold at once: its sessions and its queue."""
+        return self.core.capacity + self.core.queue_max
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "special-deposit": Scenario(
+        name="special-deposit",
+        what=(
+            "a 5% special deposit: 10,000,000,000 KRW in all, 1-10 million KRW each in steps "
+            "of 10,000, first come; every customer arrives within one second"
+        ),
+        customers=2500,
+        full_customers=100_000,
+        spread_s=1.0,
+        total=10_000_000_000,
+    ),
+    "slow-bureau": Scenario(
+        name="slow-bureau",
+        what=(
+            "a steady stream of customers; the credit bureau the core calls in every "
+            "session becomes ten times slower 1.5 s in"
+        ),
+        customers=1500,
+        full_customers=20_000,
+        spread_s=3.0,
+        total=10_000_000 * 20_000,  # never sells out: the scenario is about the core's health
+        bureau_change=(1.5, 10.0),
+    ),
+}
+ALL = (*SCENARIOS, *NOT_YET)
+
+
+def validate(name: str) -> Scenario:
+    if name in NOT_YET:
+        raise GateError(
+            f"scenario {name!r}: not yet (implemented: {', '.join(SCENARIOS)})",
+            code="not_yet",
+        )
+    if name not in SCENARIOS:
+        raise GateError(
+            f"unknown scenario {name!r}; choose from: {', '.join(ALL)}", code="bad_scenario"
+        )
+    return SCENARIOS[name]
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _child(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A child process that exits when our end of its stdin closes; stopped after use."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        yield process
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), timeout=10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def sim_core(params: CoreParams, work: Path) -> AsyncIterator[str]:
+    """The simulated core in its own process; yields its base URL."""
+    path = work / f"core-{secrets.token_hex(4)}.json"
+    path.write_text(json.dumps(dataclasses.asdict(params)))
+    async with _child("-m", "gate.demo.sim_core", str(path)) as process:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+        if not line.strip().isdigit():
+            raise GateError("the simulated core did not start", code="demo")
+        yield f"http://127.0.0.1:{int(line)}"
+
+
+async def run_crowd(
+    spec: CrowdSpec,
+    work: Path,
+    on_progress: Callable[[int], None],
+    at_times: Sequence[tuple[float, Callable[[], Any]]] = (),
+) -> dict[str, Any]:
+    """The customers in their own process; `at_times` are (s after launch, coroutine fn)."""
+    tag = secrets.token_hex(4)
+    spec_path, result_path = work / f"crowd-{tag}.json", work / f"crowd-{tag}-result.json"
+    progress = work / f"crowd-{tag}.progress"
+    spec_path.write_text(json.dumps(dataclasses.asdict(spec)))
+    launched = time.monotonic()
+    pending = sorted(at_times, key=lambda a: a[0])
+    async with _child(
+        "-m", "gate.demo.crowd", str(spec_path), str(result_path), str(progress)
+    ) as process:
+        waiter = asyncio.create_task(process.wait())
+        limit = launched + spec.deadline_s + 60
+        while not waiter.done() and time.monotonic() < limit:
+            await asyncio.wait({waiter}, timeout=0.1)
+            with contextlib.suppress(OSError, ValueError):
+                on_progress(int(progress.read_text() or 0))
+            while pending and time.monotonic() - launched >= pending[0][0]:
+                await pending.pop(0)[1]()
+        if not waiter.done():
+            waiter.cancel()
+            raise GateError("the customers' process did not finish in time", code="demo")
+        code = waiter.result()
+    if code != 0 or not result_path.exists():
+        raise GateError(f"the customers' process failed (exit code {code})", code="demo")
+    data: dict[str, Any] = json.loads(result_path.read_text())
+    return data
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve an app on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, backlog=4096).start()
+        yield f"http://127.0.0.1:{int(runner.addresses[0][1])}"
+    finally:
+        await runner.cleanup()
+
+
+async def _admin_call(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    async with session.post(url, json=body) as response:
+        data = await response.json(content_type=None)
+        if response.status >= 300:
+            raise GateError(f"admin API POST {url}: {response.status} {data}", code="demo")
+        return data if isinstance(data, dict) else {}
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(url) as response:
+        data = await response.json(content_type=None)
+        return data if isinstance(data, dict) else {}
+
+
+async def _bureau_control(core_url: str, latency_ms: float) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{core_url}/control", json={"bureau_ms": latency_ms}) as r,
+    ):
+        if r.status != 200:
+            raise GateError(f"core /control answered {r.status}", code="demo")
+
+
+# --- figures -----------------------------------------------------------------------------
+
+
+def kendall_distance(arrival: Sequence[float], service: Sequence[float]) -> int:
+    """Pairs (i, j) that arrived i first but were served j first, or j only.
+
+    `service[i]` is math.inf for a customer never served (tied among themselves, so two
+    unserved customers are no inversion). O(n log n) with a Fenwick tree.
+    """
+    order = sorted(range(len(arrival)), key=lambda i: arrival[i])
+    keys = sorted(set(service))
+    rank = {k: r + 1 for r, k in enumerate(keys)}
+    tree = [0] * (len(keys) + 1)
+    inversions = 0
+    for seen, i in enumerate(order):
+        r = rank[service[i]]
+        at_most = 0
+        j = r
+        while j > 0:
+            at_most += tree[j]
+            j -= j & -j
+        inversions += seen - at_most  # earlier arrivals served strictly later (or never)
+        j = r
+        while j < len(tree):
+            tree[j] += 1
+            j += j & -j
+    return inversions
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def admission_times(audit: Sequence[dict[str, Any]]) -> dict[int, tuple[float, int]]:
+    """seq -> (Redis time of its admit entry, seq): the order the gate let customers in."""
+    out: dict[int, tuple[float, int]] = {}
+    for entry in audit:
+        kind = entry.get("k")
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if kind != "admit":
+            continue
+        t = int(entry["t"]) / 1_000_000
+        skipped = {int(s) for s in entry.get("x") or []}
+        for seq in range(int(entry["f"]), int(entry["l"]) + 1):
+            if seq not in skipped:
+                out[seq] = (t, seq)
+    return out
+
+
+def rate_changes(audit: Sequence[dict[str, Any]]) -> int:
+    count = 0
+    for entry in audit:
+        kind = entry.get("k")
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if kind != "admin-update":
+            continue
+        changed = entry.get("f") or []
+        changed = changed if isinstance(changed, list | tuple) else [changed]
+        names = [c.decode() if isinstance(c, bytes) else str(c) for c in changed]
+        count += "rate" in names
+    return count
+
+
+CORE_FAULTS = ("queue_full", "queue_timeout", "bureau_timeout")  # the core's own 503/504
+
+
+def analyse_row(
+    scenario: Scenario,
+    with_gate: bool,
+    crowd: dict[str, Any],
+    core: dict[str, Any],
+    audit: Sequence[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """One row of the table. Inversions: Kendall tau distance between the order the system
+    saw customers arrive and the order it let them in to be served, a customer never let
+    in counting as after everyone who was (`kendall_distance`).
+
+    Arrival: with the gate, the seq (its join order); without it, the customer's first
+    request at the core. Let in: with the gate, its admission (the audit log's `admit`
+    entries), for a customer who then got a final answer (booked, or sold out at the
+    claim); without it, the core starting a session for one of the customer's requests
+    (booked, or sold out by the core's stock check). `sale_inversions` uses the order of
+    bookings instead (with the gate: admission order of those booked): a customer let in
+    who then found it sold out while a later one booked counts there.
+    """
+    outcomes: list[dict[str, Any]] = crowd["outcomes"]
+    served: list[dict[str, Any]] = core["served"]
+    t0 = float(crowd["started_at"])
+    first_arrival: dict[str, float] = {}
+    let_in: dict[str, float] = {}
+    booked_start: dict[str, float] = {}
+    for s in served:
+        c = s["customer"]
+        first_arrival[c] = min(first_arrival.get(c, math.inf), s["arrived"])
+        if s["started"] is not None and s["status"] in (200, 409):
+            let_in[c] = min(let_in.get(c, math.inf), s["started"])
+        if s["status"] == 200 and s["started"] is not None:
+            booked_start[c] = s["started"]
+    arrival: list[float] = []
+    service: list[float] = []
+    sale: list[float] = []
+    if with_gate:
+        admitted = admission_times(audit or [])
+        position = {seq: n for n, (_t, seq) in enumerate(sorted(admitted.values()))}
+        for o in outcomes:
+            if o["seq"] is None:
+                continue
+            arrival.append(float(o["seq"]))
+            answered = o["result"] in ("booked", "sold_out") and o["seq"] in position
+            service.append(float(position[o["seq"]]) if answered else math.inf)
+            booked = o["result"] == "booked" and o["seq"] in position
+            sale.append(float(position[o["seq"]]) if booked else math.inf)
+    else:
+        for o in outcomes:
+            c = o["customer"]
+            arrival.append(first_arrival.get(c, o["sent"]))
+            service.append(let_in.get(c, math.inf))
+            sale.append(booked_start.get(c, math.inf))
+    latencies = [s["finished"] - s["arrived"] for s in served]
+    waits = [o["done"] - o["sent"] for o in outcomes if o["done"] is not None]
+    results: dict[str, int] = {}
+    max_wait_by_result: dict[str, float] = {}
+    for o in outcomes:
+        key = o["result"] if not o["result"].startswith("error") else "error"
+        results[key] = results.get(key, 0) + 1
+        if o["done"] is not None:
+            wait = round(o["done"] - o["sent"], 2)
+            max_wait_by_result[key] = max(max_wait_by_result.get(key, 0.0), wait)
+    reasons: dict[str, int] = {}
+    for s in served:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    seconds = per_second(served, t0)
+    sold = int(core["sold"])
+    p99 = _percentile(latencies, 99)
+    gate_errors = int(crowd.get("gate_5xx", 0)) + sum(
+        1 for s in served if s["reason"].startswith("auth_failed")
+    )
+    return {
+        "row": "with gate" if with_gate else "without gate",
+        "customers": len(outcomes),
+        "core_errors": sum(1 for s in served if s["reason"] in CORE_FAULTS),
+        "core_p99_ms": None if p99 is None else round(p99 * 1000, 1),
+        "oversell_krw": max(0, sold - scenario.total),
+        "sold_krw": sold,
+        "bookings": int(core["bookings"]),
+        "inversions": kendall_distance(arrival, service),
+        "sale_inversions": kendall_distance(arrival, sale),
+        "let_in_then_sold_out": sum(1 for o in outcomes if o["result"] == "sold_out"),
+        "max_wait_s": round(max(waits), 2) if waits else None,
+        "told_soldout": sum(1 for o in outcomes if o["told_soldout"]),
+        "rate_changes": rate_changes(audit) if audit is not None else 0,
+        "gate_errors": gate_errors,
+        "gate_errors_by": dict(sorted(crowd.get("gate_5xx_by", {}).items())),
+        "pass_refusals": sum(int(o.get("pass_refusals", 0)) for o in outcomes),
+        "results": dict(sorted(results.items())),
+        "max_wait_by_result_s": dict(sorted(max_wait_by_result.items())),
+        "core_answers": dict(sorted(reasons.items())),
+        "core_requests": len(served),
+        "core_peak_arrivals_per_s": max((r["arrivals"] for r in seconds), default=0),
+        "core_max_sessions": core["max_busy"],
+        "core_max_queue": core["max_queue"],
+        "bureau_changes": [[round(t - t0, 2), ms] for t, ms in core["bureau_changes"]],
+        "per_second": seconds,
+        "wait_by_arrival": _wait_by_arrival(outcomes, with_gate),
+    }
+
+
+def _wait_by_arrival(outcomes: Sequence[dict[str, Any]], with_gate: bool) -> list[list[float]]:
+    """(arrival rank, wait s, 1 if booked) for at most 400 customers, for the plot."""
+    ranked = sorted(
+        (o for o in outcomes if o["done"] is not None),
+        key=lambda o: o["seq"] if with_gate and o["seq"] is not None else o["sent"],
+    )
+    stride = max(1, len(ranked) // 400)
+    return [
+        [n, round(o["done"] - o["sent"], 3), 1 if o["result"] == "booked" else 0]
+        for n, o in enumerate(ranked)
+        if n % stride == 0
+    ]
+
+
+# --- the two runs ------------------------------------------------------------------------
+
+
+def _crowd_spec(
+    scenario: Scenario, customers: int, mode: str, core_url: str, **kw: Any
+) -> CrowdSpec:
+    return CrowdSpec(
+        mode=mode,
+        core_url=core_url,
+        gate_url=kw.get("gate_url", ""),
+        campaign=CAMPAIGN,
+        customer_header=kw.get("customer_header", "X-Customer-Id"),
+        customers=customers,
+        spread_s=scenario.spread_s,
+        amount_min=scenario.amount_min,
+        amount_max=scenario.amount_max,
+        step=scenario.step,
+        retries=scenario.retries,
+        connections=max(1024, scenario.max_active * 2),
+        deadline_s=60 + 4 * customers / scenario.rate,
+        seed=customers,
+    )
+
+
+def _core_params(scenario: Scenario, **kw: Any) -> CoreParams:
+    return dataclasses.replace(
+        scenario.core,
+        total=scenario.total,
+        min_amount=scenario.amount_min,
+        step=scenario.step,
+        **kw,
+    )
+
+
+def _bureau_events(scenario: Scenario, core_url: str) -> list[tuple[float, Callable[[], Any]]]:
+    if scenario.bureau_change is None:
+        return []
+    at_s, factor = scenario.bureau_change
+    slow = scenario.core.bureau_ms * factor
+    # The crowd's first customer arrives ~0.1 s after the process starts (plus its start).
+    return [(at_s + 0.6, lambda: _bureau_control(core_url, slow))]
+
+
+async def run_without(
+    scenario: Scenario, customers: int, work: Path, on_progress: Callable[[int], None]
+) -> dict[str, Any]:
+    async with sim_core(_core_params(scenario), work) as core_url:
+        spec = _crowd_spec(scenario, customers, "direct", core_url)
+        crowd = await run_crowd(spec, work, on_progress, _bureau_events(scenario, core_url))
+        async with aiohttp.ClientSession() as session:
+            core = await _get_json(session, f"{core_url}/stats")
+    return analyse_row(scenario, False, crowd, core, None)
+
+
+def _campaign_spec(scenario: Scenario) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "id": CAMPAIGN,
+        "opens_at": (now - timedelta(seconds=1)).isoformat(),
+        "closes_at": (now + timedelta(hours=1)).isoformat(),
+        "quota": {
+            "unit": "KRW",
+            "total": scenario.total,
+            "min": scenario.amount_min,
+            "max": scenario.amount_max,
+            "step": scenario.step,
+            "partial_fill": True,
+        },
+        "policy": "first_come",
+        "admission": {
+            "rate_per_s": scenario.rate,
+            "burst": max(1, round(scenario.rate / 10)),
+            "max_active": scenario.max_active,
+            "pass_ttl_s": 60,
+            "reservation_ttl_s": 60,
+            "overbook": 1.0,
+        },
+        "prequeue": {"window_s": 0, "shuffle": False},
+    }
+
+
+async def run_with(
+    scenario: Scenario,
+    customers: int,
+    work: Path,
+    redis_url: str,
+    on_progress: Callable[[int], None],
+) -> dict[str, Any]:
+    from gate.config import default_config
+    from gate.http.app import ADMIN_ADDRESS, CORE_ADDRESS, create_app
+    from gate.http.common import GATE_KEY
+    from gate.signing import generate_keys_document, write_keys
+
+    keys_path = work / "keys.json"
+    write_keys(keys_path, generate_keys_document())
+    admin_token, core_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    config = default_config(
+        redis_url=redis_url,
+        data_dir=str(work),
+        signing_keys=str(keys_path),
+        admin_tokens=f"demo:{admin_token}",
+        core_tokens=f"core:{core_token}",
+        admin_host="127.0.0.1",
+        admin_port=0,
+        core_host="127.0.0.1",
+        core_port=0,
+        cookie_secure=False,
+        log_level="WARNING",
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        app = create_app(config)
+        gate_url = await stack.enter_async_context(_serving(app))
+        gate = app[GATE_KEY]
+        await gate.wait_ready()
+        admin_host, admin_port = app[ADMIN_ADDRESS]
+        core_host, core_port = app[CORE_ADDRESS]
+        admin = await stack.enter_async_context(
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin_token}"})
+        )
+        await _admin_call(
+            admin, f"http://{admin_host}:{admin_port}/admin/campaigns", _campaign_spec(scenario)
+        )
+        params = _core_params(
+            scenario,
+            auth_url=f"{gate_url}/gate/auth",
+            campaign=CAMPAIGN,
+            customer_header=config.customer_header,
+            confirm_url=f"http://{core_host}:{core_port}",
+            confirm_token=core_token,
+        )
+        core_url = await stack.enter_async_context(sim_core(params, work))
+        spec = _crowd_spec(
+            scenario,
+            customers,
+            "gate",
+            core_url,
+            gate_url=gate_url,
+            customer_header=config.customer_header,
+        )
+        crowd = await run_crowd(spec, work, on_progress, _bureau_events(scenario, core_url))
+        core = await _get_json(admin, f"{core_url}/stats")
+        audit = await gate.room.audit_entries(CAMPAIGN)
+    return analyse_row(scenario, True, crowd, core, audit)
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def summary_text(report: dict[str, Any]) -> str:
+    rows = table_rows([report["without_gate"], report["with_gate"]])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        f'fairgate demo, scenario "{report["scenario"]}": {report["customers"]} customers; '
+        f"{report['what']}",
+        f"core: {report['core']['capacity']} sessions, queue {report['core']['queue_max']} "
+        f"(timeout {report['core']['queue_timeout_s']:g} s), service ~"
+        f"{report['core']['service_ms']:g} ms + bureau {report['core']['bureau_ms']:g} ms; "
+        f"gate: {report['rate']:g}/s, max_active {report['max_active']}",
+        "",
+    ]
+    for n, r in enumerate(rows):
+        lines.append(
+            "  "
+            + "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+        if n == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    lines.append("")
+    for row in (report["without_gate"], report["with_gate"]):
+        lines.append(
+            f"  {row['row']}: customers {row['results']} (max wait "
+            f"{row['max_wait_by_result_s']}); core answers {row['core_answers']}; "
+            f"core peak {row['core_peak_arrivals_per_s']} arrivals/s, "
+            f"{row['core_max_sessions']} sessions, queue {row['core_max_queue']}; "
+            f"inversions by booking order {row['sale_inversions']}"
+        )
+    gated = report["with_gate"]
+    if gated["gate_errors"]:
+        lines.append(
+            f"  with gate: the gate answered 5xx {gated['gate_errors']} times "
+            f"{gated['gate_errors_by']} and refused {gated['pass_refusals']} fresh passes "
+            "(fail-closed while its event loop lagged; the customers retried)"
+        )
+    lines.append(
+        "  incident without the gate: "
+        + ("yes" if report["incident_without_gate"] else "NOT reproduced")
+    )
+    failed = [name for name, ok in report["checks"].items() if not ok]
+    lines += ["", f"result {'OK' if report['ok'] else 'FAILED'}"]
+    lines += [f"  failed: {name}" for name in failed]
+    return "\n".join(lines)
+
+
+def _progress() -> Any:
+    """A rich progress bar on a terminal; None (plain lines) otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+
+def _progress_callback(progress: Any, label: str, count: int) -> Callable[[int], None]:
+    """Starts a bar for this run (or prints one line when there is no terminal)."""
+    if progress is None:
+        print(f"{label}, {count} customers...", file=sys.stderr, flush=True)
+        return lambda _done: None
+    progress.start()
+    task = progress.add_task(label, total=count)
+    return lambda done: progress.update(task, completed=done)
+
+
+def compare(scenario: Scenario, count: int, work: Path, progress: Any = None) -> dict[str, Any]:
+    """Run the scenario without the gate, then with it; the report (no output written)."""
+    from gate.redis_server import RedisServer
+
+    started = time.time()
+    rows: dict[str, dict[str, Any]] = {}
+    for label in ("without gate", "with gate"):
+        report_progress = _progress_callback(progress, f"{scenario.name}: {label}", count)
+        try:
+            if label == "without gate":
+                rows[label] = asyncio.run(run_without(scenario, count, work, report_progress))
+                continue
+            (work / "redis").mkdir(exist_ok=True)
+            redis = RedisServer(work / "redis")
+            try:
+                redis.start()
+            except RuntimeError as exc:
+                raise GateError(f"embedded Redis did not start: {exc}", code="redis") from None
+            try:
+                rows[label] = asyncio.run(
+                    run_with(scenario, count, work, redis.url, report_progress)
+                )
+            finally:
+                redis.stop()
+        finally:
+            if progress is not None:
+                progress.stop()
+    without, gated = rows["without gate"], rows["with gate"]
+    report: dict[str, Any] = {
+        "scenario": scenario.name,
+        "what": scenario.what,
+        "customers": count,
+        "total_krw": scenario.total,
+        "rate": scenario.rate,
+        "max_active": scenario.max_active,
+        "core": dataclasses.asdict(_core_params(scenario)),
+        "bureau_change": scenario.bureau_change,
+        "without_gate": without,
+        "with_gate": gated,
+        "incident_without_gate": incident(without),
+        "duration_s": round(time.time() - started, 1),
+    }
+    report["checks"] = row_checks(gated)
+    report["ok"] = all(report["checks"].values())
+    return report
+
+
+def incident(row: dict[str, Any]) -> bool:
+    """The row shows what went wrong in the seed incident: core errors, oversell or unfair order."""
+    return bool(row["core_errors"] > 0 or row["inversions"] > 0 or row["oversell_krw"] > 0)
+
+
+def row_checks(row: dict[str, Any]) -> dict[str, bool]:
+    """What the gate promises for a row; the same checks run on the row without the gate."""
+    return {
+        "0 core errors": row["core_errors"] == 0,
+        "0 oversell": row["oversell_krw"] == 0,
+        "0 order inversions": row["inversions"] == 0,
+        "every customer got an answer (booked or sold out)": set(row["results"])
+        <= {"booked", "sold_out", "told_soldout"},
+    }
+
+
+def run_scenario(
+    name: str, customers: int | None, rate: float | None, full: bool, out: Path
+) -> int:
+    scenario = validate(name)
+    count = customers if customers is not None else (
+        scenario.full_customers if full else scenario.customers
+    )  # fmt: skip
+    if isinstance(count, bool) or not 1 <= count <= 1_000_000:
+        raise GateError(f"customers: {count} must be between 1 and 1000000", code="bad_customers")
+    if rate is not None:
+        if not 0 < rate <= 1_000_000:  # also refuses NaN
+            raise GateError(f"rate: {rate} must be above 0 and at most 1e+06", code="bad_rate")
+        scenario = dataclasses.replace(scenario, rate=rate)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GateError(f"out: cannot create {out}: {exc.strerror}", code="bad_out") from None
+    work = Path(tempfile.mkdtemp(prefix="scenario-", dir=out))
+    try:
+        report = compare(scenario, count, work, _progress())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    html = write_html(report, out / f"{name}.html")
+    print(summary_text(report))
+    print()
+    print(f"wrote {out / f'{name}.json'}, {html}")
+    return 0 if report["ok"] else 1

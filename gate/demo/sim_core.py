@@ -1,0 +1,364 @@
+"""A simulated core bank in its own process, with a fixed capacity and a downstream bureau.
+
+Like a real core it has a fixed number of concurrent sessions (`capacity`), a bounded
+FIFO queue in front of them (`queue_max`), and a queue timeout: a request that finds the
+queue full, or waits longer than `queue_timeout_s` for a session, is answered 503 with
+`Retry-After: 1`. A session takes the core's own service time (log-normal around
+`service_ms`) plus one call to the credit bureau, whose latency (`bureau_ms`, ±50%) an
+operator can change mid-run (`POST /control {"bureau_ms": N}`); a bureau call slower than
+`bureau_timeout_s` is a 504.
+
+The deposit's stock is checked when the session starts and booked when it ends (after the
+bureau answers), as a core that "picked first-comers by the expected amount" does: two
+sessions open at once may both see the same remaining stock, so the core alone can promise
+more than it has (oversell). Behind the gate each request carries a reservation the gate
+made atomically, so the sum booked never exceeds the total.
+
+With `auth_url` set, every request is checked first as nginx `auth_request` would (401/403
+passed back); with `confirm_url` set, each booking confirms the gate's reservation on the
+gate's core listener, which frees the customer's active slot.
+
+Run: `python -m gate.demo.sim_core PARAMS.json`; it prints `PORT` once listening and stops
+when its stdin reaches EOF (its parent is gone) or on SIGTERM. `GET /stats` returns every
+request it answered and the per-second figures (JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+PASS_HEADER = "X-Gate-Pass"
+CAMPAIGN_HEADER = "X-Gate-Campaign"
+
+
+@dataclass(frozen=True)
+class CoreParams:
+    capacity: int = 32  # concurrent sessions
+    queue_max: int = 256  # requests waiting for a session; one more is a 503 at once
+    queue_timeout_s: float = 3.0  # waited this long for a session: 503
+    service_ms: float = 30.0  # the core's own time per session (log-normal median)
+    bureau_ms: float = 20.0  # the credit bureau's latency (uniform ±50%)
+    bureau_timeout_s: float = 5.0  # a slower bureau answer: 504
+    total: int = 10_000_000_000  # the deposit's stock (KRW)
+    min_amount: int = 1_000_000
+    step: int = 10_000
+    auth_url: str | None = None  # the gate's /gate/auth (behind the gate)
+    campaign: str = ""
+    customer_header: str = "X-Customer-Id"
+    confirm_url: str | None = None  # the gate's core listener base URL
+    confirm_token: str = ""
+    seed: int = 1
+
+
+@dataclass
+class Served:
+    """One request the core answered."""
+
+    customer: str
+    arrived: float  # wall clock
+    started: float | None  # a session began (None: refused before one)
+    finished: float
+    status: int
+    booked: int  # amount booked (0 unless 200)
+    reason: str  # booked, sold_out, queue_full, queue_timeout, bureau_timeout, no_pass, ...
+
+
+class Overloaded(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Sessions:
+    """`capacity` sessions and a bounded FIFO queue with a timeout, as a core's thread pool."""
+
+    def __init__(self, capacity: int, queue_max: int, timeout_s: float):
+        self.capacity = capacity
+        self.queue_max = queue_max
+        self.timeout_s = timeout_s
+        self.busy = 0
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.max_busy = 0
+        self.max_queue = 0
+
+    async def acquire(self) -> None:
+        if self.busy < self.capacity and not self.waiters:
+            self.busy += 1
+            self.max_busy = max(self.max_busy, self.busy)
+            return
+        if len(self.waiters) >= self.queue_max:
+            raise Overloaded("queue_full")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(future)
+        self.max_queue = max(self.max_queue, len(self.waiters))
+        try:
+            await asyncio.wait({future}, timeout=self.timeout_s)
+        finally:
+            if not future.done():
+                future.cancel()
+                self.waiters.remove(future)
+        if future.cancelled():
+            raise Overloaded("queue_timeout")
+        # release() handed its session to us: busy is unchanged
+
+    def release(self) -> None:
+        while self.waiters:
+            future = self.waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self.busy -= 1
+
+
+class Bureau:
+    """The credit bureau the core calls in every session; its latency can change mid-run."""
+
+    def __init__(self, latency_ms: float, timeout_s: float, rng: random.Random):
+        self.latency_ms = latency_ms
+        self.timeout_s = timeout_s
+        self.rng = rng
+        self.changes: list[tuple[float, float]] = [(time.time(), latency_ms)]
+        self.calls = 0
+
+    async def lookup(self) -> None:
+        self.calls += 1
+        delay = self.latency_ms / 1000 * self.rng.uniform(0.5, 1.5)
+        if delay > self.timeout_s:
+            await asyncio.sleep(self.timeout_s)
+            raise Overloaded("bureau_timeout")
+        await asyncio.sleep(delay)
+
+    def set_latency(self, latency_ms: float) -> None:
+        self.latency_ms = latency_ms
+        self.changes.append((time.time(), latency_ms))
+
+
+class SimCore:
+    def __init__(self, params: CoreParams, session: aiohttp.ClientSession | None):
+        self.params = params
+        self.session = session
+        self.rng = random.Random(params.seed)
+        self.sessions = Sessions(params.capacity, params.queue_max, params.queue_timeout_s)
+        self.bureau = Bureau(params.bureau_ms, params.bureau_timeout_s, self.rng)
+        self.sold = 0
+        self.bookings = 0
+        self.confirm_failures = 0
+        self.confirming: set[asyncio.Task[None]] = set()
+        self.served: list[Served] = []
+
+    def create_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/deposit", self.deposit)
+        app.router.add_post("/control", self.control)
+        app.router.add_get("/stats", self.stats)
+        return app
+
+    def _grant(self, wanted: int) -> int:
+        """What the core's stock check allows now: all, a smaller multiple of step, or 0."""
+        left = self.params.total - self.sold
+        grant = min(wanted, left - left % self.params.step)
+        return grant if grant >= self.params.min_amount else 0
+
+    async def _auth(self, request: web.Request) -> int:
+        assert self.params.auth_url is not None and self.session is not None
+        headers = {CAMPAIGN_HEADER: self.params.campaign}
+        for name in (PASS_HEADER, self.params.customer_header):
+            value = request.headers.get(name)
+            if value:
+                headers[name] = value
+        try:
+            async with self.session.get(self.params.auth_url, headers=headers) as response:
+                await response.read()
+                return response.status
+        except (aiohttp.ClientError, TimeoutError):
+            return 599
+
+    async def _confirm(self, reservation: str) -> bool:
+        assert self.params.confirm_url is not None and self.session is not None
+        url = (
+            f"{self.params.confirm_url}/q/{self.params.campaign}/reservations/{reservation}/confirm"
+        )
+        headers = {"Authorization": f"Bearer {self.params.confirm_token}"}
+        for _ in range(20):
+            try:
+                async with self.session.post(url, headers=headers, json={}) as response:
+                    await response.read()
+                    if response.status < 500:
+                        return response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.2)
+        return False
+
+    def _answer(
+        self, customer: str, arrived: float, started: float | None, status: int, booked: int,
+        reason: str,
+    ) -> web.Response:  # fmt: skip
+        self.served.append(Served(customer, arrived, started, time.time(), status, booked, reason))
+        body: dict[str, Any] = {"status": reason, "booked": str(booked)}
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return web.json_response(body, status=status, headers=headers)
+
+    async def deposit(self, request: web.Request) -> web.Response:
+        arrived = time.time()
+        try:
+            body = await request.json()
+            customer = str(body["customer"])
+            wanted = int(body["amount"])
+            reservation = body.get("reservation")
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "bad body"}, status=400)
+        if self.params.auth_url is not None:
+            status = await self._auth(request)
+            if status in (401, 403):
+                return self._answer(customer, arrived, None, status, 0, "no_pass")
+            if not 200 <= status < 300:
+                return self._answer(customer, arrived, None, 502, 0, f"auth_failed_{status}")
+        try:
+            await self.sessions.acquire()
+        except Overloaded as exc:
+            return self._answer(customer, arrived, None, 503, 0, exc.reason)
+        started = time.time()
+        try:
+            grant = self._grant(wanted)  # the stock check reads the balance now...
+            if grant == 0:
+                return self._answer(customer, arrived, started, 409, 0, "sold_out")
+            service_s = self.params.service_ms / 1000 * self.rng.lognormvariate(0, 0.4)
+            await asyncio.sleep(service_s)
+            try:
+                await self.bureau.lookup()
+            except Overloaded as exc:
+                return self._answer(customer, arrived, started, 504, 0, exc.reason)
+            self.sold += grant  # ...and the booking writes it after the bureau answered
+            self.bookings += 1
+        finally:
+            self.sessions.release()
+        # After the booking is committed (the session is free): tell the gate, which
+        # frees the customer's active slot. A failure here is the gate's, not the core's.
+        if reservation is not None and self.params.confirm_url is not None:
+            task = asyncio.create_task(self._confirm_later(str(reservation)))
+            self.confirming.add(task)
+            task.add_done_callback(self.confirming.discard)
+        return self._answer(customer, arrived, started, 200, grant, "booked")
+
+    async def _confirm_later(self, reservation: str) -> None:
+        if not await self._confirm(reservation):
+            self.confirm_failures += 1
+
+    async def control(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            latency = float(body["bureau_ms"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "bureau_ms: a number is required"}, status=400)
+        if not 0 <= latency <= 600_000:
+            return web.json_response({"error": "bureau_ms: 0 to 600000"}, status=400)
+        self.bureau.set_latency(latency)
+        return web.json_response({"bureau_ms": latency})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        summary: dict[str, Any] = {
+            "answered": len(self.served),
+            "sold": self.sold,
+            "bookings": self.bookings,
+            "errors": sum(1 for s in self.served if s.status >= 500),
+            "busy": self.sessions.busy,
+            "queued": len(self.sessions.waiters),
+            "confirming": len(self.confirming),
+        }
+        if request.query.get("summary"):
+            return web.json_response(summary)
+        summary.update(
+            {
+                "params": asdict(self.params),
+                "max_busy": self.sessions.max_busy,
+                "max_queue": self.sessions.max_queue,
+                "bureau_calls": self.bureau.calls,
+                "confirm_failures": self.confirm_failures,
+                "bureau_changes": self.bureau.changes,
+                "served": [asdict(s) for s in self.served],
+            }
+        )
+        return web.json_response(summary)
+
+
+def per_second(served: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
+    """Arrivals, answers, errors and the p99 latency of the answers, per 1-s window from t0."""
+    if not served:
+        return []
+    last = max(s["finished"] for s in served)
+    seconds = max(1, math.ceil(last - t0))
+    rows: list[dict[str, Any]] = [
+        {"t": i, "arrivals": 0, "answered": 0, "errors": 0, "booked": 0, "latencies": []}
+        for i in range(seconds)
+    ]
+    for s in served:
+        a = min(seconds - 1, max(0, int(s["arrived"] - t0)))
+        rows[a]["arrivals"] += 1
+        f = min(seconds - 1, max(0, int(s["finished"] - t0)))
+        rows[f]["answered"] += 1
+        rows[f]["latencies"].append(s["finished"] - s["arrived"])
+        if s["status"] >= 500:
+            rows[f]["errors"] += 1
+        if s["status"] == 200:
+            rows[f]["booked"] += 1
+    for row in rows:
+        lat = sorted(row.pop("latencies"))
+        row["p99_ms"] = (
+            round(lat[max(0, math.ceil(0.99 * len(lat)) - 1)] * 1000, 1) if lat else None
+        )
+    return rows
+
+
+def _exit_with_parent() -> None:
+    while os.read(0, 4096):
+        pass
+    os._exit(3)
+
+
+async def _serve(params: CoreParams) -> None:
+    connector = aiohttp.TCPConnector(limit=128)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        core = SimCore(params, session)
+        runner = web.AppRunner(core.create_app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=8192)
+        await site.start()
+        print(int(runner.addresses[0][1]), flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
+    params = CoreParams(**json.loads(Path(args[0]).read_text()))
+    from gate.demo.customers import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(_serve(params))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""`gate demo --scenario`: the same arrivals without the gate and with it, real processes.
+
+A small core (8 sessions, a queue of 16) keeps these quick: the crowd, the simulated core,
+an embedded Redis and a gate all run for real. Each test compares the two rows: the same
+checks that the gate's row passes must fail on the row without the gate, so a test in
+which the gate were not in front (or did nothing) fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gate.demo.run import run_demo
+from gate.demo.scenarios import SCENARIOS, compare, incident, kendall_distance, row_checks
+from gate.demo.sim_core import CoreParams
+from gate.errors import GateError
+
+SMALL_CORE = CoreParams(capacity=8, queue_max=16, queue_timeout_s=3.0, service_ms=30, bureau_ms=20)
+
+
+def _assert_gate_row_clean_and_other_not(report: dict[str, object]) -> None:
+    without, gated = report["without_gate"], report["with_gate"]
+    assert isinstance(without, dict) and isinstance(gated, dict)
+    assert incident(without), without
+    assert not all(row_checks(without).values()), row_checks(without)
+    assert row_checks(gated) == dict.fromkeys(row_checks(gated), True), gated
+    assert gated["core_errors"] == 0 and gated["oversell_krw"] == 0 and gated["inversions"] == 0
+    assert gated["rate_changes"] == 0  # no adaptive rate yet
+    assert gated["core_max_queue"] < SMALL_CORE.queue_max
+
+
+@pytest.mark.slow
+def test_special_deposit_without_the_gate_fails_and_with_it_holds(tmp_path: Path) -> None:
+    # 400 customers within 0.5 s (800/s) at a core that serves ~160/s and holds 24; the
+    # stock serves about 60 of them, so it sells out while the core is swamped.
+    scenario = dataclasses.replace(
+        SCENARIOS["special-deposit"],
+        spread_s=0.5,
+        total=330_000_000,
+        rate=100.0,
+        core=SMALL_CORE,
+    )
+    report = compare(scenario, 400, tmp_path)
+    _assert_gate_row_clean_and_other_not(report)
+    without, gated = report["without_gate"], report["with_gate"]
+    assert without["core_errors"] > 0
+    assert gated["sold_krw"] == scenario.total  # partial fill: sold out to the last won
+    # Customers still waiting when it sold out were told so by the gate, not by the core.
+    assert gated["told_soldout"] > 0 and without["told_soldout"] == 0
+    assert gated["results"]["booked"] == gated["bookings"]
+
+
+@pytest.mark.slow
+def test_slow_bureau_overloads_the_core_alone_not_behind_the_gate(tmp_path: Path) -> None:
+    # 300 customers over 1.5 s (200/s); the bureau becomes 10x slower 0.3 s in: the core
+    # alone then serves ~35/s. The gate's max_active (sessions + queue) holds it there.
+    scenario = dataclasses.replace(
+        SCENARIOS["slow-bureau"], spread_s=1.5, rate=200.0, core=SMALL_CORE,
+        bureau_change=(0.3, 10.0),
+    )  # fmt: skip
+    report = compare(scenario, 300, tmp_path)
+    _assert_gate_row_clean_and_other_not(report)
+    without, gated = report["without_gate"], report["with_gate"]
+    assert without["core_errors"] > 0
+    for row in (without, gated):
+        assert [ms for _t, ms in row["bureau_changes"]] == [20.0, 200.0]
+        assert row["oversell_krw"] == 0  # it never sells out here
+    assert gated["results"] == {"booked": 300}
+
+
+def test_kendall_distance_matches_counting_every_pair() -> None:
+    rng = random.Random(7)
+    for n in (0, 1, 2, 5, 40):
+        arrival = rng.sample(range(1000), n)
+        service = [rng.choice([math.inf, *range(20)]) for _ in range(n)]
+        slow = sum(
+            1
+            for i, j in itertools.permutations(range(n), 2)
+            if arrival[i] < arrival[j] and service[i] > service[j]
+        )
+        assert kendall_distance(arrival, service) == slow
+    assert kendall_distance([1, 2, 3], [1, 2, 3]) == 0
+    assert kendall_distance([1, 2, 3], [3, 2, 1]) == 3
+    # Not served (inf) while a later arrival was: an inversion; two never served: none.
+    assert kendall_distance([1, 2, 3], [math.inf, 1, math.inf]) == 1
+
+
+@pytest.mark.parametrize(
+    ("scenario", "code"),
+    [("ipo-rush", "not_yet"), ("failover", "not_yet"), ("nope", "bad_scenario")],
+)
+def test_scenarios_not_built_yet_are_a_clear_error(
+    tmp_path: Path, scenario: str, code: str
+) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(GateError) as caught:
+        run_demo(scenario=scenario, out=out)
+    assert caught.value.code == code
+    assert not out.exists()
+
+
+def test_cli_says_not_yet_and_exits_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gate", "demo", "--scenario", "failover", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done
+    assert "not yet" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("customers", "rate", "code"),
+    [
+        (0, None, "bad_customers"),
+        (1_000_001, None, "bad_customers"),
+        (10, float("nan"), "bad_rate"),
+    ],
+)
+def test_bad_sizes_are_refused(
+    tmp_path: Path, customers: int, rate: float | None, code: str
+) -> None:
+    with pytest.raises(GateError) as caught:
+        run_demo(scenario="special-deposit", customers=customers, rate=rate, out=tmp_path / "o")
+    assert caught.value.code == code
+
+
+def test_control_endpoint_refuses_bad_input(tmp_path: Path) -> None:
+    import asyncio
+
+    import aiohttp
+
+    from gate.demo.scenarios import sim_core
+
+    async def check() -> list[int]:
+        statuses = []
+        async with sim_core(SMALL_CORE, tmp_path) as url, aiohttp.ClientSession() as session:
+            for body in ({"bureau_ms": "x"}, {}, {"bureau_ms": -1}, {"bureau_ms": 50}):
+                async with session.post(f"{url}/control", json=body) as r:
+                    statuses.append(r.status)
+            async with session.post(f"{url}/deposit", data=b"not json") as r:
+                statuses.append(r.status)
+            async with session.get(f"{url}/stats") as r:
+                stats = json.loads(await r.text())
+        assert [ms for _t, ms in stats["bureau_changes"]] == [20.0, 50.0]
+        return statuses
+
+    assert asyncio.run(check()) == [400, 400, 400, 200, 400]
