@@ -5,13 +5,21 @@ under LuaJIT (as in Envoy) against a stand-in request."""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import socketserver
+import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
+
+from gate.redis_server import free_port
+from tests.proxy_support import HAPROXY, PROXY_SECRET, haproxy_conf, running
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 # Every header that names a customer or speaks for the proxy: never from a client.
@@ -385,3 +393,143 @@ def test_every_proxy_lets_idle_gate_connections_go_before_the_gate_does() -> Non
     transport = traefik_doc["services"]["fairgate"]["loadBalancer"]["serversTransport"]
     timeouts = traefik_doc["serversTransports"][transport]["forwardingTimeouts"]
     assert int(timeouts["idleConnTimeout"].rstrip("s")) < gate_s
+    # HAProxy 2.6 has no idle timeout for server connections (its idle pool is purged
+    # every pool-purge-delay, measured 15 s for one connection: the gate's own bound).
+    # So an upstream connection is never shared (http-reuse never): it lives and dies
+    # with its client's, whose idle keep-alive is bounded (timeout http-keep-alive); the
+    # Lua's checks (core.httpclient, no pool settings) ask for Connection: close.
+    haproxy = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    defaults = re.search(r"^defaults\n((?:[ \t]+.*\n|\n)*)", haproxy, re.MULTILINE)
+    assert defaults is not None
+    keep_alive = re.search(r"^\s*timeout http-keep-alive (\d+)s\s*$", defaults.group(1), re.M)
+    assert keep_alive is not None and int(keep_alive.group(1)) < gate_s
+    backend = re.search(r"^backend fairgate\n((?:[ \t]+.*\n|\n)*)", haproxy, re.MULTILINE)
+    assert backend is not None
+    assert re.search(r"^\s*http-reuse never\s*$", backend.group(1), re.MULTILINE)
+    lua = (DEPLOY / "haproxy" / "fairgate.lua").read_text()
+    assert re.search(r'\["connection"\] = \{ "close" \}', lua)
+
+
+class _Upstream(socketserver.ThreadingTCPServer):
+    """Stands in for the gate, the login and the core behind a proxy: answers every
+    request 200 and keeps the connection open for as long as the proxy does, recording
+    for each connection the paths it carried, its last answer and its close."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _UpstreamHandler)
+        self.connections: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+class _UpstreamHandler(socketserver.StreamRequestHandler):
+    server: _Upstream
+
+    def handle(self) -> None:
+        record: dict[str, Any] = {"paths": [], "answered": None, "closed": None}
+        with self.server.lock:
+            self.server.connections.append(record)
+        try:
+            while True:
+                line = self.rfile.readline()
+                if not line.strip():
+                    break
+                record["paths"].append(line.split()[1].decode())
+                length = 0
+                while (header := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = header.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                self.rfile.read(length)
+                extra = (
+                    "X-Authenticated-Customer: kim-0001\r\n"
+                    "X-Gate-Seq: 1\r\nX-Gate-Customer: 00ff\r\n"
+                )
+                self.wfile.write(f"HTTP/1.1 200 OK\r\n{extra}Content-Length: 2\r\n\r\nok".encode())
+                record["answered"] = time.monotonic()
+        except OSError:
+            pass
+        record["closed"] = time.monotonic()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (.ci/run installs it)")
+def test_haproxy_lets_idle_gate_connections_go_before_the_gate_does(tmp_path: Path) -> None:
+    """The shipped haproxy.cfg run by the real binary, every upstream a recorder that
+    never closes a connection itself; a customer's connection then stays idle. Before:
+    both the connection that carried the customer's request to the gate and the Lua's
+    pass and login checks idled 15.0 s in HAProxy's pool, the gate's own bound (a request
+    could go out on a connection the gate was closing). Now the customer's upstream
+    connection closes with the customer's idle connection (10 s) and the checks' at once."""
+    from gate.config import default_config
+
+    gate_s = default_config().keepalive_timeout_s
+    upstream = _Upstream()
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = free_port()
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(haproxy_conf(port))
+    address = f"127.0.0.1:{upstream.port}"
+    env = {
+        **os.environ,
+        "FAIRGATE_IDENTITY": "header",
+        "FAIRGATE_LUA": str(DEPLOY / "haproxy" / "fairgate.lua"),
+        "FAIRGATE_GATE": address,
+        "FAIRGATE_CORE": address,
+        "FAIRGATE_LOGIN": address,
+        "FAIRGATE_CAMPAIGN": "c1",
+        "FAIRGATE_LOGIN_PAGE": "/login",
+        "FAIRGATE_BUSY_PAGE": str(BUSY_PAGE),
+        "FAIRGATE_PROXY_SECRET": PROXY_SECRET,
+    }
+    assert HAPROXY is not None
+    try:
+        with (
+            running([HAPROXY, "-f", str(conf), "-db"], port, tmp_path / "out", "haproxy", env),
+            socket.create_connection(("127.0.0.1", port), timeout=5) as customer,
+        ):
+            for path in ("/q/c1/status", "/core/accounts"):
+                customer.sendall(
+                    f"GET {path} HTTP/1.1\r\nHost: promo\r\nCookie: session=1\r\n"
+                    "X-Gate-Pass: p\r\n\r\n".encode()
+                )
+                answer = b""
+                while not answer.endswith(b"ok"):
+                    chunk = customer.recv(4096)
+                    assert chunk, answer
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200"), answer
+            # The customer's connection stays open and idle from here.
+
+            def carried(prefix: str) -> list[dict[str, Any]]:
+                with upstream.lock:
+                    found = list(upstream.connections)
+                return [c for c in found if any(p.startswith(prefix) for p in c["paths"])]
+
+            deadline = time.monotonic() + gate_s + 3
+            watched = ("/q/", "/gate/auth", "/session")
+            while time.monotonic() < deadline:
+                if all(c["closed"] for prefix in watched for c in carried(prefix)):
+                    break
+                time.sleep(0.1)
+            idle = {
+                prefix: [
+                    round((c["closed"] or deadline) - c["answered"], 2) for c in carried(prefix)
+                ]
+                for prefix in watched
+            }
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+    print(f"\nidle upstream connections (s), gate keep-alive {gate_s} s: {idle}")
+    assert all(idle.values()), idle  # each kind of upstream request was made
+    # the customer's request to the gate: closed with the customer's idle connection
+    assert max(idle["/q/"]) < gate_s - 3, idle
+    # the pass check and the login: Connection: close, no idle connection left behind
+    assert max(idle["/gate/auth"] + idle["/session"]) < 2, idle
