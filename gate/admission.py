@@ -30,6 +30,8 @@ class Admitter:
 
     async def tick(self) -> None:
         for campaign, live in list(self.cache.campaigns.items()):
+            if self.cache.skip(campaign):
+                continue  # its new Redis Cluster master is being reconciled
             # At opening, shuffle the pre-queue into seqs 1..P (admit waits for it). The
             # script checks the opening by Redis time; this check goes by Redis time too
             # (as the cache measures it), so a lagging local clock delays nothing.

@@ -87,6 +87,9 @@ class CampaignCache:
         self._last_clock_measure = 0.0
         self._skew_reported: float | None = None  # the skew last reported, while out of bounds
         self._skew_reported_at = 0.0
+        # Campaigns not to read now (a Redis Cluster campaign whose new master is being
+        # reconciled: its connections are refused, and the others must stay fresh).
+        self.skip: Callable[[str], bool] = lambda campaign: False
 
     def redis_now(self) -> float:
         """Redis's time (unix seconds) as this process knows it: its monotonic clock plus
@@ -168,20 +171,38 @@ class CampaignCache:
         self.campaigns[campaign] = live
         return live
 
+    async def _reload_specs(self) -> None:
+        for campaign in await self.room.list_ids():
+            if self.skip(campaign):
+                continue
+            if campaign in self.campaigns:
+                meta = await self.room.meta(campaign)
+                if meta is not None:
+                    self.campaigns[campaign].spec = load_stored_spec(meta["spec"])
+            else:
+                await self._load(campaign)
+
     async def refresh_once(self) -> None:
         now = time.monotonic()
         if now - self._last_spec_reload >= SPEC_RELOAD_S:
             self._last_spec_reload = now
-            for campaign in await self.room.list_ids():
-                if campaign in self.campaigns:
-                    meta = await self.room.meta(campaign)
-                    if meta is not None:
-                        self.campaigns[campaign].spec = load_stored_spec(meta["spec"])
-                else:
-                    await self._load(campaign)
+            try:
+                await self._reload_specs()
+            except Unavailable:
+                # The registry may live on the master being reconciled (Redis Cluster):
+                # the specs are read again at the next reload; the snapshots below still
+                # prove that Redis answers.
+                if not any(self.skip(campaign) for campaign in self.campaigns):
+                    raise
         if now - self._last_clock_measure >= CLOCK_MEASURE_S or not self.clock_measured:
-            await self.measure_clock()
-        names = list(self.campaigns)
+            try:
+                await self.measure_clock()
+            except Unavailable:
+                # TIME goes to any master, maybe one being reconciled: the offset measured
+                # before holds meanwhile.
+                if not (self.clock_measured and any(self.skip(c) for c in self.campaigns)):
+                    raise
+        names = [name for name in self.campaigns if not self.skip(name)]
         if names:
             snapshots = await self.room.snapshot(names)
             for campaign, snapshot in snapshots.items():

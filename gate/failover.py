@@ -129,10 +129,18 @@ class PrimaryIdentity:
         # Only while a watch runs to reconcile (a gate without background tasks follows
         # whatever primary answers, as before).
         self.enforcing = False
+        # Redis Cluster (gate.cluster_failover): the run ids of the masters this process
+        # has reconciled with; a connection to any other master is refused, one to a
+        # replica is let through (it takes no write: it answers MOVED).
+        self.cluster = False
+        self.accepted_masters: set[str] | None = None
 
     async def check_connection(self, connection: AbstractConnection) -> None:
         """redis-py's connect hook: the usual handshake, then INFO server."""
         await connection.on_connect()
+        if self.cluster:
+            await self._check_cluster_node(connection)
+            return
         await connection.send_command("INFO", "server")
         run_id = parse_info(await connection.read_response()).get("run_id", "")
         if self.accepted is None or not self.enforcing:
@@ -143,6 +151,19 @@ class PrimaryIdentity:
                 self.noticed(run_id)
             # A connection error: the pool drops it, the caller answers 503.
             raise RedisConnectionError("a new Redis primary is being reconciled")
+
+    async def _check_cluster_node(self, connection: AbstractConnection) -> None:
+        await connection.send_command("INFO", "server")
+        await connection.send_command("ROLE")
+        run_id = parse_info(await connection.read_response()).get("run_id", "")
+        role = await connection.read_response()
+        master = isinstance(role, list) and bool(role) and role[0] in (b"master", "master")
+        accepted = self.accepted_masters
+        if not master or accepted is None or not self.enforcing or run_id in accepted:
+            return
+        if self.noticed is not None:
+            self.noticed(run_id)
+        raise RedisConnectionError("a new Redis Cluster master is being reconciled")
 
 
 @dataclass
@@ -189,6 +210,13 @@ class FailoverWatch:
 
     def not_ready(self) -> str | None:
         return "reconciling" if self.holding else None
+
+    def is_reconciling(self, campaign: str | None) -> bool:
+        """Whether `campaign`'s writes wait for a reconciliation (all of them, here)."""
+        return self.holding
+
+    def reconciling_any(self) -> bool:
+        return self.holding
 
     def refuse(self, campaign: str | None, *, allocates: bool) -> None:
         """503 while reconciling; for a held campaign, 503 for what allocates (claim,
@@ -315,19 +343,7 @@ class FailoverWatch:
             await asyncio.sleep(min(self.poll_s, (settled_us - now_us) / 1e6))
         lost = 0
         for campaign in sorted(self.marks.campaigns):
-            k = CampaignKeys(campaign)
-            async with guarded():
-                reply = await self.scripts.call(
-                    self.redis,
-                    "reconcile",
-                    [k.meta, k.audit, k.failover_marks, k.revoked, k.failover_restored],
-                    [new.run_id, first_us],
-                )
-            if int(reply[0]) == 1 and int(reply[1]) == 1:
-                lost += 1
-                self._lost(campaign, reply[2])
-            if int(reply[0]) == 1:
-                await self._restore(campaign)
+            lost += await self.reconcile_campaign(campaign, new.run_id, first_us)
         # Resume once every process that noticed this primary has reconciled.
         async with guarded():
             await self.redis.zrem(pending, self.token)
@@ -353,6 +369,25 @@ class FailoverWatch:
             lost,
             (time.monotonic() - started) * 1000,
         )
+
+    async def reconcile_campaign(self, campaign: str, run_id: str, first_us: int) -> int:
+        """reconcile.lua for one campaign (every process's marks); 1 when it lost
+        something, after the report is logged and what can be restored is."""
+        k = CampaignKeys(campaign)
+        async with guarded():
+            reply = await self.scripts.call(
+                self.redis,
+                "reconcile",
+                [k.meta, k.audit, k.failover_marks, k.revoked, k.failover_restored],
+                [run_id, first_us],
+            )
+        lost = 0
+        if int(reply[0]) == 1 and int(reply[1]) == 1:
+            lost = 1
+            self._lost(campaign, reply[2])
+        if int(reply[0]) == 1:
+            await self._restore(campaign)
+        return lost
 
     def _lost(self, campaign: str, raw: Any) -> None:
         report = _report(raw)
@@ -499,7 +534,7 @@ class FailoverCollector(Collector):
         reconciling = GaugeMetricFamily(
             "fairgate_failover_reconciling", "1 while a new Redis primary is reconciled"
         )
-        reconciling.add_metric([], 1.0 if self.watch.holding else 0.0)
+        reconciling.add_metric([], 1.0 if self.watch.reconciling_any() else 0.0)
         lost = GaugeMetricFamily(
             "fairgate_failover_lost",
             "1 while a campaign is held because a failover lost acknowledged state",

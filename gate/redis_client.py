@@ -57,7 +57,9 @@ def connect(
     if on_connect is not None:
         common["redis_connect_func"] = on_connect
     if url.startswith("redis+cluster://"):
-        return _cluster(url, timeout_s=timeout_s, max_connections=max_connections)
+        return _cluster(
+            url, timeout_s=timeout_s, max_connections=max_connections, on_connect=on_connect
+        )
     if url.startswith("redis+sentinel://"):
         # redis+sentinel://[:password@]host:port[,host:port]/service_name[?db=N]
         parsed = urlparse(url.replace("redis+sentinel://", "http://", 1))
@@ -107,7 +109,13 @@ class FairgateCluster(RedisCluster):
     )
 
 
-def _cluster(url: str, *, timeout_s: float, max_connections: int) -> Redis:
+def _cluster(
+    url: str,
+    *,
+    timeout_s: float,
+    max_connections: int,
+    on_connect: Callable[[AbstractConnection], Awaitable[None]] | None = None,
+) -> Redis:
     """redis+cluster://[[user]:password@]host:port[,host:port...] (the startup nodes: any
     of them tells the client the whole topology). The client is typed as `Redis`: it
     answers every command fairgate sends by key; the few that need one node or all masters
@@ -132,6 +140,13 @@ def _cluster(url: str, *, timeout_s: float, max_connections: int) -> Redis:
         max_connections=max(max_connections, 32),
         require_full_coverage=True,
     )
+    if on_connect is not None:
+        # RedisCluster takes no connect hook: every node's connections are made from the
+        # nodes manager's kwargs (nodes found later) or the node's own copy (the startup
+        # nodes, made already); connections are opened lazily, so this is in time.
+        cluster.nodes_manager.connection_kwargs["redis_connect_func"] = on_connect
+        for node in cluster.nodes_manager.startup_nodes.values():
+            node.connection_kwargs["redis_connect_func"] = on_connect
     return cast(Redis, cluster)
 
 

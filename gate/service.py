@@ -13,6 +13,7 @@ from gate.audit.sealer import Sealer, SealerCollector
 from gate.audit.store import AuditStore, segments_root
 from gate.batcher import JoinBatcher
 from gate.cache import CampaignCache
+from gate.cluster_failover import ClusterFailoverWatch
 from gate.config import Config
 from gate.errors import ConfigError, Unavailable
 from gate.failover import FailoverCollector, FailoverWatch, PrimaryIdentity, config_is_cluster
@@ -101,7 +102,8 @@ class Gate:
         self.metrics = Metrics(self.cache, self.admitter, self.sanity, self.durability)
         self.metrics.registry.register(SealerCollector(self.sealer))
         # Its own connection, not subject to the identity check it serves.
-        self.failover = FailoverWatch(
+        watch = ClusterFailoverWatch if config_is_cluster(config) else FailoverWatch
+        self.failover = watch(
             connect(config.redis_url, timeout_s=config.redis_timeout_ms / 1000, max_connections=2),
             self.scripts,
             self.marks,
@@ -109,6 +111,7 @@ class Gate:
             segments_root(config),
         )
         self.room.marks = self.marks
+        self.cache.skip = self.failover.is_reconciling
         self.failover.forget = [self.receipts.forget, self.sealer.book.forget]
         self.failover.room = Room(
             self.failover.redis,
@@ -143,8 +146,7 @@ class Gate:
             self._tasks.append(asyncio.create_task(self.cache.run()))
             self._tasks.append(asyncio.create_task(self.admitter.run()))
             self._tasks.append(asyncio.create_task(self.sealer.run()))
-            if not config_is_cluster(self.config):  # a cluster's masters: not watched yet
-                self._tasks.append(asyncio.create_task(self.failover.run()))
+            self._tasks.append(asyncio.create_task(self.failover.run()))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -215,7 +215,7 @@ async def _answer(request: web.Request, handler: Handler, route: str) -> web.Str
     except Unavailable as exc:
         if isinstance(exc, RedisRefused):
             gate_of(request).sanity.refused(exc.reason)
-        elif gate_of(request).failover.holding:
+        elif gate_of(request).failover.is_reconciling(request.match_info.get("campaign")):
             # Redis answers, but not before this process has reconciled with a new primary.
             exc = Reconciling()
         response = error_response(
