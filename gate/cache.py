@@ -184,24 +184,17 @@ class CampaignCache:
 
     async def refresh_once(self) -> None:
         now = time.monotonic()
-        if now - self._last_spec_reload >= SPEC_RELOAD_S:
+        # While a Redis Cluster campaign's new master is reconciled, its connections are
+        # refused (and a refused command makes redis-py's cluster client wait 0.25 s before
+        # its retry): neither the registry (which may live on that master) nor TIME (sent
+        # to any master) is read until then; the offset measured before holds meanwhile.
+        holding = any(self.skip(campaign) for campaign in self.campaigns)
+        if now - self._last_spec_reload >= SPEC_RELOAD_S and not holding:
             self._last_spec_reload = now
-            try:
-                await self._reload_specs()
-            except Unavailable:
-                # The registry may live on the master being reconciled (Redis Cluster):
-                # the specs are read again at the next reload; the snapshots below still
-                # prove that Redis answers.
-                if not any(self.skip(campaign) for campaign in self.campaigns):
-                    raise
-        if now - self._last_clock_measure >= CLOCK_MEASURE_S or not self.clock_measured:
-            try:
-                await self.measure_clock()
-            except Unavailable:
-                # TIME goes to any master, maybe one being reconciled: the offset measured
-                # before holds meanwhile.
-                if not (self.clock_measured and any(self.skip(c) for c in self.campaigns)):
-                    raise
+            await self._reload_specs()
+        due = now - self._last_clock_measure >= CLOCK_MEASURE_S and not holding
+        if due or not self.clock_measured:
+            await self.measure_clock()
         names = [name for name in self.campaigns if not self.skip(name)]
         if names:
             snapshots = await self.room.snapshot(names)

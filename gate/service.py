@@ -111,7 +111,10 @@ class Gate:
             segments_root(config),
         )
         self.room.marks = self.marks
-        self.cache.skip = self.failover.is_reconciling
+        if isinstance(self.failover, ClusterFailoverWatch):
+            # One campaign's master reconciled: the cache and admission leave it alone and
+            # stay fresh for the others (on one primary, everything waits).
+            self.cache.skip = self.failover.is_reconciling
         self.failover.forget = [self.receipts.forget, self.sealer.book.forget]
         self.failover.room = Room(
             self.failover.redis,
