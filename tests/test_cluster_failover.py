@@ -22,12 +22,14 @@ from typing import Any
 import aiohttp
 import pytest
 import redis as sync_redis
+from redis.asyncio.connection import Connection
 
+from gate.failover import PrimaryIdentity
 from gate.room.keys import CampaignKeys
 from tests.helpers import ADMIN_TOKEN, GateProcess, as_customer, spec, wait_for
 from tests.redis_cluster import Cluster
 
-pytestmark = pytest.mark.slow  # a cluster, a takeover and a clean failover: ~15 s
+pytestmark = pytest.mark.slow  # a cluster, a takeover, a clean failover: 17-20 s
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +315,36 @@ async def test_a_clean_master_failover_resumes_by_itself(
     assert f"event=failover_lost campaign={z.name}" not in gate.log_path.read_text()
     with sync_redis.Redis(port=cluster.master_of(CampaignKeys(z.name).meta)) as client:
         assert client.info("server")["run_id"] == new_run_id
+
+
+async def test_new_connections_go_only_to_accepted_masters_and_replicas(cluster: Cluster) -> None:
+    """The per-connection check on cluster nodes: a connection to a master whose run id the
+    process has not accepted is refused (and the watch told), one to a replica (it takes
+    no write) and one to an accepted master are made."""
+    await asyncio.to_thread(cluster.wait_healthy, 30)
+    masters = sorted(cluster.master_ports())
+    run_ids = {port: info_of(cluster, port, "server")["run_id"] for port in masters}
+    identity = PrimaryIdentity()
+    identity.cluster = True
+    identity.enforcing = True
+    identity.accepted_masters = {run_ids[p] for p in masters[1:]}  # not the first
+    noticed: list[str] = []
+    identity.noticed = noticed.append
+
+    async def connects(port: int) -> bool:
+        connection = Connection(
+            host="127.0.0.1", port=port, redis_connect_func=identity.check_connection
+        )
+        try:
+            await connection.connect()
+            return True
+        except sync_redis.ConnectionError:
+            return False
+        finally:
+            await connection.disconnect()
+
+    assert not await connects(masters[0])
+    assert noticed == [run_ids[masters[0]]]
+    assert await connects(masters[1])
+    assert await connects(replica_of(cluster, masters[0]))
+    assert noticed == [run_ids[masters[0]]]
