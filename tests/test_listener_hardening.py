@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from gate.config import default_config
 from gate.errors import ConfigError
@@ -483,3 +484,129 @@ async def pass_of(gate: GateProcess, customer: str) -> str:
 
         await wait_for(is_admitted, 5, f"{customer} admitted")
     return str(state["pass"])
+
+
+# -- the fuzzer leaves no partial write ----------------------------------------------------
+
+
+# What admit.lua writes on every tick, whatever happens: the token bucket's level and time.
+ADMITTER_CLOCK_FIELDS = {b"tokens", b"bucket_us"}
+
+
+async def redis_snapshot(url: str) -> dict[bytes, tuple[bytes, bytes]]:
+    """Every key of the gate's Redis: its type and its DUMP (the value, serialized); a
+    campaign's meta hash field by field, less the admitter's clock fields."""
+    redis = Redis.from_url(url)
+    try:
+        snapshot: dict[bytes, tuple[bytes, bytes]] = {}
+        async for key in redis.scan_iter(count=1000):
+            kind = await redis.type(key)
+            if key.endswith(b":meta") and kind == b"hash":
+                fields = await redis.hgetall(key)
+                kept = sorted((k, v) for k, v in fields.items() if k not in ADMITTER_CLOCK_FIELDS)
+                snapshot[key] = (kind, repr(kept).encode())
+                continue
+            dumped = await redis.dump(key)
+            if dumped is not None:
+                snapshot[key] = (kind, dumped)
+        return snapshot
+    finally:
+        await redis.aclose()
+
+
+def changed_keys(
+    before: dict[bytes, tuple[bytes, bytes]], after: dict[bytes, tuple[bytes, bytes]]
+) -> list[str]:
+    return sorted(
+        key.decode(errors="replace")
+        for key in before.keys() | after.keys()
+        if before.get(key) != after.get(key)
+    )
+
+
+async def settled(url: str) -> dict[bytes, tuple[bytes, bytes]]:
+    """A snapshot once Redis stops changing on its own (the sealer catching up with the
+    last legitimate writes): two snapshots 1.5 s apart that are the same."""
+    deadline = time.monotonic() + 30
+    previous = await redis_snapshot(url)
+    while True:
+        await asyncio.sleep(1.5)
+        current = await redis_snapshot(url)
+        if current == previous:
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Redis never settled: {changed_keys(previous, current)}")
+        previous = current
+
+
+def with_fresh_customer(raw: bytes, suffix: bytes) -> bytes:
+    """The same request for a customer never seen before (a ticket a refused join wrote
+    would otherwise hide behind the first one's idempotency); alice keeps her pass."""
+    return re.sub(
+        rb"X-Customer-Id: (bob|a{300})\r\n",
+        lambda m: b"X-Customer-Id: " + m.group(1) + suffix + b"\r\n",
+        raw,
+    )
+
+
+@pytest.mark.slow
+async def test_fuzzer_leaves_no_partial_write(served: GateProcess, redis_url: str) -> None:
+    """The fuzzer's requests (11,500), with a snapshot of every Redis key (type and DUMP)
+    before and after: a request refused (anything but 2xx) must change nothing. Requests
+    answered 2xx are legitimate writes (a valid join, a block with a valid token): they are
+    dropped and the rest sent again, for fresh customers, on a new snapshot, until a round
+    answers none of them 2xx; that round must leave every key as it was."""
+    pass_token = await pass_of(served, "alice")
+    ports = {"public": served.port, "admin": served.admin_port, "core": served.core_port}
+    rng = random.Random(11)
+    # 11,500: about 1,100 are legitimate writes, so that the final round sends > 10,000
+    cases = [fuzz_request(rng, pass_token) for _ in range(11_500)]
+    deadline_s = max(HEAD_TIMEOUT_S, BODY_TIMEOUT_S) + 3
+
+    async def status(listener: str, raw: bytes) -> int:
+        reader, writer = await open_at(ports[listener])
+        try:
+            writer.write(raw)
+            received = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), deadline_s)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return 0  # closed without an answer
+        finally:
+            writer.close()
+        return status_of(received)
+
+    async def send_all(batch: list[tuple[str, bytes]], attempt: int) -> dict[int, int]:
+        queue = list(enumerate(batch))
+        answers: dict[int, int] = {}
+
+        async def worker() -> None:
+            while queue:
+                index, (listener, raw) = queue.pop()
+                fresh = with_fresh_customer(raw, b"-%d-%d" % (attempt, index))
+                answers[index] = await status(listener, fresh)
+
+        await asyncio.gather(*(worker() for _ in range(32)))
+        return answers
+
+    rounds: list[tuple[int, int, list[str]]] = []
+    for attempt in range(4):
+        before = await settled(redis_url)
+        answers = await send_all(cases, attempt)
+        accepted = {i for i, code in answers.items() if 200 <= code < 300}
+        after = await redis_snapshot(redis_url)
+        rounds.append((len(cases), len(accepted), changed_keys(before, after)))
+        if not accepted:
+            break
+        # A well-formed pause or resume is refused (409) only because the campaign is
+        # already in that state: the next round's toggles would be legitimate writes.
+        toggles = {
+            i
+            for i, code in answers.items()
+            if code == 409 and re.match(rb"POST /admin/campaigns/c1/(pause|resume) ", cases[i][1])
+        }
+        cases = [case for i, case in enumerate(cases) if i not in accepted | toggles]
+    sent, accepted_n, changed = rounds[-1]
+    summary = [(n, ok, len(keys)) for n, ok, keys in rounds]
+    print(f"\nno partial write: rounds (sent, answered 2xx, keys changed) {summary}")
+    assert accepted_n == 0, rounds
+    assert sent > 10_000, rounds
+    assert changed == [], changed
