@@ -20,7 +20,8 @@ COLUMNS = (
     ("core p99", "core_p99_ms", " ms"),
     ("oversell", "oversell_krw", " KRW"),
     ("sold", "sold_krw", " KRW"),
-    ("inversions", "inversions", ""),
+    ("inversions (let in)", "inversions", ""),
+    ("inversions (booked)", "sale_inversions", ""),
     ("let in, then sold out", "let_in_then_sold_out", ""),
     ("max wait", "max_wait_s", " s"),
     ("told sold out", "told_soldout", ""),
@@ -183,8 +184,10 @@ def write_html(report: dict[str, Any], path: Path) -> Path:
         f"<table><tr>{head}</tr>{body}</table>"
         f"<p>Result: <b>{'OK' if report['ok'] else 'FAILED'}</b></p><ul>{checks}</ul>"
         f"{figures}"
-        "<p>Inversions: pairs of customers where the one who arrived first was let in to "
-        "be served later, or not at all while the other was (Kendall tau distance; the gate "
-        "lets in by its admission, the core alone by starting a session).</p>"
+        "<p>Inversions (let in): pairs of customers where the one who arrived first was let "
+        "in to be served later, or not at all while the other was (Kendall tau distance; the "
+        "gate lets in by its admission, the core alone by starting a session). Inversions "
+        "(booked): the same by who got the deposit: a customer let in who then found it sold "
+        "out while a later one booked counts here.</p>"
     )
     return path

@@ -37,9 +37,10 @@ from gate.demo.crowd import CrowdSpec
 from gate.demo.html_report import table_rows, write_html
 from gate.demo.sim_core import CoreParams, per_second
 from gate.errors import GateError
+from gate.redis_server import RedisServer
 
 CAMPAIGN = "special-deposit"
-NOT_YET = ("ipo-rush", "failover")
+NOT_YET = ("ipo-rush",)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class Scenario:
     customers: int
     full_customers: int
     spread_s: float  # arrivals uniform over this long
-    total: int  # KRW
+    total: int  # KRW, for `customers` (scaled with the number of customers)
+    full_total: int  # KRW, for `full_customers` (`--full`)
     amount_min: int = 1_000_000
     amount_max: int = 10_000_000
     step: int = 10_000
@@ -57,6 +59,8 @@ class Scenario:
     core: CoreParams = field(default_factory=CoreParams)
     bureau_change: tuple[float, float] | None = None  # (at s after the first arrival, x)
     retries: int = 3
+    stream: bool = False  # arrivals at a steady rate (spread_s grows with the customers)
+    redis_kill: tuple[float, float] | None = None  # (kill -9 at s after the first, down s)
 
     @property
     def max_active(self) -> int:
@@ -71,10 +75,11 @@ SCENARIOS: dict[str, Scenario] = {
             "a 5% special deposit: 10,000,000,000 KRW in all, 1-10 million KRW each in steps "
             "of 10,000, first come; every customer arrives within one second"
         ),
-        customers=2500,
+        customers=2000,
         full_customers=100_000,
         spread_s=1.0,
-        total=10_000_000_000,
+        total=5_000_000_000,  # about half of them get theirs
+        full_total=10_000_000_000,  # the incident: about 1 in 55
     ),
     "slow-bureau": Scenario(
         name="slow-bureau",
@@ -85,11 +90,39 @@ SCENARIOS: dict[str, Scenario] = {
         customers=1500,
         full_customers=20_000,
         spread_s=3.0,
-        total=10_000_000 * 20_000,  # never sells out: the scenario is about the core's health
+        # never sells out: the scenario is about the core's health
+        total=10_000_000 * 1500,
+        full_total=10_000_000 * 20_000,
         bureau_change=(1.5, 10.0),
+        stream=True,
     ),
 }
+SCENARIOS["failover"] = dataclasses.replace(
+    SCENARIOS["special-deposit"],
+    name="failover",
+    what=(
+        "the special deposit's burst; behind the gate, its Redis is killed (kill -9) 1 s "
+        "in and restarted from its AOF (appendfsync always) 1 s later"
+    ),
+    redis_kill=(1.0, 1.0),
+)
 ALL = (*SCENARIOS, *NOT_YET)
+
+
+def sized(scenario: Scenario, count: int, full: bool) -> Scenario:
+    """The scenario for `count` customers: the stock scales with them (same share sold)."""
+    base, total = (
+        (scenario.full_customers, scenario.full_total)
+        if full
+        else (scenario.customers, scenario.total)
+    )
+    stock = total * count // base
+    stock -= stock % scenario.step
+    # A burst arrives within spread_s whatever its size; a stream keeps its rate.
+    spread = (
+        scenario.spread_s * count / scenario.customers if scenario.stream else scenario.spread_s
+    )
+    return dataclasses.replace(scenario, total=max(stock, scenario.amount_min), spread_s=spread)
 
 
 def validate(name: str) -> Scenario:
@@ -367,6 +400,7 @@ def analyse_row(
         "told_soldout": sum(1 for o in outcomes if o["told_soldout"]),
         "rate_changes": rate_changes(audit) if audit is not None else 0,
         "gate_errors": gate_errors,
+        "unconfirmed": int(core.get("confirm_failures", 0)) + int(core.get("confirming", 0)),
         "gate_errors_by": dict(sorted(crowd.get("gate_5xx_by", {}).items())),
         "pass_refusals": sum(int(o.get("pass_refusals", 0)) for o in outcomes),
         "results": dict(sorted(results.items())),
@@ -439,6 +473,21 @@ def _bureau_events(scenario: Scenario, core_url: str) -> list[tuple[float, Calla
     return [(at_s + 0.6, lambda: _bureau_control(core_url, slow))]
 
 
+def _redis_events(scenario: Scenario, redis: RedisServer) -> list[tuple[float, Callable[[], Any]]]:
+    """kill -9 the gate's Redis, then start it again on its port from its AOF."""
+    if scenario.redis_kill is None:
+        return []
+    at_s, down_s = scenario.redis_kill
+
+    async def kill() -> None:
+        redis.kill()
+
+    async def restart() -> None:
+        await asyncio.to_thread(redis.start)
+
+    return [(at_s + 0.6, kill), (at_s + 0.6 + down_s, restart)]
+
+
 async def run_without(
     scenario: Scenario, customers: int, work: Path, on_progress: Callable[[int], None]
 ) -> dict[str, Any]:
@@ -481,7 +530,7 @@ async def run_with(
     scenario: Scenario,
     customers: int,
     work: Path,
-    redis_url: str,
+    redis: RedisServer,
     on_progress: Callable[[int], None],
 ) -> dict[str, Any]:
     from gate.config import default_config
@@ -493,7 +542,7 @@ async def run_with(
     write_keys(keys_path, generate_keys_document())
     admin_token, core_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     config = default_config(
-        redis_url=redis_url,
+        redis_url=redis.url,
         data_dir=str(work),
         signing_keys=str(keys_path),
         admin_tokens=f"demo:{admin_token}",
@@ -535,10 +584,24 @@ async def run_with(
             gate_url=gate_url,
             customer_header=config.customer_header,
         )
-        crowd = await run_crowd(spec, work, on_progress, _bureau_events(scenario, core_url))
+        events = _bureau_events(scenario, core_url) + _redis_events(scenario, redis)
+        crowd = await run_crowd(spec, work, on_progress, events)
+        deadline = time.monotonic() + 70  # the core confirms each booking after answering
+        while time.monotonic() < deadline:
+            summary = await _get_json(admin, f"{core_url}/stats?summary=1")
+            if not summary.get("confirming"):
+                break
+            await asyncio.sleep(0.1)
         core = await _get_json(admin, f"{core_url}/stats")
         audit = await gate.room.audit_entries(CAMPAIGN)
-    return analyse_row(scenario, True, crowd, core, audit)
+        shown = await _get_json(
+            admin, f"http://{admin_host}:{admin_port}/admin/campaigns/{CAMPAIGN}"
+        )
+    row = analyse_row(scenario, True, crowd, core, audit)
+    # What a failover lost (the gate holds the campaign and says so); None: nothing.
+    row["failover_hold"] = shown.get("failover_hold")
+    row["redis_killed"] = scenario.redis_kill is not None
+    return row
 
 
 # --- output ------------------------------------------------------------------------------
@@ -572,10 +635,16 @@ def summary_text(report: dict[str, Any]) -> str:
             f"  {row['row']}: customers {row['results']} (max wait "
             f"{row['max_wait_by_result_s']}); core answers {row['core_answers']}; "
             f"core peak {row['core_peak_arrivals_per_s']} arrivals/s, "
-            f"{row['core_max_sessions']} sessions, queue {row['core_max_queue']}; "
-            f"inversions by booking order {row['sale_inversions']}"
+            f"{row['core_max_sessions']} sessions, queue {row['core_max_queue']}"
         )
     gated = report["with_gate"]
+    if gated["sale_inversions"]:
+        lines.append(
+            f"  with gate: {gated['let_in_then_sold_out']} customers admitted at the sell-out "
+            "were told sold out at their claim while some admitted after them booked (the "
+            "gate admits while what is left covers the minimum amount each; the admitted "
+            "then race their claims): not yet fixed"
+        )
     if gated["gate_errors"]:
         lines.append(
             f"  with gate: the gate answered 5xx {gated['gate_errors']} times "
@@ -621,8 +690,6 @@ def _progress_callback(progress: Any, label: str, count: int) -> Callable[[int],
 
 def compare(scenario: Scenario, count: int, work: Path, progress: Any = None) -> dict[str, Any]:
     """Run the scenario without the gate, then with it; the report (no output written)."""
-    from gate.redis_server import RedisServer
-
     started = time.time()
     rows: dict[str, dict[str, Any]] = {}
     for label in ("without gate", "with gate"):
@@ -638,9 +705,7 @@ def compare(scenario: Scenario, count: int, work: Path, progress: Any = None) ->
             except RuntimeError as exc:
                 raise GateError(f"embedded Redis did not start: {exc}", code="redis") from None
             try:
-                rows[label] = asyncio.run(
-                    run_with(scenario, count, work, redis.url, report_progress)
-                )
+                rows[label] = asyncio.run(run_with(scenario, count, work, redis, report_progress))
             finally:
                 redis.stop()
         finally:
@@ -677,6 +742,8 @@ def row_checks(row: dict[str, Any]) -> dict[str, bool]:
         "0 core errors": row["core_errors"] == 0,
         "0 oversell": row["oversell_krw"] == 0,
         "0 order inversions": row["inversions"] == 0,
+        "every booking confirmed at the gate": row["unconfirmed"] == 0,
+        "nothing lost (no failover hold)": row.get("failover_hold") is None,
         "every customer got an answer (booked or sold out)": set(row["results"])
         <= {"booked", "sold_out", "told_soldout"},
     }
@@ -691,6 +758,7 @@ def run_scenario(
     )  # fmt: skip
     if isinstance(count, bool) or not 1 <= count <= 1_000_000:
         raise GateError(f"customers: {count} must be between 1 and 1000000", code="bad_customers")
+    scenario = sized(scenario, count, full)
     if rate is not None:
         if not 0 < rate <= 1_000_000:  # also refuses NaN
             raise GateError(f"rate: {rate} must be above 0 and at most 1e+06", code="bad_rate")

@@ -194,7 +194,7 @@ class SimCore:
             f"{self.params.confirm_url}/q/{self.params.campaign}/reservations/{reservation}/confirm"
         )
         headers = {"Authorization": f"Bearer {self.params.confirm_token}"}
-        for _ in range(20):
+        for _ in range(120):  # 60 s: the gate may be failing over
             try:
                 async with self.session.post(url, headers=headers, json={}) as response:
                     await response.read()
@@ -202,7 +202,7 @@ class SimCore:
                         return response.status == 200
             except (aiohttp.ClientError, TimeoutError):
                 pass
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.5)
         return False
 
     def _answer(
