@@ -15,7 +15,8 @@ more than it has (oversell). Behind the gate each request carries a reservation 
 made atomically, so the sum booked never exceeds the total.
 
 With `auth_url` set, every request is checked first as nginx `auth_request` would (401/403
-passed back); with `confirm_url` set, each booking confirms the gate's reservation on the
+passed back; the request "arrives" at the core, for its latency and arrival counts, once
+past that check); with `confirm_url` set, each booking confirms the gate's reservation on the
 gate's core listener, which frees the customer's active slot.
 
 Run: `python -m gate.demo.sim_core PARAMS.json`; it prints `PORT` once listening and stops
@@ -229,6 +230,9 @@ class SimCore:
                 return self._answer(customer, arrived, None, status, 0, "no_pass")
             if not 200 <= status < 300:
                 return self._answer(customer, arrived, None, 502, 0, f"auth_failed_{status}")
+            # The pass check is the proxy's step (nginx auth_request), before the core: the
+            # core's own latency starts when the request gets past it.
+            arrived = time.time()
         try:
             await self.sessions.acquire()
         except Overloaded as exc:
