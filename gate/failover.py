@@ -56,7 +56,7 @@ from gate.audit.store import AuditStore
 from gate.config import Config
 from gate.errors import GateError, Unavailable
 from gate.marks import Marks
-from gate.redis_client import guarded
+from gate.redis_client import NotReconciled, guarded
 from gate.room import Room
 from gate.room.keys import PREFIX, REGISTRY, CampaignKeys
 from gate.room.scripts import Scripts
@@ -163,7 +163,7 @@ class PrimaryIdentity:
             return
         if self.noticed is not None:
             self.noticed(run_id)
-        raise RedisConnectionError("a new Redis Cluster master is being reconciled")
+        raise NotReconciled("a new Redis Cluster master is being reconciled")
 
 
 @dataclass
@@ -424,8 +424,8 @@ class FailoverWatch:
         async with guarded():
             held, broken = await self.redis.hmget(k.meta, [HOLD_FIELD, BROKEN_FIELD])
             records = await self.redis.hmget(k.reservations, rids)
-        if held is None or broken is not None:
-            return  # nothing lost here, or nothing may be appended
+        if held is None:
+            return  # nothing lost here
         outcomes: dict[str, str] = {}
         for rid, raw in zip(rids, records, strict=True):
             script, args = journal[rid]
@@ -433,7 +433,11 @@ class FailoverWatch:
             state = _reservation_state(raw)
             if state == wanted:
                 continue
-            if state != "held":
+            if broken is not None:
+                # Nothing may be appended to a log that cannot continue: the operator
+                # must still be told which acknowledged finish the new primary lacks.
+                outcomes[rid] = f"lost: {wanted}, now {state or 'missing'}; the log cannot continue"
+            elif state != "held":
                 outcomes[rid] = f"lost: {wanted}, then {state or 'missing'} on the new primary"
             else:
                 if script == "confirm":

@@ -338,7 +338,7 @@ async def test_new_connections_go_only_to_accepted_masters_and_replicas(cluster:
         try:
             await connection.connect()
             return True
-        except sync_redis.ConnectionError:
+        except sync_redis.RedisError:
             return False
         finally:
             await connection.disconnect()
