@@ -33,6 +33,9 @@ def _assert_gate_row_clean_and_other_not(report: dict[str, object]) -> None:
     assert incident(without), without
     assert not all(row_checks(without).values()), row_checks(without)
     assert row_checks(gated) == dict.fromkeys(row_checks(gated), True), gated
+    assert report["ok"] is True, report["checks"]
+    assert gated["audit"]["verified"] is True, gated["audit"]
+    assert gated["audit"]["confirms"] == gated["bookings"]
     assert gated["core_errors"] == 0 and gated["oversell_krw"] == 0 and gated["inversions"] == 0
     assert gated["rate_changes"] == 0  # no adaptive rate yet
     assert gated["core_max_queue"] < SMALL_CORE.queue_max

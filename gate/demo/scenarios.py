@@ -476,6 +476,32 @@ def _bureau_events(scenario: Scenario, core_url: str) -> list[tuple[float, Calla
     return [(at_s + 0.6, lambda: _bureau_control(core_url, slow))]
 
 
+async def _verify_audit(
+    admin: aiohttp.ClientSession, admin_url: str, gate_url: str
+) -> dict[str, Any]:
+    """The campaign's audit export, checked as `gate audit verify` does, with the keys the
+    gate publishes."""
+    from gate.audit.verify import verify_lines
+
+    async with admin.get(f"{admin_url}/admin/campaigns/{CAMPAIGN}/audit/export") as r:
+        body = await r.read()
+        status = r.status
+    keys = await _get_json(admin, f"{gate_url}/.well-known/fairgate/keys")
+    if status != 200:
+        return {"verified": False, "problem": f"export answered {status}"}
+    try:
+        report = verify_lines(body.splitlines(), keys, keys_from="published")
+    except Exception as exc:  # the verifier names the first problem it found
+        return {"verified": False, "problem": f"{type(exc).__name__}: {exc}"}
+    return {
+        "verified": True,
+        "entries": report.entries,
+        "admitted": report.admitted,
+        "claims": report.claims,
+        "confirms": report.confirms,
+    }
+
+
 def _redis_events(scenario: Scenario, redis: RedisServer) -> list[tuple[float, Callable[[], Any]]]:
     """kill -9 the gate's Redis, then start it again on its port from its AOF."""
     if scenario.redis_kill is None:
@@ -600,7 +626,9 @@ async def run_with(
         shown = await _get_json(
             admin, f"http://{admin_host}:{admin_port}/admin/campaigns/{CAMPAIGN}"
         )
+        verified = await _verify_audit(admin, f"http://{admin_host}:{admin_port}", gate_url)
     row = analyse_row(scenario, True, crowd, core, audit)
+    row["audit"] = verified
     # What a failover lost (the gate holds the campaign and says so); None: nothing.
     row["failover_hold"] = shown.get("failover_hold")
     row["redis_killed"] = scenario.redis_kill is not None
@@ -654,6 +682,13 @@ def summary_text(report: dict[str, Any]) -> str:
             f"{gated['gate_errors_by']} and refused {gated['pass_refusals']} fresh passes "
             "(fail-closed while its event loop lagged; the customers retried)"
         )
+    audit = gated["audit"]
+    lines.append(
+        f"  with gate: audit export verified: {audit['entries']} entries, {audit['admitted']} "
+        f"admitted, {audit['claims']} claims, {audit['confirms']} confirmations"
+        if audit["verified"]
+        else f"  with gate: audit export FAILED to verify: {audit['problem']}"
+    )
     lines.append(
         "  incident without the gate: "
         + ("yes" if report["incident_without_gate"] else "NOT reproduced")
@@ -729,7 +764,10 @@ def compare(scenario: Scenario, count: int, work: Path, progress: Any = None) ->
         "incident_without_gate": incident(without),
         "duration_s": round(time.time() - started, 1),
     }
-    report["checks"] = row_checks(gated)
+    report["checks"] = {
+        **row_checks(gated),
+        "the audit export verifies (gate audit verify)": gated["audit"]["verified"] is True,
+    }
     report["ok"] = all(report["checks"].values())
     return report
 
