@@ -64,6 +64,7 @@ class Outcome:
     done: float | None = None  # final answer seen
     seq: int | None = None
     told_soldout: bool = False  # the gate said sold out before the customer clicked
+    told_at: str = ""  # "join" or "poll"
     admitted: float | None = None
     reserved: int = 0
     core_status: int | None = None
@@ -151,9 +152,11 @@ class Crowd:
         state = body["state"]
         wait_ms = int(body.get("poll_after_ms") or 500)
         pass_token: str | None = None
+        polls = 0
         while True:
             if state == "soldout":
                 o.told_soldout = True
+                o.told_at = "join" if polls == 0 else "poll"
                 o.result = "told_soldout"
                 return
             if state == "admitted" and body.get("pass"):
@@ -165,6 +168,7 @@ class Crowd:
             status, body = await self._gate(
                 "GET", f"{base}/status", headers, params={"ticket": ticket}
             )
+            polls += 1
             if status != 200:
                 raise GiveUp(f"status {status}")
             state = body["state"]

@@ -311,6 +311,7 @@ def rate_changes(audit: Sequence[dict[str, Any]]) -> int:
     return count
 
 
+ANSWERED = ("booked", "sold_out", "told_soldout")
 CORE_FAULTS = ("queue_full", "queue_timeout", "bureau_timeout")  # the core's own 503/504
 
 
@@ -356,7 +357,9 @@ def analyse_row(
             if o["seq"] is None:
                 continue
             arrival.append(float(o["seq"]))
-            answered = o["result"] in ("booked", "sold_out") and o["seq"] in position
+            # Admitted, then answered: booked, sold out at the claim, or told sold out (a
+            # join whose seq the cursor had already passed when it sold out).
+            answered = o["result"] in ANSWERED and o["seq"] in position
             service.append(float(position[o["seq"]]) if answered else math.inf)
             booked = o["result"] == "booked" and o["seq"] in position
             sale.append(float(position[o["seq"]]) if booked else math.inf)
@@ -382,6 +385,10 @@ def analyse_row(
     seconds = per_second(served, t0)
     sold = int(core["sold"])
     p99 = _percentile(latencies, 99)
+    admitted_seqs = admission_times(audit) if audit is not None else {}
+    admitted_told_soldout = sum(
+        1 for o in outcomes if o["told_soldout"] and o["seq"] in admitted_seqs
+    )
     gate_errors = int(crowd.get("gate_5xx", 0)) + sum(
         1 for s in served if s["reason"].startswith("auth_failed")
     )
@@ -395,7 +402,9 @@ def analyse_row(
         "bookings": int(core["bookings"]),
         "inversions": kendall_distance(arrival, service),
         "sale_inversions": kendall_distance(arrival, sale),
-        "let_in_then_sold_out": sum(1 for o in outcomes if o["result"] == "sold_out"),
+        "let_in_then_sold_out": sum(1 for o in outcomes if o["result"] == "sold_out")
+        + admitted_told_soldout,
+        "admitted_told_soldout": admitted_told_soldout,
         "max_wait_s": round(max(waits), 2) if waits else None,
         "told_soldout": sum(1 for o in outcomes if o["told_soldout"]),
         "rate_changes": rate_changes(audit) if audit is not None else 0,
