@@ -202,6 +202,8 @@ async def run_crowd(
             waiter.cancel()
             raise GateError("the customers' process did not finish in time", code="demo")
         code = waiter.result()
+    if code == 0:
+        on_progress(spec.customers)  # every customer has an outcome (the bar ends full)
     if code != 0 or not result_path.exists():
         raise GateError(f"the customers' process failed (exit code {code})", code="demo")
     data: dict[str, Any] = json.loads(result_path.read_text())
