@@ -9,12 +9,15 @@ taken every slot over.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import redis as sync_redis
 from redis.cluster import key_slot
 
 from gate.redis_server import find_binary
+from tests.helpers import GateProcess
 
 
 @dataclass
@@ -234,6 +238,32 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 node.process.kill()
                 node.process.wait()
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path) -> Iterator[Cluster]:
+    """A started cluster under `root` (a module fixture's), its nodes ended on the way out."""
+    started = Cluster(root)
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()
+
+
+@contextlib.contextmanager
+def gate_on(
+    cluster: Cluster, data_dir: Path, keys_file: Path, env: dict[str, str]
+) -> Iterator[GateProcess]:
+    """A ready `gate serve` on the cluster with `env` on top of the defaults; stopped on
+    the way out (a sync module fixture's: it waits for /readyz in its own event loop)."""
+    process = GateProcess(cluster.url, data_dir, keys_file, extra_env=env)
+    process.start()
+    try:
+        asyncio.run(process.wait_ready())
+        yield process
+    finally:
+        process.stop()
 
 
 def cluster_port() -> int:

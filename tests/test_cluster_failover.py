@@ -27,19 +27,15 @@ from redis.asyncio.connection import Connection
 from gate.failover import PrimaryIdentity
 from gate.room.keys import CampaignKeys
 from tests.helpers import ADMIN_TOKEN, GateProcess, as_customer, spec, wait_for
-from tests.redis_cluster import Cluster
+from tests.redis_cluster import Cluster, gate_on, running_cluster
 
 pytestmark = pytest.mark.slow  # a cluster, a takeover, a clean failover: 17-20 s
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    started = Cluster(tmp_path_factory.mktemp("cluster-fo"))
-    try:
-        started.start()
+    with running_cluster(tmp_path_factory.mktemp("cluster-fo")) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +48,8 @@ def gate(
         "GATE_REDIS_WAIT_REPLICAS": "0",
         "GATE_REDIS_REPLICA_LOSS": "continue",
     }
-    process = GateProcess(
-        cluster.url, tmp_path_factory.mktemp("cluster-fo-gate"), keys_file, extra_env=env
-    )
-    process.start()
-    try:
-        asyncio.run(process.wait_ready())
+    with gate_on(cluster, tmp_path_factory.mktemp("cluster-fo-gate"), keys_file, env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

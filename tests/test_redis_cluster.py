@@ -38,7 +38,7 @@ from tests.helpers import (
     wait_for,
     wait_sealed,
 )
-from tests.redis_cluster import Cluster
+from tests.redis_cluster import Cluster, gate_on, running_cluster
 from tests.test_audit_export_cli import run_campaign
 from tests.test_failover_sentinel import (
     ARRIVALS_PER_S,
@@ -204,12 +204,8 @@ async def test_create_cut_after_the_registry_is_completed_by_a_retry(
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    started = Cluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        started.start()
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture(scope="module")
@@ -222,15 +218,8 @@ def cluster_gate(
         "GATE_REDIS_WAIT_REPLICAS": "1",
         "GATE_REDIS_WAIT_TIMEOUT_MS": "300",
     }
-    process = GateProcess(
-        cluster.url, tmp_path_factory.mktemp("cluster-gate"), keys_file, extra_env=env
-    )
-    process.start()
-    try:
-        asyncio.run(process.wait_ready())
+    with gate_on(cluster, tmp_path_factory.mktemp("cluster-gate"), keys_file, env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.mark.slow
