@@ -14,7 +14,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,40 @@ class Scene:
         """The customers furthest back: still waiting whatever admission did meanwhile."""
         return sorted(self.seq, key=self.seq.__getitem__)[-count:]
 
+    async def queue(
+        self, customers: int, join: Callable[[str], Awaitable[Answer]] | None = None
+    ) -> None:
+        """The campaign created (admission slow), then `customers` joins at once (by
+        `join`, `self.join` unless told), each one's seq and ticket noted."""
+        body = spec(CAMPAIGN, rate_per_s=2, burst=3, max_active=1000, pass_ttl_s=300)
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with self.session.post(
+            self.gate.admin_url + "/admin/campaigns", json=body, headers=headers
+        ) as r:
+            assert r.status == 201, await r.text()
+        answers = await asyncio.gather(
+            *((join or self.join)(_customer(n)) for n in range(customers))
+        )
+        for n, answer in enumerate(answers):
+            assert answer.status in (200, 201), answer.body
+            self.seq[_customer(n)] = answer.body["seq"]
+            self.ticket[_customer(n)] = answer.body["ticket"]
+
+    async def wait_first_passes(self, count: int = 3) -> None:
+        """Waits (with a deadline) until the first `count` in line hold a pass."""
+        first = sorted(self.seq, key=self.seq.__getitem__)[:count]
+
+        async def first_hold_a_pass() -> bool:
+            for customer in first:
+                if customer not in self.passes:
+                    answer = await self.status(customer)
+                    assert answer.status == 200, answer.body
+                    if answer.body["state"] == "admitted":
+                        self.passes[customer] = answer.body["pass"]
+            return len(self.passes) == len(first)
+
+        await wait_for(first_hold_a_pass, 10, f"the first {count} customers admitted")
+
 
 def _customer(n: int) -> str:
     return f"customer-{n:03d}"
@@ -116,31 +150,10 @@ async def scene(tmp_path: Path, keys_file: Path) -> AsyncIterator[Scene]:
     try:
         gate.start()
         await gate.wait_ready()
-        body = spec(CAMPAIGN, rate_per_s=2, burst=3, max_active=1000, pass_ttl_s=300)
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        async with session.post(
-            gate.admin_url + "/admin/campaigns", json=body, headers=headers
-        ) as r:
-            assert r.status == 201, await r.text()
-        answers = await asyncio.gather(*(scene.join(_customer(n)) for n in range(CUSTOMERS)))
-        for n, answer in enumerate(answers):
-            assert answer.status == 201, answer.body
-            scene.seq[_customer(n)] = answer.body["seq"]
-            scene.ticket[_customer(n)] = answer.body["ticket"]
+        await scene.queue(CUSTOMERS)
+        assert set(scene.statuses) == {201}, scene.statuses
         assert sorted(scene.seq.values()) == list(range(1, CUSTOMERS + 1))
-
-        first = sorted(scene.seq, key=scene.seq.__getitem__)[:3]
-
-        async def first_three_hold_a_pass() -> bool:
-            for customer in first:
-                if customer not in scene.passes:
-                    answer = await scene.status(customer)
-                    assert answer.status == 200, answer.body
-                    if answer.body["state"] == "admitted":
-                        scene.passes[customer] = answer.body["pass"]
-            return len(scene.passes) == len(first)
-
-        await wait_for(first_three_hold_a_pass, 10, "the first three customers admitted")
+        await scene.wait_first_passes()
         for customer, pass_token in scene.passes.items():
             assert (await scene.auth(customer, pass_token)).status == 200
         yield scene

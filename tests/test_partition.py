@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from gate.redis_server import RedisServer
 from gate.room.keys import CampaignKeys
-from tests.helpers import ADMIN_TOKEN, GateProcess, redis_binaries, spec, wait_for
+from tests.helpers import ADMIN_TOKEN, GateProcess, redis_binaries, wait_for
 from tests.tcp_forwarder import Forwarder
 from tests.test_i7_fail_closed import CAMPAIGN, Answer, Scene, _assert_unavailable, _customer
 
@@ -60,27 +60,8 @@ async def partition(tmp_path: Path, keys_file: Path) -> AsyncIterator[tuple[Scen
     try:
         gate.start()
         await gate.wait_ready()
-        body = spec(CAMPAIGN, rate_per_s=2, burst=3, max_active=1000, pass_ttl_s=300)
-        async with session.post(
-            gate.admin_url + "/admin/campaigns", json=body, headers=_admin()
-        ) as r:
-            assert r.status == 201, await r.text()
-        answers = await asyncio.gather(*(_joined(scene, _customer(n)) for n in range(CUSTOMERS)))
-        for n, answer in enumerate(answers):
-            scene.seq[_customer(n)] = answer.body["seq"]
-            scene.ticket[_customer(n)] = answer.body["ticket"]
-        first = sorted(scene.seq, key=scene.seq.__getitem__)[:3]
-
-        async def first_three_hold_a_pass() -> bool:
-            for customer in first:
-                if customer not in scene.passes:
-                    answer = await scene.status(customer)
-                    assert answer.status == 200, answer.body
-                    if answer.body["state"] == "admitted":
-                        scene.passes[customer] = answer.body["pass"]
-            return len(scene.passes) == len(first)
-
-        await wait_for(first_three_hold_a_pass, 10, "the first three customers admitted")
+        await scene.queue(CUSTOMERS, join=lambda customer: _joined(scene, customer))
+        await scene.wait_first_passes()
         yield scene, forwarder
     finally:
         await session.close()
