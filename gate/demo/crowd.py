@@ -19,11 +19,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from gate.demo.customers import loop_factory
+from gate.demo.children import run_child, write_result
 from gate.demo.sim_core import PASS_HEADER
 
 GATE_ATTEMPTS = 30  # per gate request, for 5xx answers and transport errors
@@ -285,23 +282,13 @@ async def run(spec: CrowdSpec, progress: Path) -> dict[str, Any]:
     }
 
 
-def _exit_with_parent() -> None:
-    while os.read(0, 4096):
-        pass
-    os._exit(3)
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m gate.demo.crowd SPEC.json RESULT.json PROGRESS` (started by `gate demo`)."""
     args = sys.argv[1:] if argv is None else argv
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
-    spec = CrowdSpec(**json.loads(Path(args[0]).read_text()))
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        result = runner.run(run(spec, Path(args[2])))
-    tmp = Path(args[1] + ".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(args[1])
+    result = run_child(
+        lambda: run(CrowdSpec(**json.loads(Path(args[0]).read_text())), Path(args[2]))
+    )
+    write_result(args[1], result)
     return 0
 
 

@@ -13,20 +13,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import random
-import signal
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from gate.demo.children import run_child, write_result
 from gate.demo.core_bank import PASS_HEADER
 
 MAX_ATTEMPTS = 20  # per request, for 5xx answers and transport errors
@@ -288,36 +285,11 @@ def result_from_json(data: dict[str, Any]) -> CrowdResult:
     )
 
 
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed, else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-def _exit_with_parent() -> None:
-    """The parent holds our stdin open and never writes: EOF means it is gone."""
-    # os.read, not sys.stdin: a daemon thread must hold no interpreter lock at exit.
-    while os.read(0, 4096):
-        pass
-    os._exit(3)
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m gate.demo.customers PARAMS.json RESULT.json` (started by `gate demo`)."""
     args = sys.argv[1:] if argv is None else argv
-    # The parent handles Ctrl-C and stops this process; no traceback from here.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
-    params = CrowdParams(**json.loads(Path(args[0]).read_text()))
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        result = runner.run(run_crowd(params))
-    tmp = Path(args[1] + ".tmp")
-    tmp.write_text(json.dumps(result_to_json(result)))
-    tmp.replace(args[1])
+    result = run_child(lambda: run_crowd(CrowdParams(**json.loads(Path(args[0]).read_text()))))
+    write_result(args[1], result_to_json(result))
     return 0
 
 

@@ -26,8 +26,9 @@ import aiohttp
 from aiohttp import web
 
 from gate.config import Config, default_config
+from gate.demo.children import child, loop_factory
 from gate.demo.core_bank import CoreBank
-from gate.demo.customers import CrowdParams, CrowdResult, loop_factory, result_from_json
+from gate.demo.customers import CrowdParams, CrowdResult, result_from_json
 from gate.demo.report import (
     RunInfo,
     analyse,
@@ -151,27 +152,8 @@ async def _run_crowd(params: CrowdParams, work: Path) -> CrowdResult:
     """The customers, in their own process; stopped (and waited for) if we are cancelled."""
     params_path, result_path = work / "crowd-params.json", work / "crowd-result.json"
     params_path.write_text(json.dumps(dataclasses.asdict(params)))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gate.demo.customers",
-        str(params_path),
-        str(result_path),
-        # Never written to: the crowd exits when it reads EOF, i.e. when we die.
-        stdin=asyncio.subprocess.PIPE,
-    )
-    try:
+    async with child("-m", "gate.demo.customers", str(params_path), str(result_path)) as process:
         code = await asyncio.wait_for(process.wait(), timeout=params.deadline_s + 60)
-    finally:
-        if process.stdin is not None:
-            process.stdin.close()
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
     if code != 0 or not result_path.exists():
         raise GateError(f"the customers' process failed (exit code {code})", code="demo")
     return result_from_json(json.loads(result_path.read_text()))

@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gate.demo.children import child
 from gate.demo.crowd import CrowdSpec
 from gate.demo.html_report import table_rows, write_html
 from gate.demo.sim_core import CoreParams, per_second
@@ -142,31 +143,13 @@ def validate(name: str) -> Scenario:
 
 
 @contextlib.asynccontextmanager
-async def _child(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A child process that exits when our end of its stdin closes; stopped after use."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        yield process
-    finally:
-        if process.stdin is not None:
-            process.stdin.close()
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-@contextlib.asynccontextmanager
 async def sim_core(params: CoreParams, work: Path) -> AsyncIterator[str]:
     """The simulated core in its own process; yields its base URL."""
     path = work / f"core-{secrets.token_hex(4)}.json"
     path.write_text(json.dumps(dataclasses.asdict(params)))
-    async with _child("-m", "gate.demo.sim_core", str(path)) as process:
+    async with child(
+        "-m", "gate.demo.sim_core", str(path), stdout=asyncio.subprocess.PIPE
+    ) as process:
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
         if not line.strip().isdigit():
@@ -187,8 +170,13 @@ async def run_crowd(
     spec_path.write_text(json.dumps(dataclasses.asdict(spec)))
     launched = time.monotonic()
     pending = sorted(at_times, key=lambda a: a[0])
-    async with _child(
-        "-m", "gate.demo.crowd", str(spec_path), str(result_path), str(progress)
+    async with child(
+        "-m",
+        "gate.demo.crowd",
+        str(spec_path),
+        str(result_path),
+        str(progress),
+        stdout=asyncio.subprocess.PIPE,
     ) as process:
         waiter = asyncio.create_task(process.wait())
         limit = launched + spec.deadline_s + 60

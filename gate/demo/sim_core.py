@@ -30,11 +30,9 @@ import asyncio
 import collections
 import json
 import math
-import os
 import random
 import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +40,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from gate.demo.children import run_child
 
 PASS_HEADER = "X-Gate-Pass"
 CAMPAIGN_HEADER = "X-Gate-Campaign"
@@ -329,12 +329,6 @@ def per_second(served: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
     return rows
 
 
-def _exit_with_parent() -> None:
-    while os.read(0, 4096):
-        pass
-    os._exit(3)
-
-
 async def _serve(params: CoreParams) -> None:
     connector = aiohttp.TCPConnector(limit=128)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -354,13 +348,7 @@ async def _serve(params: CoreParams) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
-    params = CoreParams(**json.loads(Path(args[0]).read_text()))
-    from gate.demo.customers import loop_factory
-
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(_serve(params))
+    run_child(lambda: _serve(CoreParams(**json.loads(Path(args[0]).read_text()))))
     return 0
 
 
