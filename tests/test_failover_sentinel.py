@@ -309,22 +309,44 @@ class Customer:
         self.ledger.unfinished.discard(self.name)
 
 
+async def arrivals(
+    started: float,
+    http: aiohttp.ClientSession,
+    gate: GateProcess,
+    ledger: Ledger,
+    tasks: dict[str, asyncio.Task[None]],
+) -> None:
+    """CUSTOMERS customers arrive at ARRIVALS_PER_S from `started` (their amounts drawn
+    from a seeded random), each one's task put in `tasks`."""
+    rng = random.Random(11)
+    for n in range(CUSTOMERS):
+        due = started + n / ARRIVALS_PER_S
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        customer = Customer(f"cust-{n:04d}", http, gate, ledger, rng)
+        tasks[customer.name] = asyncio.create_task(customer.run())
+
+
+async def until_served(tasks: dict[str, asyncio.Task[None]], ledger: Ledger) -> None:
+    """Waits until every customer is done. Once only customers waiting are left, and none
+    of them is admitted for 1.5 s (the quota that is left cannot serve them), they are
+    told to stop waiting."""
+    quiet_since = time.monotonic()
+    while not all(task.done() for task in tasks.values()):
+        if {name for name, task in tasks.items() if not task.done()} - ledger.waiting:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 1.5:
+            ledger.stop_waiting.set()
+        await asyncio.sleep(0.05)
+
+
 async def burst(
     topology: ReplicaSet, gate: GateProcess, http: aiohttp.ClientSession
 ) -> tuple[Ledger, float]:
     """Customers arrive at ARRIVALS_PER_S; lag, kill and failover land in the middle.
     Returns the ledger and how long the failover took (kill to a new primary named)."""
     ledger = Ledger()
-    rng = random.Random(11)
     tasks: dict[str, asyncio.Task[None]] = {}
     started = time.monotonic()
-
-    async def arrivals() -> None:
-        for n in range(CUSTOMERS):
-            due = started + n / ARRIVALS_PER_S
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            customer = Customer(f"cust-{n:04d}", http, gate, ledger, rng)
-            tasks[customer.name] = asyncio.create_task(customer.run())
 
     async def faults() -> float:
         assert topology.link is not None
@@ -357,17 +379,9 @@ async def burst(
 
     fault_task = asyncio.create_task(faults())
     hold_task = asyncio.create_task(watch_hold())
-    await arrivals()
+    await arrivals(started, http, gate, ledger, tasks)
     failover_s = await fault_task
-    quiet_since = time.monotonic()
-    while not all(task.done() for task in tasks.values()):
-        # Only customers waiting are left, and none of them is admitted for a while:
-        # the quota that is left cannot serve them.
-        if {name for name, task in tasks.items() if not task.done()} - ledger.waiting:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > 1.5:
-            ledger.stop_waiting.set()
-        await asyncio.sleep(0.05)
+    await until_served(tasks, ledger)
     hold_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await hold_task

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,15 +40,15 @@ from tests.helpers import (
 from tests.redis_cluster import Cluster, gate_on, running_cluster
 from tests.test_audit_export_cli import run_campaign
 from tests.test_failover_sentinel import (
-    ARRIVALS_PER_S,
     CAMPAIGN,
     CUSTOMERS,
     KILL_AFTER_S,
-    Customer,
     Ledger,
+    arrivals,
     audit_verify,
     campaign_spec,
     tally,
+    until_served,
 )
 
 # -- the URL --------------------------------------------------------------------------------
@@ -291,17 +290,9 @@ async def cluster_burst(
     again (its supervisor's job) and comes back as the new master's replica. Returns the
     ledger, how long the takeover took and the new master's port."""
     ledger = Ledger()
-    rng = random.Random(11)
     tasks: dict[str, asyncio.Task[None]] = {}
     started = time.monotonic()
     slot_key = CampaignKeys(CAMPAIGN).meta
-
-    async def arrivals() -> None:
-        for n in range(CUSTOMERS):
-            due = started + n / ARRIVALS_PER_S
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            customer = Customer(f"cust-{n:04d}", http, gate, ledger, rng)
-            tasks[customer.name] = asyncio.create_task(customer.run())
 
     async def faults() -> tuple[float, int]:
         await asyncio.sleep(max(0.0, started + KILL_AFTER_S - time.monotonic()))
@@ -315,15 +306,9 @@ async def cluster_burst(
         return took, promoted
 
     fault_task = asyncio.create_task(faults())
-    await arrivals()
+    await arrivals(started, http, gate, ledger, tasks)
     took, promoted = await fault_task
-    quiet_since = time.monotonic()
-    while not all(task.done() for task in tasks.values()):
-        if {name for name, task in tasks.items() if not task.done()} - ledger.waiting:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > 1.5:
-            ledger.stop_waiting.set()
-        await asyncio.sleep(0.05)
+    await until_served(tasks, ledger)
     return ledger, took, promoted
 
 
