@@ -98,18 +98,14 @@ class ClusterFailoverWatch(FailoverWatch):
 
     # -- the loop ----------------------------------------------------------------------
 
-    async def run(self) -> None:
-        self.identity.enforcing = True
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except (GateError, RedisError, RedisClusterException, OSError) as exc:
-                log.debug("event=failover_watch_error error=%s", exc.__class__.__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
-            self._wake.clear()
+    watch_errors = (*FailoverWatch.watch_errors, RedisClusterException)
+
+    async def _pause(self) -> None:
+        """Until the next tick: the poll interval, or less where a connection met a new
+        master (`_noticed`)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.poll_s)
+        self._wake.clear()
 
     def _cluster(self) -> RedisCluster:
         return cast(RedisCluster, self.redis)

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -236,6 +236,11 @@ class FailoverWatch:
 
     # -- the loop ----------------------------------------------------------------------
 
+    # What a tick may fail with and the loop outlives. Redis away: the cache already
+    # fails the gate closed; after it, the identity is checked again before anything is
+    # written.
+    watch_errors: ClassVar[tuple[type[Exception], ...]] = (GateError, RedisError, OSError)
+
     async def run(self) -> None:
         self.identity.enforcing = True
         while True:
@@ -243,11 +248,13 @@ class FailoverWatch:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except (GateError, RedisError, OSError) as exc:
-                # Redis away: the cache already fails the gate closed; after it, the
-                # identity is checked again before anything is written.
+            except self.watch_errors as exc:
                 log.debug("event=failover_watch_error error=%s", exc.__class__.__name__)
-            await asyncio.sleep(self.poll_s)
+            await self._pause()
+
+    async def _pause(self) -> None:
+        """Until the next tick."""
+        await asyncio.sleep(self.poll_s)
 
     async def read_identity(self) -> Identity:
         async with guarded():
