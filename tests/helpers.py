@@ -91,6 +91,22 @@ def amount_spec(campaign: str, **quota: Any) -> dict[str, Any]:
     return s
 
 
+def open_amount_spec(campaign: str, total: int, low: int, high: int, step: int) -> dict[str, Any]:
+    """`spec()` that lets everyone in at once (100,000 a second, bursts of 10,000), passes
+    and reservations held 600 s, selling `total` KRW, `low` to `high` a customer in steps of
+    `step`: a burst of deposits that the quota, not admission, decides."""
+    raw = spec(
+        campaign,
+        rate_per_s=100_000,
+        burst=10_000,
+        max_active=100_000,
+        pass_ttl_s=600,
+        reservation_ttl_s=600,
+    )
+    raw["quota"] = amount_quota(total, low, high, step)
+    return raw
+
+
 def b64url(data: bytes) -> str:
     """base64url without padding, as tokens and keys are written (the tests' own copy,
     so that a tampered token is not built with the code under test)."""

@@ -67,8 +67,8 @@ from tests.helpers import (
     ADMIN_TOKEN,
     CORE_TOKEN,
     GateProcess,
-    amount_quota,
     gate_cli,
+    open_amount_spec,
     spec,
     wait_for,
 )
@@ -170,16 +170,7 @@ class Figures:
 
 
 def campaign_spec() -> dict[str, Any]:
-    raw = spec(
-        CAMPAIGN,
-        rate_per_s=100_000,
-        burst=10_000,
-        max_active=100_000,
-        pass_ttl_s=600,
-        reservation_ttl_s=600,
-    )
-    raw["quota"] = amount_quota(TOTAL, LOW, HIGH, STEP)
-    return raw
+    return open_amount_spec(CAMPAIGN, TOTAL, LOW, HIGH, STEP)
 
 
 class GaveUp(Exception):

@@ -31,7 +31,7 @@ import msgpack
 import redis as sync_redis
 
 from gate.redis_server import RedisServer, free_port
-from tests.helpers import ADMIN_TOKEN, GateProcess, amount_quota, spec, wait_for
+from tests.helpers import ADMIN_TOKEN, GateProcess, open_amount_spec, wait_for
 
 CAMPAIGN = "deposit-durable"
 CUSTOMERS = 300
@@ -55,16 +55,7 @@ async def call(session: aiohttp.ClientSession, method: str, url: str, **kwargs: 
 
 
 def amount_spec() -> dict[str, Any]:
-    raw = spec(
-        CAMPAIGN,
-        rate_per_s=100_000,
-        burst=10_000,
-        max_active=100_000,
-        pass_ttl_s=600,
-        reservation_ttl_s=600,
-    )
-    raw["quota"] = amount_quota(TOTAL, LOW, HIGH, STEP)
-    return raw
+    return open_amount_spec(CAMPAIGN, TOTAL, LOW, HIGH, STEP)
 
 
 async def passes_for_everyone(
