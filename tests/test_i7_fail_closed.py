@@ -53,6 +53,20 @@ class Scene:
     passes: dict[str, str] = field(default_factory=dict)  # admitted before the outage
     statuses: list[int] = field(default_factory=list)
 
+    @classmethod
+    def on(
+        cls, server: RedisServer, redis_url: str, work: Path, keys_file: Path, redis_timeout_ms: int
+    ) -> Scene:
+        """A scene on `server`: a gate (in `work`, not started yet) that reaches Redis at
+        `redis_url` with this Redis timeout, and a client session that keeps no cookies."""
+        gate = GateProcess(
+            redis_url,
+            work / "gate",
+            keys_file,
+            extra_env={"GATE_REDIS_TIMEOUT_MS": str(redis_timeout_ms)},
+        )
+        return cls(server, gate, aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()))
+
     async def call(self, method: str, path: str, **kwargs: Any) -> Answer:
         started = time.perf_counter()
         async with self.session.request(method, self.gate.url + path, **kwargs) as r:
@@ -139,14 +153,8 @@ async def scene(tmp_path: Path, keys_file: Path) -> AsyncIterator[Scene]:
     """50 customers queued; the first few admitted and holding a pass; admission slow."""
     server = RedisServer(tmp_path / "redis", binary=redis_binaries()[0][1])
     server.start()
-    gate = GateProcess(
-        server.url,
-        tmp_path / "gate",
-        keys_file,
-        extra_env={"GATE_REDIS_TIMEOUT_MS": str(REDIS_TIMEOUT_MS)},
-    )
-    session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-    scene = Scene(server, gate, session)
+    scene = Scene.on(server, server.url, tmp_path, keys_file, REDIS_TIMEOUT_MS)
+    gate, session = scene.gate, scene.session
     try:
         gate.start()
         await gate.wait_ready()

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -49,14 +48,8 @@ async def partition(tmp_path: Path, keys_file: Path) -> AsyncIterator[tuple[Scen
     server = RedisServer(tmp_path / "redis", binary=redis_binaries()[0][1])
     server.start()
     forwarder = Forwarder(server.port).start()
-    gate = GateProcess(
-        forwarder.url,
-        tmp_path / "gate",
-        keys_file,
-        extra_env={"GATE_REDIS_TIMEOUT_MS": str(REDIS_TIMEOUT_MS)},
-    )
-    session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-    scene = Scene(server, gate, session)
+    scene = Scene.on(server, forwarder.url, tmp_path, keys_file, REDIS_TIMEOUT_MS)
+    gate, session = scene.gate, scene.session
     try:
         gate.start()
         await gate.wait_ready()
