@@ -42,7 +42,6 @@ from gate.failover import (
     FailoverWatch,
     Identity,
     Reconciling,
-    parse_info,
 )
 from gate.redis_client import guarded
 from gate.room.keys import PREFIX, REGISTRY, CampaignKeys
@@ -169,13 +168,7 @@ class ClusterFailoverWatch(FailoverWatch):
         server, replication = await self._on_node(
             node, [("INFO", "server"), ("INFO", "replication")]
         )
-        s, r = parse_info(server), parse_info(replication)
-        return Identity(
-            s.get("run_id", ""),
-            r.get("role", ""),
-            r.get("master_replid", ""),
-            int(r.get("master_repl_offset", "0") or 0),
-        )
+        return Identity.from_info(server, replication)
 
     async def _on_node(self, node: ClusterNode, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Commands on one connection of `node` (this watch's client: no identity check),

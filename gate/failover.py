@@ -105,6 +105,17 @@ class Identity:
     replid: str
     offset: int
 
+    @classmethod
+    def from_info(cls, server: Any, replication: Any) -> Identity:
+        """From the replies to INFO server and INFO replication (parsed or raw)."""
+        s, r = parse_info(server), parse_info(replication)
+        return cls(
+            s.get("run_id", ""),
+            r.get("role", ""),
+            r.get("master_replid", ""),
+            int(r.get("master_repl_offset", "0") or 0),
+        )
+
 
 def parse_info(raw: Any) -> dict[str, str]:
     """INFO's text as a dict (redis-py parses it itself on a client; a raw connection
@@ -262,13 +273,7 @@ class FailoverWatch:
             pipe.info("server")
             pipe.info("replication")
             server, replication = await pipe.execute()
-        server, replication = parse_info(server), parse_info(replication)
-        return Identity(
-            server.get("run_id", ""),
-            replication.get("role", ""),
-            replication.get("master_replid", ""),
-            int(replication.get("master_repl_offset", "0") or 0),
-        )
+        return Identity.from_info(server, replication)
 
     async def tick(self) -> None:
         now = await self.read_identity()
