@@ -19,8 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from gate.demo.baseline_nginx import nginx_binary
 from gate.demo.run import run_demo
-from gate.demo.scenarios import SCENARIOS, compare, incident, kendall_distance, row_checks
+from gate.demo.scenarios import (
+    SCENARIOS,
+    compare,
+    incident,
+    kendall_distance,
+    row_checks,
+    summary_text,
+)
 from gate.demo.sim_core import CoreParams
 from gate.errors import GateError
 
@@ -61,6 +69,32 @@ def test_special_deposit_without_the_gate_fails_and_with_it_holds(tmp_path: Path
     # Customers still waiting when it sold out were told so by the gate, not by the core.
     assert gated["told_soldout"] > 0 and without["told_soldout"] == 0
     assert gated["results"]["booked"] == gated["bookings"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
+def test_nginx_limit_req_baseline_serves_out_of_order_the_gate_does_not(tmp_path: Path) -> None:
+    # The same burst as above; the third row is nginx limit_req in front of the core at the
+    # gate's rate and burst (nodelay, 503 beyond): customers it refused press again later,
+    # so later arrivals book before earlier ones, and early arrivals get nothing.
+    scenario = dataclasses.replace(
+        SCENARIOS["special-deposit"], spread_s=0.5, total=330_000_000, rate=100.0,
+        core=SMALL_CORE,
+    )  # fmt: skip
+    report = compare(scenario, 400, tmp_path)
+    nginx, gated = report["nginx_limit_req"], report["with_gate"]
+    assert nginx["row"] == "nginx limit_req" and "missing" not in nginx
+    assert nginx["limit_req"] == {"rate_per_s": 100, "burst": 10}
+    assert nginx["inversions"] > 0 or nginx["earliest_served"] < nginx["earliest_n"], nginx
+    assert nginx["sale_inversions"] > 0, nginx
+    assert gated["inversions"] == 0
+    # N: the stock serves the first N arrivals in arrival order (~60 of 400 here; the
+    # amounts in each row's arrival order, so N differs a little between rows).
+    assert 30 < gated["earliest_n"] < 120 and 30 < nginx["earliest_n"] < 120
+    share = {r["row"]: r["earliest_served"] / r["earliest_n"] for r in (nginx, gated)}
+    assert share["nginx limit_req"] < share["with gate"], share
+    text = summary_text(report)
+    assert "nginx limit_req" in text and "earliest N served" in text
 
 
 @pytest.mark.slow

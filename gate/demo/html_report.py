@@ -22,6 +22,7 @@ COLUMNS = (
     ("sold", "sold_krw", " KRW"),
     ("inversions (let in)", "inversions", ""),
     ("inversions (booked)", "sale_inversions", ""),
+    ("earliest N served", "earliest_served", ""),
     ("let in, then sold out", "let_in_then_sold_out", ""),
     ("max wait", "max_wait_s", " s"),
     ("told sold out", "told_soldout", ""),
@@ -34,9 +35,18 @@ def _cell(row: dict[str, Any], key: str, unit: str) -> str:
     value = row.get(key)
     if value is None:
         return "n/a"
+    if key == "earliest_served":
+        return f"{value} of {row.get('earliest_n')}"
     if key.endswith("_krw"):
         return f"{value:,}{unit}"
     return f"{value}{unit}"
+
+
+def table_order(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table's rows: without the gate, the nginx limit_req baseline (if run), with it."""
+    baseline = report.get("nginx_limit_req")
+    middle = [baseline] if baseline is not None else []
+    return [report["without_gate"], *middle, report["with_gate"]]
 
 
 def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
@@ -161,7 +171,7 @@ def plots(report: dict[str, Any]) -> list[str]:
 
 
 def write_html(report: dict[str, Any], path: Path) -> Path:
-    rows = table_rows([report["without_gate"], report["with_gate"]])
+    rows = table_rows(table_order(report))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:]

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from gate.demo.children import child
 from gate.demo.crowd import CrowdSpec
-from gate.demo.html_report import table_rows, write_html
+from gate.demo.html_report import table_order, table_rows, write_html
 from gate.demo.sim_core import CoreParams, per_second
 from gate.errors import GateError
 from gate.redis_server import RedisServer
@@ -311,6 +311,7 @@ def analyse_row(
     crowd: dict[str, Any],
     core: dict[str, Any],
     audit: Sequence[dict[str, Any]] | None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """One row of the table. Inversions: Kendall tau distance between the order the system
     saw customers arrive and the order it let them in to be served, a customer never let
@@ -322,7 +323,9 @@ def analyse_row(
     claim); without it, the core starting a session for one of the customer's requests
     (booked, or sold out by the core's stock check). `sale_inversions` uses the order of
     bookings instead (with the gate: admission order of those booked): a customer let in
-    who then found it sold out while a later one booked counts there.
+    who then found it sold out while a later one booked counts there. `label` names a row
+    with a front other than the gate (nginx limit_req): arrival is then the customer's first
+    click, as the front saw it (a request it refused never reached the core).
     """
     outcomes: list[dict[str, Any]] = crowd["outcomes"]
     served: list[dict[str, Any]] = core["served"]
@@ -340,6 +343,7 @@ def analyse_row(
     arrival: list[float] = []
     service: list[float] = []
     sale: list[float] = []
+    ranked: list[tuple[float, dict[str, Any]]] = []  # (arrival, outcome), for earliest N
     if with_gate:
         admitted = admission_times(audit or [])
         position = {seq: n for n, (_t, seq) in enumerate(sorted(admitted.values()))}
@@ -347,6 +351,7 @@ def analyse_row(
             if o["seq"] is None:
                 continue
             arrival.append(float(o["seq"]))
+            ranked.append((float(o["seq"]), o))
             # Admitted, then answered: booked, sold out at the claim, or told sold out (a
             # join whose seq the cursor had already passed when it sold out).
             answered = o["result"] in ANSWERED and o["seq"] in position
@@ -356,7 +361,8 @@ def analyse_row(
     else:
         for o in outcomes:
             c = o["customer"]
-            arrival.append(first_arrival.get(c, o["sent"]))
+            arrival.append(o["sent"] if label else first_arrival.get(c, o["sent"]))
+            ranked.append((arrival[-1], o))
             service.append(let_in.get(c, math.inf))
             sale.append(booked_start.get(c, math.inf))
     latencies = [s["finished"] - s["arrived"] for s in served]
@@ -382,8 +388,11 @@ def analyse_row(
     gate_errors = int(crowd.get("gate_5xx", 0)) + sum(
         1 for s in served if s["reason"].startswith("auth_failed")
     )
+    earliest_n, earliest_served = earliest_served_of(scenario, ranked)
     return {
-        "row": "with gate" if with_gate else "without gate",
+        "row": label or ("with gate" if with_gate else "without gate"),
+        "earliest_n": earliest_n,
+        "earliest_served": earliest_served,
         "customers": len(outcomes),
         "core_errors": sum(1 for s in served if s["reason"] in CORE_FAULTS),
         "core_p99_ms": None if p99 is None else round(p99 * 1000, 1),
@@ -413,6 +422,22 @@ def analyse_row(
         "per_second": seconds,
         "wait_by_arrival": _wait_by_arrival(outcomes, with_gate),
     }
+
+
+def earliest_served_of(
+    scenario: Scenario, ranked: Sequence[tuple[float, dict[str, Any]]]
+) -> tuple[int, int]:
+    """(N, booked among them): N is how many of the earliest arrivals the stock serves when
+    served in arrival order (first come; partial fill takes what is left once it covers
+    the minimum amount); the second figure is how many of those N booked."""
+    ordered = [o for _a, o in sorted(ranked, key=lambda pair: pair[0])]
+    left, n = scenario.total, 0
+    for o in ordered:
+        if left < max(scenario.amount_min, 1):
+            break
+        left -= min(left, int(o["amount"]))
+        n += 1
+    return n, sum(1 for o in ordered[:n] if o["result"] == "booked")
 
 
 def _wait_by_arrival(outcomes: Sequence[dict[str, Any]], with_gate: bool) -> list[list[float]]:
@@ -527,6 +552,36 @@ async def run_without(
     return analyse_row(scenario, False, crowd, core, None)
 
 
+def _burst(scenario: Scenario) -> int:
+    return max(1, round(scenario.rate / 10))
+
+
+NGINX_ROW = "nginx limit_req"
+
+
+async def run_nginx(
+    scenario: Scenario,
+    customers: int,
+    work: Path,
+    on_progress: Callable[[int], None],
+    binary: str,
+) -> dict[str, Any]:
+    """The same arrivals at the core behind nginx `limit_req` (the gate's rate and burst)."""
+    from gate.demo.baseline_nginx import nginx_limit_req
+
+    async with sim_core(_core_params(scenario), work) as core_url:
+        async with nginx_limit_req(
+            binary, core_url, scenario.rate, _burst(scenario), work
+        ) as front_url:
+            spec = _crowd_spec(scenario, customers, "direct", front_url)
+            crowd = await run_crowd(spec, work, on_progress, _bureau_events(scenario, core_url))
+        async with aiohttp.ClientSession() as session:
+            core = await _get_json(session, f"{core_url}/stats")
+    row = analyse_row(scenario, False, crowd, core, None, label=NGINX_ROW)
+    row["limit_req"] = {"rate_per_s": max(1, round(scenario.rate)), "burst": _burst(scenario)}
+    return row
+
+
 def _campaign_spec(scenario: Scenario) -> dict[str, Any]:
     now = datetime.now(UTC)
     return {
@@ -544,7 +599,7 @@ def _campaign_spec(scenario: Scenario) -> dict[str, Any]:
         "policy": "first_come",
         "admission": {
             "rate_per_s": scenario.rate,
-            "burst": max(1, round(scenario.rate / 10)),
+            "burst": _burst(scenario),
             "max_active": scenario.max_active,
             "pass_ttl_s": 60,
             "reservation_ttl_s": 60,
@@ -638,7 +693,7 @@ async def run_with(
 
 
 def summary_text(report: dict[str, Any]) -> str:
-    rows = table_rows([report["without_gate"], report["with_gate"]])
+    rows = table_rows(table_order(report))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
         f'fairgate demo, scenario "{report["scenario"]}": {report["customers"]} customers; '
@@ -660,7 +715,10 @@ def summary_text(report: dict[str, Any]) -> str:
         if n == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
     lines.append("")
-    for row in (report["without_gate"], report["with_gate"]):
+    for row in table_order(report):
+        if "missing" in row:
+            lines.append(f"  {row['row']}: not run ({row['missing']})")
+            continue
         lines.append(
             f"  {row['row']}: customers {row['results']} (max wait "
             f"{row['max_wait_by_result_s']}); core answers {row['core_answers']}; "
@@ -725,15 +783,30 @@ def _progress_callback(progress: Any, label: str, count: int) -> Callable[[int],
     return lambda done: progress.update(task, completed=done)
 
 
-def compare(scenario: Scenario, count: int, work: Path, progress: Any = None) -> dict[str, Any]:
-    """Run the scenario without the gate, then with it; the report (no output written)."""
+def compare(
+    scenario: Scenario,
+    count: int,
+    work: Path,
+    progress: Any = None,
+    baseline: bool = True,
+) -> dict[str, Any]:
+    """Run the scenario without the gate, behind nginx limit_req (`baseline`; when nginx is
+    installed), then with the gate; the report (no output written)."""
+    from gate.demo.baseline_nginx import nginx_binary
+
     started = time.time()
     rows: dict[str, dict[str, Any]] = {}
-    for label in ("without gate", "with gate"):
+    nginx = nginx_binary() if baseline else None
+    labels = ["without gate", *([NGINX_ROW] if nginx else []), "with gate"]
+    for label in labels:
         report_progress = _progress_callback(progress, f"{scenario.name}: {label}", count)
         try:
             if label == "without gate":
                 rows[label] = asyncio.run(run_without(scenario, count, work, report_progress))
+                continue
+            if label == NGINX_ROW:
+                assert nginx is not None
+                rows[label] = asyncio.run(run_nginx(scenario, count, work, report_progress, nginx))
                 continue
             (work / "redis").mkdir(exist_ok=True)
             redis = RedisServer(work / "redis")
@@ -760,6 +833,8 @@ def compare(scenario: Scenario, count: int, work: Path, progress: Any = None) ->
         "bureau_change": scenario.bureau_change,
         "without_gate": without,
         "with_gate": gated,
+        "nginx_limit_req": rows.get(NGINX_ROW)
+        or ({"row": NGINX_ROW, "missing": "nginx is not installed"} if baseline else None),
         "incident_without_gate": incident(without),
         "duration_s": round(time.time() - started, 1),
     }
