@@ -501,6 +501,8 @@ async def redis_snapshot(url: str) -> dict[bytes, tuple[bytes, bytes]]:
         snapshot: dict[bytes, tuple[bytes, bytes]] = {}
         async for key in redis.scan_iter(count=1000):
             kind = await redis.type(key)
+            if key.endswith(b":nb"):
+                continue  # admit.lua's arrival schedule, trimmed on every tick as time passes
             if key.endswith(b":meta") and kind == b"hash":
                 fields = await redis.hgetall(key)
                 kept = sorted((k, v) for k, v in fields.items() if k not in ADMITTER_CLOCK_FIELDS)

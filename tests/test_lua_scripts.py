@@ -260,7 +260,7 @@ async def test_admit_rate_is_bounded_by_bucket_and_in_seq_order(room: Room) -> N
 
     async def reached() -> bool:
         result = await room.admit("rate")
-        assert result is not None and result.admitted <= burst
+        assert result is not None
         return result.cursor >= 60
 
     await wait_for(reached, 15, "60 customers admitted at 100/s", interval_s=0.005)
@@ -278,12 +278,14 @@ async def test_admit_rate_is_bounded_by_bucket_and_in_seq_order(room: Room) -> N
     for e in admits:
         assert e["n"] == e["l"] - e["f"] + 1 and "x" not in e
 
-    # the bucket bound over every window of admit entries, in Redis time
+    # the bucket bound over every window of admit entries, in Redis time: a call admits
+    # what accrued since the call before it (issue 12), plus at most the burst carried
+    starts = [created_at] + [e["t"] for e in admits]
     for i in range(len(admits)):
         window = 0
         for j in range(i, len(admits)):
             window += counts[j]
-            elapsed_s = (admits[j]["t"] - admits[i]["t"]) / 1e6
+            elapsed_s = (admits[j]["t"] - starts[i]) / 1e6
             assert window <= burst + rate * elapsed_s + 1e-6, (i, j, window, elapsed_s)
     elapsed_s = (admits[-1]["t"] - created_at) / 1e6
     assert total <= burst + rate * elapsed_s + 1e-6
@@ -391,16 +393,18 @@ async def test_expired_passes_free_their_slots(room: Room) -> None:
 
 
 async def test_revoked_and_blocked_seqs_are_skipped_without_using_tokens(room: Room) -> None:
-    await create(room, "skip", rate_per_s=BIG, burst=3, max_active=100)
+    # three tokens in the bucket, and (at 0.001/s) none accruing: admit now accrues the
+    # whole rate x elapsed (issue 12), so a fast rate would fill more than the burst
+    await create(room, "skip", rate_per_s=0.001, burst=3, max_active=100)
     await room.join("skip", [digest(i) for i in range(8)])
     assert await room.revoke("skip", digest(1), ACTOR, "") == 2
     assert await room.block("skip", digest(2), ACTOR, "") == 3
-    await full_bucket(room, "skip", await audit(room, "skip"))
+    await room.redis.hset(CampaignKeys("skip").meta, "tokens", "3")
     result = await room.admit("skip")
     assert result is not None and (result.admitted, result.cursor, result.active) == (3, 5, 3)
     assert await active_set(room, "skip") == {1, 4, 5}
     m = await meta(room, "skip")
-    assert float(m["tokens"]) == 0.0  # three tokens for three customers, none for the skips
+    assert float(m["tokens"]) < 0.01  # three tokens for three customers, none for the skips
     assert m["skipped"] == "2" and m["admitted"] == "3"
     entry = of_kind(await audit(room, "skip"), "admit")[0]
     assert (entry["f"], entry["l"], entry["n"], entry["x"]) == (1, 5, 3, [2, 3])

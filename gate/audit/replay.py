@@ -29,6 +29,10 @@ from gate.prequeue import prequeue_order
 MAX_AMOUNT_DIGITS = 30
 
 
+# lib/common.lua ACCRUE_MAX_US: the longest span whose tokens one admit call may use
+ACCRUE_MAX_US = 1_000_000
+
+
 class EntryProblem(Exception):
     """An entry breaks a rule (raised inside the replay; the caller adds where)."""
 
@@ -172,6 +176,7 @@ class Replay:
         self.passed: set[int] = set()
         self.tokens = 0.0  # an upper bound on the bucket's level
         self.bucket_us = 0
+        self.pace_us = 0  # the arrival pacing clock (admit.lua's pace_us; issue 12)
         # quota
         self.reservations: dict[str, Reservation] = {}
         self.res_n = 0
@@ -264,9 +269,14 @@ class Replay:
         self.bucket_us = t
 
     def _refill(self, t: int) -> None:
+        """As lib/common.lua's refill: the carry counts up to max(burst, 1), what accrued
+        since is added whole, over at most ACCRUE_MAX_US. Admit calls that logged nothing
+        (nobody to admit) refilled too, so past that span the bound is burst + 1 s's worth.
+        """
         capacity = max(self.settings["burst"], 1.0)
         elapsed = max(t - self.bucket_us, 0)
-        self.tokens = min(capacity, self.tokens + self.settings["rate"] * elapsed / 1e6)
+        carry = capacity if elapsed > ACCRUE_MAX_US else min(self.tokens, capacity)
+        self.tokens = carry + self.settings["rate"] * min(elapsed, ACCRUE_MAX_US) / 1e6
         self.bucket_us = max(self.bucket_us, t)
 
     def _update(self, t: int, entry: dict[str, Any]) -> None:
@@ -476,8 +486,20 @@ class Replay:
                 raise EntryProblem(f"seq {seq} {what}")
         if count != last - first + 1 - len(skip):
             raise EntryProblem(f"n = {count}, but the range admits {last - first + 1 - len(skip)}")
-        if deadline != t + self.settings["pass_ttl_us"]:
-            raise EntryProblem("the pass deadline is not t + pass_ttl")
+        last_nb = t
+        if "p" in entry:  # paced arrivals (issue 12); older entries: everyone at t
+            pace = need_int(entry, "p")
+            interval = 1_000_000 / self.settings["rate"]
+            lull = t - math.floor(max(self.settings["burst"] - 1, 0) * interval)
+            if pace != max(self.pace_us, lull):
+                raise EntryProblem(
+                    f"arrivals paced from {pace}, expected {max(self.pace_us, lull)}"
+                )
+            if count > 0:
+                last_nb = max(t, pace + math.ceil((count - 1) * interval))
+                self.pace_us = pace + math.ceil(count * interval)
+        if deadline != last_nb + self.settings["pass_ttl_us"]:
+            raise EntryProblem("the pass deadline is not the last arrival + pass_ttl")
         # I6: the token bucket and the active cap
         self._refill(t)
         if count > math.floor(self.tokens + 1e-6):

@@ -220,6 +220,7 @@ class ScriptCalls:
                 k.reservation_expiries,
                 k.holds,
                 k.spent,
+                k.not_before,
             ],
             [max_per_call, expire_limit],
         )

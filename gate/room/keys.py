@@ -38,6 +38,12 @@ class CampaignKeys:
         return self._key("active")
 
     @property
+    def not_before(self) -> str:
+        """Sorted set: admitted seq -> scheduled arrival (microseconds, Redis time), only
+        while it is in the future (admit paces arrivals at the rate; issue 12)."""
+        return self._key("nb")
+
+    @property
     def blocked(self) -> str:
         """Set: digests of blocked customers (they may not join)."""
         return self._key("blocked")

@@ -51,14 +51,22 @@ local function num_arg(value, lo, name)
   return n
 end
 
--- Refill a token bucket of capacity max(burst, 1) up to `now`; returns the new level.
+-- The longest span of Redis time whose tokens one call may still use (a stalled loop
+-- catches up on at most this much).
+local ACCRUE_MAX_US = 1000000
+
+-- Refill the admission bucket up to `now`; returns the new level. What was left from
+-- before counts up to max(burst, 1), and everything accrued since (rate x elapsed, the
+-- elapsed time capped at ACCRUE_MAX_US) is added whole: however rarely admit runs, it
+-- admits rate x elapsed (issue 12), while one call never gets more than
+-- burst + rate x min(elapsed, 1 s).
 local function refill(tokens, bucket_us, rate, burst, now)
   local capacity = math.max(burst, 1)
   local elapsed = now - bucket_us
   if elapsed < 0 then elapsed = 0 end
-  local level = tokens + rate * elapsed / 1000000
-  if level > capacity then level = capacity end
-  return level
+  if elapsed > ACCRUE_MAX_US then elapsed = ACCRUE_MAX_US end
+  if tokens > capacity then tokens = capacity end
+  return tokens + rate * elapsed / 1000000
 end
 
 -- An integer as a decimal string (tostring would switch to 1.7e+15 notation).
