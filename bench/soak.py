@@ -583,6 +583,7 @@ async def open_loop(
                 "t": round(time.monotonic() - start, 2),
                 "rss_total": sum(rss.values()),
                 "rss_max_process": max(rss.values(), default=0),
+                "rss_by_pid": {str(pid): value for pid, value in rss.items()},
                 "processes": len(rss),
                 "requests": sum(taken.requests.values()),
                 "errors": sum(taken.errors.values()),
@@ -647,6 +648,15 @@ async def open_loop(
         "redis_bounded_keys": trend(samples, "bounded_keys", half),
     }
     after = [s for s in samples if s["t"] >= warm]
+    # Which process grew: each one's RSS at the first and the last sample after warm-up.
+    per_process = {
+        pid: {
+            "first_bytes": after[0]["rss_by_pid"].get(pid),
+            "last_bytes": after[-1]["rss_by_pid"].get(pid),
+            "role": "gate serve" if int(pid) == gate.process.pid else "child",
+        }
+        for pid in (after[-1]["rss_by_pid"] if after else {})
+    }
     customers_slope = slope_per_min([(s["t"], s["customers"]) for s in after])
     used_slope = trends["redis_used_memory"]["slope_bytes_per_min"]
     failures = []
@@ -677,6 +687,7 @@ async def open_loop(
         "latency_ms": {route: percentiles(values) for route, values in all_latencies.items()},
         "trends": trends,
         "trends_last_half": last_half,
+        "rss_per_process": per_process,
         "redis_bytes_per_customer": round(used_slope / customers_slope, 1)
         if customers_slope
         else None,
