@@ -27,6 +27,7 @@ from gate.demo.scenarios import (
     incident,
     kendall_distance,
     row_checks,
+    sized,
     summary_text,
 )
 from gate.demo.sim_core import CoreParams
@@ -43,7 +44,10 @@ def _assert_gate_row_clean_and_other_not(report: dict[str, object]) -> None:
     assert row_checks(gated) == dict.fromkeys(row_checks(gated), True), gated
     assert report["ok"] is True, report["checks"]
     assert gated["audit"]["verified"] is True, gated["audit"]
-    assert gated["audit"]["confirms"] == gated["bookings"]
+    if report["policy"] == "ballot":  # subscriptions: no reservation to confirm
+        assert gated["audit"]["confirms"] == 0 and gated["audit"]["admitted"] == gated["bookings"]
+    else:
+        assert gated["audit"]["confirms"] == gated["bookings"]
     assert gated["core_errors"] == 0 and gated["oversell_krw"] == 0 and gated["inversions"] == 0
     assert gated["rate_changes"] == 0  # no adaptive rate yet
     assert gated["core_max_queue"] < SMALL_CORE.queue_max
@@ -60,7 +64,7 @@ def test_special_deposit_without_the_gate_fails_and_with_it_holds(tmp_path: Path
         rate=100.0,
         core=SMALL_CORE,
     )
-    report = compare(scenario, 400, tmp_path)
+    report = compare(scenario, 400, tmp_path, baseline=False)
     _assert_gate_row_clean_and_other_not(report)
     without, gated = report["without_gate"], report["with_gate"]
     assert without["core_errors"] > 0
@@ -98,6 +102,27 @@ def test_nginx_limit_req_baseline_serves_out_of_order_the_gate_does_not(tmp_path
 
 
 @pytest.mark.slow
+def test_ipo_rush_ballot_without_the_gate_fails_and_with_it_holds(tmp_path: Path) -> None:
+    # 300 subscriptions within 0.5 s at the small core (holds 24, ~160/s); the window is
+    # closed once the customers are done and the ballot allots 300M KRW (demand ~1.6G).
+    scenario = dataclasses.replace(
+        SCENARIOS["ipo-rush"], spread_s=0.5, total=300_000_000, rate=150.0, core=SMALL_CORE
+    )
+    report = compare(scenario, 300, tmp_path, baseline=False)
+    _assert_gate_row_clean_and_other_not(report)
+    without, gated = report["without_gate"], report["with_gate"]
+    assert report["nginx_limit_req"] is None
+    assert without["core_errors"] > 0
+    # Every customer subscribed through the gate, the core recorded each once, and the
+    # ballot allotted all of it (demand > supply), never more; the audit export (which
+    # recomputes the ballot from the subscriptions and the revealed seed) verifies.
+    assert gated["results"] == {"booked": 300} and gated["bookings"] == 300
+    assert gated["earliest_served"] == gated["earliest_n"] == 300
+    assert gated["sold_krw"] == scenario.total and gated["oversell_krw"] == 0
+    assert without["sold_krw"] <= scenario.total
+
+
+@pytest.mark.slow
 def test_slow_bureau_overloads_the_core_alone_not_behind_the_gate(tmp_path: Path) -> None:
     # 300 customers over 1.5 s (200/s); the bureau becomes 10x slower 0.3 s in: the core
     # alone then serves ~35/s. The gate's max_active (sessions + queue) holds it there.
@@ -105,7 +130,7 @@ def test_slow_bureau_overloads_the_core_alone_not_behind_the_gate(tmp_path: Path
         SCENARIOS["slow-bureau"], spread_s=1.5, rate=200.0, core=SMALL_CORE,
         bureau_change=(0.3, 10.0),
     )  # fmt: skip
-    report = compare(scenario, 300, tmp_path)
+    report = compare(scenario, 300, tmp_path, baseline=False)
     _assert_gate_row_clean_and_other_not(report)
     without, gated = report["without_gate"], report["with_gate"]
     assert without["core_errors"] > 0
@@ -122,7 +147,7 @@ def test_failover_kill_9_of_the_gates_redis_mid_burst_loses_nothing(tmp_path: Pa
         SCENARIOS["failover"], spread_s=0.5, total=330_000_000, rate=100.0, core=SMALL_CORE,
         redis_kill=(0.3, 0.5),
     )  # fmt: skip
-    report = compare(scenario, 300, tmp_path)
+    report = compare(scenario, 300, tmp_path, baseline=False)
     _assert_gate_row_clean_and_other_not(report)
     gated = report["with_gate"]
     assert gated["redis_killed"] and gated["failover_hold"] is None
@@ -149,29 +174,35 @@ def test_kendall_distance_matches_counting_every_pair() -> None:
     assert kendall_distance([1, 2, 3], [math.inf, 1, math.inf]) == 1
 
 
-@pytest.mark.parametrize(
-    ("scenario", "code"),
-    [("ipo-rush", "not_yet"), ("nope", "bad_scenario")],
-)
-def test_scenarios_not_built_yet_are_a_clear_error(
-    tmp_path: Path, scenario: str, code: str
-) -> None:
+def test_unknown_scenario_is_a_clear_error(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(GateError) as caught:
-        run_demo(scenario=scenario, out=out)
-    assert caught.value.code == code
+        run_demo(scenario="nope", out=out)
+    assert caught.value.code == "bad_scenario"
+    assert "ipo-rush" in str(caught.value)
     assert not out.exists()
 
 
-def test_cli_says_not_yet_and_exits_2(tmp_path: Path) -> None:
+def test_cli_unknown_scenario_exits_2(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "gate", "demo", "--scenario", "ipo-rush", "--out", str(tmp_path)],
+        [sys.executable, "-m", "gate", "demo", "--scenario", "nope", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 2, done
-    assert "not yet" in done.stderr and "Traceback" not in done.stderr
+    assert "unknown scenario" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ipo_rush_full_is_a_million_customers_bounded_in_time() -> None:
+    # `--full` (documented, not run here): 1,000,000 customers over 60 s, admitted at
+    # 5,000/s, a ballot of 1e12 KRW; the default is small.
+    full = sized(SCENARIOS["ipo-rush"], 1_000_000, True)
+    assert (full.customers, full.full_customers) == (1500, 1_000_000)
+    assert full.rate == 5000.0 and full.spread_s == 60.0 and full.total == 10**12
+    assert full.policy == "ballot"
+    small = sized(SCENARIOS["ipo-rush"], 1500, False)
+    assert small.rate == 400.0 and small.spread_s == 1.0 and small.total == 2 * 10**9
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,9 @@ class CrowdSpec:
     connections: int
     deadline_s: float
     seed: int
+    # A ballot (ipo-rush): an admitted customer sends its subscription to the core with its
+    # pass (the core holds the deposit), then subscribes at the gate; no reservation.
+    ballot: bool = False
 
 
 @dataclass
@@ -172,6 +175,9 @@ class Crowd:
             wait_ms = int(body.get("poll_after_ms") or 500)
         o.admitted = time.time()
         claim_headers = {**headers, PASS_HEADER: pass_token}
+        if spec.ballot:
+            await self._subscribe(o, base, ticket, headers, claim_headers)
+            return
         status, body = await self._gate(
             "POST",
             f"{base}/claim",
@@ -208,6 +214,47 @@ class Crowd:
                 continue
             await asyncio.sleep(0.5)
         o.result = "gave_up"
+
+    async def _subscribe(
+        self,
+        o: Outcome,
+        base: str,
+        ticket: str,
+        headers: dict[str, str],
+        claim_headers: dict[str, str],
+    ) -> None:
+        """A ballot: the subscription at the core (with the pass), then at the gate."""
+        deposit = {"customer": o.customer, "amount": o.amount}
+        for _ in range(10):
+            status = await self._core(o, claim_headers, deposit)
+            if status == 200:
+                break
+            if status in (401, 403):
+                o.pass_refusals += 1
+                await asyncio.sleep(0.5)
+                status, body = await self._gate(
+                    "GET", f"{base}/status", headers, params={"ticket": ticket}
+                )
+                if status == 200 and body.get("pass"):
+                    claim_headers[PASS_HEADER] = str(body["pass"])
+                continue
+            await asyncio.sleep(0.5)
+        else:
+            o.result = "gave_up"
+            return
+        status, body = await self._gate(
+            "POST",
+            f"{base}/claim",
+            claim_headers,
+            json={"amount": str(o.amount), "idempotency_key": f"k{o.index}"},
+        )
+        if status not in (200, 201):
+            error = body.get("error")
+            raise GiveUp(
+                f"subscribe {status} {error.get('code') if isinstance(error, dict) else ''}"
+            )
+        o.reserved = int(body["subscribed"])
+        o.result = "booked"  # subscribed: the ballot allots at close
 
     async def run(self, o: Outcome) -> None:
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import secrets
@@ -41,7 +42,7 @@ from gate.errors import GateError
 from gate.redis_server import RedisServer
 
 CAMPAIGN = "special-deposit"
-NOT_YET = ("ipo-rush",)
+NOT_YET: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class Scenario:
     retries: int = 3
     stream: bool = False  # arrivals at a steady rate (spread_s grows with the customers)
     redis_kill: tuple[float, float] | None = None  # (kill -9 at s after the first, down s)
+    policy: str = "first_come"  # or "ballot": subscriptions in a window, allotted at close
+    full_rate: float | None = None  # `--full`: the admission rate (default: `rate`)
+    full_spread_s: float | None = None  # `--full`: arrivals over this long
 
     @property
     def max_active(self) -> int:
@@ -107,6 +111,22 @@ SCENARIOS["failover"] = dataclasses.replace(
     ),
     redis_kill=(1.0, 1.0),
 )
+SCENARIOS["ipo-rush"] = Scenario(
+    name="ipo-rush",
+    what=(
+        "an IPO subscription: customers subscribe 1-10 million KRW each (steps of 10,000) "
+        "in a window, the core holds each deposit; at close the ballot allots the shares "
+        "(half equally, half pro rata, the committed lottery for the remainder)"
+    ),
+    customers=1500,
+    full_customers=1_000_000,
+    spread_s=1.0,
+    total=2_000_000_000,  # about 4x oversubscribed
+    full_total=1_000_000_000_000,
+    policy="ballot",
+    full_rate=5000.0,
+    full_spread_s=60.0,
+)
 ALL = (*SCENARIOS, *NOT_YET)
 
 
@@ -123,7 +143,13 @@ def sized(scenario: Scenario, count: int, full: bool) -> Scenario:
     spread = (
         scenario.spread_s * count / scenario.customers if scenario.stream else scenario.spread_s
     )
-    return dataclasses.replace(scenario, total=max(stock, scenario.amount_min), spread_s=spread)
+    rate = scenario.rate
+    if full:
+        spread = scenario.full_spread_s or spread
+        rate = scenario.full_rate or rate
+    return dataclasses.replace(
+        scenario, total=max(stock, scenario.amount_min), spread_s=spread, rate=rate
+    )
 
 
 def validate(name: str) -> Scenario:
@@ -431,6 +457,8 @@ def earliest_served_of(
     served in arrival order (first come; partial fill takes what is left once it covers
     the minimum amount); the second figure is how many of those N booked."""
     ordered = [o for _a, o in sorted(ranked, key=lambda pair: pair[0])]
+    if scenario.policy == "ballot":  # everyone may subscribe in the window
+        return len(ordered), sum(1 for o in ordered if o["result"] == "booked")
     left, n = scenario.total, 0
     for o in ordered:
         if left < max(scenario.amount_min, 1):
@@ -478,13 +506,15 @@ def _crowd_spec(
         connections=max(1024, scenario.max_active * 2) if mode == "direct" else 256,
         deadline_s=60 + 4 * customers / scenario.rate,
         seed=customers,
+        ballot=scenario.policy == "ballot",
     )
 
 
 def _core_params(scenario: Scenario, **kw: Any) -> CoreParams:
     return dataclasses.replace(
         scenario.core,
-        total=scenario.total,
+        # A ballot's core records every subscription (the ballot allots at close).
+        total=scenario.total if scenario.policy != "ballot" else 10**15,
         min_amount=scenario.amount_min,
         step=scenario.step,
         **kw,
@@ -549,6 +579,8 @@ async def run_without(
         crowd = await run_crowd(spec, work, on_progress, _bureau_events(scenario, core_url))
         async with aiohttp.ClientSession() as session:
             core = await _get_json(session, f"{core_url}/stats")
+    if scenario.policy == "ballot":
+        core["sold"] = ballot_allotted(scenario, core)
     return analyse_row(scenario, False, crowd, core, None)
 
 
@@ -577,9 +609,31 @@ async def run_nginx(
             crowd = await run_crowd(spec, work, on_progress, _bureau_events(scenario, core_url))
         async with aiohttp.ClientSession() as session:
             core = await _get_json(session, f"{core_url}/stats")
+    if scenario.policy == "ballot":
+        core["sold"] = ballot_allotted(scenario, core)
     row = analyse_row(scenario, False, crowd, core, None, label=NGINX_ROW)
     row["limit_req"] = {"rate_per_s": max(1, round(scenario.rate)), "burst": _burst(scenario)}
     return row
+
+
+def _window_s(scenario: Scenario) -> float:
+    """The campaign's window: an hour, or a ballot's subscription window (closed at once
+    when the customers are done)."""
+    return 3600.0 if scenario.policy != "ballot" else max(600.0, 10 * scenario.spread_s)
+
+
+def ballot_allotted(scenario: Scenario, core: dict[str, Any]) -> int:
+    """Without the gate: the ballot over the subscriptions the core recorded (one per
+    customer, its first), with a fresh seed; the sum allotted."""
+    from gate.ballot import Subscription, allocate
+
+    subs: dict[str, Subscription] = {}
+    for n, s in enumerate(core["served"]):
+        if s["status"] == 200 and s["customer"] not in subs:
+            digest = hashlib.sha256(s["customer"].encode()).digest()[:16]
+            subs[s["customer"]] = Subscription(n + 1, digest, int(s["booked"]))
+    result = allocate(scenario.total, scenario.step, list(subs.values()), secrets.token_bytes(32))
+    return sum(result.values())
 
 
 def _campaign_spec(scenario: Scenario) -> dict[str, Any]:
@@ -587,7 +641,7 @@ def _campaign_spec(scenario: Scenario) -> dict[str, Any]:
     return {
         "id": CAMPAIGN,
         "opens_at": (now - timedelta(seconds=1)).isoformat(),
-        "closes_at": (now + timedelta(hours=1)).isoformat(),
+        "closes_at": (now + timedelta(seconds=_window_s(scenario))).isoformat(),
         "quota": {
             "unit": "KRW",
             "total": scenario.total,
@@ -596,7 +650,7 @@ def _campaign_spec(scenario: Scenario) -> dict[str, Any]:
             "step": scenario.step,
             "partial_fill": True,
         },
-        "policy": "first_come",
+        "policy": scenario.policy,
         "admission": {
             "rate_per_s": scenario.rate,
             "burst": _burst(scenario),
@@ -607,6 +661,20 @@ def _campaign_spec(scenario: Scenario) -> dict[str, Any]:
         },
         "prequeue": {"window_s": 0, "shuffle": False},
     }
+
+
+async def _close_ballot(admin: aiohttp.ClientSession, admin_url: str, gate: Any) -> int:
+    """Close the subscription window now; the allocation stored; the sum allotted."""
+    from gate.room.keys import CampaignKeys
+
+    await _admin_call(admin, f"{admin_url}/admin/campaigns/{CAMPAIGN}/close", {})
+    deadline = time.monotonic() + 60
+    while not await gate.room.finalize_ballot(CAMPAIGN):
+        if time.monotonic() > deadline:
+            raise GateError("the ballot's allocation was not stored in time", code="demo")
+        await asyncio.sleep(0.2)
+    values = await gate.room.redis.hvals(CampaignKeys(CAMPAIGN).allocations)
+    return sum(int(v) for v in values)
 
 
 async def run_with(
@@ -676,6 +744,9 @@ async def run_with(
                 break
             await asyncio.sleep(0.1)
         core = await _get_json(admin, f"{core_url}/stats")
+        if scenario.policy == "ballot":
+            admin_url = f"http://{admin_host}:{admin_port}"
+            core["sold"] = await _close_ballot(admin, admin_url, gate)
         audit = await gate.room.audit_entries(CAMPAIGN)
         shown = await _get_json(
             admin, f"http://{admin_host}:{admin_port}/admin/campaigns/{CAMPAIGN}"
@@ -825,6 +896,7 @@ def compare(
     report: dict[str, Any] = {
         "scenario": scenario.name,
         "what": scenario.what,
+        "policy": scenario.policy,
         "customers": count,
         "total_krw": scenario.total,
         "rate": scenario.rate,
