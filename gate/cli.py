@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--customers", type=int, help="default: the scenario's (burst: 3000)")
     demo.add_argument("--rate", type=float, help="admission rate/s (default: the scenario's)")
     demo.add_argument("--full", action="store_true", help="the issue's full sizes (slow)")
+    demo.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the nginx limit_req row (the scenarios run it when nginx is installed)",
+    )
     demo.add_argument("--out", default="demo-out")
 
     # the two commands that talk to a running gate's admin API find it the same way
@@ -300,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rate=args.rate,
                 out=Path(args.out),
                 full=args.full,
+                baseline=not args.no_baseline,
             )
         if args.command == "campaign":
             return _campaign_command(args)

@@ -254,6 +254,7 @@ def run_demo(
     rate: float | None = None,
     out: Path = Path("demo-out"),
     full: bool = False,
+    baseline: bool = True,
 ) -> int:
     """Run the demo; print the summary; write the report under `out`. 0 when every check held.
 
@@ -263,7 +264,7 @@ def run_demo(
     if scenario != "burst":
         from gate.demo.scenarios import run_scenario
 
-        return run_scenario(scenario, customers, rate, full, Path(out))
+        return run_scenario(scenario, customers, rate, full, Path(out), baseline)
     customers = 3000 if customers is None else customers
     rate = 500.0 if rate is None else rate
     _validate(scenario, customers, rate)

@@ -937,7 +937,12 @@ def row_checks(row: dict[str, Any]) -> dict[str, bool]:
 
 
 def run_scenario(
-    name: str, customers: int | None, rate: float | None, full: bool, out: Path
+    name: str,
+    customers: int | None,
+    rate: float | None,
+    full: bool,
+    out: Path,
+    baseline: bool = True,
 ) -> int:
     scenario = validate(name)
     count = customers if customers is not None else (
@@ -956,7 +961,7 @@ def run_scenario(
         raise GateError(f"out: cannot create {out}: {exc.strerror}", code="bad_out") from None
     work = Path(tempfile.mkdtemp(prefix="scenario-", dir=out))
     try:
-        report = compare(scenario, count, work, _progress())
+        report = compare(scenario, count, work, _progress(), baseline)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
