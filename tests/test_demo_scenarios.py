@@ -101,6 +101,28 @@ def test_nginx_limit_req_baseline_serves_out_of_order_the_gate_does_not(tmp_path
     assert "nginx limit_req" in text and "earliest N served" in text
 
 
+def test_without_nginx_the_baseline_row_says_so_and_the_rest_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gate.demo.baseline_nginx
+
+    monkeypatch.setattr(gate.demo.baseline_nginx, "nginx_binary", lambda: None)
+    scenario = dataclasses.replace(
+        SCENARIOS["special-deposit"], spread_s=0.2, total=100_000_000, rate=100.0,
+        core=SMALL_CORE,
+    )  # fmt: skip
+    report = compare(scenario, 40, tmp_path)
+    assert report["nginx_limit_req"] == {
+        "row": "nginx limit_req",
+        "missing": "nginx is not installed",
+    }
+    assert report["with_gate"]["inversions"] == 0 and report["without_gate"]["customers"] == 40
+    text = summary_text(report)
+    assert "nginx limit_req: not run (nginx is not installed)" in text
+    table_row = [line for line in text.split("\n") if line.startswith("  nginx limit_req  ")]
+    assert len(table_row) == 1 and "n/a" in table_row[0], text  # its row in the table
+
+
 @pytest.mark.slow
 def test_ipo_rush_ballot_without_the_gate_fails_and_with_it_holds(tmp_path: Path) -> None:
     # 300 subscriptions within 0.5 s at the small core (holds 24, ~160/s); the window is
