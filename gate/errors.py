@@ -34,6 +34,17 @@ class Unauthorized(GateError):
     status = 401
 
 
+class NotYet(Unauthorized):
+    """A pass presented before its paced arrival time (issue 12): 401 with Retry-After
+    (seconds) and X-Gate-Retry-After-Ms (the wait, in milliseconds)."""
+
+    code = "pass_not_yet"
+
+    def __init__(self, message: str, *, retry_after_ms: int):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
 class Forbidden(GateError):
     code = "forbidden"
     status = 403

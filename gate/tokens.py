@@ -2,7 +2,9 @@
 
 Wire form: ``<payload>.<mac>``, both base64url; the payload is a msgpack list
 ``[kind, kid, campaign, seq, digest, exp]`` and the MAC is HMAC-SHA256 under the key
-named by ``kid``. ``kind`` keeps a ticket from being accepted as a pass and back.
+named by ``kid``. A pass whose holder must wait for their paced arrival (issue 12) has a
+seventh field, ``not_before`` (microseconds of Redis time); without it, 0: no wait. ``kind`` keeps a
+ticket from being accepted as a pass and back.
 A poll or an auth check verifies a token with no Redis round trip.
 """
 
@@ -37,6 +39,7 @@ class Token:
     seq: int
     digest: bytes
     exp: int  # unix seconds; 0 = no expiry of its own (a ticket lives with its campaign)
+    not_before: int = 0  # unix microseconds (Redis time) a pass is valid from; 0 = now
 
 
 def customer_digest(keys: SigningKeys, campaign: str, customer_id: str) -> bytes:
@@ -51,14 +54,25 @@ class TokenSigner:
 
     def sign(self, token: Token) -> str:
         key = self._keys.hmac_keys[token.kid]
-        payload = msgpack.packb(
-            [token.kind, token.kid, token.campaign, token.seq, token.digest, token.exp]
-        )
+        fields = [token.kind, token.kid, token.campaign, token.seq, token.digest, token.exp]
+        if token.not_before > 0:  # only then: a pass without a wait keeps its old form
+            fields.append(token.not_before)
+        payload = msgpack.packb(fields)
         mac = hmac.new(key, payload, hashlib.sha256).digest()
         return f"{base64url.encode(payload)}.{base64url.encode(mac)}"
 
-    def issue(self, kind: str, campaign: str, seq: int, digest: bytes, exp: int = 0) -> str:
-        return self.sign(Token(kind, self._keys.hmac_current, campaign, seq, digest, exp))
+    def issue(
+        self,
+        kind: str,
+        campaign: str,
+        seq: int,
+        digest: bytes,
+        exp: int = 0,
+        not_before: int = 0,
+    ) -> str:
+        return self.sign(
+            Token(kind, self._keys.hmac_current, campaign, seq, digest, exp, not_before)
+        )
 
     def verify(self, text: str, kind: str, *other_kinds: str) -> Token:
         """Check the MAC and the shape; the caller checks campaign, expiry and revocation.
@@ -87,9 +101,16 @@ class TokenSigner:
             UnicodeDecodeError,
         ):
             raise TokenError("malformed token") from None
-        if not isinstance(fields, list) or len(fields) != 6:
+        if not isinstance(fields, list) or len(fields) not in (6, 7):
             raise TokenError("malformed token")
-        token_kind, kid, campaign, seq, digest, exp = fields
+        token_kind, kid, campaign, seq, digest, exp = fields[:6]
+        not_before = fields[6] if len(fields) == 7 else 0
+        if (
+            type(not_before) is not int
+            or not_before < 0
+            or (len(fields) == 7 and not (token_kind == PASS and not_before > 0))
+        ):
+            raise TokenError("malformed token")
         if not (
             isinstance(token_kind, str)
             and isinstance(kid, str)
@@ -109,4 +130,4 @@ class TokenSigner:
             raise TokenError("wrong kind of token")
         if (seq != 0 if token_kind == PREQUEUE_TICKET else seq < 1) or len(digest) != 16:
             raise TokenError("malformed token")
-        return Token(token_kind, kid, campaign, seq, digest, exp)
+        return Token(token_kind, kid, campaign, seq, digest, exp, not_before)

@@ -15,17 +15,15 @@
   KEYS[6] expiries zset  fg:{c}:resexp
   KEYS[7] holds hash     fg:{c}:holds
   KEYS[8] spent hash     fg:{c}:spent
-  KEYS[9] not-before     fg:{c}:nb        seq -> scheduled arrival (us), future ones only
+  KEYS[9] not-before     fg:{c}:nb        seq -> paced arrival (us; pass.lua), trimmed here
   ARGV[1] max_per_call   most customers admitted by this call
   ARGV[2] expire_limit   most active entries expired by this call
   Returns {OK, admitted, cursor, active, expired, state}, or {UNKNOWN_CAMPAIGN} when there
   is no such campaign.
-  Arrivals are paced (issue 12): the i-th customer this call admits (0-based) may pass
-  /gate/auth from nb_i = max(now, p + ceil(i * 1e6 / rate)), where p is the pacing clock
-  `pace_us` (the next free arrival slot), first raised to now - (burst - 1) x 1e6 / rate
-  (so at most `burst` arrive at once after a lull); then pace_us = p + ceil(n * 1e6 / rate).
-  Any 1-s window of Redis time thus holds at most rate + burst arrivals, however late this
-  call runs. The entry logs p; the pass deadline is the last nb + pass_ttl.
+  The bucket (lib/common.lua refill) adds rate x the Redis time elapsed since the last
+  call (at most 1 s of it) to a carry of at most `burst`, so the configured rate is
+  delivered however late this call runs (issue 12); when the admitted customers arrive at
+  the core is paced separately, as their passes are issued (pass.lua).
 ]]
 --!include lib/common.lua
 --!include lib/money.lua
@@ -36,7 +34,7 @@ local expire_limit = int_arg(ARGV[2], 1, 'expire_limit')
 
 local m = rcall('HMGET', KEYS[1], 'state', 'opens_at_us', 'closes_at_us', 'rate', 'burst',
   'max_active', 'pass_ttl_us', 'seq', 'cursor', 'tokens', 'bucket_us', 'policy', 'pq_shuffle',
-  'pq_state', 'pace_us')
+  'pq_state')
 if not m[1] then return {UNKNOWN_CAMPAIGN} end
 local state = m[1]
 local now = now_us()
@@ -72,6 +70,9 @@ if state ~= 'closed' then
   end
 end
 
+-- Scheduled arrivals that have passed need no entry: an absent seq may pass at once.
+rcall('ZREMRANGEBYSCORE', KEYS[9], '-inf', now)
+
 if state == 'closed' then return {OK, 0, tonumber(m[9]), rcall('ZCARD', KEYS[2]), 0, state} end
 local rate, burst = tonumber(m[4]), tonumber(m[5])
 local tokens = refill(tonumber(m[10]), tonumber(m[11]), rate, burst, now)
@@ -100,6 +101,7 @@ if m[12] == 'first_come' and k > 0 then
   k = math.min(k, math.max(0, can_serve - math.max(0, active - tonumber(q[5]))))
 end
 local admitted, skipped = {}, {}
+local deadline = now + tonumber(m[7])
 local has_revoked = rcall('SCARD', KEYS[3]) > 0
 local s = cursor + 1
 while #admitted < k and s <= last_seq do
@@ -111,27 +113,9 @@ while #admitted < k and s <= last_seq do
   s = s + 1
 end
 local new_cursor = s - 1
--- Arrivals whose slot has passed need no entry: an absent seq may pass at once.
-rcall('ZREMRANGEBYSCORE', KEYS[9], '-inf', now)
 if new_cursor > cursor then
-  local interval = 1000000 / rate
-  local pace = tonumber(m[15]) or 0
-  local lull = now - math.floor(math.max(burst - 1, 0) * interval)
-  if pace < lull then pace = lull end
-  local last_nb = math.max(now, pace + math.ceil((#admitted - 1) * interval))
-  if #admitted == 0 then last_nb = now end
-  local deadline = last_nb + tonumber(m[7])
-  local zargs, nargs = {}, {}
+  local zargs = {}
   for i = 1, #admitted do
-    local nb = pace + math.ceil((i - 1) * interval)
-    if nb > now then
-      nargs[#nargs + 1] = nb
-      nargs[#nargs + 1] = admitted[i]
-      if #nargs >= 1000 then
-        rcall('ZADD', KEYS[9], unpack(nargs))
-        nargs = {}
-      end
-    end
     zargs[#zargs + 1] = deadline
     zargs[#zargs + 1] = admitted[i]
     if #zargs >= 1000 then
@@ -140,16 +124,11 @@ if new_cursor > cursor then
     end
   end
   if #zargs > 0 then rcall('ZADD', KEYS[2], unpack(zargs)) end
-  if #nargs > 0 then rcall('ZADD', KEYS[9], unpack(nargs)) end
-  if #admitted > 0 then
-    rcall('HSET', KEYS[1], 'pace_us', int_str(pace + math.ceil(#admitted * interval)))
-  end
   tokens = tokens - #admitted
   rcall('HSET', KEYS[1], 'cursor', new_cursor)
   rcall('HINCRBY', KEYS[1], 'admitted', #admitted)
   if #skipped > 0 then rcall('HINCRBY', KEYS[1], 'skipped', #skipped) end
-  local entry = {k = 'admit', f = cursor + 1, l = new_cursor, n = #admitted, d = deadline,
-                 p = pace}
+  local entry = {k = 'admit', f = cursor + 1, l = new_cursor, n = #admitted, d = deadline}
   if #skipped > 0 then entry['x'] = skipped end
   audit(KEYS[1], KEYS[4], now, entry)
 end

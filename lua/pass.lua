@@ -9,9 +9,17 @@
   KEYS[7] spent hash     fg:{c}:spent
   KEYS[8] subscriptions  fg:{c}:subs
   KEYS[9] tickets hash   fg:{c}:tickets   digest -> seq
+  KEYS[10] not-before    fg:{c}:nb        seq -> scheduled arrival (us), future ones only
+  Arrivals are paced here (issue 12), when a customer's pass is first issued: however the
+  customers' polls bunch, the k-th pass issued is valid from nb = max(now, a), a being
+  the arrival clock `arrive_us` first raised to now - floor((burst - 1) x 1e6 / rate);
+  then arrive_us = a + ceil(1e6 / rate). Any 1-s window of Redis time thus holds at most
+  rate + burst first arrivals. A pass valid only after the admission's deadline moves
+  the deadline to nb + pass_ttl. The `pass` entry logs nb (and the deadline d).
   ARGV[1] seq            ARGV[2] customer digest (16 raw bytes, from the signed ticket)
-  Returns {OK, state[, value]}: {OK, ADMITTED, deadline_us[, entry]} (entry: the audit
-  index of the `pass` entry, when this call logged it), {OK, WAITING, cursor},
+  Returns {OK, state[, value]}: {OK, ADMITTED, deadline_us, not_before_us[, entry]}
+  (not_before_us: when the customer may arrive, 0 if that has passed (issue 12); entry:
+  the audit index of the `pass` entry, when this call logged it), {OK, WAITING, cursor},
   {OK, EXPIRED}, {OK, CLAIMED, amount} (held, confirmed or subscribed), {OK, REVOKED},
   {OK, CLOSED}; or {UNKNOWN_CAMPAIGN}, or {TICKET_UNKNOWN} when Redis does not hold
   tickets[digest] == seq (the ticket was lost, or the seq is another customer's).
@@ -20,7 +28,8 @@
 --!include lib/replies.lua
 local seq = int_arg(ARGV[1], 1, 'seq')
 if string.len(ARGV[2] or '') ~= 16 then error('bad argument: digest') end
-local m = rcall('HMGET', KEYS[1], 'state', 'cursor')
+local m = rcall('HMGET', KEYS[1], 'state', 'cursor', 'rate', 'burst', 'pass_ttl_us',
+  'arrive_us')
 if not m[1] then return {UNKNOWN_CAMPAIGN} end
 if not ticket_held(KEYS[9], ARGV[2], seq) then return {TICKET_UNKNOWN} end
 if m[1] == 'closed' then return {OK, CLOSED} end
@@ -36,8 +45,26 @@ local deadline = rcall('ZSCORE', KEYS[2], seq)
 local now = now_us()
 if not deadline or tonumber(deadline) <= now then return {OK, EXPIRED} end
 if rcall('SADD', KEYS[4], seq) == 1 then
+  local rate, burst = tonumber(m[3]), tonumber(m[4])
+  local interval = 1000000 / rate
+  local a = tonumber(m[6]) or 0
+  local lull = now - math.floor(math.max(burst - 1, 0) * interval)
+  if a < lull then a = lull end
+  local nb = math.max(now, a)
+  rcall('HSET', KEYS[1], 'arrive_us', int_str(a + math.ceil(interval)))
+  deadline = tonumber(deadline)
+  if nb > now then
+    rcall('ZADD', KEYS[10], nb, seq)
+    local ttl = tonumber(m[5])
+    if nb + ttl > deadline then
+      deadline = nb + ttl
+      rcall('ZADD', KEYS[2], 'XX', deadline, seq)
+    end
+  end
   local entry = audit(KEYS[1], KEYS[5], now,
-    {k = 'pass', s = seq, c = ARGV[2], d = tonumber(deadline)})
-  return {OK, ADMITTED, int_str(tonumber(deadline)), entry}
+    {k = 'pass', s = seq, c = ARGV[2], d = deadline, nb = nb})
+  return {OK, ADMITTED, int_str(deadline), int_str(nb > now and nb or 0), entry}
 end
-return {OK, ADMITTED, int_str(tonumber(deadline))}
+local nb = tonumber(rcall('ZSCORE', KEYS[10], seq) or '0')
+if nb <= now then nb = 0 end
+return {OK, ADMITTED, int_str(tonumber(deadline)), int_str(nb)}

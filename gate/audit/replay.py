@@ -176,7 +176,7 @@ class Replay:
         self.passed: set[int] = set()
         self.tokens = 0.0  # an upper bound on the bucket's level
         self.bucket_us = 0
-        self.pace_us = 0  # the arrival pacing clock (admit.lua's pace_us; issue 12)
+        self.arrive_us = 0  # the arrival clock (pass.lua's arrive_us; issue 12)
         # quota
         self.reservations: dict[str, Reservation] = {}
         self.res_n = 0
@@ -486,20 +486,8 @@ class Replay:
                 raise EntryProblem(f"seq {seq} {what}")
         if count != last - first + 1 - len(skip):
             raise EntryProblem(f"n = {count}, but the range admits {last - first + 1 - len(skip)}")
-        last_nb = t
-        if "p" in entry:  # paced arrivals (issue 12); older entries: everyone at t
-            pace = need_int(entry, "p")
-            interval = 1_000_000 / self.settings["rate"]
-            lull = t - math.floor(max(self.settings["burst"] - 1, 0) * interval)
-            if pace != max(self.pace_us, lull):
-                raise EntryProblem(
-                    f"arrivals paced from {pace}, expected {max(self.pace_us, lull)}"
-                )
-            if count > 0:
-                last_nb = max(t, pace + math.ceil((count - 1) * interval))
-                self.pace_us = pace + math.ceil(count * interval)
-        if deadline != last_nb + self.settings["pass_ttl_us"]:
-            raise EntryProblem("the pass deadline is not the last arrival + pass_ttl")
+        if deadline != t + self.settings["pass_ttl_us"]:
+            raise EntryProblem("the pass deadline is not t + pass_ttl")
         # I6: the token bucket and the active cap
         self._refill(t)
         if count > math.floor(self.tokens + 1e-6):
@@ -557,8 +545,22 @@ class Replay:
             raise EntryProblem(f"a pass for seq {seq}, which has already claimed")
         if seq not in self.active or t >= self.active[seq]:
             raise EntryProblem(f"a pass for seq {seq}, whose admission has expired")
-        if deadline != self.active[seq]:
+        # Paced arrivals (issue 12): the arrival clock, as pass.lua keeps it. A log from
+        # before (no nb) is not checked against it.
+        interval = 1_000_000 / self.settings["rate"]
+        lull = t - math.floor(max(self.settings["burst"] - 1, 0) * interval)
+        slot = max(self.arrive_us, lull)
+        self.arrive_us = slot + math.ceil(interval)
+        expected = self.active[seq]
+        if "nb" in entry:
+            nb = need_int(entry, "nb")
+            if nb != max(t, slot):
+                raise EntryProblem(f"seq {seq} may arrive from {nb}, expected {max(t, slot)}")
+            if nb > t:
+                expected = max(expected, nb + int(self.settings["pass_ttl_us"]))
+        if deadline != expected:
             raise EntryProblem(f"the pass deadline is not seq {seq}'s admission deadline")
+        self.active[seq] = deadline
         self.passed.add(seq)
 
     def _block(self, t: int, entry: dict[str, Any]) -> None:

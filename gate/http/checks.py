@@ -7,6 +7,7 @@ Each check answers with the value or raises the error the client sees.
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from gate.cache import LiveCampaign
 from gate.campaign import valid_campaign_id
-from gate.errors import BadRequest, Forbidden, GateError, NotFound, Unauthorized
+from gate.errors import BadRequest, Forbidden, GateError, NotFound, NotYet, Unauthorized
 from gate.http.common import MSGPACK, Handler, gate_of
 from gate.identity import Credentials, Identity
 from gate.tokens import PASS, Token, TokenError, customer_digest
@@ -115,6 +116,11 @@ def verified_pass(request: web.Request, campaign: str | None = None) -> tuple[To
     # process whose wall clock lags accepts no expired pass.
     if token.exp <= gate.cache.redis_now():
         raise Unauthorized("the pass has expired", code="pass_expired")
+    # Paced arrivals (issue 12): a pass is valid from its not_before, by Redis time.
+    early_us = token.not_before - gate.cache.redis_now() * 1_000_000
+    if early_us > 0:
+        wait_ms = max(1, math.ceil(early_us / 1000))
+        raise NotYet(f"this pass is valid in {wait_ms} ms", retry_after_ms=wait_ms)
     wanted = campaign if campaign is not None else wanted_campaign(request)
     if wanted != token.campaign:
         raise Forbidden("this pass is for another campaign", code="wrong_campaign")

@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from gate.errors import BadRequest, GateError, RedisRefused, Unavailable
+from gate.errors import BadRequest, GateError, NotYet, RedisRefused, Unavailable
 from gate.failover import Reconciling
 from gate.http.page import error_page, prefers_html
 from gate.service import Gate
@@ -224,7 +224,13 @@ async def _answer(request: web.Request, handler: Handler, route: str) -> web.Str
     except GateError as exc:
         if exc.status >= 500:
             log.error("event=gate_error route=%s code=%s message=%s", route, exc.code, exc.message)
-        response = error_response(request, exc.status, exc.code, exc.message)
+        wait: dict[str, str] | None = None
+        if isinstance(exc, NotYet):  # a paced pass, early: when to come back
+            wait = {
+                "Retry-After": str(max(1, -(-exc.retry_after_ms // 1000))),
+                "X-Gate-Retry-After-Ms": str(exc.retry_after_ms),
+            }
+        response = error_response(request, exc.status, exc.code, exc.message, wait)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -221,6 +221,15 @@ def openapi_document() -> dict[str, Any]:
                             "description": "When admitted: send as X-Gate-Pass",
                         },
                         "pass_expires_at": {"type": "integer", "description": "Unix seconds"},
+                        "not_before": {
+                            "type": "integer",
+                            "description": "Paced arrival: the pass (given already, state "
+                            "still waiting) is valid from this Redis time, unix microseconds",
+                        },
+                        "retry_after_ms": {
+                            "type": "integer",
+                            "description": "Paced arrival: come back (or go on) after this",
+                        },
                     },
                 },
                 "Claim": {

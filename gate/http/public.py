@@ -271,7 +271,7 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
     if not gate.cache.fresh():
         # A pass grants access: it is issued only on state proven just now (I7).
         raise Unavailable()
-    state, value = await gate.room.pass_check(campaign, token.seq, token.digest)
+    state, value, not_before = await gate.room.pass_status(campaign, token.seq, token.digest)
     if state == "revoked":
         raise Forbidden("this customer's admission was revoked", code="revoked")
     if state == "waiting":  # another process's cache ran ahead of ours; keep waiting
@@ -294,7 +294,25 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
             final["poll_after_ms"] = 2000 if allocated is None and subscribed else None
         return final
     expires_at = value // 1_000_000
-    pass_token = gate.signer.issue(PASS, campaign, token.seq, token.digest, exp=expires_at)
+    pass_token = gate.signer.issue(
+        PASS, campaign, token.seq, token.digest, exp=expires_at, not_before=not_before
+    )
+    early_us = not_before - redis_now_us(request)
+    if not_before and early_us > 0:
+        # Paced arrival (issue 12): the pass is valid from not_before; until then the
+        # customer waits at the front (clients that go on at "admitted" wait by themselves).
+        wait_ms = max(1, math.ceil(early_us / 1000))
+        return {
+            **base,
+            "state": "waiting",
+            "position": 0,
+            "eta_s": math.ceil(wait_ms / 1000),
+            "poll_after_ms": wait_ms,
+            "retry_after_ms": wait_ms,
+            "not_before": not_before,
+            "pass": pass_token,
+            "pass_expires_at": expires_at,
+        }
     return {
         **base,
         "state": "admitted",

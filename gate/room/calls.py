@@ -235,6 +235,12 @@ class ScriptCalls:
         closed; "unknown" for no such campaign) and its number (deadline, cursor, amount).
         A token whose ticket Redis does not hold (lost in a failover, or another
         customer's seq) raises TICKET_UNKNOWN's error (409 ticket_unknown): no pass."""
+        state, value, _ = await self.pass_status(campaign, seq, digest)
+        return state, value
+
+    async def pass_status(self, campaign: str, seq: int, digest: bytes) -> tuple[str, int, int]:
+        """pass_check's state and number, and for an admitted customer the scheduled
+        arrival (not_before, microseconds of Redis time; 0 when it has passed): issue 12."""
         k = CampaignKeys(campaign)
         status, reply = await self._durable_call(
             "pass",
@@ -248,19 +254,21 @@ class ScriptCalls:
                 k.spent,
                 k.subscriptions,
                 k.tickets,
+                k.not_before,
             ],
             [seq, digest],
             mark=k.durable_mark,
         )
         if status.expect(Reply.OK, Reply.UNKNOWN_CAMPAIGN) is Reply.UNKNOWN_CAMPAIGN:
-            return "unknown", 0
+            return "unknown", 0, 0
         state = Reply.of(reply[1]).expect(
             Reply.ADMITTED, Reply.WAITING, Reply.EXPIRED, Reply.CLAIMED, Reply.REVOKED, Reply.CLOSED
         )
         value = int(reply[2]) if len(reply) > 2 else 0
-        if state is Reply.ADMITTED and self.marks is not None and len(reply) > 3:
-            self.marks.acknowledged(campaign, audit_n=int(reply[3]))
-        return str(state.value), value
+        not_before = int(reply[3]) if state is Reply.ADMITTED and len(reply) > 3 else 0
+        if state is Reply.ADMITTED and self.marks is not None and len(reply) > 4:
+            self.marks.acknowledged(campaign, audit_n=int(reply[4]))
+        return str(state.value), value, not_before
 
     async def claim(
         self, campaign: str, seq: int, digest: bytes, amount: int, idempotency_key: str
