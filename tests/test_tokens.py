@@ -221,3 +221,32 @@ def test_key_files(tmp_path: Path) -> None:
     bad.write_text(json.dumps(document))
     with pytest.raises(ConfigError, match="malformed"):
         load_or_create_keys(bad, create=False)
+
+
+def test_pass_not_before_is_signed_and_optional(keys: SigningKeys) -> None:
+    """Issue 12: a paced pass carries not_before as a 7th field; a pass without a wait
+    keeps the 6-field form (a gate of before reads it), and the 7th field is a pass's
+    only, a positive int, under the MAC like the rest."""
+    signer = TokenSigner(keys)
+    digest = b"d" * 16
+    plain = signer.issue(PASS, "c1", 3, digest, exp=100)
+    assert len(msgpack.unpackb(unb64url(plain.split(".")[0]))) == 6
+    assert signer.verify(plain, PASS).not_before == 0
+    paced = signer.issue(PASS, "c1", 3, digest, exp=100, not_before=1_700_000_000_123_456)
+    assert len(msgpack.unpackb(unb64url(paced.split(".")[0]))) == 7
+    assert signer.verify(paced, PASS).not_before == 1_700_000_000_123_456
+    k = keys.hmac_current
+    for fields in (
+        [TICKET, k, "c1", 3, digest, 0, 5],  # a ticket has no not_before
+        [PASS, k, "c1", 3, digest, 100, 0],  # written only when positive
+        [PASS, k, "c1", 3, digest, 100, -5],
+        [PASS, k, "c1", 3, digest, 100, "5"],
+    ):
+        with pytest.raises(TokenError):
+            signer.verify(_signed(keys, fields), PASS, TICKET)
+    # an earlier not_before under the same MAC: any changed byte breaks the signature
+    payload, mac = paced.split(".")
+    forged = msgpack.packb([PASS, k, "c1", 3, digest, 100, 1])
+    with pytest.raises(TokenError):
+        signer.verify(f"{b64url(forged)}.{mac}", PASS)
+    assert payload != b64url(forged)
