@@ -985,6 +985,8 @@ def test_every_state_page_has_readable_contrast_and_a_visible_focus(
             context.close()
     finally:
         bank.redis.start()
+    # A restarted Redis is a new primary: the gate reconciles (503 reconciling) first.
+    wait_gate_ready(bank.gate)
     bank.admin("POST", f"/admin/campaigns/{paused}/resume")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "contrast.json").write_text(

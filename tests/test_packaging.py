@@ -173,7 +173,7 @@ def test_a_fresh_venv_with_the_wheel_runs_the_demo(wheel: Path, tmp_path: Path) 
         timeout_s=RUN_TIMEOUT_S,
     )  # fmt: skip
     assert re.search(r"^\s*result\s+OK\s*$", demo.stdout, re.MULTILINE), demo.stdout
-    assert (run / "out" / "report.json").is_file()
+    assert (run / "out" / "special-deposit.json").is_file()  # the default scenario
 
 
 @pytest.mark.slow
