@@ -13,11 +13,19 @@ and reconciles with those of the processes that kept running.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# Confirmations and releases remembered per campaign (the newest), to restore after a
-# failover that lost them: about 100 bytes each.
+# Confirmations and releases remembered per campaign, to restore after a failover that
+# lost them: those acknowledged in the last FINISHED_WINDOW_S, and never more than
+# FINISHED_KEPT (the newest; a few hundred bytes each). A new primary lacks only what had
+# not reached it when the old one died (with `redis_wait_replicas` > 0: nothing that was
+# acknowledged), and the watch notices a new primary within a second: a finish older than
+# two minutes that it lacks is not one a failover lost. The window keeps the journal's
+# memory flat under a steady load (it grew with every confirmation of a long campaign).
+FINISHED_WINDOW_S = 120.0
 FINISHED_KEPT = 100_000
 
 
@@ -29,6 +37,8 @@ class CampaignMarks:
     sealed: int = 0  # the largest log size seen sealed (checkpoint) or in a segment file
     # reservation id -> (script, its arguments after the id): confirm/release acknowledged
     finished: OrderedDict[str, tuple[str, tuple[str, ...]]] = field(default_factory=OrderedDict)
+    # when each of `finished` was acknowledged (the clock of Marks), oldest first
+    finished_at: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     def encode(self, previous_primary: str) -> str:
         """The form reconcile.lua reads: "seq,res_n,audit_n,sealed,previous run id"."""
@@ -36,8 +46,9 @@ class CampaignMarks:
 
 
 class Marks:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.campaigns: dict[str, CampaignMarks] = {}
+        self.clock = clock
 
     def of(self, campaign: str) -> CampaignMarks:
         return self.campaigns.setdefault(campaign, CampaignMarks())
@@ -60,10 +71,18 @@ class Marks:
         """A confirmation or release acknowledged to the core system."""
         marks = self.of(campaign)
         marks.audit_n = max(marks.audit_n, audit_n)
+        now = self.clock()
         marks.finished[reservation] = (script, args)
         marks.finished.move_to_end(reservation)
-        while len(marks.finished) > FINISHED_KEPT:
-            marks.finished.popitem(last=False)
+        marks.finished_at[reservation] = now
+        marks.finished_at.move_to_end(reservation)
+        oldest = next(iter(marks.finished_at.values()))
+        while len(marks.finished) > FINISHED_KEPT or oldest < now - FINISHED_WINDOW_S:
+            gone, _ = marks.finished_at.popitem(last=False)
+            del marks.finished[gone]
+            if not marks.finished_at:
+                break
+            oldest = next(iter(marks.finished_at.values()))
 
     def reservation(self, campaign: str, reservation: str, audit_n: int = 0) -> None:
         """A reservation id ("r17", or "r17-<random part>") acknowledged."""
