@@ -264,3 +264,18 @@ def test_control_endpoint_refuses_bad_input(tmp_path: Path) -> None:
         return statuses
 
     assert asyncio.run(check()) == [400, 400, 400, 200, 400]
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
+async def test_the_nginx_baseline_starts_with_a_relative_out_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make demo` writes to the relative `demo-out`: nginx reads a relative -c, -e or
+    config path against its prefix, so a relative work directory failed to start it."""
+    from gate.demo.baseline_nginx import nginx_limit_req
+
+    monkeypatch.chdir(tmp_path)
+    binary = nginx_binary()
+    assert binary is not None
+    async with nginx_limit_req(binary, "http://127.0.0.1:9", 10, 5, Path("demo-out")) as url:
+        assert url.startswith("http://127.0.0.1:")

@@ -77,7 +77,8 @@ async def nginx_limit_req(
     binary: str, core_url: str, rate: float, burst: int, work: Path
 ) -> AsyncIterator[str]:
     """nginx with `limit_req` in front of `core_url`; yields its base URL."""
-    root = work / f"nginx-{_free_port()}"
+    # absolute: nginx reads a relative -c, -e or path in its config against its prefix
+    root = (work / f"nginx-{_free_port()}").resolve()
     root.mkdir(parents=True)
     core_port = int(core_url.rsplit(":", 1)[1])
     for _attempt in range(3):  # a free port taken in between: try another
@@ -118,5 +119,6 @@ async def nginx_limit_req(
                 except TimeoutError:
                     process.kill()
                     await process.wait()
-    log = (root / "error.log").read_text(errors="replace")[-400:] if root.exists() else ""
+    error_log = root / "error.log"
+    log = error_log.read_text(errors="replace")[-400:] if error_log.is_file() else ""
     raise GateError(f"nginx did not start: {log.strip()}", code="demo")
