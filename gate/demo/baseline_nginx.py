@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from gate.demo.children import stop
 from gate.errors import GateError
 
 
@@ -112,13 +113,7 @@ async def nginx_limit_req(
                 yield f"http://127.0.0.1:{port}"
                 return
         finally:
-            if process.returncode is None:
-                process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), timeout=10)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+            await stop(process)
     error_log = root / "error.log"
     log = error_log.read_text(errors="replace")[-400:] if error_log.is_file() else ""
     raise GateError(f"nginx did not start: {log.strip()}", code="demo")

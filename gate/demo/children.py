@@ -30,13 +30,18 @@ async def child(*args: str, stdout: int | None = None) -> AsyncIterator[asyncio.
     finally:
         if process.stdin is not None:
             process.stdin.close()
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop(process)
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL after 10 s; nothing when it has already exited."""
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout=10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 # --- the child's side ----------------------------------------------------------------------
