@@ -279,3 +279,65 @@ async def test_the_nginx_baseline_starts_with_a_relative_out_directory(
     assert binary is not None
     async with nginx_limit_req(binary, "http://127.0.0.1:9", 10, 5, Path("demo-out")) as url:
         assert url.startswith("http://127.0.0.1:")
+
+
+async def test_the_cores_health_probe_takes_a_deposits_path(tmp_path: Path) -> None:
+    """`GET /health` waits for a session in the customers' queue and calls the bureau: its
+    round trip grows with the bureau's latency and with the queue; a full queue is a 503."""
+    import asyncio
+
+    import aiohttp
+
+    from gate.demo.scenarios import sim_core
+    from tests.helpers import wait_for
+
+    one = dataclasses.replace(SMALL_CORE, capacity=1, queue_max=4, bureau_ms=100)
+    async with sim_core(one, tmp_path) as url, aiohttp.ClientSession() as session:
+
+        async def probe() -> tuple[int, dict[str, object]]:
+            async with session.get(f"{url}/health") as r:
+                return r.status, json.loads(await r.text())
+
+        status, quiet = await probe()
+        assert status == 200 and quiet["status"] == "ok" and quiet["queued"] == 0
+        assert 50 <= float(quiet["latency_ms"]) < 5000  # the bureau's 50-150 ms, and no wait
+
+        async def deposit(n: int) -> None:
+            body = {"customer": f"c{n}", "amount": 1_000_000}
+            async with session.post(f"{url}/deposit", json=body) as r:
+                await r.read()
+
+        async def queued(n: int) -> bool:
+            async with session.get(f"{url}/stats?summary=1") as r:
+                return bool(json.loads(await r.text())["queued"] == n)
+
+        # Four deposits ahead of it (one in the session, three queued): the probe waits for
+        # each one's bureau call (>= 50 ms) before its own.
+        ahead = [asyncio.create_task(deposit(n)) for n in range(4)]
+        await wait_for(lambda: queued(3), 10, "three deposits queued")
+        status, behind = await probe()
+        assert status == 200 and float(behind["latency_ms"]) >= 4 * 50
+        await asyncio.gather(*ahead)
+
+        # Ten times slower bureau: the probe's latency is at least half of 1,000 ms.
+        async with session.post(f"{url}/control", json={"bureau_ms": 1000}) as r:
+            assert r.status == 200
+        status, slow = await probe()
+        assert status == 200 and float(slow["latency_ms"]) >= 500
+
+        # The session and the queue full: refused at once, as a request would be.
+        full = [asyncio.create_task(deposit(n)) for n in range(10, 15)]
+        await wait_for(lambda: queued(4), 10, "the queue full")
+        status, refused = await probe()
+        assert status == 503 and refused["status"] == "queue_full"
+        async with session.get(f"{url}/metrics") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+            metrics = await r.text()
+        for task in full:
+            task.cancel()
+        await asyncio.gather(*full, return_exceptions=True)
+    assert 'sim_core_probes_total{status="503"} 1' in metrics
+    assert 'sim_core_probes_total{status="200"} 3' in metrics
+    assert "sim_core_queue_length 4" in metrics and "sim_core_sessions 1" in metrics
+    assert 'sim_core_requests_total{reason="booked"} 4' in metrics
+    assert 'sim_core_request_seconds_bucket{le="+Inf"} 4' in metrics

@@ -19,6 +19,20 @@ passed back; the request "arrives" at the core, for its latency and arrival coun
 past that check); with `confirm_url` set, each booking confirms the gate's reservation on the
 gate's core listener, which frees the customer's active slot.
 
+Its health, as a bank's own health check reports it (what the gate's adaptive admission
+polls, `admission.adaptive.sources` kind `http`): `GET /health` is a probe that takes the
+path a deposit takes, less the booking: it waits for a session in the same FIFO queue as
+the customers' requests (same queue limit and timeout), calls the bureau once, frees the
+session and answers. So its round trip is what a request would wait for a session now plus
+the bureau's latency now: a few ms plus ~20 ms on a quiet core, the bureau's ~200 ms when
+the bureau slows tenfold, and on top the queue's wait as soon as requests queue (the part
+admission controls). No figure is computed or smoothed for the prober: the latency is the
+answer's own delay, and a refused probe (queue full, queue timeout, bureau timeout) is a 503
+with the reason, as a request would be refused. Probes are not customers: they are counted
+apart (`probes` in `/stats`) and are not in the per-second figures. `GET /metrics` is the
+same core in the Prometheus text format (requests by outcome, a latency histogram,
+sessions, queue, probes), for a Prometheus source.
+
 Run: `python -m gate.demo.sim_core PARAMS.json`; it prints `PORT` once listening and stops
 when its stdin reaches EOF (its parent is gone) or on SIGTERM. `GET /stats` returns every
 request it answered and the per-second figures (JSON).
@@ -45,6 +59,8 @@ from gate.demo.children import run_child
 
 PASS_HEADER = "X-Gate-Pass"
 CAMPAIGN_HEADER = "X-Gate-Campaign"
+# The latency histogram's upper bounds (s) in `/metrics`.
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,16 @@ class Served:
     status: int
     booked: int  # amount booked (0 unless 200)
     reason: str  # booked, sold_out, queue_full, queue_timeout, bureau_timeout, no_pass, ...
+
+
+@dataclass
+class Probe:
+    """One health probe the core answered (`GET /health`)."""
+
+    arrived: float  # wall clock
+    latency_ms: float
+    status: int
+    reason: str  # ok, queue_full, queue_timeout, bureau_timeout
 
 
 class Overloaded(Exception):
@@ -161,12 +187,18 @@ class SimCore:
         self.confirm_failures = 0
         self.confirming: set[asyncio.Task[None]] = set()
         self.served: list[Served] = []
+        self.probes: list[Probe] = []
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last: above every bound
+        self.latency_sum_s = 0.0
+        self.by_reason: collections.Counter[str] = collections.Counter()
 
     def create_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/deposit", self.deposit)
         app.router.add_post("/control", self.control)
         app.router.add_get("/stats", self.stats)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
         return app
 
     def _grant(self, wanted: int) -> int:
@@ -210,7 +242,12 @@ class SimCore:
         self, customer: str, arrived: float, started: float | None, status: int, booked: int,
         reason: str,
     ) -> web.Response:  # fmt: skip
-        self.served.append(Served(customer, arrived, started, time.time(), status, booked, reason))
+        finished = time.time()
+        self.served.append(Served(customer, arrived, started, finished, status, booked, reason))
+        self.by_reason[reason] += 1
+        latency = finished - arrived
+        self.latency_sum_s += latency
+        self.buckets[next((n for n, b in enumerate(LATENCY_BUCKETS) if latency <= b), -1)] += 1
         body: dict[str, Any] = {"status": reason, "booked": str(booked)}
         headers = {"Retry-After": "1"} if status == 503 else None
         return web.json_response(body, status=status, headers=headers)
@@ -264,6 +301,76 @@ class SimCore:
         if not await self._confirm(reservation):
             self.confirm_failures += 1
 
+    async def health(self, request: web.Request) -> web.Response:
+        """A probe down a deposit's path (a session from the same queue, one bureau call),
+        answered when done: its round trip is the core's latency now (module docstring)."""
+        arrived, started = time.time(), time.monotonic()
+        status, reason = 200, "ok"
+        try:
+            await self.sessions.acquire()
+        except Overloaded as exc:
+            status, reason = 503, exc.reason
+        else:
+            try:
+                await self.bureau.lookup()
+            except Overloaded as exc:
+                status, reason = 503, exc.reason
+            finally:
+                self.sessions.release()
+        latency_ms = round((time.monotonic() - started) * 1000, 1)
+        self.probes.append(Probe(arrived, latency_ms, status, reason))
+        body = {
+            "status": reason,
+            "latency_ms": latency_ms,
+            "sessions_busy": self.sessions.busy,
+            "sessions": self.sessions.capacity,
+            "queued": len(self.sessions.waiters),
+        }
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return web.json_response(body, status=status, headers=headers)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """The core in the Prometheus text format (version 0.0.4)."""
+        lines = [
+            "# HELP sim_core_requests_total Deposit requests answered, by outcome.",
+            "# TYPE sim_core_requests_total counter",
+            *(
+                f'sim_core_requests_total{{reason="{reason}"}} {count}'
+                for reason, count in sorted(self.by_reason.items())
+            ),
+            "# HELP sim_core_request_seconds Deposit latency, arrival to answer.",
+            "# TYPE sim_core_request_seconds histogram",
+        ]
+        cumulative = 0
+        for bound, count in zip((*LATENCY_BUCKETS, math.inf), self.buckets, strict=True):
+            cumulative += count
+            le = "+Inf" if bound == math.inf else f"{bound:g}"
+            lines.append(f'sim_core_request_seconds_bucket{{le="{le}"}} {cumulative}')
+        lines += [
+            f"sim_core_request_seconds_sum {self.latency_sum_s:.6f}",
+            f"sim_core_request_seconds_count {cumulative}",
+        ]
+        gauges = (
+            ("sessions_busy", "Sessions serving a request now.", self.sessions.busy),
+            ("sessions", "Sessions the core has.", self.sessions.capacity),
+            ("queue_length", "Requests waiting for a session.", len(self.sessions.waiters)),
+            ("queue_max", "Requests the queue holds.", self.sessions.queue_max),
+        )
+        for name, text, value in gauges:
+            lines += [f"# HELP sim_core_{name} {text}", f"# TYPE sim_core_{name} gauge"]
+            lines.append(f"sim_core_{name} {value}")
+        failed = sum(1 for p in self.probes if p.status != 200)
+        lines += [
+            "# HELP sim_core_probes_total Health probes answered (GET /health), by status.",
+            "# TYPE sim_core_probes_total counter",
+            f'sim_core_probes_total{{status="200"}} {len(self.probes) - failed}',
+            f'sim_core_probes_total{{status="503"}} {failed}',
+        ]
+        return web.Response(
+            body=("\n".join(lines) + "\n").encode(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
     async def control(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
@@ -295,6 +402,7 @@ class SimCore:
                 "bureau_calls": self.bureau.calls,
                 "confirm_failures": self.confirm_failures,
                 "bureau_changes": self.bureau.changes,
+                "probes": [asdict(p) for p in self.probes],
                 "served": [asdict(s) for s in self.served],
             }
         )
