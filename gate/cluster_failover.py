@@ -14,7 +14,8 @@ promoted again) is reconciled on its new master, alone:
   fine, and fairgate_failover_reconciling says 1);
 - the new master's connections are refused by every gate connection (PrimaryIdentity,
   cluster mode: a new connection to a master whose run id this process has not accepted
-  fails, one to a replica is let through) until the master's changed campaigns are
+  fails, one to a replica is let through and checked again before its next command, as
+  the replica may be promoted meanwhile) until the master's changed campaigns are
   reconciled, so no write reaches it first however soon after the switch it is sent;
 - this process's marks go to the campaign's fo_marks on the new master, and after
   SETTLE_S of that master's TIME from the first process's notice (per campaign:

@@ -56,7 +56,7 @@ from gate.audit.store import AuditStore
 from gate.config import Config
 from gate.errors import GateError, Unavailable
 from gate.marks import Marks
-from gate.redis_client import NotReconciled, guarded
+from gate.redis_client import NotReconciled, RecheckedConnection, guarded
 from gate.room import Room
 from gate.room.keys import PREFIX, REGISTRY, CampaignKeys
 from gate.room.scripts import Scripts
@@ -169,6 +169,8 @@ class PrimaryIdentity:
         run_id = parse_info(await connection.read_response()).get("run_id", "")
         role = await connection.read_response()
         master = isinstance(role, list) and bool(role) and role[0] in (b"master", "master")
+        if not master and isinstance(connection, RecheckedConnection):
+            connection.recheck = True  # it may be promoted while it waits in the pool
         accepted = self.accepted_masters
         if not master or accepted is None or not self.enforcing or run_id in accepted:
             return

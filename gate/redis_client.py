@@ -3,14 +3,14 @@ redis+cluster://), and turn what redis-py raises into fairgate's errors (`guarde
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlparse
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -110,6 +110,25 @@ class FairgateCluster(RedisCluster):
     )
 
 
+class RecheckedConnection(Connection):
+    """A cluster connection that runs its connect check again before its next command when
+    asked to (`recheck`). The client asks any node for the topology, replicas included,
+    and keeps that connection in the node's pool; a replica's is let through (it takes no
+    write), but the replica may be promoted while the connection waits in the pool. Such a
+    connection is reconnected, so checked again (gate.failover.PrimaryIdentity), before it
+    carries anything else; the others cost nothing more."""
+
+    recheck = False
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        if self.recheck:
+            self.recheck = False
+            await self.disconnect()
+        await super().send_packed_command(command, check_health)
+
+
 def _cluster(
     url: str,
     *,
@@ -146,8 +165,10 @@ def _cluster(
         # nodes manager's kwargs (nodes found later) or the node's own copy (the startup
         # nodes, made already); connections are opened lazily, so this is in time.
         cluster.nodes_manager.connection_kwargs["redis_connect_func"] = on_connect
+        cluster.nodes_manager.connection_kwargs["connection_class"] = RecheckedConnection
         for node in cluster.nodes_manager.startup_nodes.values():
             node.connection_kwargs["redis_connect_func"] = on_connect
+            node.connection_class = RecheckedConnection
     return cast(Redis, cluster)
 
 

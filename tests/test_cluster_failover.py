@@ -17,14 +17,16 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
 import redis as sync_redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 
 from gate.failover import PrimaryIdentity
+from gate.redis_client import NotReconciled, connect
 from gate.room.keys import CampaignKeys
 from tests.helpers import ADMIN_TOKEN, GateProcess, as_customer, spec, wait_for
 from tests.redis_cluster import Cluster, gate_on, running_cluster
@@ -337,3 +339,58 @@ async def test_new_connections_go_only_to_accepted_masters_and_replicas(cluster:
     assert await connects(masters[1])
     assert await connects(replica_of(cluster, masters[0]))
     assert noticed == [run_ids[masters[0]]]
+
+
+async def test_a_pooled_connection_to_a_replica_is_checked_again_once_promoted(
+    cluster: Cluster,
+) -> None:
+    """The client asks any node, replicas included, for the topology (CLUSTER SLOTS) and
+    keeps that connection in the node's pool. A replica's connection is let through (it
+    takes no write), but once the replica is promoted the same pooled connection must not
+    carry a write to a master this process has not reconciled with: it is checked again
+    before its next command. (Seen in CI: a join on a lagging replica's takeover got seq 4
+    again before the watch noticed.)"""
+    await asyncio.to_thread(cluster.wait_healthy, 30)
+    identity = PrimaryIdentity()
+    identity.cluster = True
+    identity.enforcing = True
+    noticed: list[str] = []
+    identity.noticed = noticed.append
+    client = cast(
+        RedisCluster, connect(cluster.url, timeout_s=2.0, on_connect=identity.check_connection)
+    )
+    try:
+        await client.initialize()
+        name, _ = on_two_masters(cluster, "pooled")
+        key = CampaignKeys(name).meta
+        master = cluster.master_of(key)
+        replica = replica_of(cluster, master)
+        identity.accepted_masters = {
+            info_of(cluster, port, "server")["run_id"] for port in cluster.master_ports()
+        }
+
+        async def replica_listed() -> bool:
+            # CLUSTER SLOTS lists a replica once it has synced (offset > 0)
+            with cluster.node(master).client() as direct:
+                direct.incr(f"{{{name}}}:nudge")
+            await client.nodes_manager.initialize()
+            return client.get_node(host="127.0.0.1", port=replica) is not None
+
+        await wait_for(replica_listed, 15, "the replica in the client's topology")
+        node = client.get_node(host="127.0.0.1", port=replica)
+        assert node is not None
+        await node.execute_command("CLUSTER", "SLOTS")  # a pooled connection to the replica
+        assert noticed == []
+
+        with cluster.node(replica).client() as admin:
+            admin.execute_command("CLUSTER", "FAILOVER")
+        await asyncio.to_thread(cluster.wait_promoted, master, key, 20)
+        promoted = info_of(cluster, replica, "server")["run_id"]
+
+        with pytest.raises(NotReconciled):
+            await node.execute_command("SET", key, "written before any reconciliation")
+        assert noticed == [promoted]
+        with sync_redis.Redis(port=replica) as direct:
+            assert direct.exists(key) == 0
+    finally:
+        await client.aclose()
