@@ -111,6 +111,88 @@ class Quota:
     partial_fill: bool = False
 
 
+HEALTH_KINDS = ("callbacks", "http", "prometheus")
+DEFAULT_ERROR_REASONS = ("core_error", "timeout")
+MAX_SOURCES = 4
+
+
+@dataclass(frozen=True)
+class HealthSource:
+    """Where the controller reads the core's health: the confirm/release callbacks, a
+    health endpoint the gate polls, or Prometheus instant queries."""
+
+    kind: str
+    url: str | None = None
+    timeout_ms: int = 500
+    latency_query: str | None = None
+    error_query: str | None = None
+    # callbacks: a release whose reason is one of these counts as an error of the core
+    error_reasons: tuple[str, ...] = DEFAULT_ERROR_REASONS
+    # fewer answers than this in a window is no signal (the rate holds)
+    min_samples: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {"kind": self.kind, "min_samples": self.min_samples}
+        if self.kind == "callbacks":
+            shown["error_reasons"] = list(self.error_reasons)
+        else:
+            shown["url"] = self.url
+            shown["timeout_ms"] = self.timeout_ms
+        if self.kind == "prometheus":
+            for name in ("latency_query", "error_query"):
+                if getattr(self, name) is not None:
+                    shown[name] = getattr(self, name)
+        return shown
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Over either one, the core is unhealthy. None: that signal is not judged."""
+
+    latency_ms: float | None = None
+    error_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    """Admission that follows the core's health (docs/adaptive-admission.md)."""
+
+    rate_min: float
+    rate_max: float
+    mode: str  # auto: the controller moves the rate; manual: pinned by the operator
+    interval_s: float
+    targets: Targets
+    sources: tuple[HealthSource, ...]
+    # the latency judged: this percentile of the window's answers
+    latency_percentile: float = 90.0
+    # multiplicative decrease when unhealthy; additive increase (rate/s per interval)
+    # when healthy, None: (rate_max - rate_min) / 20
+    decrease: float = 0.7
+    increase: float | None = None
+    # windows after a decrease in which no further decrease is made: the window right
+    # after a decrease still shows the customers admitted at the old rate
+    cooldown_intervals: int = 2
+
+    def step_up(self) -> float:
+        return self.increase if self.increase is not None else (self.rate_max - self.rate_min) / 20
+
+    def to_json(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {
+            "rate_min": self.rate_min,
+            "rate_max": self.rate_max,
+            "mode": self.mode,
+            "interval_s": self.interval_s,
+            "targets": {k: v for k, v in dataclasses.asdict(self.targets).items() if v is not None},
+            "sources": [source.to_json() for source in self.sources],
+            "latency_percentile": self.latency_percentile,
+            "decrease": self.decrease,
+            "cooldown_intervals": self.cooldown_intervals,
+        }
+        if self.increase is not None:
+            shown["increase"] = self.increase
+        return shown
+
+
 @dataclass(frozen=True)
 class Admission:
     rate_per_s: float
@@ -121,6 +203,15 @@ class Admission:
     # Admit up to overbook x the customers the remaining quota can serve at its minimum
     # (1.0: never more than it can serve; above 1 when many admitted customers abandon).
     overbook: float = 1.0
+    # The rate follows the core's health between bounds (gate/controller.py); None: fixed.
+    adaptive: Adaptive | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        shown.pop("adaptive")
+        if self.adaptive is not None:
+            shown["adaptive"] = self.adaptive.to_json()
+        return shown
 
 
 @dataclass(frozen=True)
@@ -174,7 +265,7 @@ class CampaignSpec:
                 "partial_fill": self.quota.partial_fill,
             },
             "policy": self.policy,
-            "admission": dataclasses.asdict(self.admission),
+            "admission": self.admission.to_json(),
             "prequeue": dataclasses.asdict(self.prequeue),
             **shown,
         }
@@ -229,15 +320,25 @@ def parse_admission(raw: Any) -> Admission:
     a = _obj(raw, "admission")
     _only(
         a,
-        {"rate_per_s", "burst", "max_active", "pass_ttl_s", "reservation_ttl_s", "overbook"},
+        {"rate_per_s", "burst", "max_active", "pass_ttl_s", "reservation_ttl_s", "overbook"}
+        | {"adaptive"},
         "admission",
     )
     if "rate_per_s" not in a:
         raise _fail("admission.rate_per_s", "is required")
+    rate = _number(a["rate_per_s"], "admission.rate_per_s", lo=0.001, hi=1e6, integer=False)
+    adaptive = None
+    if a.get("adaptive") is not None:
+        adaptive = parse_adaptive(a["adaptive"])
+        if not adaptive.rate_min <= rate <= adaptive.rate_max:
+            raise _fail(
+                "admission.rate_per_s",
+                f"must be within admission.adaptive's rate_min and rate_max "
+                f"({adaptive.rate_min:g}..{adaptive.rate_max:g})",
+            )
     return Admission(
-        rate_per_s=_number(
-            a["rate_per_s"], "admission.rate_per_s", lo=0.001, hi=1e6, integer=False
-        ),
+        rate_per_s=rate,
+        adaptive=adaptive,
         burst=_int(a.get("burst", 1), "admission.burst", 1, 1_000_000),
         max_active=_int(a.get("max_active", 1000), "admission.max_active", 1, 10_000_000),
         pass_ttl_s=_int(a.get("pass_ttl_s", 300), "admission.pass_ttl_s", 1, 86400),
@@ -246,6 +347,135 @@ def parse_admission(raw: Any) -> Admission:
         ),
         overbook=_number(
             a.get("overbook", 1.0), "admission.overbook", lo=1.0, hi=1000.0, integer=False
+        ),
+    )
+
+
+def _text(value: Any, field: str, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise _fail(field, f"must be a non-empty string of at most {limit} characters")
+    if not value.isprintable():
+        raise _fail(field, "must be printable text")
+    return value
+
+
+def _health_url(value: Any, field: str) -> str:
+    if value is None:
+        raise _fail(field, "is required")
+    url = parse_url(value, field)
+    if url is None or url.startswith("/"):
+        raise _fail(field, "must be an absolute http(s) URL")
+    return url
+
+
+def parse_source(raw: Any, field: str) -> HealthSource:
+    source = _obj(raw, field)
+    kind = source.get("kind")
+    if kind not in HEALTH_KINDS:
+        raise _fail(f"{field}.kind", f"must be one of {', '.join(HEALTH_KINDS)}")
+    common = {"kind", "min_samples"}
+    min_samples = _int(source.get("min_samples", 1), f"{field}.min_samples", 1, 100_000)
+    if kind == "callbacks":
+        _only(source, common | {"error_reasons"}, field)
+        reasons = source.get("error_reasons", list(DEFAULT_ERROR_REASONS))
+        if not isinstance(reasons, list) or len(reasons) > 32:
+            raise _fail(f"{field}.error_reasons", "must be a list of at most 32 reasons")
+        return HealthSource(
+            kind,
+            error_reasons=tuple(
+                _text(r, f"{field}.error_reasons[{i}]", 500) for i, r in enumerate(reasons)
+            ),
+            min_samples=min_samples,
+        )
+    timeout = _int(source.get("timeout_ms", 500), f"{field}.timeout_ms", 1, 60_000)
+    url = _health_url(source.get("url"), f"{field}.url")
+    if kind == "http":
+        _only(source, common | {"url", "timeout_ms"}, field)
+        return HealthSource(kind, url=url, timeout_ms=timeout, min_samples=min_samples)
+    _only(source, common | {"url", "timeout_ms", "latency_query", "error_query"}, field)
+    queries = {
+        name: _text(source[name], f"{field}.{name}", 2000)
+        for name in ("latency_query", "error_query")
+        if source.get(name) is not None
+    }
+    if not queries:
+        raise _fail(field, "a prometheus source needs latency_query and/or error_query")
+    return HealthSource(
+        kind,
+        url=url,
+        timeout_ms=timeout,
+        latency_query=queries.get("latency_query"),
+        error_query=queries.get("error_query"),
+        min_samples=min_samples,
+    )
+
+
+def parse_adaptive(raw: Any) -> Adaptive:
+    where = "admission.adaptive"
+    a = _obj(raw, where)
+    _only(
+        a,
+        {"rate_min", "rate_max", "mode", "interval_s", "targets", "sources"}
+        | {"latency_percentile", "decrease", "increase", "cooldown_intervals"},
+        where,
+    )
+    for required in ("rate_min", "rate_max", "targets", "sources"):
+        if required not in a:
+            raise _fail(f"{where}.{required}", "is required")
+    low = _number(a["rate_min"], f"{where}.rate_min", lo=0.001, hi=1e6, integer=False)
+    high = _number(a["rate_max"], f"{where}.rate_max", lo=0.001, hi=1e6, integer=False)
+    if high < low:
+        raise _fail(f"{where}.rate_max", "must be at least rate_min")
+    mode = a.get("mode", "auto")
+    if mode not in ("auto", "manual"):
+        raise _fail(f"{where}.mode", "must be auto or manual")
+    t = _obj(a["targets"], f"{where}.targets")
+    _only(t, {"latency_ms", "error_ratio"}, f"{where}.targets")
+    if not t:
+        raise _fail(f"{where}.targets", "give latency_ms and/or error_ratio")
+    targets = Targets(
+        latency_ms=None
+        if t.get("latency_ms") is None
+        else _number(
+            t["latency_ms"], f"{where}.targets.latency_ms", lo=0.001, hi=3.6e6, integer=False
+        ),
+        error_ratio=None
+        if t.get("error_ratio") is None
+        else _number(t["error_ratio"], f"{where}.targets.error_ratio", lo=0, hi=1, integer=False),
+    )
+    raw_sources = a["sources"]
+    if not isinstance(raw_sources, list) or not 1 <= len(raw_sources) <= MAX_SOURCES:
+        raise _fail(f"{where}.sources", f"must be a list of 1 to {MAX_SOURCES} sources")
+    sources = tuple(
+        parse_source(item, f"{where}.sources[{i}]") for i, item in enumerate(raw_sources)
+    )
+    if sum(source.kind == "callbacks" for source in sources) > 1:
+        raise _fail(f"{where}.sources", "at most one callbacks source")
+    increase = a.get("increase")
+    return Adaptive(
+        rate_min=low,
+        rate_max=high,
+        mode=mode,
+        interval_s=_number(
+            a.get("interval_s", 1.0), f"{where}.interval_s", lo=0.05, hi=3600, integer=False
+        ),
+        targets=targets,
+        sources=sources,
+        latency_percentile=_number(
+            a.get("latency_percentile", 90.0),
+            f"{where}.latency_percentile",
+            lo=1,
+            hi=100,
+            integer=False,
+        ),
+        decrease=_number(
+            a.get("decrease", 0.7), f"{where}.decrease", lo=0.05, hi=0.99, integer=False
+        ),
+        increase=None
+        if increase is None
+        else _number(increase, f"{where}.increase", lo=0.001, hi=1e6, integer=False),
+        cooldown_intervals=_int(
+            a.get("cooldown_intervals", 2), f"{where}.cooldown_intervals", 0, 100
         ),
     )
 
@@ -355,22 +585,62 @@ def parse_page(raw: Any) -> Page | None:
 
 
 PATCHABLE = ("rate_per_s", "burst", "max_active", "pass_ttl_s", "overbook", "closes_at")
+PATCHABLE_BLOCKS = ("adaptive",)
+# The meta field `mode` without an adaptive block: the controller has nothing to drive.
+MODE_OFF = "off"
 
 
-def parse_patch(raw: Any, current: CampaignSpec) -> tuple[CampaignSpec, dict[str, str]]:
-    """Apply a PATCH body; returns the new spec and the meta fields to change in Redis."""
+def _merge_adaptive(base: dict[str, Any] | None, change: Any) -> dict[str, Any] | None:
+    """A PATCH's `adaptive` over the one in force, field by field (targets too); null
+    removes the block (the rate stays where it is, fixed)."""
+    if change is None:
+        return None
+    given = _obj(change, "admission.adaptive")
+    merged = {**(base or {}), **given}
+    if isinstance((base or {}).get("targets"), dict) and isinstance(given.get("targets"), dict):
+        merged["targets"] = {**(base or {})["targets"], **given["targets"]}
+    return merged
+
+
+def _bound(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def mode_of(admission: Admission) -> str:
+    return admission.adaptive.mode if admission.adaptive is not None else MODE_OFF
+
+
+def parse_patch(
+    raw: Any, current: CampaignSpec, live_rate: float | None = None
+) -> tuple[CampaignSpec, dict[str, str]]:
+    """Apply a PATCH body; returns the new spec and the meta fields to change in Redis.
+
+    `live_rate` is the rate in force (a controller may have moved it from the spec's
+    `rate_per_s`): the new spec's `rate_per_s` is that rate unless the PATCH gives one,
+    moved to the nearer bound when new `rate_min`/`rate_max` leave it outside."""
     body = _obj(raw, "body")
     flat = dict(body)
     nested = flat.pop("admission", None)
     if nested is not None:
         flat.update(_obj(nested, "admission"))
-    _only(flat, set(PATCHABLE), "")
+    _only(flat, set(PATCHABLE) | set(PATCHABLE_BLOCKS), "")
     if not flat:
-        raise _fail("body", f"nothing to change; allowed: {', '.join(PATCHABLE)}")
-    merged = dataclasses.asdict(current.admission)
+        raise _fail("body", f"nothing to change; allowed: {', '.join(PATCHABLE)}, adaptive")
+    in_force = float(live_rate if live_rate is not None else current.admission.rate_per_s)
+    merged = current.admission.to_json()
+    merged["rate_per_s"] = in_force
     for name in ("rate_per_s", "burst", "max_active", "pass_ttl_s", "overbook"):
         if name in flat:
             merged[name] = flat[name]
+    if "adaptive" in flat:
+        adaptive = _merge_adaptive(merged.pop("adaptive", None), flat["adaptive"])
+        if adaptive is not None:
+            merged["adaptive"] = adaptive
+            low, high = _bound(adaptive.get("rate_min")), _bound(adaptive.get("rate_max"))
+            if "rate_per_s" not in flat and low is not None and high is not None:
+                merged["rate_per_s"] = min(max(in_force, low), high)
     admission = parse_admission(merged)
     closes = current.closes_at
     if "closes_at" in flat:
@@ -379,7 +649,7 @@ def parse_patch(raw: Any, current: CampaignSpec) -> tuple[CampaignSpec, dict[str
             raise _fail("closes_at", "must be after opens_at")
     new = dataclasses.replace(current, admission=admission, closes_at=closes)
     fields: dict[str, str] = {}
-    if "rate_per_s" in flat:
+    if "rate_per_s" in flat or float(admission.rate_per_s) != in_force:
         fields["rate"] = repr(float(admission.rate_per_s))
     if "burst" in flat:
         fields["burst"] = str(admission.burst)
@@ -391,6 +661,10 @@ def parse_patch(raw: Any, current: CampaignSpec) -> tuple[CampaignSpec, dict[str
         fields["overbook"] = repr(float(admission.overbook))
     if "closes_at" in flat:
         fields["closes_at_us"] = str(to_us(closes))
+    if "adaptive" in flat:
+        # Always logged, even unchanged: the entry is the operator's pin (or release) of
+        # the rate, and the script refuses a controller's change made while it is manual.
+        fields["mode"] = mode_of(admission)
     return new, fields
 
 

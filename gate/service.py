@@ -15,8 +15,10 @@ from gate.batcher import JoinBatcher
 from gate.cache import CampaignCache
 from gate.cluster_failover import ClusterFailoverWatch
 from gate.config import Config
+from gate.controller import ControllerCollector, RateController
 from gate.errors import ConfigError, Unavailable
 from gate.failover import FailoverCollector, FailoverWatch, PrimaryIdentity, config_is_cluster
+from gate.health import CallbackHealth
 from gate.marks import Marks
 from gate.metrics import Metrics
 from gate.redis_checks import RedisSanity
@@ -93,6 +95,10 @@ class Gate:
         self.admitter = Admitter(
             self.control_room, self.cache, interval_s=config.admit_interval_ms / 1000
         )
+        # The adaptive rate (gate/controller.py): one process per campaign drives it, on
+        # the control connection; every process counts its callbacks for it.
+        self.controller = RateController(self.control_room, self.cache, self.control_redis)
+        self.callback_health = CallbackHealth(self.control_redis, self.cache)
         # Refuses traffic on an evicting or non-durable Redis, and counts Redis's refusals.
         self.sanity = RedisSanity(
             self.control_redis,
@@ -101,6 +107,7 @@ class Gate:
         )
         self.metrics = Metrics(self.cache, self.admitter, self.sanity, self.durability)
         self.metrics.registry.register(SealerCollector(self.sealer))
+        self.metrics.registry.register(ControllerCollector(self.controller))
         # Its own connection, not subject to the identity check it serves.
         watch = ClusterFailoverWatch if config_is_cluster(config) else FailoverWatch
         self.failover = watch(
@@ -148,6 +155,8 @@ class Gate:
             self._tasks.append(asyncio.create_task(self.sanity.run()))
             self._tasks.append(asyncio.create_task(self.cache.run()))
             self._tasks.append(asyncio.create_task(self.admitter.run()))
+            self._tasks.append(asyncio.create_task(self.controller.run()))
+            self._tasks.append(asyncio.create_task(self.callback_health.run()))
             self._tasks.append(asyncio.create_task(self.sealer.run()))
             self._tasks.append(asyncio.create_task(self.failover.run()))
 

@@ -16,6 +16,8 @@
     pq_shuffle: joins before opens_at go into a set that is shuffled
       into seqs 1..P at opening (join.lua, prequeue_assign.lua)      boolean
     pq_seed (revealed at opening), pq_seed_hash (published now)      64 hex digits
+    mode (optional; auto | manual: who moves the rate of a campaign with an adaptive
+      block, gate/controller.py; campaign_update.lua changes it)     string
   Returns {OK, now_us} when created, {CAMPAIGN_EXISTS} when the id is taken.
 ]]
 --!include lib/common.lua
@@ -28,7 +30,7 @@ local fields = {id = 1, spec = 1, actor = 1, opens_at_us = 1, closes_at_us = 1,
   prequeue_from_us = 1, pass_ttl_us = 1, res_ttl_us = 1, burst = 1, max_active = 1,
   rate = 1, overbook = 1, policy = 1, unit = 1, q_total = 1, q_min = 1, q_max = 1,
   q_step = 1, partial = 1, seed = 1, seed_hash = 1, pq_shuffle = 1, pq_seed = 1,
-  pq_seed_hash = 1}
+  pq_seed_hash = 1, mode = 1}
 for name in pairs(a) do
   if fields[name] == nil then error('bad argument: unknown field ' .. tostring(name)) end
 end
@@ -73,6 +75,8 @@ local seed, seed_hash = hex64('seed'), hex64('seed_hash')
 local pq_seed, pq_seed_hash = hex64('pq_seed'), hex64('pq_seed_hash')
 if closes <= opens or prequeue > opens then error('bad argument: window') end
 if id == '' then error('bad argument: id') end
+local mode = a.mode
+if mode ~= nil and mode ~= 'auto' and mode ~= 'manual' then error('bad argument: mode') end
 
 if rcall('EXISTS', KEYS[1]) == 1 then return {CAMPAIGN_EXISTS} end
 local now = now_us()
@@ -88,6 +92,7 @@ rcall('HSET', KEYS[1],
   'releases', 0, 'reservations_expired', 0, 'seed', seed, 'seed_hash', seed_hash,
   'overbook', overbook, 'pq_shuffle', pq_shuffle, 'pq_seed', pq_seed,
   'pq_seed_hash', pq_seed_hash)
+if mode ~= nil then rcall('HSET', KEYS[1], 'mode', mode) end
 audit(KEYS[1], KEYS[2], now, {k = 'admin-create', a = actor, spec = spec, h = seed_hash,
   hq = pq_seed_hash})
 return {OK, int_str(now)}

@@ -3,8 +3,10 @@
   KEYS[1] meta  KEYS[2] active  KEYS[3] reservations  KEYS[4] expiries  KEYS[5] holds
   KEYS[6] spent  KEYS[7] audit
   ARGV[1] reservation id   ARGV[2] actor (core token name)
-  Returns {OK, state, seq, amount[, entry]} (state "confirmed"; a repeat returns the
-          same without entry, the audit index of the confirmation this call made),
+  Returns {OK, state, seq, amount[, entry, held_us]} (state "confirmed"; a repeat returns the
+          same without entry and held_us: entry is the audit index of the confirmation
+          this call made, held_us how long the reservation was held, from its claim to
+          now by Redis time: the core's latency, gate/health.py),
           {REFUSED, state, seq, amount} when it can no longer be confirmed (released,
           expired: the reservation's state, lib/reservations.lua),
           {UNKNOWN_RESERVATION}, or {UNKNOWN_CAMPAIGN}.
@@ -24,4 +26,6 @@ local k = {meta = KEYS[1], active = KEYS[2], res = KEYS[3], resexp = KEYS[4], ho
            spent = KEYS[6]}
 res_finish(k, rid, r, 'confirmed')
 local entry = audit(KEYS[1], KEYS[7], now, {k = 'confirm', r = rid, s = r[1], m = r[2], a = actor})
-return {OK, r[3], r[1], r[2], entry}
+-- a reservation's expiry is its claim time + res_ttl_us (a setting no update changes)
+local claimed = tonumber(r[4]) - tonumber(rcall('HGET', KEYS[1], 'res_ttl_us') or '0')
+return {OK, r[3], r[1], r[2], entry, int_str(math.max(now - claimed, 0))}

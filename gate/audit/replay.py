@@ -135,6 +135,7 @@ class Reservation:
 
 
 UPDATABLE = ("rate", "burst", "max_active", "closes_at_us", "pass_ttl_us", "overbook")
+MODES = (b"auto", b"manual", b"off")
 MOVES = {
     "admin-pause": ({"open"}, "paused"),
     "admin-resume": ({"paused"}, "open"),
@@ -149,6 +150,7 @@ class Replay:
         self.campaign = campaign
         self.spec: CampaignSpec | None = None
         self.seed_hash = ""
+        self.mode = ""  # who moves the rate: auto, manual, off ("": no adaptive block)
         self.pq_seed_hash = ""
         self.pq_seed_revealed = False
         self.state = ""
@@ -267,6 +269,7 @@ class Replay:
         self.step, self.partial, self.policy = quota.step, quota.partial_fill, spec.policy
         self.pq_shuffle = spec.prequeue.shuffle and spec.prequeue.window_s > 0
         self.bucket_us = t
+        self.mode = adm.adaptive.mode if adm.adaptive is not None else ""
 
     def _refill(self, t: int) -> None:
         """As lib/common.lua's refill: the carry counts up to max(burst, 1), what accrued
@@ -287,9 +290,14 @@ class Replay:
         old, new = need_list(entry, "o"), need_list(entry, "n")
         if not fields or len(old) != len(fields) or len(new) != len(fields):
             raise EntryProblem("f, o and n must list the same fields")
+        if "why" in entry:
+            self._controller_change(entry, fields)
         self._refill(t)
         for name_raw, before, after in zip(fields, old, new, strict=True):
             name = name_raw.decode() if isinstance(name_raw, bytes) else ""
+            if name == "mode":
+                self._mode(before, after)
+                continue
             if name not in UPDATABLE:
                 raise EntryProblem(f"admin-update of field {name_raw!r}, which cannot change")
             value = _number(after, f"new {name}")
@@ -299,6 +307,24 @@ class Replay:
                 )
             self.settings[name] = value
         self.tokens = min(self.tokens, max(self.settings["burst"], 1.0))
+
+    def _mode(self, before: Any, after: Any) -> None:
+        """Who moves the rate: auto (the controller), manual (pinned), off (fixed)."""
+        if before is not False and before != self.mode.encode():
+            raise EntryProblem(f"old mode {before!r} is not the mode in force ({self.mode!r})")
+        if after not in MODES:
+            raise EntryProblem(f"new mode {after!r} is not one of auto, manual, off")
+        self.mode = after.decode()
+
+    def _controller_change(self, entry: dict[str, Any], fields: list[Any]) -> None:
+        """The rate controller's change (gate/controller.py): the rate alone, with the
+        signal that caused it, and never while an operator pinned the rate."""
+        if not isinstance(entry["why"], dict) or not entry["why"]:
+            raise EntryProblem("why must be a map: the signal behind the change")
+        if fields != [b"rate"]:
+            raise EntryProblem("a change with a why changes the rate alone")
+        if self.mode != "auto":
+            raise EntryProblem(f"a controller's rate change while the mode is {self.mode!r}")
 
     def _move(self, t: int, entry: dict[str, Any]) -> None:
         need_text(entry, "a")

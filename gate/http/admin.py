@@ -103,7 +103,8 @@ async def update_campaign(request: web.Request) -> web.Response:
     campaign = campaign_id(request)
     body = await read_body(request)
     meta = await _meta(gate, campaign)
-    spec, fields = parse_patch(body, load_stored_spec(meta["spec"]))
+    # The rate in force, which the controller may have moved from the spec's rate_per_s.
+    spec, fields = parse_patch(body, load_stored_spec(meta["spec"]), float(meta["rate"]))
     await gate.room.update(campaign, spec, fields, request[ACTOR_KEY])
     await gate.cache.refresh_once()
     return respond(request, await _view(gate, campaign))

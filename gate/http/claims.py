@@ -126,6 +126,7 @@ async def confirm(request: web.Request) -> web.Response:
     await read_body(request)
     gate_of(request).refuse_writes_if_unsafe(campaign, allocates=False)
     outcome = await gate_of(request).room.confirm(campaign, reservation, actor)
+    gate_of(request).callback_health.record(campaign, outcome.held_us, None)
     return _outcome(request, reservation, outcome, "confirmed")
 
 
@@ -137,6 +138,7 @@ async def release(request: web.Request) -> web.Response:
     reason = reason_of(body)
     gate_of(request).refuse_writes_if_unsafe(campaign, allocates=False)
     outcome = await gate_of(request).room.release(campaign, reservation, actor, reason)
+    gate_of(request).callback_health.record(campaign, outcome.held_us, reason)
     return _outcome(request, reservation, outcome, "released")
 
 

@@ -118,6 +118,8 @@ class ScriptCalls:
             "pq_seed": pq_seed.hex(),
             "pq_seed_hash": hashlib.sha256(pq_seed).hexdigest(),
         }
+        if admission.adaptive is not None:
+            fields["mode"] = admission.adaptive.mode
         # Registered first (SADD is idempotent), then created: a create cut short between
         # the two leaves at most a registered id with no campaign, which every reader skips
         # and a retried create completes; never a campaign that no sealer knows of. (In a
@@ -148,6 +150,28 @@ class ScriptCalls:
             args += [name, value]
         status, _ = await self._durable_call("campaign_update", [k.meta, k.audit], args, mark=None)
         status.expect(Reply.OK, campaign=campaign)
+
+    async def controller_update(
+        self, campaign: str, *, rate_in_force: str, rate: str, why: str, actor: str
+    ) -> bool:
+        """The rate controller's change: only while the campaign is in mode auto and its
+        rate is still `rate_in_force` (an operator's pin or PATCH in between wins); the
+        stored spec stays. False when a condition no longer held (nothing written)."""
+        k = CampaignKeys(campaign)
+        args: list[ScriptArg] = [actor, "", "rate", rate]
+        args += ["if_mode", "auto", "if_rate", rate_in_force, "why", why]
+        status, _ = await self._durable_call("campaign_update", [k.meta, k.audit], args, mark=None)
+        status.expect(Reply.OK, Reply.REFUSED, campaign=campaign)
+        return status is Reply.OK
+
+    async def controller_lease(self, campaign: str, token: str, ttl_ms: int, mode: str) -> bool:
+        """Take or renew (mode acquire) or give back (release) the campaign's controller
+        lease; True while `token` holds it."""
+        status, reply = await self._call(
+            "controller_lease", [CampaignKeys(campaign).controller], [token, ttl_ms, mode]
+        )
+        status.expect(Reply.OK, campaign=campaign)
+        return int(reply[1]) == 1
 
     async def set_state(self, campaign: str, action: str, actor: str) -> str:
         k = CampaignKeys(campaign)
@@ -336,7 +360,11 @@ class ScriptCalls:
         )
         status.expect(Reply.OK, Reply.REFUSED, campaign=campaign, reservation=reservation)
         outcome = ReservationOutcome(
-            status is Reply.OK, text(reply[1]), int(reply[2]), int(reply[3])
+            status is Reply.OK,
+            text(reply[1]),
+            int(reply[2]),
+            int(reply[3]),
+            int(reply[5]) if status is Reply.OK and len(reply) > 5 else None,
         )
         if self.marks is not None and outcome.ok:
             index = int(reply[4]) if len(reply) > 4 else 0

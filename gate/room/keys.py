@@ -121,6 +121,19 @@ class CampaignKeys:
         so the WAIT covers every earlier write (gate/room/durability.py); nothing reads it."""
         return self._key("mark")
 
+    # -- the adaptive rate (gate/controller.py, gate/health.py) ----------------------
+
+    @property
+    def controller(self) -> str:
+        """String: the rate-controller lease, a random token with a TTL (SET NX PX)."""
+        return self._key("controller")
+
+    def health_window(self, window: int) -> str:
+        """Hash, with a TTL: the core's answers on the callbacks in one controller window
+        (window = Redis time // interval_s): n, errors, latency_sum_ms and a latency
+        histogram (b<i>), summed over every gate process."""
+        return self._key(f"health:{window}")
+
     # -- the audit log's sealing (gate/audit/) ----------------------------------------
 
     @property

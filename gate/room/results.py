@@ -57,6 +57,9 @@ class ReservationOutcome:
     state: str
     seq: int
     amount: int
+    # How long the reservation was held, claim to this call (Redis time); None for a
+    # repeat or a refusal. The core's latency for the adaptive rate (gate/health.py).
+    held_us: int | None = None
 
 
 @dataclass(frozen=True)
