@@ -23,9 +23,25 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from gate.audit.format import decode_entry
+from gate.campaign import parse_spec
 from gate.redis_server import free_port
+from gate.room import Room
 from gate.room.keys import CampaignKeys
-from tests.helpers import ADMIN_TOKEN, GateProcess, gate_cli, spec, wait_for
+from gate.signing import SigningKeys
+from gate.tokens import customer_digest
+from tests.helpers import (
+    ADMIN_TOKEN,
+    CORE_TOKEN,
+    GateProcess,
+    export_to_file,
+    gate_cli,
+    pack_like_redis,
+    seal_everything,
+    spec,
+    unpack,
+    wait_for,
+    wait_redis_time,
+)
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 INTERVAL_S = 0.2
@@ -54,6 +70,8 @@ async def health() -> AsyncIterator[tuple[Health, str]]:
 
     async def query(request: web.Request) -> web.Response:
         state.hits += 1
+        if state.status >= 300:
+            return web.json_response({"status": "error", "error": "down"}, status=state.status)
         q = request.query.get("query", "")
         value = state.latency_s if "latency" in q else state.error_ratio
         return web.json_response(
@@ -264,3 +282,276 @@ async def test_bad_adaptive_config_is_400_naming_the_field(served: GateProcess) 
             )
             assert r.status == 400, (change, await r.text())
             assert (await r.json())["error"]["message"].startswith(message), change
+
+
+async def test_manual_pin_stops_changes_and_an_operators_rate_is_honoured(
+    served: GateProcess, redis_url: str, health: tuple[Health, str]
+) -> None:
+    state, url = health
+    await create(
+        served.admin_url, adaptive_spec("pin", [{"kind": "http", "url": url + "/healthz"}])
+    )
+    state.delay_s = 0.3
+    await wait_rate(redis_url, "pin", lambda r: r <= 49, "two decreases", 10)
+    view = await patch(served.admin_url, "pin", {"admission": {"adaptive": {"mode": "manual"}}})
+    assert view["spec"]["admission"]["adaptive"]["mode"] == "manual"
+    pinned = await rate_of(redis_url, "pin")
+    assert view["spec"]["admission"]["rate_per_s"] == pinned  # the rate stays where it is
+    before = len(await controller_entries(served.admin_url, "pin"))
+    hits = state.hits
+    await wait_for(lambda: _at_least(state, hits + 8), 10, "eight more probes, all slow")
+    assert await rate_of(redis_url, "pin") == pinned
+    # pinned at the operator's rate, still no change while the core stays slow
+    await patch(served.admin_url, "pin", {"adaptive": {"mode": "manual"}, "rate_per_s": 80})
+    hits = state.hits
+    await wait_for(lambda: _at_least(state, hits + 8), 10, "eight more probes")
+    assert await rate_of(redis_url, "pin") == 80
+    assert len(await controller_entries(served.admin_url, "pin")) == before
+    # back to auto: the controller goes on from the operator's 80
+    await patch(served.admin_url, "pin", {"adaptive": {"mode": "auto"}})
+    await wait_rate(redis_url, "pin", lambda r: r < 80, "a decrease after auto", 10)
+    entries = await controller_entries(served.admin_url, "pin")
+    assert float(entries[before]["o"][0]) == 80 and float(entries[before]["n"][0]) == 56
+    # an operator's rate while auto becomes the controller's current rate
+    state.delay_s = 0.0
+    hits = state.hits
+    await wait_for(lambda: _at_least(state, hits + 3), 10, "three fast probes")
+    await patch(served.admin_url, "pin", {"rate_per_s": 90})
+    await wait_rate(redis_url, "pin", lambda r: r == 100, "recovery from the operator's 90", 10)
+    after = (await controller_entries(served.admin_url, "pin"))[-3:]
+    assert [float(e["o"][0]) for e in after] == [90.0, 94.5, 99.0]
+    # the auditor sees each pin: admin-update of `mode` by the operator's token
+    modes = []
+    for line in (await export_text(served.admin_url, "pin")).splitlines():
+        doc = json.loads(line)
+        if doc.get("type") == "entry":
+            entry = decode_entry(base64.b64decode(doc["raw"]))
+            if entry["k"] == b"admin-update" and b"mode" in entry["f"]:
+                at = entry["f"].index(b"mode")
+                modes.append((entry["a"], entry["o"][at], entry["n"][at]))
+    assert modes == [
+        (b"ops", b"auto", b"manual"),
+        (b"ops", b"manual", b"manual"),
+        (b"ops", b"manual", b"auto"),
+    ]
+    await assert_verifies(served, "pin")
+
+
+async def metric_values(url: str, name: str) -> dict[str, float]:
+    """`name`'s samples on a gate's /metrics: label text -> value."""
+    async with aiohttp.ClientSession() as http:
+        text = await (await http.get(url + "/metrics")).text()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, _, value = line[len(name) :].rpartition(" ")
+            out[labels] = float(value)
+    return out
+
+
+async def test_two_gate_processes_one_controller(
+    redis_url: str, keys_file: Path, tmp_path: Path, health: tuple[Health, str]
+) -> None:
+    state, url = health
+    first = GateProcess(redis_url, tmp_path / "a", keys_file)
+    second = GateProcess(redis_url, tmp_path / "b", keys_file)
+    async with first, second:
+        await create(
+            first.admin_url, adaptive_spec("duo", [{"kind": "http", "url": url + "/healthz"}])
+        )
+        state.delay_s = 0.3
+        await wait_rate(redis_url, "duo", lambda r: r == 10, "the rate at rate_min", 20)
+        leading = {
+            p.url: (await metric_values(p.url, "fairgate_controller_leading")).get(
+                '{campaign="duo"}', 0.0
+            )
+            for p in (first, second)
+        }
+        assert sorted(leading.values()) == [0.0, 1.0], leading
+        leader = first if leading[first.url] == 1.0 else second
+        other = second if leader is first else first
+        entries = await controller_entries(first.admin_url, "duo")
+        made = await metric_values(leader.url, "fairgate_controller_changes_total")
+        assert made == {'{campaign="duo",direction="down"}': float(len(entries))}
+        assert await metric_values(other.url, "fairgate_controller_changes_total") == {}
+        # the leader goes away: the other process takes the lease and drives the rate
+        leader.stop()
+        state.delay_s = 0.0
+        await wait_rate(redis_url, "duo", lambda r: r == 100, "recovery by the other process", 20)
+        took = await metric_values(other.url, "fairgate_controller_changes_total")
+        assert took['{campaign="duo",direction="up"}'] >= 20
+
+
+async def test_prometheus_source(
+    served: GateProcess, redis_url: str, health: tuple[Health, str]
+) -> None:
+    state, url = health
+    source = {
+        "kind": "prometheus",
+        "url": url,
+        "latency_query": "histogram_quantile(0.9, rate(core_latency_seconds_bucket[30s]))",
+        "error_query": "sum(rate(core_errors_total[30s])) / sum(rate(core_requests_total[30s]))",
+    }
+    await create(served.admin_url, adaptive_spec("prom", [source]))
+    state.latency_s = 0.5  # 500 ms against a 100 ms target
+    await wait_rate(redis_url, "prom", lambda r: r <= 49, "two decreases", 10)
+    state.latency_s, state.error_ratio = 0.01, 0.5  # fast, but half the requests fail
+    await wait_rate(redis_url, "prom", lambda r: r == 10, "the rate at rate_min", 20)
+    # Prometheus itself down: no signal, the rate holds (blind is not healthy)
+    state.status, state.error_ratio = 500, 0.0
+    hits = state.hits
+    await wait_for(lambda: _at_least(state, hits + 10), 10, "five more rounds of queries")
+    assert await rate_of(redis_url, "prom") == 10
+    state.status = 200
+    await wait_rate(redis_url, "prom", lambda r: r == 100, "recovery", 20)
+    entries = await controller_entries(served.admin_url, "prom")
+    first = entries[0]["why"]
+    assert first[b"source"] == b"prometheus" and first[b"latency_ms"] == 500
+    assert any(e["why"].get(b"error_ratio") == 0.5 for e in entries)
+    await assert_verifies(served, "prom")
+
+
+async def one_customer(
+    http: aiohttp.ClientSession, served: GateProcess, campaign: str, name: str
+) -> str:
+    """Join, wait until admitted, claim one item: the reservation id."""
+    who = {"X-Customer-Id": name}
+    r = await http.post(f"{served.url}/q/{campaign}/join", headers=who)
+    assert r.status in (200, 201), await r.text()
+    ticket = (await r.json())["ticket"]
+    status: dict[str, Any] = {}
+
+    async def admitted() -> bool:
+        r = await http.get(
+            f"{served.url}/q/{campaign}/status", params={"ticket": ticket}, headers=who
+        )
+        status.update(await r.json())
+        return status.get("state") == "admitted"
+
+    await wait_for(admitted, 10, f"{name} admitted", interval_s=0.02)
+    r = await http.post(
+        f"{served.url}/q/{campaign}/claim",
+        json={"amount": 1},
+        headers={**who, "X-Gate-Pass": status["pass"]},
+    )
+    assert r.status == 201, await r.text()
+    return str((await r.json())["reservation"])
+
+
+async def answer(
+    http: aiohttp.ClientSession, core_url: str, campaign: str, rid: str, verb: str, **body: Any
+) -> None:
+    r = await http.post(
+        f"{core_url}/q/{campaign}/reservations/{rid}/{verb}",
+        json=body,
+        headers={"Authorization": f"Bearer {CORE_TOKEN}"},
+    )
+    assert r.status == 200, await r.text()
+
+
+async def leader_of(processes: list[GateProcess], campaign: str) -> GateProcess:
+    found: list[GateProcess] = []
+
+    async def led() -> bool:
+        for process in processes:
+            values = await metric_values(process.url, "fairgate_controller_leading")
+            if values.get(f'{{campaign="{campaign}"}}') == 1.0:
+                found.append(process)
+                return True
+        return False
+
+    await wait_for(led, 10, "a controller", interval_s=0.05)
+    return found[0]
+
+
+async def test_callbacks_source_counts_every_process_answers(
+    served: GateProcess, redis_url: str, keys_file: Path, tmp_path: Path
+) -> None:
+    """The core's releases with an error reason push the rate down, quick confirms bring
+    it back up, slow confirms (held longer than the target) push it down again; the core
+    calls back a gate process that is not the one driving the controller."""
+    source = {"kind": "callbacks", "error_reasons": ["core_error", "timeout"]}
+    body = adaptive_spec("cb", [source], targets={"latency_ms": 200, "error_ratio": 0.2})
+    body["admission"]["max_active"] = 1000
+    async with GateProcess(redis_url, tmp_path / "second", keys_file) as second:
+        await create(served.admin_url, body)
+        leader = await leader_of([served, second], "cb")
+        callee = second if leader is served else served
+        count = 0
+
+        async def customers(verb: str, hold_s: float = 0.0, **reply: Any) -> None:
+            nonlocal count
+            count += 1
+            names = [f"{verb}-{count}-{i}" for i in range(4)]
+            async with aiohttp.ClientSession() as http:
+                rids = await asyncio.gather(*(one_customer(http, served, "cb", n) for n in names))
+                await asyncio.sleep(hold_s)  # the core takes this long to book
+                for rid in rids:
+                    await answer(http, callee.core_url, "cb", rid, verb, **reply)
+
+        async def until(ok: Any, verb: str, what: str, hold_s: float = 0.0, **reply: Any) -> None:
+            async def reached() -> bool:
+                await customers(verb, hold_s, **reply)
+                return bool(ok(await rate_of(redis_url, "cb")))
+
+            await wait_for(reached, 20, what, interval_s=0.0)
+
+        await until(lambda r: r <= 70, "release", "a decrease on core errors", reason="core_error")
+        # a release for the customer's own reason is not the core's error
+        await until(lambda r: r == 100, "release", "recovery", reason="customer_cancelled")
+        await until(lambda r: r <= 70, "confirm", "a decrease on slow confirms", hold_s=0.3)
+        whys = [e["why"] for e in await controller_entries(served.admin_url, "cb")]
+        assert all(w[b"source"] == b"callbacks" for w in whys)
+        downs = [w for w in whys if w[b"direction"] == b"down"]
+        assert downs[0][b"error_ratio"] > 0.2
+        assert downs[-1][b"latency_ms"] > 200 and downs[-1][b"error_ratio"] == 0
+        made = await metric_values(leader.url, "fairgate_controller_changes_total")
+        assert sum(made.values()) == len(whys)
+        await assert_verifies(served, "cb")
+
+
+async def controller_log(
+    room: Room, keys: SigningKeys, campaign: str, forged_rate: str, out: Path
+) -> Path:
+    """A campaign whose controller lowered the rate 1000 -> 900/s, then 50 customers
+    admitted at once after 0.1 s (900 x 0.1 tokens: allowed); with `forged_rate`, the
+    controller's entry is rewritten in Redis to say it set that rate before the log is
+    sealed (an operator who holds the keys forging the log). The signed export's path."""
+    raw = adaptive_spec(campaign, [{"kind": "http", "url": "http://127.0.0.1:9/"}])
+    raw["admission"].update(rate_per_s=1000, burst=1)
+    raw["admission"]["adaptive"].update(rate_min=1, rate_max=1000)
+    await room.create(parse_spec(raw), "ops")
+    why = json.dumps({"source": "http", "latency_ms": 812.0, "target_latency_ms": 100})
+    assert await room.controller_update(
+        campaign, rate_in_force="1000.0", rate="900.0", why=why, actor="controller"
+    )
+    # the guard: a change from a rate no longer in force is refused, nothing written
+    assert not await room.controller_update(
+        campaign, rate_in_force="1000.0", rate="700.0", why=why, actor="controller"
+    )
+    k = CampaignKeys(campaign)
+    await room.join(campaign, [customer_digest(keys, campaign, f"c{i}") for i in range(50)])
+    seconds, micros = await room.redis.time()
+    await wait_redis_time(room.redis, seconds * 1_000_000 + micros + 100_000)
+    result = await room.admit(campaign, max_per_call=2000)
+    assert result is not None and result.admitted == 50
+    if forged_rate:
+        entries = [decode_entry(e) for e in await room.redis.lrange(k.audit, 0, -1)]
+        at = next(i for i, e in enumerate(entries) if e.get("why"))
+        entry = unpack(await room.redis.lindex(k.audit, at))
+        entry[b"n"] = [forged_rate.encode()]
+        await room.redis.lset(k.audit, at, pack_like_redis(entry))
+    await seal_everything(room.redis, room.scripts, keys, campaign)
+    return await export_to_file(room.redis, campaign, keys, out / f"{campaign}.jsonl")
+
+
+async def test_audit_verify_checks_admits_against_the_controllers_logged_rate(
+    room: Room, keys: SigningKeys, tmp_path: Path
+) -> None:
+    clean_log = await controller_log(room, keys, "ok", "", tmp_path)
+    clean = await gate_cli("audit", "verify", str(clean_log))
+    assert clean.code == 0, clean
+    forged = await controller_log(room, keys, "forged", "1.0", tmp_path)
+    result = await gate_cli("audit", "verify", str(forged))
+    assert result.code != 0, result
+    assert "more than the rate allows" in result.out + result.err, result
