@@ -77,7 +77,17 @@ REQUEST_TIMEOUT_S = 30.0
 ADMIT_TIMEOUT_S = 30.0
 # The keys that hold one record per customer (or per reservation): they grow with every
 # new customer by design. Everything else in Redis must stay flat.
-PER_CUSTOMER_KEYS = ("tickets", "passed", "res", "resexp", "spent", "holds", "idem", "active")
+PER_CUSTOMER_KEYS = (
+    "tickets",
+    "passed",
+    "res",
+    "resexp",
+    "spent",
+    "holds",
+    "idem",
+    "active",
+    "arrived",
+)
 DOCUMENTED_REFUSALS = {(409, "sold_out"), (429, None)}
 
 

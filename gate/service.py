@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from gate.admission import Admitter
+from gate.arrivals import Arrivals
 from gate.audit.receipts import ReceiptBook
 from gate.audit.sealer import Sealer, SealerCollector
 from gate.audit.store import AuditStore, segments_root
@@ -95,6 +96,8 @@ class Gate:
         self.admitter = Admitter(
             self.control_room, self.cache, interval_s=config.admit_interval_ms / 1000
         )
+        # The door to the core: a pass's first use at /gate/auth, metered (issue 12).
+        self.arrivals = Arrivals(self.room)
         # The adaptive rate (gate/controller.py): one process per campaign drives it, on
         # the control connection; every process counts its callbacks for it.
         self.controller = RateController(self.control_room, self.cache, self.control_redis)

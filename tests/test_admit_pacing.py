@@ -6,6 +6,7 @@ Against real Redis 7.x and 6.2; every figure goes by Redis time (the audit's "t"
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 from collections.abc import AsyncIterator
@@ -17,10 +18,13 @@ import redis as sync_redis
 
 from gate.audit.verify import verify_file
 from gate.campaign import parse_spec
+from gate.config import Config
 from gate.redis_client import connect
 from gate.redis_server import RedisServer
 from gate.room import Room
+from gate.room.keys import CampaignKeys
 from gate.room.scripts import Scripts
+from gate.service import running_gate
 from gate.signing import SigningKeys
 from tests.helpers import (
     as_customer,
@@ -206,3 +210,125 @@ async def test_auth_lets_customers_in_at_the_rate_however_their_polls_bunch(
     # request (a margin of 0.1 s x rate)
     assert busiest_window(scheduled) <= HTTP_RATE + HTTP_BURST
     assert peak <= HTTP_RATE + HTTP_BURST + HTTP_RATE // 10
+
+
+LATE_RATE, LATE_BURST, LATE_CUSTOMERS = 20, 2, 40
+
+
+async def test_late_comers_do_not_crowd_the_core_past_rate_plus_burst(
+    public: Any, admin: Any, gate: Any
+) -> None:
+    """Customers whose passes were valid earlier all come at one moment, on top of those
+    due then: /gate/auth still lets at most rate + burst in per 1-s window of Redis time
+    (each success counted only where it surely fell: between the request's send and its
+    answer). Before the door was metered, the late comers all got in at once."""
+    campaign = "late"
+    await create_campaign(
+        admin, campaign, rate_per_s=LATE_RATE, burst=LATE_BURST, max_active=100000
+    )
+    tickets = {}
+    for i in range(LATE_CUSTOMERS):
+        tickets[f"l-{i}"] = (await join(public, campaign, f"l-{i}"))["ticket"]
+
+    async def all_admitted() -> bool:
+        meta = await gate.room.meta(campaign)
+        return meta is not None and int(meta["cursor"]) >= LATE_CUSTOMERS
+
+    await wait_for(all_admitted, 15, "everyone admitted")
+    passes: dict[str, tuple[str, int]] = {}
+    for name, ticket in tickets.items():
+        r = await public.get(
+            f"/q/{campaign}/status", params={"ticket": ticket}, headers=as_customer(name)
+        )
+        assert r.status == 200, await r.text()
+        body = await r.json()
+        passes[name] = (body["pass"], int(body.get("not_before", 0)))
+    now = lambda: gate.cache.redis_now() * 1_000_000  # noqa: E731
+    # everyone whose pass is valid before `late_at` comes exactly then
+    late_at = now() + 1_200_000
+    spans: list[tuple[float, float]] = []
+    held_back = 0
+
+    async def customer(name: str) -> None:
+        nonlocal held_back
+        pass_token, not_before = passes[name]
+        come = max(not_before, late_at)
+        await asyncio.sleep(max(0.0, come - now()) / 1e6)
+        who = as_customer(name, **{"X-Gate-Campaign": campaign, "X-Gate-Pass": pass_token})
+        while True:
+            sent = now()
+            r = await public.get("/gate/auth", headers=who)
+            if r.status == 200:
+                spans.append((sent, now()))
+                return
+            assert r.status == 401, await r.text()
+            assert (await r.json())["error"]["code"] == "pass_not_yet"
+            held_back += 1
+            await asyncio.sleep(int(r.headers["X-Gate-Retry-After-Ms"]) / 1000)
+
+    await asyncio.gather(*(customer(name) for name in passes))
+    late = sum(1 for _, nb in passes.values() if nb < late_at)
+    # the most successes surely inside one 1-s window: those whose whole span is in it
+    surely = max(
+        sum(1 for sent, got in spans if start <= sent and got < start + 1_000_000)
+        for start, _ in spans
+    )
+    print(
+        f"{late} of {LATE_CUSTOMERS} customers late at once: at least {surely} in one 1-s "
+        f"window (bound {LATE_RATE + LATE_BURST}), {held_back} told to wait"
+    )
+    assert late >= LATE_CUSTOMERS // 3  # the scene: many come late together
+    assert surely <= LATE_RATE + LATE_BURST
+    # a pass already let in goes through at once, also when asked again
+    name = next(iter(passes))
+    who = as_customer(name, **{"X-Gate-Campaign": campaign, "X-Gate-Pass": passes[name][0]})
+    assert (await public.get("/gate/auth", headers=who)).status == 200
+
+
+async def test_the_door_gives_late_comers_one_slot_each(room: Room) -> None:
+    """arrive.lua straight: a crowd at the door at once gets the burst in and one slot of
+    the clock each for the others (asked again early: the same slot; a pass let in: in at
+    once), and nobody's slot is shared: at most rate + burst in any 1-s window."""
+    campaign = "door"
+    rate, burst = 10, 3  # slots 100 ms apart, a grace of 200 ms
+    await room.create(parse_spec(spec(campaign, rate_per_s=rate, burst=burst)), "ops")
+    exp = (await redis_us(room)) // 1_000_000 + 600
+    crowd = 12
+    waits = [await room.arrive(campaign, seq, exp) for seq in range(1, crowd + 1)]
+    assert waits[:burst] == [0] * burst  # the burst (the grace's slots and now's) is in
+    ahead = waits[burst:]
+    assert all(w is not None and w > 0 for w in ahead)
+    # one slot each, kept for them, 100 ms apart
+    door = CampaignKeys(campaign).door
+    slots = [await room.redis.zscore(door, seq) for seq in range(burst + 1, crowd + 1)]
+    assert [b - a for a, b in itertools.pairwise(slots)] == [100_000] * (len(slots) - 1)
+    assert await room.arrive(campaign, 1, exp) == 0  # already in
+    again = await room.arrive(campaign, crowd, exp)
+    assert again is not None and 0 < again <= waits[-1]  # the same slot, not a new one
+    assert await room.arrive("no-such-campaign", 1, exp) is None
+
+
+async def test_a_stretched_admit_loop_still_admits_the_configured_rate(config: Config) -> None:
+    """The gate's own admit loop, its calls 600 ms apart (as a process saturated by polls
+    stretches them), at 5,000/s: each call has 3,000 tokens to give, more than the loop's
+    usual per-call cap of 2,000, and what a call leaves beyond the burst is dropped. The
+    loop sizes its calls to what one can accrue, so the rate is delivered (within 2%)."""
+    campaign = "stretched"
+    rate, burst, customers = 5000, 10, 30_000
+    slow = dataclasses.replace(config, admit_interval_ms=600)
+    async with running_gate(slow) as gate:
+        await gate.wait_ready()
+        room = gate.room
+        await room.create(parse_spec(spec(campaign, rate_per_s=rate, burst=burst)), "ops")
+        for i in range(0, customers, 2000):
+            await room.join(campaign, [digest(j) for j in range(i, min(i + 2000, customers))])
+
+        async def calls_logged() -> bool:
+            return len(of_kind(await room.audit_entries(campaign), "admit")) >= 6
+
+        await wait_for(calls_logged, 30, "six admit calls")
+        admits = of_kind(await room.audit_entries(campaign), "admit")[:6]
+    span_s = (admits[-1]["t"] - admits[0]["t"]) / 1e6
+    delivered = sum(e["n"] for e in admits[1:]) / span_s
+    print(f"admit calls {span_s / 5 * 1000:.0f} ms apart: {delivered:.0f}/s (rate {rate})")
+    assert abs(delivered - rate) <= 0.02 * rate, [(e["t"], e["n"]) for e in admits]

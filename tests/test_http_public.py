@@ -272,19 +272,20 @@ async def test_waiting_poll_makes_no_redis_round_trip(quiet: Quiet, redis_url: s
     pass_token = (await status(quiet.public, "c1", first, "first"))["pass"]
 
     counter = sync_redis.Redis.from_url(redis_url)
+    auth_headers = as_customer("first", **{"X-Gate-Pass": pass_token, "X-Gate-Campaign": "c1"})
     try:
         command_calls(counter)  # connect (and let redis-py send its handshake) first
+        # a pass's first use is the customer's arrival at the core: one script call meters
+        # it (issue 12); the process remembers the pass from then on
+        before = command_calls(counter)
+        assert (await quiet.public.get("/gate/auth", headers=auth_headers)).status == 200
+        assert diff(before, command_calls(counter))["evalsha"] == 1
         before = command_calls(counter)
         for _ in range(50):
             body = await status(quiet.public, "c1", waiting, "waiting")
             assert body["state"] == "waiting" and body["position"] == 1
         for _ in range(50):
-            r = await quiet.public.get(
-                "/gate/auth",
-                headers=as_customer(
-                    "first", **{"X-Gate-Pass": pass_token, "X-Gate-Campaign": "c1"}
-                ),
-            )
+            r = await quiet.public.get("/gate/auth", headers=auth_headers)
             assert r.status == 200
         polls = diff(before, command_calls(counter))
         assert polls == {}, f"50 waiting polls and 50 auth checks reached Redis: {polls}"

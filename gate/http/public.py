@@ -325,8 +325,11 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
 
 
 async def auth(request: web.Request) -> web.Response:
-    """For nginx auth_request, Envoy ext_authz and Traefik ForwardAuth: 200, 401 or 403."""
+    """For nginx auth_request, Envoy ext_authz and Traefik ForwardAuth: 200, 401 or 403.
+    A pass's first use is the customer's arrival at the core: metered (gate/arrivals.py)."""
     token, _ = verified_pass(request)
+    gate = gate_of(request)
+    await gate.arrivals.enter(token, gate.cache.redis_now())
     # The customer as the campaign's keyed digest: the core may key its records on it,
     # and never sees the raw id or the pass (proxies drop both upstream).
     customer = token.digest.hex()

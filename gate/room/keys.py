@@ -44,6 +44,18 @@ class CampaignKeys:
         return self._key("nb")
 
     @property
+    def arrived(self) -> str:
+        """Sorted set: seq -> pass expiry (microseconds), once the pass first got through
+        /gate/auth (arrive.lua meters those arrivals; issue 12); trimmed as passes expire."""
+        return self._key("arrived")
+
+    @property
+    def door(self) -> str:
+        """Sorted set: seq -> the slot of the door's clock kept for a customer told to wait
+        at /gate/auth (arrive.lua); trimmed once used or missed."""
+        return self._key("door")
+
+    @property
     def blocked(self) -> str:
         """Set: digests of blocked customers (they may not join)."""
         return self._key("blocked")
