@@ -67,9 +67,20 @@ def _parser() -> argparse.ArgumentParser:
     csub.add_parser("list")
     for name in ("show", "pause", "resume", "close", "stats"):
         csub.add_parser(name).add_argument("campaign")
-    setp = csub.add_parser("set", help="change rate, burst, max_active, pass_ttl or closes_at")
+    setp = csub.add_parser(
+        "set",
+        help="change rate, burst, max_active, pass_ttl, closes_at, or the adaptive rate's "
+        "mode and bounds",
+    )
     setp.add_argument("campaign")
     setp.add_argument("--rate", type=float)
+    setp.add_argument(
+        "--mode",
+        choices=("auto", "manual"),
+        help="adaptive rate: auto (follows the core's health) or manual (pinned)",
+    )
+    setp.add_argument("--rate-min", type=float, help="adaptive rate: the lowest it goes")
+    setp.add_argument("--rate-max", type=float, help="adaptive rate: the highest it goes")
     setp.add_argument("--burst", type=int)
     setp.add_argument("--max-active", type=int)
     setp.add_argument("--pass-ttl", type=int)
@@ -152,9 +163,21 @@ def _campaign_command(args: argparse.Namespace) -> int:
             )
             if value is not None
         }
+        adaptive = {
+            key: value
+            for key, value in (
+                ("mode", args.mode),
+                ("rate_min", args.rate_min),
+                ("rate_max", args.rate_max),
+            )
+            if value is not None
+        }
+        if adaptive:
+            patch["adaptive"] = adaptive
         if not patch:
             raise GateError(
-                "nothing to set: give --rate, --burst, --max-active, --pass-ttl or --closes-at",
+                "nothing to set: give --rate, --burst, --max-active, --pass-ttl, --closes-at, "
+                "--mode, --rate-min or --rate-max",
                 code="usage",
             )
         _print(client.call("PATCH", f"{base}/{args.campaign}", patch))

@@ -33,6 +33,7 @@ from tests.helpers import (
     ADMIN_TOKEN,
     CORE_TOKEN,
     GateProcess,
+    assert_clean_error,
     export_to_file,
     gate_cli,
     pack_like_redis,
@@ -555,3 +556,30 @@ async def test_audit_verify_checks_admits_against_the_controllers_logged_rate(
     result = await gate_cli("audit", "verify", str(forged))
     assert result.code != 0, result
     assert "more than the rate allows" in result.out + result.err, result
+
+
+async def test_campaign_set_mode_and_bounds(
+    served: GateProcess, redis_url: str, health: tuple[Health, str]
+) -> None:
+    _, url = health
+    body = adaptive_spec("flags", [{"kind": "http", "url": url + "/healthz"}], mode="manual")
+    await create(served.admin_url, body)
+    env = {"GATE_ADMIN_URL": served.admin_url, "GATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    bounded = await gate_cli(
+        "campaign", "set", "flags", "--rate-min", "20", "--rate-max", "80", env=env
+    )
+    assert bounded.code == 0, bounded
+    adaptive = bounded.json()["spec"]["admission"]["adaptive"]
+    assert (adaptive["rate_min"], adaptive["rate_max"], adaptive["mode"]) == (20, 80, "manual")
+    # the rate in force (100) is outside the new bounds: it moves to the nearer one
+    assert bounded.json()["spec"]["admission"]["rate_per_s"] == 80
+    assert await rate_of(redis_url, "flags") == 80
+    auto = await gate_cli("campaign", "set", "flags", "--mode", "auto", env=env)
+    assert auto.code == 0 and auto.json()["spec"]["admission"]["adaptive"]["mode"] == "auto"
+    pinned = await gate_cli("campaign", "set", "flags", "--mode", "manual", "--rate", "30", env=env)
+    assert pinned.code == 0, pinned
+    assert await rate_of(redis_url, "flags") == 30
+    crossed = await gate_cli(
+        "campaign", "set", "flags", "--rate-min", "90", "--rate-max", "50", env=env
+    )
+    assert "rate_max: must be at least" in assert_clean_error(crossed, "bad_spec")
