@@ -90,6 +90,8 @@ class CampaignCache:
         # Campaigns not to read now (a Redis Cluster campaign whose new master is being
         # reconciled: its connections are refused, and the others must stay fresh).
         self.skip: Callable[[str], bool] = lambda campaign: False
+        # Set (and replaced) each time a refresh ends, well or not: what wait_fresh waits on.
+        self._refreshed = asyncio.Event()
 
     def redis_now(self) -> float:
         """Redis's time (unix seconds) as this process knows it: its monotonic clock plus
@@ -147,6 +149,28 @@ class CampaignCache:
         event loop was late; the cursor it shows is a little behind, which grants nothing."""
         now = time.monotonic()
         return self.last_error < self.last_ok and now - self.last_ok < ANSWERING_LIMIT_S
+
+    async def wait_fresh(self, limit_s: float) -> bool:
+        """True once the cache proves the current state. At once when it is `fresh()`; when
+        it is only old (no refresh failed since the last success: this process's event loop
+        ran late, starved of CPU, not Redis), after the next refresh succeeds, waiting at most
+        `limit_s`, so that a late loop delays a pass instead of failing it closed. False at
+        once when the last refresh failed: Redis is unreachable and the gate fails closed
+        fast (I7)."""
+        deadline = time.monotonic() + limit_s
+        while not self.fresh():
+            remaining = deadline - time.monotonic()
+            if self.last_error >= self.last_ok or remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._refreshed.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    def _refresh_ended(self) -> None:
+        self._refreshed.set()
+        self._refreshed = asyncio.Event()
 
     def peek(self, campaign: str) -> LiveCampaign | None:
         return self.campaigns.get(campaign)
@@ -210,6 +234,7 @@ class CampaignCache:
                 live.state = snapshot
                 live.record(time.monotonic())
         self.last_ok = time.monotonic()
+        self._refresh_ended()
 
     async def run(self) -> None:
         while True:
@@ -222,4 +247,5 @@ class CampaignCache:
             except GateError as exc:
                 self.last_error = time.monotonic()
                 log.error("event=refresh_failed error=%s", exc.message)
+            self._refresh_ended()
             await asyncio.sleep(self.refresh_interval_s)

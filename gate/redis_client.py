@@ -3,8 +3,11 @@ redis+cluster://), and turn what redis-py raises into fairgate's errors (`guarde
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -12,7 +15,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     BusyLoadingError,
@@ -27,6 +30,181 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gate.errors import ConfigError, RedisRefused, ScriptError, Unavailable
 from gate.redis_checks import refusal_reason
+
+# The loop clock ticks this often while a command waits for its answer.
+TICK_S = 0.01
+# A tick later than this after the previous one is a stall of the event loop: the time
+# beyond it is not counted against a command's timeout.
+STALL_S = 0.05
+# However late the loop runs, a command waits at most this many times its timeout.
+LATE_LOOP_LIMIT = 10
+
+
+class LoopClock:
+    """Time as this process's event loop lived it, for the Redis command timeout.
+
+    A Redis answer that arrived while the loop was starved of CPU (a busy host, a long
+    burst of callbacks) waits in the socket until the loop runs again; a timer that counts
+    wall time fires before the answer is read, and a late loop passes for a dead Redis
+    (fail-closed 503s with Redis healthy, issue 12). This clock ticks every `TICK_S` while
+    something waits on it and adds the time since the previous tick, but at most
+    `TICK_S + STALL_S`: the time the loop was stalled does not count. A loop that is not
+    late keeps wall time, so a hung or gone Redis still fails a command after its timeout.
+    One per connection pool; it runs on the loop that uses it and stops when idle.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lived = 0.0
+        self._last = 0.0
+        self._waiting = 0
+        self._tick: asyncio.TimerHandle | None = None
+
+    def now(self) -> float:
+        """Seconds lived so far (a count that only goes up)."""
+        if self._loop is None:
+            return self._lived
+        return self._lived + min(max(self._loop.time() - self._last, 0.0), TICK_S + STALL_S)
+
+    def enter(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._tick is None:
+            self._lived = self.now()
+            self._loop, self._last = loop, loop.time()
+            self._tick = loop.call_later(TICK_S, self._on_tick)
+        self._waiting += 1
+
+    def leave(self) -> None:
+        self._waiting = max(0, self._waiting - 1)
+
+    def _on_tick(self) -> None:
+        assert self._loop is not None
+        self._lived = self.now()
+        self._last = self._loop.time()
+        self._tick = self._loop.call_later(TICK_S, self._on_tick) if self._waiting else None
+
+
+class LivedTimeout:
+    """`async with LivedTimeout(clock, s)`: asyncio's TimeoutError once `s` seconds have
+    passed on `clock` (the time the loop was stalled not counted), or `LATE_LOOP_LIMIT` x
+    `s` of wall time, whichever comes first."""
+
+    def __init__(self, clock: LoopClock, seconds: float):
+        self.clock, self.seconds = clock, seconds
+        self._timeout = asyncio.timeout(None)
+        self._check: asyncio.TimerHandle | None = None
+        self._started = self._started_lived = 0.0
+
+    async def __aenter__(self) -> LivedTimeout:
+        loop = asyncio.get_running_loop()
+        await self._timeout.__aenter__()
+        self.clock.enter()
+        self._started, self._started_lived = loop.time(), self.clock.now()
+        self._check = loop.call_later(self.seconds, self._on_check)
+        return self
+
+    def _on_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        lived = self.clock.now() - self._started_lived
+        waited = loop.time() - self._started
+        if lived >= self.seconds or waited >= LATE_LOOP_LIMIT * self.seconds:
+            # Expires on the next turn of the loop: an answer that this turn has just read
+            # from the socket resumes the command first, and wins.
+            self._timeout.reschedule(loop.time())
+        else:
+            self._check = loop.call_later(self.seconds - lived, self._on_check)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        if self._check is not None:
+            self._check.cancel()
+        self.clock.leave()
+        await self._timeout.__aexit__(exc_type, exc, traceback)
+        return None
+
+
+class _LivedReads:
+    """A connection whose read timeout (`socket_timeout`) counts the time its event loop
+    lived, not wall time (`LoopClock`): an answer that waited in the socket for a starved
+    loop is read, not taken for a dead Redis. A read that does time out ends as redis-py's
+    own does: the connection is dropped and redis-py's TimeoutError raised."""
+
+    socket_timeout: float | None
+    loop_clock: LoopClock
+
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - redis-py's signature
+        *,
+        disconnect_on_error: Any = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        parent = cast(Any, super())
+        if timeout is not None or not self.socket_timeout:
+            return await parent.read_response(
+                disable_decoding,
+                timeout,
+                disconnect_on_error=disconnect_on_error,
+                push_request=push_request,
+            )
+        try:
+            async with LivedTimeout(self.loop_clock, self.socket_timeout):
+                # math.inf: no timer of redis-py's own. Cancelled by ours, redis-py drops
+                # the connection (a late answer would otherwise reach the next command).
+                return await parent.read_response(
+                    disable_decoding,
+                    math.inf,
+                    disconnect_on_error=disconnect_on_error,
+                    push_request=push_request,
+                )
+        except TimeoutError:
+            raise RedisTimeoutError("Timeout reading from Redis") from None
+
+
+class LivedConnection(_LivedReads, Connection):
+    def __init__(self, *, loop_clock: LoopClock, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.loop_clock = loop_clock
+
+
+class LivedSentinelConnection(_LivedReads, SentinelManagedConnection):
+    def __init__(self, *, loop_clock: LoopClock, **kwargs: Any):
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        self.loop_clock = loop_clock
+
+
+class LivedBlockingPool(BlockingConnectionPool):
+    """Waits for a free connection as long as the loop lived `timeout` (`LoopClock`): a
+    burst of requests on a starved loop queues instead of answering 503."""
+
+    def __init__(self, *, loop_clock: LoopClock, **kwargs: Any):
+        kwargs.setdefault("connection_class", LivedConnection)
+        super().__init__(loop_clock=loop_clock, **kwargs)
+        self.loop_clock = loop_clock
+
+    async def get_connection(self, *args: Any, **options: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        self.loop_clock.enter()
+        try:
+            started, started_lived = loop.time(), self.loop_clock.now()
+            while True:
+                try:
+                    return await super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
+                except RedisConnectionError as exc:
+                    if "No connection available" not in str(exc):
+                        raise
+                    lived = self.loop_clock.now() - started_lived
+                    waited = loop.time() - started
+                    timeout = self.timeout or 0.0
+                    if lived >= timeout or waited >= LATE_LOOP_LIMIT * timeout:
+                        raise
+        finally:
+            self.loop_clock.leave()
 
 
 def connect(
@@ -74,12 +252,22 @@ def connect(
             hosts, socket_timeout=timeout_s, socket_connect_timeout=min(timeout_s, 0.25)
         )
         master: Redis = sentinel.master_for(
-            service, password=password, db=db, max_connections=max_connections, **common
+            service,
+            password=password,
+            db=db,
+            max_connections=max_connections,
+            connection_class=LivedSentinelConnection,
+            loop_clock=LoopClock(),
+            **common,
         )
         return master
     try:
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=timeout_s, **common
+        pool = LivedBlockingPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            loop_clock=LoopClock(),
+            **common,
         )
         return Redis.from_pool(pool)
     except ValueError as exc:

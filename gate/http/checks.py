@@ -98,11 +98,15 @@ def wanted_campaign(request: web.Request) -> str:
     return wanted
 
 
-def verified_pass(request: web.Request, campaign: str | None = None) -> tuple[Token, LiveCampaign]:
+def verified_pass(
+    request: web.Request, campaign: str | None = None, *, fresh: bool | None = None
+) -> tuple[Token, LiveCampaign]:
     """The request's pass, checked with no Redis round trip: who presents it (first: an
     untrusted or forged identity is refused as such), signature, expiry, campaign
     (`campaign`, else the one the proxy names), that it is the presenter's, and the cached
-    revocations (a stale cache fails closed)."""
+    revocations (a stale cache fails closed). `fresh`: what the caller's
+    `cache.wait_fresh` found just before (a stall of the process between the two must not
+    undo it); by default, `cache.fresh()` now."""
     gate = gate_of(request)
     identity(request, required=True)
     text = request.headers.get(PASS_HEADER) or request.cookies.get(PASS_COOKIE, "")
@@ -125,7 +129,7 @@ def verified_pass(request: web.Request, campaign: str | None = None) -> tuple[To
     if wanted != token.campaign:
         raise Forbidden("this pass is for another campaign", code="wrong_campaign")
     check_customer(request, token)
-    if not gate.cache.fresh():
+    if not (gate.cache.fresh() if fresh is None else fresh):
         # Without fresh state we cannot prove the pass was not revoked: fail closed.
         raise Unauthorized("the gate cannot check passes right now", code="unavailable")
     live = gate.cache.peek(token.campaign)

@@ -52,13 +52,15 @@ def _refusal(result: ClaimResult) -> GateError:
 async def claim(request: web.Request) -> web.Response:
     gate = gate_of(request)
     campaign = campaign_id(request)
-    if not gate.cache.fresh():
+    fresh = await gate.cache.wait_fresh(gate.config.stale_after_ms / 1000)
+    if not fresh:
         # Redis is out: a claim cannot be decided, so say "retry" (503), not "your pass is
-        # bad" (the 401 that verified_pass gives a proxy's auth check in this case).
+        # bad" (the 401 that verified_pass gives a proxy's auth check in this case). A cache
+        # only old (the event loop ran late) is waited for, not failed.
         raise Unavailable()
     gate.refuse_writes_if_unsafe(campaign)
     require_api_body(request)
-    token, live = verified_pass(request, campaign)
+    token, live = verified_pass(request, campaign, fresh=fresh)
     body = await read_body(request)
     amount = parse_claim_amount(body.get("amount"))
     key = body.get("idempotency_key", "-")

@@ -268,8 +268,9 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
                 "poll_after_ms": None,
             }
         return {**base, **_queue_view(live, token.seq, request.app[RNG_KEY], redis_now_us(request))}
-    if not gate.cache.fresh():
-        # A pass grants access: it is issued only on state proven just now (I7).
+    if not await gate.cache.wait_fresh(gate.config.stale_after_ms / 1000):
+        # A pass grants access: it is issued only on state proven just now (I7); a cache
+        # that is only old (the event loop ran late) is waited for, not failed.
         raise Unavailable()
     state, value, not_before = await gate.room.pass_status(campaign, token.seq, token.digest)
     if state == "revoked":
@@ -326,9 +327,12 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
 
 async def auth(request: web.Request) -> web.Response:
     """For nginx auth_request, Envoy ext_authz and Traefik ForwardAuth: 200, 401 or 403.
-    A pass's first use is the customer's arrival at the core: metered (gate/arrivals.py)."""
-    token, _ = verified_pass(request)
+    A pass's first use is the customer's arrival at the core: metered (gate/arrivals.py).
+    A cache that is only old (this process's event loop ran late) is waited for first, so
+    that a starved process delays the check instead of refusing a good pass."""
     gate = gate_of(request)
+    fresh = await gate.cache.wait_fresh(gate.config.stale_after_ms / 1000)
+    token, _ = verified_pass(request, fresh=fresh)
     await gate.arrivals.enter(token, gate.cache.redis_now())
     # The customer as the campaign's keyed digest: the core may key its records on it,
     # and never sees the raw id or the pass (proxies drop both upstream).
