@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from gate.demo.baseline_nginx import nginx_binary
+from gate.demo.html_report import write_html
 from gate.demo.run import run_demo
 from gate.demo.scenarios import (
     SCENARIOS,
@@ -49,7 +50,8 @@ def _assert_gate_row_clean_and_other_not(report: dict[str, object]) -> None:
     else:
         assert gated["audit"]["confirms"] == gated["bookings"]
     assert gated["core_errors"] == 0 and gated["oversell_krw"] == 0 and gated["inversions"] == 0
-    assert gated["rate_changes"] == 0  # no adaptive rate yet
+    # Only slow-bureau's rate is adaptive: there the controller changed it (audit log).
+    assert (gated["rate_changes"] > 0) == (report["adaptive"] is not None), gated["rate_changes"]
     assert gated["core_max_queue"] < SMALL_CORE.queue_max
 
 
@@ -145,21 +147,45 @@ def test_ipo_rush_ballot_without_the_gate_fails_and_with_it_holds(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_slow_bureau_overloads_the_core_alone_not_behind_the_gate(tmp_path: Path) -> None:
-    # 300 customers over 1.5 s (200/s); the bureau becomes 10x slower 0.3 s in: the core
-    # alone then serves ~35/s. The gate's max_active (sessions + queue) holds it there.
+def test_slow_bureau_the_rate_follows_the_core_and_its_p99_gets_back_under_target(
+    tmp_path: Path,
+) -> None:
+    # 300 customers over 6 s (50/s) at the small core (~150/s); the bureau becomes 10x
+    # slower 1.5 s in: the core then serves ~34/s. Alone it overflows (503s); behind the gate
+    # the controller, polling the core's GET /health, lowers the rate (each change an audit
+    # entry of the actor controller) and the core's p99 is under 800 ms from 8 s after the
+    # slowdown on.
     scenario = dataclasses.replace(
-        SCENARIOS["slow-bureau"], spread_s=1.5, rate=200.0, core=SMALL_CORE,
-        bureau_change=(0.3, 10.0),
+        SCENARIOS["slow-bureau"], spread_s=6.0, rate=80.0, rate_min=5.0, core=SMALL_CORE,
+        bureau_change=(1.5, 10.0), total=10_000_000 * 300,
     )  # fmt: skip
+    assert scenario.latency_target_ms == 800.0 and scenario.reaction_s == 8.0
     report = compare(scenario, 300, tmp_path, baseline=False)
-    _assert_gate_row_clean_and_other_not(report)
     without, gated = report["without_gate"], report["with_gate"]
-    assert without["core_errors"] > 0
+    assert report["adaptive"]["sources"][0]["url"].endswith("/health")
+    _assert_gate_row_clean_and_other_not(report)
+    assert without["core_errors"] > 0 and without["rate_changes"] == 0
     for row in (without, gated):
         assert [ms for _t, ms in row["bureau_changes"]] == [20.0, 200.0]
         assert row["oversell_krw"] == 0  # it never sells out here
     assert gated["results"] == {"booked": 300}
+    figures = gated["slowdown"]
+    assert 1.0 <= figures["slowdown_at_s"] <= 3.0, figures
+    assert figures["p99_after_reaction_ms"] <= 800.0 and figures["requests_after_reaction"] > 0
+    assert figures["reaction_s"] is not None and figures["reaction_s"] <= 8.0, figures
+    # The rate went down after the slowdown, each change logged with its signal.
+    slow_at = figures["slowdown_at_s"]
+    down = [c for c in gated["rate_log"] if c["t"] >= slow_at and c["new"] < c["old"]]
+    assert down and all(c["why"]["direction"] == "down" for c in down), gated["rate_log"]
+    assert all(5.0 <= c["new"] <= 80.0 for c in gated["rate_log"])
+    assert gated["rate_changes"] == len(gated["rate_log"])
+    assert sum(n for _t, n in gated["admitted_per_second"]) == 300
+    assert report["checks"]["core p99 under 800 ms from 8 s after the slowdown"] is True
+    text = summary_text(report)
+    assert "reaction time" in text and "rate changes" in text
+    page = write_html(report, tmp_path / "slow-bureau.html").read_text()
+    assert "Admitted per second vs the core&#x27;s capacity" in page
+    assert "target p99 800 ms" in page
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gate.demo.slowdown import describe
+
 WITHOUT, WITH = "#d62728", "#1f77b4"
 Series = tuple[str, str, Sequence[tuple[float, float]], bool]  # label, colour, points, dots
 
@@ -132,13 +134,68 @@ def _per_second(row: dict[str, Any], key: str) -> list[tuple[float, float]]:
     return [(r["t"] + 0.5, float(r[key] or 0)) for r in row["per_second"]]
 
 
+def _capacity_steps(report: dict[str, Any], row: dict[str, Any]) -> list[tuple[float, float]]:
+    """The core's capacity (sessions / (service + bureau latency)) over the run, as steps
+    at each change of the bureau's latency."""
+    core = report["core"]
+    end = float(len(row["per_second"]) or 1)
+    points: list[tuple[float, float]] = []
+    changes = row.get("bureau_changes") or [[0.0, core["bureau_ms"]]]
+    for n, (t, bureau_ms) in enumerate(changes):
+        session_s = (core["service_ms"] + bureau_ms) / 1000
+        value = core["capacity"] / session_s if session_s > 0 else 0.0
+        start = 0.0 if n == 0 else max(0.0, float(t))
+        if points:
+            points.append((start, points[-1][1]))
+        points.append((start, value))
+    points.append((end, points[-1][1]))
+    return points
+
+
+def _rate_steps(report: dict[str, Any], row: dict[str, Any]) -> list[tuple[float, float]]:
+    """The gate's admission rate in force, from the controller's entries in the audit log."""
+    end = float(len(row["per_second"]) or 1)
+    changes = row.get("rate_log") or []
+    rate = changes[0]["old"] if changes and changes[0]["old"] is not None else report["rate"]
+    points = [(0.0, float(rate))]
+    for change in changes:
+        t = max(0.0, float(change["t"]))
+        points += [(t, points[-1][1]), (t, float(change["new"]))]
+    points.append((end, points[-1][1]))
+    return points
+
+
+def admission_plot(report: dict[str, Any]) -> str:
+    """Admitted per second (the audit log) and the gate's rate, against the core's capacity."""
+    without, gated = report["without_gate"], report["with_gate"]
+    return svg_chart(
+        "Admitted per second vs the core's capacity",
+        [
+            ("core capacity (sessions / session time)", "#2ca02c", _capacity_steps(report, gated),
+             False),
+            ("the gate's rate (audit log: controller entries)", "#ff7f0e",
+             _rate_steps(report, gated), False),
+            ("admitted/s, with gate (audit log)", WITH,
+             [(t + 0.5, float(n)) for t, n in gated.get("admitted_per_second", [])], False),
+            ("arrivals/s at the core, without gate", WITHOUT, _per_second(without, "arrivals"),
+             False),
+        ],
+        "seconds since the first customer",
+        "customers/s",
+    )  # fmt: skip
+
+
 def plots(report: dict[str, Any]) -> list[str]:
     without, gated = report["without_gate"], report["with_gate"]
     core = report["core"]
     session_s = (core["service_ms"] + core["bureau_ms"]) / 1000
     capacity = core["capacity"] / session_s if session_s > 0 else 0.0
     pair = (("without gate", WITHOUT, without), ("with gate", WITH, gated))
+    target = (gated.get("slowdown") or {}).get("latency_target_ms")
+    p99_lines = [(f"target p99 {target:g} ms", float(target))] if target is not None else []
+    extra = [admission_plot(report)] if gated.get("admitted_per_second") is not None else []
     return [
+        *extra,
         svg_chart(
             "Requests arriving at the core per second",
             [(label, colour, _per_second(row, "arrivals"), False) for label, colour, row in pair],
@@ -157,6 +214,7 @@ def plots(report: dict[str, Any]) -> list[str]:
             [(label, colour, _per_second(row, "p99_ms"), False) for label, colour, row in pair],
             "seconds since the first customer",
             "ms",
+            p99_lines,
         ),
         svg_chart(
             "Wait by arrival order (click to final answer)",
@@ -181,6 +239,11 @@ def write_html(report: dict[str, Any], path: Path) -> Path:
         for name, ok in report["checks"].items()
     )
     figures = "".join(f"<div>{svg}</div>" for svg in plots(report))
+    slowdowns = "".join(
+        f"<p>{html.escape(row['row'])}: {html.escape(describe(row))}</p>"
+        for row in table_order(report)
+        if row.get("slowdown")
+    )
     path.write_text(
         "<!doctype html><meta charset=utf-8>"
         f"<title>fairgate demo: {html.escape(report['scenario'])}</title>"
@@ -193,7 +256,7 @@ def write_html(report: dict[str, Any], path: Path) -> Path:
         "nginx limit_req at the gate's rate and burst (when nginx is installed), then "
         "through the gate. Earliest N served: of the first N arrivals (N: what the stock "
         "serves in arrival order; a ballot: everyone), how many booked.</p>"
-        f"<table><tr>{head}</tr>{body}</table>"
+        f"<table><tr>{head}</tr>{body}</table>{slowdowns}"
         f"<p>Result: <b>{'OK' if report['ok'] else 'FAILED'}</b></p><ul>{checks}</ul>"
         f"{figures}"
         "<p>Inversions (let in): pairs of customers where the one who arrived first was let "

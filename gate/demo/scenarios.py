@@ -7,9 +7,13 @@ run in their own process (`gate.demo.crowd`). The summary table has one row for 
 
 Default sizes are small so a scenario ends in well under a minute on a 2-core machine;
 `--full` runs the issue's sizes (100,000 customers within one second for special-deposit).
-The admission rate is the campaign's fixed `rate_per_s` (no adaptive rate yet, so "rate
-changes" is 0); the gate's `max_active` is set to what the core can hold (sessions +
-queue), which is what keeps the core healthy when the bureau slows down.
+The gate's `max_active` is set to what the core can hold (sessions + queue). The admission
+rate is the campaign's `rate_per_s`, fixed, except in slow-bureau: there it is adaptive
+(`admission.adaptive`, gate/controller.py) between `rate_min` and the scenario's rate, and
+follows the core's own health endpoint (`GET /health` of the simulated core, polled by the
+gate: a probe down a deposit's path, see gate/demo/sim_core.py). The core's target there is
+a p99 latency reached again within a stated reaction time after the slowdown
+(gate/demo/slowdown.py); "rate changes" counts the controller's entries in the audit log.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gate.demo import slowdown
 from gate.demo.children import child
 from gate.demo.crowd import CrowdSpec
 from gate.demo.html_report import table_order, table_rows, write_html
@@ -66,6 +71,13 @@ class Scenario:
     policy: str = "first_come"  # or "ballot": subscriptions in a window, allotted at close
     full_rate: float | None = None  # `--full`: the admission rate (default: `rate`)
     full_spread_s: float | None = None  # `--full`: arrivals over this long
+    # Adaptive admission between rate_min and `rate`, on the core's GET /health (None: the
+    # rate is fixed); the controller calls the core unhealthy over health_target_ms.
+    rate_min: float | None = None
+    health_target_ms: float = 400.0
+    # The core's p99 target (ms) after a slowdown, met from reaction_s after it on.
+    latency_target_ms: float | None = None
+    reaction_s: float = 5.0
 
     @property
     def max_active(self) -> int:
@@ -89,17 +101,22 @@ SCENARIOS: dict[str, Scenario] = {
     "slow-bureau": Scenario(
         name="slow-bureau",
         what=(
-            "a steady stream of customers; the credit bureau the core calls in every "
-            "session becomes ten times slower 1.5 s in"
+            "a steady stream of 200 customers/s; the credit bureau the core calls in every "
+            "session becomes ten times slower 3 s in (the core then serves ~140/s, a third "
+            "of what it did)"
         ),
-        customers=1500,
+        customers=2400,
         full_customers=20_000,
-        spread_s=3.0,
+        spread_s=12.0,
         # never sells out: the scenario is about the core's health
-        total=10_000_000 * 1500,
+        total=10_000_000 * 2400,
         full_total=10_000_000 * 20_000,
-        bureau_change=(1.5, 10.0),
+        bureau_change=(3.0, 10.0),
         stream=True,
+        rate=250.0,
+        rate_min=20.0,
+        latency_target_ms=800.0,
+        reaction_s=8.0,
     ),
 }
 SCENARIOS["failover"] = dataclasses.replace(
@@ -189,7 +206,9 @@ async def run_crowd(
     on_progress: Callable[[int], None],
     at_times: Sequence[tuple[float, Callable[[], Any]]] = (),
 ) -> dict[str, Any]:
-    """The customers in their own process; `at_times` are (s after launch, coroutine fn)."""
+    """The customers in their own process; `at_times` are (s after the crowd's first
+    customer, coroutine fn). The crowd's clock starts when its progress file first appears
+    (0.1 s before its first customer), not at launch: a loaded machine starts a process late."""
     tag = secrets.token_hex(4)
     spec_path, result_path = work / f"crowd-{tag}.json", work / f"crowd-{tag}-result.json"
     progress = work / f"crowd-{tag}.progress"
@@ -206,11 +225,13 @@ async def run_crowd(
     ) as process:
         waiter = asyncio.create_task(process.wait())
         limit = launched + spec.deadline_s + 60
+        began: float | None = None
         while not waiter.done() and time.monotonic() < limit:
-            await asyncio.wait({waiter}, timeout=0.1)
+            await asyncio.wait({waiter}, timeout=0.02 if pending else 0.1)
             with contextlib.suppress(OSError, ValueError):
                 on_progress(int(progress.read_text() or 0))
-            while pending and time.monotonic() - launched >= pending[0][0]:
+                began = time.monotonic() + 0.1 if began is None else began
+            while pending and began is not None and time.monotonic() - began >= pending[0][0]:
                 await pending.pop(0)[1]()
         if not waiter.done():
             waiter.cancel()
@@ -314,17 +335,8 @@ def admission_times(audit: Sequence[dict[str, Any]]) -> dict[int, tuple[float, i
 
 
 def rate_changes(audit: Sequence[dict[str, Any]]) -> int:
-    count = 0
-    for entry in audit:
-        kind = entry.get("k")
-        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-        if kind != "admin-update":
-            continue
-        changed = entry.get("f") or []
-        changed = changed if isinstance(changed, list | tuple) else [changed]
-        names = [c.decode() if isinstance(c, bytes) else str(c) for c in changed]
-        count += "rate" in names
-    return count
+    """The rate changes the controller made (its `admin-update` entries that change `rate`)."""
+    return len(slowdown.rate_log(audit, 0.0))
 
 
 ANSWERED = ("booked", "sold_out", "told_soldout")
@@ -450,6 +462,33 @@ def analyse_row(
     }
 
 
+def add_slowdown(
+    scenario: Scenario,
+    row: dict[str, Any],
+    crowd: dict[str, Any],
+    core: dict[str, Any],
+    audit: Sequence[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """A slowdown's figures on the row (gate/demo/slowdown.py): the core's p99 against its
+    target, the reaction time; with the gate, the controller's rate changes and the
+    customers admitted per second, from the audit log."""
+    t0 = float(crowd["started_at"])
+    if audit is not None:
+        row["rate_log"] = slowdown.rate_log(audit, t0)
+        row["admitted_per_second"] = slowdown.admitted_per_second(audit, t0)
+    slow_at = slowdown.slowdown_at(row["bureau_changes"])
+    if scenario.latency_target_ms is not None and slow_at is not None:
+        row["slowdown"] = slowdown.latency_figures(
+            core["served"],
+            t0,
+            row["per_second"],
+            slow_at,
+            scenario.latency_target_ms,
+            scenario.reaction_s,
+        )
+    return row
+
+
 def earliest_served_of(
     scenario: Scenario, ranked: Sequence[tuple[float, dict[str, Any]]]
 ) -> tuple[int, int]:
@@ -526,8 +565,7 @@ def _bureau_events(scenario: Scenario, core_url: str) -> list[tuple[float, Calla
         return []
     at_s, factor = scenario.bureau_change
     slow = scenario.core.bureau_ms * factor
-    # The crowd's first customer arrives ~0.1 s after the process starts (plus its start).
-    return [(at_s + 0.6, lambda: _bureau_control(core_url, slow))]
+    return [(at_s, lambda: _bureau_control(core_url, slow))]
 
 
 async def _verify_audit(
@@ -568,7 +606,7 @@ def _redis_events(scenario: Scenario, redis: RedisServer) -> list[tuple[float, C
     async def restart() -> None:
         await asyncio.to_thread(redis.start)
 
-    return [(at_s + 0.6, kill), (at_s + 0.6 + down_s, restart)]
+    return [(at_s, kill), (at_s + down_s, restart)]
 
 
 async def run_without(
@@ -581,7 +619,8 @@ async def run_without(
             core = await _get_json(session, f"{core_url}/stats")
     if scenario.policy == "ballot":
         core["sold"] = ballot_allotted(scenario, core)
-    return analyse_row(scenario, False, crowd, core, None)
+    row = analyse_row(scenario, False, crowd, core, None)
+    return add_slowdown(scenario, row, crowd, core, None)
 
 
 def _burst(scenario: Scenario) -> int:
@@ -612,6 +651,7 @@ async def run_nginx(
     if scenario.policy == "ballot":
         core["sold"] = ballot_allotted(scenario, core)
     row = analyse_row(scenario, False, crowd, core, None, label=NGINX_ROW)
+    add_slowdown(scenario, row, crowd, core, None)
     row["limit_req"] = {"rate_per_s": max(1, round(scenario.rate)), "burst": _burst(scenario)}
     return row
 
@@ -636,9 +676,29 @@ def ballot_allotted(scenario: Scenario, core: dict[str, Any]) -> int:
     return sum(result.values())
 
 
-def _campaign_spec(scenario: Scenario) -> dict[str, Any]:
-    now = datetime.now(UTC)
+def _adaptive(scenario: Scenario, core_url: str) -> dict[str, Any]:
+    """`admission.adaptive`: between rate_min and the scenario's rate, on the core's own
+    health endpoint, polled every half second; over `health_target_ms`, a 5xx or no answer
+    within a second is unhealthy. Unhealthy: the rate x 0.6, then a second of cool-down (the
+    customers admitted at the old rate are still arriving); healthy: +5/s each half second,
+    so a rate above the core's capacity builds a short queue before the probe sees it."""
     return {
+        "rate_min": scenario.rate_min,
+        "rate_max": scenario.rate,
+        "mode": "auto",
+        "interval_s": 0.5,
+        "decrease": 0.6,
+        "increase": 5.0,
+        "cooldown_intervals": 2,
+        "targets": {"latency_ms": scenario.health_target_ms, "error_ratio": 0.01},
+        "sources": [{"kind": "http", "url": f"{core_url}/health", "timeout_ms": 1000}],
+    }
+
+
+def _campaign_spec(scenario: Scenario, core_url: str = "") -> dict[str, Any]:
+    """The campaign; `core_url`: the simulated core, whose health an adaptive rate follows."""
+    now = datetime.now(UTC)
+    spec: dict[str, Any] = {
         "id": CAMPAIGN,
         "opens_at": (now - timedelta(seconds=1)).isoformat(),
         "closes_at": (now + timedelta(seconds=_window_s(scenario))).isoformat(),
@@ -661,6 +721,9 @@ def _campaign_spec(scenario: Scenario) -> dict[str, Any]:
         },
         "prequeue": {"window_s": 0, "shuffle": False},
     }
+    if scenario.rate_min is not None:
+        spec["admission"]["adaptive"] = _adaptive(scenario, core_url)
+    return spec
 
 
 async def _close_ballot(admin: aiohttp.ClientSession, admin_url: str, gate: Any) -> int:
@@ -715,9 +778,6 @@ async def run_with(
         admin = await stack.enter_async_context(
             aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin_token}"})
         )
-        await _admin_call(
-            admin, f"http://{admin_host}:{admin_port}/admin/campaigns", _campaign_spec(scenario)
-        )
         params = _core_params(
             scenario,
             auth_url=f"{gate_url}/gate/auth",
@@ -727,6 +787,11 @@ async def run_with(
             confirm_token=core_token,
         )
         core_url = await stack.enter_async_context(sim_core(params, work))
+        await _admin_call(
+            admin,
+            f"http://{admin_host}:{admin_port}/admin/campaigns",
+            _campaign_spec(scenario, core_url),
+        )
         spec = _crowd_spec(
             scenario,
             customers,
@@ -753,6 +818,7 @@ async def run_with(
         )
         verified = await _verify_audit(admin, f"http://{admin_host}:{admin_port}", gate_url)
     row = analyse_row(scenario, True, crowd, core, audit)
+    add_slowdown(scenario, row, crowd, core, audit)
     row["audit"] = verified
     # What a failover lost (the gate holds the campaign and says so); None: nothing.
     row["failover_hold"] = shown.get("failover_hold")
@@ -772,7 +838,7 @@ def summary_text(report: dict[str, Any]) -> str:
         f"core: {report['core']['capacity']} sessions, queue {report['core']['queue_max']} "
         f"(timeout {report['core']['queue_timeout_s']:g} s), service ~"
         f"{report['core']['service_ms']:g} ms + bureau {report['core']['bureau_ms']:g} ms; "
-        f"gate: {report['rate']:g}/s, max_active {report['max_active']}",
+        f"gate: {_rate_text(report)}, max_active {report['max_active']}",
         "",
     ]
     for n, r in enumerate(rows):
@@ -796,6 +862,8 @@ def summary_text(report: dict[str, Any]) -> str:
             f"core peak {row['core_peak_arrivals_per_s']} arrivals/s, "
             f"{row['core_max_sessions']} sessions, queue {row['core_max_queue']}"
         )
+        if row.get("slowdown"):
+            lines.append(f"    {slowdown.describe(row)}")
     gated = report["with_gate"]
     if gated["sale_inversions"]:
         lines.append(
@@ -825,6 +893,16 @@ def summary_text(report: dict[str, Any]) -> str:
     lines += ["", f"result {'OK' if report['ok'] else 'FAILED'}"]
     lines += [f"  failed: {name}" for name in failed]
     return "\n".join(lines)
+
+
+def _rate_text(report: dict[str, Any]) -> str:
+    adaptive = report.get("adaptive")
+    if not adaptive:
+        return f"{report['rate']:g}/s"
+    return (
+        f"{adaptive['rate_min']:g}-{adaptive['rate_max']:g}/s following the core's GET /health "
+        f"(unhealthy over {adaptive['targets']['latency_ms']:g} ms)"
+    )
 
 
 def _progress() -> Any:
@@ -903,6 +981,7 @@ def compare(
         "max_active": scenario.max_active,
         "core": dataclasses.asdict(_core_params(scenario)),
         "bureau_change": scenario.bureau_change,
+        "adaptive": _adaptive(scenario, "(the core)") if scenario.rate_min is not None else None,
         "without_gate": without,
         "with_gate": gated,
         "nginx_limit_req": rows.get(NGINX_ROW)
@@ -919,8 +998,14 @@ def compare(
 
 
 def incident(row: dict[str, Any]) -> bool:
-    """The row shows what went wrong in the seed incident: core errors, oversell or unfair order."""
-    return bool(row["core_errors"] > 0 or row["inversions"] > 0 or row["oversell_krw"] > 0)
+    """The row shows what went wrong in the seed incident: core errors, oversell, unfair order,
+    or (slow-bureau) the core's p99 over its target after the reaction time."""
+    return bool(
+        row["core_errors"] > 0
+        or row["inversions"] > 0
+        or row["oversell_krw"] > 0
+        or not slowdown.held(row)
+    )
 
 
 def row_checks(row: dict[str, Any]) -> dict[str, bool]:
@@ -933,6 +1018,7 @@ def row_checks(row: dict[str, Any]) -> dict[str, bool]:
         "nothing lost (no failover hold)": row.get("failover_hold") is None,
         "every customer got an answer (booked or sold out)": set(row["results"])
         <= {"booked", "sold_out", "told_soldout"},
+        **slowdown.checks(row),
     }
 
 

@@ -1,0 +1,177 @@
+"""The figures of a slowdown (`gate demo --scenario slow-bureau`): the core's latency against
+its target once the bureau slowed, how long it took to get back under it, and the admission
+rate as the audit log records it.
+
+The core's target is a p99 latency (arrival at the core, past the proxy's pass check, to
+its answer), stated with a reaction time R. Two figures judge it:
+
+- the p99 of every request that arrived at the core from R seconds after the slowdown on
+  (`p99_after_reaction_ms`) must be under the target;
+- the reaction time (`reaction_s`): from the slowdown to the end of the last 1-s window
+  (by answer time) whose p99 is over the target; 0 when none is; None when the run ended
+  in such a window (never back under it). It must be at most R.
+
+Rate changes are the audit log's `admin-update` entries of the actor `controller` that
+change `rate` (old and new value, and the `why` the controller logged): the log an auditor
+holds is the record of why people waited longer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+CONTROLLER = "controller"
+
+
+def text(value: Any) -> Any:
+    """An audit entry's value for JSON: bytes as text, lists and maps all the way down."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list | tuple):
+        return [text(v) for v in value]
+    if isinstance(value, dict):
+        return {str(text(k)): text(v) for k, v in value.items()}
+    return value
+
+
+def slowdown_at(bureau_changes: Sequence[Sequence[float]]) -> float | None:
+    """When the bureau first became slower than it started (s after the first arrival)."""
+    if not bureau_changes:
+        return None
+    first = bureau_changes[0][1]
+    return next((float(t) for t, ms in bureau_changes[1:] if ms > first), None)
+
+
+def _p99_ms(latencies: Sequence[float]) -> float | None:
+    if not latencies:
+        return None
+    ordered = sorted(latencies)
+    return round(ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)] * 1000, 1)
+
+
+def latency_figures(
+    served: Sequence[dict[str, Any]],
+    t0: float,
+    seconds: Sequence[dict[str, Any]],
+    slow_at: float,
+    target_ms: float,
+    reaction_s: float,
+) -> dict[str, Any]:
+    """The core's p99 before the slowdown and from `reaction_s` after it, and the measured
+    reaction time (module docstring); `seconds` are `sim_core.per_second` rows."""
+    before = [s["finished"] - s["arrived"] for s in served if s["arrived"] - t0 < slow_at]
+    after = [
+        s["finished"] - s["arrived"] for s in served if s["arrived"] - t0 >= slow_at + reaction_s
+    ]
+    answered = [r for r in seconds if r["answered"]]
+    over = [
+        r["t"]
+        for r in answered
+        if r["t"] + 1 > slow_at and r["p99_ms"] is not None and r["p99_ms"] > target_ms
+    ]
+    measured: float | None = 0.0
+    if over:
+        measured = None if over[-1] == answered[-1]["t"] else round(over[-1] + 1 - slow_at, 1)
+    return {
+        "latency_target_ms": target_ms,
+        "reaction_stated_s": reaction_s,
+        "slowdown_at_s": round(slow_at, 2),
+        "p99_before_ms": _p99_ms(before),
+        "p99_after_reaction_ms": _p99_ms(after),
+        "requests_after_reaction": len(after),
+        "reaction_s": measured,
+        "windows_over_target": len(over),
+    }
+
+
+def rate_log(audit: Sequence[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
+    """The controller's rate changes: (s after the first arrival, old, new, why)."""
+    out: list[dict[str, Any]] = []
+    for entry in audit:
+        if text(entry.get("k")) != "admin-update" or text(entry.get("a")) != CONTROLLER:
+            continue
+        names = text(entry.get("f") or [])
+        names = names if isinstance(names, list) else [names]
+        if "rate" not in names:
+            continue
+        at = names.index("rate")
+        old, new = text(entry.get("o") or []), text(entry.get("n") or [])
+        out.append(
+            {
+                "t": round(int(entry["t"]) / 1_000_000 - t0, 2),
+                "old": float(old[at]) if at < len(old) and old[at] not in (None, False) else None,
+                "new": float(new[at]),
+                "why": text(entry.get("why")),
+            }
+        )
+    return out
+
+
+def admitted_per_second(audit: Sequence[dict[str, Any]], t0: float) -> list[list[float]]:
+    """Customers admitted in each 1-s window from t0 (the audit log's `admit` entries)."""
+    counts: dict[int, int] = {}
+    for entry in audit:
+        if text(entry.get("k")) != "admit":
+            continue
+        second = max(0, int(int(entry["t"]) / 1_000_000 - t0))
+        counts[second] = counts.get(second, 0) + int(entry.get("n") or 0)
+    last = max(counts, default=-1)
+    return [[t, counts.get(t, 0)] for t in range(last + 1)]
+
+
+def held(row: dict[str, Any]) -> bool:
+    """The row kept the core under its target after the stated reaction time."""
+    figures = row.get("slowdown")
+    if not figures:
+        return True
+    p99, measured = figures["p99_after_reaction_ms"], figures["reaction_s"]
+    return (
+        p99 is not None
+        and p99 <= figures["latency_target_ms"]
+        and measured is not None
+        and measured <= figures["reaction_stated_s"]
+    )
+
+
+def checks(row: dict[str, Any]) -> dict[str, bool]:
+    """What slow-bureau's row with the gate must show; {} for a run without a slowdown."""
+    figures = row.get("slowdown")
+    if not figures:
+        return {}
+    target, stated = figures["latency_target_ms"], figures["reaction_stated_s"]
+    slow_at = figures["slowdown_at_s"]
+    changes = row.get("rate_log", [])
+    decreases = [c for c in changes if c["t"] >= slow_at and c["new"] < (c["old"] or 0)]
+    p99, measured = figures["p99_after_reaction_ms"], figures["reaction_s"]
+    return {
+        f"core p99 under {target:g} ms from {stated:g} s after the slowdown": p99 is not None
+        and p99 <= target,
+        f"reaction time at most {stated:g} s (p99 per second back under target)": measured
+        is not None
+        and measured <= stated,
+        "the rate followed the core (the controller lowered it after the slowdown, "
+        "each change in the audit log)": bool(decreases),
+    }
+
+
+def describe(row: dict[str, Any]) -> str:
+    """One line for the summary: the slowdown's figures and the rate changes."""
+    f = row["slowdown"]
+    reaction = "not back under target" if f["reaction_s"] is None else f"{f['reaction_s']:g} s"
+    line = (
+        f"bureau slower at {f['slowdown_at_s']:g} s: core p99 {f['p99_before_ms']} ms before, "
+        f"{f['p99_after_reaction_ms']} ms from {f['reaction_stated_s']:g} s after it (target "
+        f"{f['latency_target_ms']:g} ms; {f['requests_after_reaction']} requests); reaction "
+        f"time {reaction} (stated {f['reaction_stated_s']:g} s)"
+    )
+    changes = row.get("rate_log")
+    if changes is not None:
+        rates = [c["new"] for c in changes]
+        line += f"; rate changes {len(changes)}" + (
+            f" ({changes[0]['old']:g} -> {rates[-1]:g}/s, lowest {min(rates):g}/s)"
+            if changes and changes[0]["old"] is not None
+            else ""
+        )
+    return line
