@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import admit_rate
 from bench.auditcost import render_markdown as auditcost_markdown
 
 
@@ -199,6 +200,15 @@ def render_markdown(results: dict[str, Any]) -> str:
             parts += ["## Audit write cost", "", f"skipped: {results['audit_cost']['skipped']}"]
         else:
             parts.append(auditcost_markdown(results["audit_cost"]))
+    if results.get("admit_rate", {}).get("rate") is not None:
+        parts += [
+            "",
+            "## Admission rate (admitted/s ÷ configured) and the core's arrivals "
+            "(busiest 1 s of /gate/auth successes ÷ (rate + burst), ≤ 1.0 by design)",
+            "",
+            admit_rate.table(results["admit_rate"]),
+            "",
+        ]
     return "\n".join(parts)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
+from bench import admit_rate
 from bench.auditcost import measure_audit_cost
 from bench.load import LoadResult, Target
 from bench.luacost import benchmark_binary, measure_lua
@@ -66,6 +67,7 @@ class Settings:
     audit_cost: bool = True
     audit_rounds: int = 21
     audit_calls: dict[int, int] = field(default_factory=dict)
+    admit_rate: bool = True
 
 
 def cores() -> int:
@@ -116,6 +118,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument(
         "--no-audit-cost", action="store_true", help="skip join.lua with/without its audit write"
     )
+    parser.add_argument(
+        "--no-admit-rate",
+        action="store_true",
+        help="skip admitted/s vs the configured rate and the core's arrivals (bench/admit_rate)",
+    )
     args = parser.parse_args(argv)
 
     n_cores = cores()
@@ -160,6 +167,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         audit_cost=not args.no_audit_cost,
         audit_rounds=11 if args.quick else 21,
         audit_calls={1: 2000, 100: 60} if args.quick else {1: 3000, 100: 100},
+        admit_rate=not args.no_admit_rate,
     )
 
 
@@ -727,6 +735,16 @@ async def main_async(settings: Settings) -> dict[str, Any]:
                 except Exception as exc:
                     failures.append(f"audit cost: {exc!r}")
                     print(f"FAILED audit cost: {exc!r}", flush=True)
+            if settings.admit_rate:
+                print("admission rate and the core's arrivals (bench/admit_rate.py) ...")
+                try:
+                    results["admit_rate"] = await admit_rate.run(
+                        admit_rate.plan(settings.quick), work / "admit-rate"
+                    )
+                    failures += [f"admit rate: {f}" for f in results["admit_rate"]["failures"]]
+                except Exception as exc:
+                    failures.append(f"admit rate: {exc!r}")
+                    print(f"FAILED admit rate: {exc!r}", flush=True)
             results["failures"] = failures
             results["conditions"]["loadavg_end"] = list(os.getloadavg())
             results["conditions"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -62,6 +62,11 @@ class _Child:
                 stdin=subprocess.DEVNULL,
             )
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, f"{self.name} is not running"
+        return self.process.pid
+
     def check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
             tail = (
@@ -204,3 +209,9 @@ class Admin:
 
     async def pause(self, campaign: str) -> None:
         await self._post(f"/admin/campaigns/{campaign}/pause")
+
+    async def resume(self, campaign: str) -> None:
+        await self._post(f"/admin/campaigns/{campaign}/resume")
+
+    async def close(self, campaign: str) -> None:
+        await self._post(f"/admin/campaigns/{campaign}/close")
