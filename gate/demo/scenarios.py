@@ -591,6 +591,8 @@ async def _verify_audit(
         "admitted": report.admitted,
         "claims": report.claims,
         "confirms": report.confirms,
+        # rate changes replayed against the admissions after them (the bucket at each rate)
+        "admin_updates": report.kinds.get("admin-update", 0),
     }
 
 
@@ -881,7 +883,8 @@ def summary_text(report: dict[str, Any]) -> str:
     audit = gated["audit"]
     lines.append(
         f"  with gate: audit export verified: {audit['entries']} entries, {audit['admitted']} "
-        f"admitted, {audit['claims']} claims, {audit['confirms']} confirmations"
+        f"admitted, {audit['claims']} claims, {audit['confirms']} confirmations, "
+        f"{audit['admin_updates']} rate changes (admissions replayed at the logged rates)"
         if audit["verified"]
         else f"  with gate: audit export FAILED to verify: {audit['problem']}"
     )
