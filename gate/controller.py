@@ -50,7 +50,9 @@ TICK_S = 0.05
 # audit entries for noise.
 MIN_STEP_RATIO = 0.02
 MIN_STEP_ABS = 1.0
-LEASE_MIN_MS = 500
+# The lease lives 3 intervals, at least this: a process that stalls a moment (a busy
+# machine) keeps it; one that stopped is replaced within this time.
+LEASE_MIN_MS = 2000
 
 
 @dataclass(frozen=True)
@@ -166,9 +168,9 @@ class RateController:
             control.adaptive = adaptive
             if now < control.next_at:
                 continue
-            control.next_at = max(control.next_at + adaptive.interval_s, now)
-            if control.next_at - now > adaptive.interval_s:
-                control.next_at = now + adaptive.interval_s
+            # A window is never shorter than the interval, even after this loop ran late:
+            # a probe out for a moment proves nothing, in either direction.
+            control.next_at = now + adaptive.interval_s
             try:
                 await self._step(campaign, control, live.state.state, now)
             except Unavailable:
@@ -205,8 +207,14 @@ class RateController:
             ]
             self._start_probes(control)
             return
+        target = adaptive.targets.latency_ms
         signals = [
-            probe.window(control.window_start, now, adaptive.latency_percentile)
+            probe.window(
+                control.window_start,
+                now,
+                adaptive.latency_percentile,
+                slow_after_ms=target if target is not None else float("inf"),
+            )
             for probe in control.probes
         ]
         signals += await self._callback_signals(campaign, control)
@@ -277,11 +285,15 @@ class RateController:
                     log.error("event=controller_failed error=%s", exc.message)
                 await asyncio.sleep(TICK_S)
         finally:
-            for campaign in list(self.controls):
-                with contextlib.suppress(Exception):
-                    await self._drop(campaign)
+            # Stopping: the session first (a second cancellation may cut what follows),
+            # then the leases, so a successor need not wait for them to lapse.
+            for control in self.controls.values():
+                control.close()
             if self.session is not None:
                 await self.session.close()
+            for campaign in list(self.controls):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await self._drop(campaign)
 
 
 class ControllerCollector(Collector):

@@ -223,13 +223,18 @@ class Probe:
     async def ask(self) -> tuple[float | None, float | None]:
         raise NotImplementedError
 
-    def window(self, since: float, now: float, latency_percentile: float) -> Signal:
+    def window(
+        self, since: float, now: float, latency_percentile: float, *, slow_after_ms: float
+    ) -> Signal:
+        """The answers that came back in (since, now]; for a health endpoint, a probe still
+        out for longer than `slow_after_ms` (the latency target) counts as that slow: a
+        hung core answers nothing. One out for less says nothing yet."""
         done = [r for r in self.results if since < r.done_at <= now]
         latencies = [r.latency_ms for r in done if r.latency_ms is not None]
         errors = [r.error_ratio for r in done if r.error_ratio is not None]
         if self.source.kind == "http":
-            # A probe still out is at least this slow (a hung core answers nothing).
-            latencies += [(now - started) * 1000 for started in self.in_flight.values()]
+            out_ms = [(now - started) * 1000 for started in self.in_flight.values()]
+            latencies += [elapsed for elapsed in out_ms if elapsed > slow_after_ms]
         if len(done) < self.source.min_samples:
             if not latencies:
                 return Signal(self.source.kind, None, None, len(done))

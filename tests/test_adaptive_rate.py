@@ -298,6 +298,7 @@ async def test_manual_pin_stops_changes_and_an_operators_rate_is_honoured(
     assert view["spec"]["admission"]["adaptive"]["mode"] == "manual"
     pinned = await rate_of(redis_url, "pin")
     assert view["spec"]["admission"]["rate_per_s"] == pinned  # the rate stays where it is
+    assert (view["stats"]["rate_per_s"], view["stats"]["rate_mode"]) == (pinned, "manual")
     before = len(await controller_entries(served.admin_url, "pin"))
     hits = state.hits
     await wait_for(lambda: _at_least(state, hits + 8), 10, "eight more probes, all slow")
@@ -369,6 +370,9 @@ async def test_two_gate_processes_one_controller(
             for p in (first, second)
         }
         assert sorted(leading.values()) == [0.0, 1.0], leading
+        for process in (first, second):
+            rates = await metric_values(process.url, "fairgate_admission_rate")
+            assert rates['{campaign="duo"}'] == 10
         leader = first if leading[first.url] == 1.0 else second
         other = second if leader is first else first
         entries = await controller_entries(first.admin_url, "duo")
@@ -583,3 +587,28 @@ async def test_campaign_set_mode_and_bounds(
         "campaign", "set", "flags", "--rate-min", "90", "--rate-max", "50", env=env
     )
     assert "rate_max: must be at least" in assert_clean_error(crossed, "bad_spec")
+
+
+async def test_audit_verify_rejects_a_controller_change_while_pinned(
+    room: Room, keys: SigningKeys, tmp_path: Path
+) -> None:
+    """A log that says the controller moved a rate the operator had pinned (manual) is
+    not one the scripts write: the verifier names it."""
+    raw = adaptive_spec("pinned", [{"kind": "http", "url": "http://127.0.0.1:9/"}], mode="manual")
+    await room.create(parse_spec(raw), "ops")
+    why = json.dumps({"source": "http", "latency_ms": 812.0})
+    # the script refuses the controller's change while pinned ...
+    assert not await room.controller_update(
+        "pinned", rate_in_force="100.0", rate="70.0", why=why, actor="controller"
+    )
+    # ... so a forger writes it as an operator's update, then adds the why
+    await room.update("pinned", parse_spec(raw), {"rate": "70.0"}, "controller")
+    k = CampaignKeys("pinned")
+    entry = unpack(await room.redis.lindex(k.audit, -1))
+    entry[b"why"] = {b"source": b"http", b"latency_ms": 812}
+    await room.redis.lset(k.audit, -1, pack_like_redis(entry))
+    await seal_everything(room.redis, room.scripts, keys, "pinned")
+    path = await export_to_file(room.redis, "pinned", keys, tmp_path / "pinned.jsonl")
+    result = await gate_cli("audit", "verify", str(path))
+    assert result.code != 0, result
+    assert "while the mode is 'manual'" in result.out + result.err, result

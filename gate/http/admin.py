@@ -56,6 +56,10 @@ async def _view(gate: Gate, campaign: str) -> dict[str, Any]:
     stats = await gate.room.stats(campaign)
     live = gate.cache.peek(campaign)
     stats["admission_rate_per_s"] = round(live.admission_rate(), 3) if live else None
+    # The rate in force (a controller may have moved it from the spec's rate_per_s) and
+    # who moves it (docs/adaptive-admission.md).
+    stats["rate_per_s"] = float(meta["rate"])
+    stats["rate_mode"] = meta.get("mode")
     return {
         "id": campaign,
         "spec": load_stored_spec(meta["spec"]).to_json(),
