@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from gate.demo.children import run_child, write_result
-from gate.demo.sim_core import PASS_HEADER
+from gate.demo.sim_core import PASS_HEADER, RETRY_MS_HEADER
 
 GATE_ATTEMPTS = 30  # per gate request, for 5xx answers and transport errors
 
@@ -69,6 +69,7 @@ class Outcome:
     reserved: int = 0
     core_status: int | None = None
     core_attempts: int = 0
+    door_waits: int = 0  # 401 pass_not_yet at the core's door: came back when told
     booked: int = 0
     pass_refusals: int = 0  # the core's auth check refused this admitted customer's pass
     result: str = "pending"  # booked, sold_out, told_soldout, gave_up, error, deadline
@@ -112,19 +113,28 @@ class Crowd:
         raise GiveUp(f"{method} {url}: no answer")
 
     async def _core(self, o: Outcome, headers: dict[str, str], body: dict[str, Any]) -> int:
-        o.core_attempts += 1
-        try:
-            async with self.session.post(
-                f"{self.spec.core_url}/deposit", headers=headers, json=body
-            ) as r:
-                data = await r.json(content_type=None)
-                o.core_status = r.status
-                if r.status == 200:
-                    o.booked = int(data.get("booked", 0))
-                return r.status
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            o.core_status = 599
-            return 599
+        """The deposit request at the core; a pass not valid yet (401 with the time it is
+        valid, the gate's door pacing arrivals) is sent again then, as the waiting page
+        would, without counting as a refusal."""
+        while True:
+            o.core_attempts += 1
+            try:
+                async with self.session.post(
+                    f"{self.spec.core_url}/deposit", headers=headers, json=body
+                ) as r:
+                    data = await r.json(content_type=None)
+                    o.core_status = r.status
+                    if r.status == 200:
+                        o.booked = int(data.get("booked", 0))
+                    wait_ms = r.headers.get(RETRY_MS_HEADER) if r.status == 401 else None
+                    if wait_ms is None:
+                        return r.status
+                    wait_s = min(max(int(wait_ms), 1), 60_000) / 1000
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                o.core_status = 599
+                return 599
+            o.door_waits += 1
+            await asyncio.sleep(wait_s)
 
     async def direct(self, o: Outcome) -> None:
         body = {"customer": o.customer, "amount": o.amount}

@@ -403,7 +403,8 @@ def analyse_row(
             ranked.append((arrival[-1], o))
             service.append(let_in.get(c, math.inf))
             sale.append(booked_start.get(c, math.inf))
-    latencies = [s["finished"] - s["arrived"] for s in served]
+    # The core's latency: requests past the proxy's pass check (a refused one never got in).
+    latencies = [s["finished"] - s["arrived"] for s in served if not s.get("proxy")]
     waits = [o["done"] - o["sent"] for o in outcomes if o["done"] is not None]
     results: dict[str, int] = {}
     max_wait_by_result: dict[str, float] = {}
@@ -444,6 +445,7 @@ def analyse_row(
         "admitted_told_soldout": admitted_told_soldout,
         "max_wait_s": round(max(waits), 2) if waits else None,
         "told_soldout": sum(1 for o in outcomes if o["told_soldout"]),
+        "door_waits": sum(int(o.get("door_waits", 0)) for o in outcomes),
         "rate_changes": rate_changes(audit) if audit is not None else 0,
         "gate_errors": gate_errors,
         "unconfirmed": int(core.get("confirm_failures", 0)) + int(core.get("confirming", 0)),
@@ -879,6 +881,12 @@ def summary_text(report: dict[str, Any]) -> str:
             f"  with gate: the gate answered 5xx {gated['gate_errors']} times "
             f"{gated['gate_errors_by']} and refused {gated['pass_refusals']} fresh passes "
             "(fail-closed while its event loop lagged; the customers retried)"
+        )
+    if gated.get("door_waits"):
+        lines.append(
+            f"  with gate: {gated['door_waits']} times a customer came to the core before "
+            "their pass was valid (the door paces arrivals at the rate in force) and came "
+            "back when told"
         )
     audit = gated["audit"]
     lines.append(

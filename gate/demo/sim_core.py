@@ -15,9 +15,11 @@ more than it has (oversell). Behind the gate each request carries a reservation 
 made atomically, so the sum booked never exceeds the total.
 
 With `auth_url` set, every request is checked first as nginx `auth_request` would (401/403
-passed back; the request "arrives" at the core, for its latency and arrival counts, once
-past that check); with `confirm_url` set, each booking confirms the gate's reservation on the
-gate's core listener, which frees the customer's active slot.
+passed back, with `Retry-After` and `X-Gate-Retry-After-Ms` for a pass not valid yet, as a
+proxy configured for it would; the request "arrives" at the core, for its latency and
+arrival counts, once past that check, and a refused one never does); with `confirm_url`
+set, each booking confirms the gate's reservation on the gate's core listener, which frees
+the customer's active slot.
 
 Its health, as a bank's own health check reports it (what the gate's adaptive admission
 polls, `admission.adaptive.sources` kind `http`): `GET /health` is a probe that takes the
@@ -59,6 +61,7 @@ from gate.demo.children import run_child
 
 PASS_HEADER = "X-Gate-Pass"
 CAMPAIGN_HEADER = "X-Gate-Campaign"
+RETRY_MS_HEADER = "X-Gate-Retry-After-Ms"  # with 401 pass_not_yet: when the pass is valid
 # The latency histogram's upper bounds (s) in `/metrics`.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -93,6 +96,9 @@ class Served:
     status: int
     booked: int  # amount booked (0 unless 200)
     reason: str  # booked, sold_out, queue_full, queue_timeout, bureau_timeout, no_pass, ...
+    # Answered by the proxy's pass check (no_pass, not_yet, auth_failed_*): the request never
+    # reached the core, so it is not in the core's latency or arrivals.
+    proxy: bool = False
 
 
 @dataclass
@@ -207,7 +213,9 @@ class SimCore:
         grant = min(wanted, left - left % self.params.step)
         return grant if grant >= self.params.min_amount else 0
 
-    async def _auth(self, request: web.Request) -> int:
+    async def _auth(self, request: web.Request) -> tuple[int, dict[str, str]]:
+        """The gate's answer to the pass check, and the headers a proxy passes back with a
+        refusal: a pass not valid yet (401 pass_not_yet) says when to come back."""
         assert self.params.auth_url is not None and self.session is not None
         headers = {CAMPAIGN_HEADER: self.params.campaign}
         for name in (PASS_HEADER, self.params.customer_header):
@@ -217,9 +225,14 @@ class SimCore:
         try:
             async with self.session.get(self.params.auth_url, headers=headers) as response:
                 await response.read()
-                return response.status
+                back = {
+                    name: response.headers[name]
+                    for name in ("Retry-After", RETRY_MS_HEADER)
+                    if name in response.headers
+                }
+                return response.status, back
         except (aiohttp.ClientError, TimeoutError):
-            return 599
+            return 599, {}
 
     async def _confirm(self, reservation: str) -> bool:
         assert self.params.confirm_url is not None and self.session is not None
@@ -240,16 +253,21 @@ class SimCore:
 
     def _answer(
         self, customer: str, arrived: float, started: float | None, status: int, booked: int,
-        reason: str,
+        reason: str, proxy: bool = False, headers: dict[str, str] | None = None,
     ) -> web.Response:  # fmt: skip
         finished = time.time()
-        self.served.append(Served(customer, arrived, started, finished, status, booked, reason))
+        self.served.append(
+            Served(customer, arrived, started, finished, status, booked, reason, proxy)
+        )
         self.by_reason[reason] += 1
-        latency = finished - arrived
-        self.latency_sum_s += latency
-        self.buckets[next((n for n, b in enumerate(LATENCY_BUCKETS) if latency <= b), -1)] += 1
+        if not proxy:
+            latency = finished - arrived
+            self.latency_sum_s += latency
+            bucket = next((n for n, b in enumerate(LATENCY_BUCKETS) if latency <= b), -1)
+            self.buckets[bucket] += 1
         body: dict[str, Any] = {"status": reason, "booked": str(booked)}
-        headers = {"Retry-After": "1"} if status == 503 else None
+        if status == 503:
+            headers = {"Retry-After": "1"}
         return web.json_response(body, status=status, headers=headers)
 
     async def deposit(self, request: web.Request) -> web.Response:
@@ -262,11 +280,15 @@ class SimCore:
         except (ValueError, KeyError, TypeError):
             return web.json_response({"error": "bad body"}, status=400)
         if self.params.auth_url is not None:
-            status = await self._auth(request)
+            status, back = await self._auth(request)
             if status in (401, 403):
-                return self._answer(customer, arrived, None, status, 0, "no_pass")
+                # Not valid yet (the gate's door paces arrivals): come back then, as the
+                # waiting page would send the customer; else no valid pass.
+                reason = "not_yet" if status == 401 and RETRY_MS_HEADER in back else "no_pass"
+                return self._answer(customer, arrived, None, status, 0, reason, True, back)
             if not 200 <= status < 300:
-                return self._answer(customer, arrived, None, 502, 0, f"auth_failed_{status}")
+                reason = f"auth_failed_{status}"
+                return self._answer(customer, arrived, None, 502, 0, reason, True)
             # The pass check is the proxy's step (nginx auth_request), before the core: the
             # core's own latency starts when the request gets past it.
             arrived = time.time()
@@ -410,7 +432,8 @@ class SimCore:
 
 
 def per_second(served: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
-    """Arrivals, answers, errors and the p99 latency of the answers, per 1-s window from t0."""
+    """Arrivals, answers, errors and the p99 latency of the answers, per 1-s window from t0,
+    of the requests that reached the core (not those refused at the proxy's pass check)."""
     if not served:
         return []
     last = max(s["finished"] for s in served)
@@ -420,6 +443,8 @@ def per_second(served: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
         for i in range(seconds)
     ]
     for s in served:
+        if s.get("proxy"):
+            continue  # refused at the proxy's pass check: never reached the core
         a = min(seconds - 1, max(0, int(s["arrived"] - t0)))
         rows[a]["arrivals"] += 1
         f = min(seconds - 1, max(0, int(s["finished"] - t0)))

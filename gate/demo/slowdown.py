@@ -61,9 +61,10 @@ def latency_figures(
 ) -> dict[str, Any]:
     """The core's p99 before the slowdown and from `reaction_s` after it, and the measured
     reaction time (module docstring); `seconds` are `sim_core.per_second` rows."""
-    before = [s["finished"] - s["arrived"] for s in served if s["arrived"] - t0 < slow_at]
+    at_core = [s for s in served if not s.get("proxy")]  # past the proxy's pass check
+    before = [s["finished"] - s["arrived"] for s in at_core if s["arrived"] - t0 < slow_at]
     after = [
-        s["finished"] - s["arrived"] for s in served if s["arrived"] - t0 >= slow_at + reaction_s
+        s["finished"] - s["arrived"] for s in at_core if s["arrived"] - t0 >= slow_at + reaction_s
     ]
     answered = [r for r in seconds if r["answered"]]
     over = [
