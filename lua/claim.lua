@@ -16,12 +16,20 @@
   ARGV[4] idempotency key (1..64 bytes)
   ARGV[5] the reservation id's random part (8 of A-Z a-z 0-9 _ -): the id is
           'r' .. res_n .. '-' .. it, unique even when a failover sets res_n back
+  First come, strictly (issue 12): what the customers admitted before this one and not
+  claimed yet may still take (max each: they are active, hold nothing, and have not passed
+  their deadline) is theirs; a claim takes from the rest. A claim larger than the rest
+  waits for them (EARLIER_CLAIMS, detail: the rest now) unless what is left could not
+  serve it anyway (then partial fill or SOLD_OUT, as when nobody is owed). So nobody
+  admitted later books what an earlier customer could have had. The claim entry logs what
+  was owed to the earlier customers (o), for the audit replay.
   Returns {OK, rid, amount, expires_us, replayed(0|1)[, entry]} when reserved (entry: the
           claim's audit index, when this call made it),
           {REFUSED, reason, detail} when refused, {UNKNOWN_CAMPAIGN}, or {TICKET_UNKNOWN}
           when Redis does not hold tickets[digest] == seq.
   Reasons: CLOSED, WRONG_POLICY, NOT_ADMITTED, BELOW_MINIMUM, BAD_STEP,
-           OVER_CUSTOMER_LIMIT, SOLD_OUT, RESERVATION_PENDING, IDEMPOTENCY_KEY_REUSED.
+           OVER_CUSTOMER_LIMIT, SOLD_OUT, EARLIER_CLAIMS, RESERVATION_PENDING,
+           IDEMPOTENCY_KEY_REUSED.
 ]]
 --!include lib/common.lua
 --!include lib/money.lua
@@ -65,12 +73,36 @@ if money_cmp(amount, high) > 0 or money_cmp(money_add(spent, amount), high) > 0 
   return {REFUSED, OVER_CUSTOMER_LIMIT, money_sub(high, money_min(spent, high))}
 end
 local remaining = money_sub(total, money_add(m[8], m[9]))
+-- Owed to the customers admitted before this one who have not claimed: max each. Cheap
+-- bound first: with every other active customer owed max, the amount still fits.
+local owed = '0'
+local others = rcall('ZCARD', KEYS[2]) - 1
+if money_cmp(money_add(amount, money_mul(high, others)), remaining) > 0 then
+  local before = {}
+  for _, s in ipairs(rcall('ZRANGEBYSCORE', KEYS[2], string.format('(%d', now), '+inf')) do
+    if tonumber(s) < seq then before[#before + 1] = s end
+  end
+  local unclaimed = 0
+  for i = 1, #before, 500 do
+    local held = rcall('HMGET', KEYS[7], unpack(before, i, math.min(i + 499, #before)))
+    for j = 1, #held do
+      if not held[j] then unclaimed = unclaimed + 1 end
+    end
+  end
+  owed = money_mul(high, unclaimed)
+end
 local grant = amount
-if money_cmp(amount, remaining) > 0 then
-  if m[7] ~= '1' then return {REFUSED, SOLD_OUT, remaining} end
-  -- partial fill: the largest multiple of step that is left, if it reaches the minimum
-  grant = money_sub(remaining, tostring(money_mod(remaining, step)))
-  if money_cmp(grant, low) < 0 then return {REFUSED, SOLD_OUT, remaining} end
+if money_cmp(money_add(amount, owed), remaining) > 0 then
+  if money_cmp(amount, remaining) > 0 then
+    if m[7] ~= '1' then return {REFUSED, SOLD_OUT, remaining} end
+    -- partial fill: the largest multiple of step that is left, if it reaches the minimum
+    grant = money_sub(remaining, tostring(money_mod(remaining, step)))
+    if money_cmp(grant, low) < 0 then return {REFUSED, SOLD_OUT, remaining} end
+  end
+  if owed ~= '0' then
+    local rest = money_cmp(remaining, owed) > 0 and money_sub(remaining, owed) or '0'
+    return {REFUSED, EARLIER_CLAIMS, rest}
+  end
 end
 
 -- The number alone would repeat after a failover that lost the counter's last steps (and
@@ -91,5 +123,5 @@ rcall('HINCRBY', KEYS[1], 'claims', 1)
 -- the customer stays active (counts against max_active) until the core system answers
 if tonumber(deadline) < expires then rcall('ZADD', KEYS[2], 'XX', expires, seq) end
 local entry = audit(KEYS[1], KEYS[9], now, {k = 'claim', s = seq, c = digest, r = rid, m = grant,
-  q = amount, e = expires})
+  q = amount, e = expires, o = owed})
 return {OK, rid, grant, expires, 0, entry}

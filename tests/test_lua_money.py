@@ -29,6 +29,7 @@ if op == 'sub' then return money_sub(a, b) end
 if op == 'min' then return money_min(a, b) end
 if op == 'mod' then return string.format('%d', money_mod(a, tonumber(b))) end
 if op == 'div' then return money_div(a, tonumber(b)) end
+if op == 'mul' then return money_mul(a, tonumber(b)) end
 """
 )
 
@@ -59,6 +60,15 @@ def test_add_sub_cmp_min(lua: sync_redis.Redis, a: int, b: int) -> None:
 def test_mod_div(lua: sync_redis.Redis, a: int, m: int) -> None:
     assert run(lua, "mod", a, m) == str(a % m)
     assert run(lua, "div", a, m) == str(a // m)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    a=AMOUNTS, n=st.one_of(st.integers(min_value=0, max_value=10**8 - 1), st.sampled_from([0, 1]))
+)
+def test_mul(lua: sync_redis.Redis, a: int, n: int) -> None:
+    """What the customers admitted before a claim may still take: max x their number."""
+    assert run(lua, "mul", a, n) == str(a * n)
 
 
 def test_sub_refuses_a_negative_result(lua: sync_redis.Redis) -> None:

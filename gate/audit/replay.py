@@ -525,7 +525,14 @@ class Replay:
                 f"{count} admitted with {len(self.active)} active of max "
                 f"{self.settings['max_active']:g}"
             )
-        if self.policy == "first_come":
+        if self.policy == "first_come" and "o" in entry:
+            cap = self._strict_cap(need_money(entry, "o"))
+            if count > cap:
+                raise EntryProblem(
+                    f"{count} admitted, but the quota left beyond what the admitted "
+                    f"customers may still claim serves only {cap} more"
+                )
+        elif self.policy == "first_come":  # a log from before issue 12's strict order
             servable = (self.total - self.held - self.confirmed) // self.minimum
             can_serve = 10**12 if servable >= 10**12 else servable
             if can_serve > 0:
@@ -543,6 +550,29 @@ class Replay:
         self.cursor = last
         self.admitted += count
         self.skipped += len(skip)
+
+    def _strict_cap(self, owed: int) -> int:
+        """As admit.lua: each admitted customer who has not claimed may take max; what is
+        left beyond that admits newcomers, max each but the last (at least the minimum)."""
+        unclaimed = max(0, len(self.active) - len(self.holds))
+        if owed != self.maximum * unclaimed:
+            raise EntryProblem(
+                f"admission logs {owed} owed, expected {self.maximum * unclaimed} "
+                f"({unclaimed} admitted customers unclaimed)"
+            )
+        left = self.total - self.held - self.confirmed
+        can_serve = 0
+        if left < owed + self.minimum:
+            can_serve = 0
+        elif self.maximum >= 10**13:
+            can_serve = 1
+        else:
+            more = (left - owed - self.minimum) // self.maximum
+            can_serve = (10**12 if more >= 10**12 else more) + 1
+        overbook = self.settings["overbook"]
+        if overbook > 1:
+            can_serve = max(0, math.floor(float(unclaimed + can_serve) * overbook) - unclaimed)
+        return can_serve
 
     def _expire(self, t: int, entry: dict[str, Any]) -> None:
         seqs = need_list(entry, "s")
@@ -644,6 +674,8 @@ class Replay:
             expected = remaining - remaining % self.step
             if not self.partial or expected < self.minimum:
                 raise EntryProblem(f"granted {grant} with only {remaining} left (oversold)")
+        if "o" in entry:  # first come strictly (issue 12); a log from before has no o
+            self._check_owed(t, seq, asked, remaining, need_money(entry, "o"))
         if grant != expected:
             raise EntryProblem(f"granted {grant} for {asked} asked, expected {expected}")
         # r<n> (before the random part was added) or r<n>-<8 random characters>: the
@@ -665,6 +697,32 @@ class Replay:
         if self.spent[seq] > self.maximum:
             raise EntryProblem(f"seq {seq} holds {self.spent[seq]}, over the max")
         self.active[seq] = max(self.active[seq], expires)
+
+    def _check_owed(self, t: int, seq: int, asked: int, remaining: int, owed: int) -> None:
+        """As claim.lua: the customers admitted before `seq`, still active at `t` and
+        holding nothing, are owed max each; a claim fits beside what they are owed, or
+        nobody was owed anything (then it may take the rest, partial fill included)."""
+        unclaimed = sum(
+            1
+            for s, deadline in self.active.items()
+            if s < seq and deadline > t and s not in self.holds
+        )
+        # claim.lua skips the count when the amount fits even if every other active
+        # customer were owed max: then any count it would have found fits as well.
+        if asked + self.maximum * (len(self.active) - 1) <= remaining:
+            if owed != 0:
+                raise EntryProblem(f"claim by seq {seq} logs {owed} owed, expected 0")
+            return
+        if owed != self.maximum * unclaimed:
+            raise EntryProblem(
+                f"claim by seq {seq} logs {owed} owed to earlier customers, expected "
+                f"{self.maximum * unclaimed} ({unclaimed} admitted before it unclaimed)"
+            )
+        if owed and asked + owed > remaining:
+            raise EntryProblem(
+                f"seq {seq} was granted a claim of {asked} while {unclaimed} customers "
+                f"admitted before it were owed {owed} of the {remaining} left"
+            )
 
     def _close_reservation(self, rid: str, seq: int, amount: int, to: str) -> None:
         r = self.reservations.get(rid)

@@ -74,6 +74,13 @@ class Reply(Enum):
         "over this customer's limit: at most {detail} more",
     )
     SOLD_OUT = "sold_out", Conflict, 409, "sold out: {detail} left"
+    EARLIER_CLAIMS = (
+        "earlier_claims",
+        Conflict,
+        409,
+        "customers admitted before you have not claimed yet ({detail} is free now): "
+        "ask again in a moment",
+    )
     RESERVATION_PENDING = (
         "reservation_pending",
         Conflict,

@@ -7,6 +7,7 @@
   money_sub(a, b)      a - b, for a >= b (errors otherwise)
   money_mod(a, m)      a mod m, for a small integer m (m < 2^46)
   money_div(a, m)      floor(a / m) as a string, for a small integer m
+  money_mul(a, n)      a x n, for a small integer n (0 <= n < 10^8)
   money_min(a, b)      the smaller
 ]]
 local LIMB = 10000000  -- 7 digits per limb: sums and carries stay far below 2^53
@@ -80,6 +81,21 @@ local function money_div(a, m)
   local s = string.gsub(table.concat(digits), '^0+', '')
   if s == '' then s = '0' end
   return s
+end
+
+local function money_mul(a, n)
+  if n == 0 then return '0' end
+  local x, out, carry = to_limbs(a), {}, 0
+  for i = 1, #x do
+    local p = x[i] * n + carry  -- below 10^7 x 10^8 + carry: exact in a double
+    out[i] = p % LIMB
+    carry = math.floor(p / LIMB)
+  end
+  while carry > 0 do
+    out[#out + 1] = carry % LIMB
+    carry = math.floor(carry / LIMB)
+  end
+  return from_limbs(out)
 end
 
 local function money_min(a, b)

@@ -1,0 +1,120 @@
+"""First come, strictly, at the sell-out (issue 12): nobody admitted later books what an
+earlier customer could have had.
+
+Admitted customers send their claims in whatever order their browsers do. Before, the
+claim script served whoever came first while anything was left, so at the sell-out an
+early customer could find it sold out (or get only a part) after a later one took the
+rest: in `make demo`, 107-191 customers told "sold out" at their claim while customers
+admitted after them booked. Now a claim takes only what the customers admitted before it
+and not yet claimed (max each) cannot: a larger one waits (`earlier_claims`) until they
+have claimed; the claim entry logs what was owed, and the audit replay checks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from gate.audit.verify import verify_file
+from gate.campaign import parse_spec
+from gate.room import Room
+from gate.signing import SigningKeys
+from gate.tokens import customer_digest
+from tests.helpers import amount_quota, export_to_file, seal_everything, spec
+
+MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
+
+
+async def _campaign(
+    room: Room, keys: SigningKeys, c: str, total: int, customers: int
+) -> list[bytes]:
+    """Everyone admitted at once (overbook 10: more than the quota serves at max each, to
+    see claims race); `customers` joined in order (seq n is digests[n - 1])."""
+    raw = spec(c, rate_per_s=100_000, burst=10_000, max_active=100_000, pass_ttl_s=300, overbook=10)
+    raw["quota"] = amount_quota(total, MIN, MAX, STEP, partial_fill=True)
+    await room.create(parse_spec(raw), "ops")
+    digests = [customer_digest(keys, c, f"customer-{n}") for n in range(1, customers + 1)]
+    await room.join(c, digests)
+    result = await room.admit(c, max_per_call=customers)
+    assert result is not None and result.cursor == customers
+    return digests
+
+
+async def test_a_later_claim_waits_for_earlier_customers_at_the_sell_out(
+    room: Room, keys: SigningKeys, tmp_path: Path
+) -> None:
+    c = "order"
+    d = await _campaign(room, keys, c, total=25_000_000, customers=4)
+
+    # seq 3 asks 10,000,000 first: seqs 1 and 2 may still take 10,000,000 each of the
+    # 25,000,000, so 5,000,000 is free for it now; before, it got its 10,000,000 at once
+    early = await room.claim(c, 3, d[2], 10_000_000, "k3")
+    assert (early.ok, early.code, early.detail) == (False, "earlier_claims", "5000000"), early
+    # seq 2 takes 5,000,000 (seq 1 still owed 10,000,000): now seq 3's claim fits
+    assert (await room.claim(c, 2, d[1], 5_000_000, "k2")).amount == 5_000_000
+    assert (await room.claim(c, 3, d[2], 10_000_000, "k3")).amount == 10_000_000
+    # 10,000,000 left, seq 1 owed up to 10,000,000: seq 4 waits
+    late = await room.claim(c, 4, d[3], 10_000_000, "k4")
+    assert (late.ok, late.code, late.detail) == (False, "earlier_claims", "0"), late
+    # seq 1, first in line, takes what it wants; the rest goes to seq 4, in part
+    assert (await room.claim(c, 1, d[0], 4_000_000, "k1")).amount == 4_000_000
+    last = await room.claim(c, 4, d[3], 10_000_000, "k4")
+    assert (last.ok, last.amount) == (True, 6_000_000), last
+
+    await seal_everything(room.redis, room.scripts, keys, c)
+    path = await export_to_file(room.redis, c, keys, tmp_path / f"{c}.jsonl")
+    report = await asyncio.to_thread(
+        verify_file, path, keys.public_keys(), keys_from="published", require_sealed=True
+    )
+    assert report.claims == 4
+
+
+async def test_a_sold_out_claim_is_final_whoever_is_owed(
+    room: Room, keys: SigningKeys, tmp_path: Path
+) -> None:
+    """Less than the minimum left: sold out at once (waiting could not help)."""
+    c = "order-soldout"
+    d = await _campaign(room, keys, c, total=10_500_000, customers=3)
+    assert (await room.claim(c, 2, d[1], 10_000_000, "k2")).code == "earlier_claims"
+    assert (await room.claim(c, 1, d[0], 10_000_000, "k1")).amount == 10_000_000
+    # 500,000 left, below the minimum: seq 3 is told sold out although seq 2 is unclaimed
+    out = await room.claim(c, 3, d[2], 1_000_000, "k3")
+    assert (out.ok, out.code) == (False, "sold_out"), out
+
+
+async def test_admission_keeps_max_for_each_admitted_customer_who_has_not_claimed(
+    room: Room, keys: SigningKeys, tmp_path: Path
+) -> None:
+    """Overbook 1 (the default): a newcomer is admitted only while what is left beyond
+    max for each admitted customer who has not claimed serves it at least the minimum, so
+    every admitted customer's claim fits (before: what is left / the minimum were let in:
+    25 customers for 25,000,000, most of whom then found it sold out at their claim)."""
+    c = "order-admit"
+    raw = spec(c, rate_per_s=100_000, burst=10_000, max_active=100_000, pass_ttl_s=300)
+    raw["quota"] = amount_quota(25_000_000, MIN, MAX, STEP, partial_fill=True)
+    await room.create(parse_spec(raw), "ops")
+    d = [customer_digest(keys, c, f"customer-{n}") for n in range(1, 9)]
+    await room.join(c, d)
+
+    async def cursor() -> int:
+        result = await room.admit(c, max_per_call=100)
+        assert result is not None
+        return result.cursor
+
+    assert await cursor() == 3  # 10,000,000 + 10,000,000 + at least 1,000,000
+    assert await cursor() == 3  # however often admission runs
+    assert (await room.claim(c, 1, d[0], 4_000_000, "k1")).amount == 4_000_000
+    # 21,000,000 left, seqs 2 and 3 owed 20,000,000: room for one more at the minimum
+    assert await cursor() == 4
+    for seq, amount in ((2, 10_000_000), (3, 10_000_000)):
+        assert (await room.claim(c, seq, d[seq - 1], amount, f"k{seq}")).amount == amount
+    # 1,000,000 left and seq 4 owed it: seq 4 gets it, in part; nobody else comes in
+    assert (await room.claim(c, 4, d[3], 3_000_000, "k4")).amount == 1_000_000
+    assert await cursor() == 4
+
+    await seal_everything(room.redis, room.scripts, keys, c)
+    path = await export_to_file(room.redis, c, keys, tmp_path / f"{c}.jsonl")
+    report = await asyncio.to_thread(
+        verify_file, path, keys.public_keys(), keys_from="published", require_sealed=True
+    )
+    assert (report.admitted, report.claims) == (4, 4)
