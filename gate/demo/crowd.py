@@ -32,10 +32,6 @@ from gate.demo.children import run_child, write_result
 from gate.demo.sim_core import PASS_HEADER, RETRY_MS_HEADER
 
 GATE_ATTEMPTS = 30  # per gate request, for 5xx answers and transport errors
-# A claim answered `earlier_claims` (customers admitted before have not claimed yet) is
-# sent again after this long, at most CLAIM_TURNS times in all (a pass lasts 60 s).
-EARLIER_CLAIMS_WAIT_S = 0.2
-CLAIM_TURNS = 300
 
 
 @dataclass(frozen=True)
@@ -76,12 +72,19 @@ class Outcome:
     door_waits: int = 0  # 401 pass_not_yet at the core's door: came back when told
     booked: int = 0
     pass_refusals: int = 0  # the core's auth check refused this admitted customer's pass
-    claim_waits: int = 0  # claims answered `earlier_claims` (asked again)
     result: str = "pending"  # booked, sold_out, told_soldout, gave_up, error, deadline
 
 
 class GiveUp(Exception):
     pass
+
+
+def _wait_ms(headers: Any) -> int | None:
+    """The wait a 401 pass_not_yet carries (X-Gate-Retry-After-Ms), at most a minute."""
+    try:
+        return min(max(int(headers[RETRY_MS_HEADER]), 1), 60_000)
+    except (KeyError, ValueError):
+        return None
 
 
 class Crowd:
@@ -91,6 +94,7 @@ class Crowd:
         self.finished = 0
         self.gate_5xx = 0  # 5xx answers from the gate (each retried after Retry-After)
         self.gate_5xx_by: dict[str, int] = {}  # "route status code" -> count
+        self.gate_not_yet = 0  # 401 pass_not_yet from the gate (claim): came back when told
 
     async def _gate(
         self, method: str, url: str, headers: dict[str, str], **kwargs: Any
@@ -103,6 +107,13 @@ class Crowd:
                         body = await r.json(content_type=None)
                     except ValueError:
                         body = {}
+                    wait_ms = _wait_ms(r.headers) if r.status == 401 else None
+                    if wait_ms is not None:
+                        # A paced pass used a moment before its not_before by the gate's
+                        # clock (a claim): come back when told, as the page does.
+                        self.gate_not_yet += 1
+                        await asyncio.sleep(wait_ms / 1000)
+                        continue
                     if r.status < 500:
                         return r.status, body if isinstance(body, dict) else {}
                     self.gate_5xx += 1
@@ -131,15 +142,14 @@ class Crowd:
                     o.core_status = r.status
                     if r.status == 200:
                         o.booked = int(data.get("booked", 0))
-                    wait_ms = r.headers.get(RETRY_MS_HEADER) if r.status == 401 else None
+                    wait_ms = _wait_ms(r.headers) if r.status == 401 else None
                     if wait_ms is None:
                         return r.status
-                    wait_s = min(max(int(wait_ms), 1), 60_000) / 1000
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 o.core_status = 599
                 return 599
             o.door_waits += 1
-            await asyncio.sleep(wait_s)
+            await asyncio.sleep(wait_ms / 1000)
 
     async def direct(self, o: Outcome) -> None:
         body = {"customer": o.customer, "amount": o.amount}
@@ -193,21 +203,14 @@ class Crowd:
         if spec.ballot:
             await self._subscribe(o, base, ticket, headers, claim_headers)
             return
-        for _ in range(CLAIM_TURNS):
-            status, body = await self._gate(
-                "POST",
-                f"{base}/claim",
-                claim_headers,
-                json={"amount": str(o.amount), "idempotency_key": f"k{o.index}"},
-            )
-            error = body.get("error")
-            code = error.get("code") if isinstance(error, dict) else None
-            if not (status == 409 and code == "earlier_claims"):
-                break
-            # Customers admitted before this one have not claimed yet, and what is left
-            # may be theirs: ask again in a moment, as the page does.
-            o.claim_waits += 1
-            await asyncio.sleep(EARLIER_CLAIMS_WAIT_S)
+        status, body = await self._gate(
+            "POST",
+            f"{base}/claim",
+            claim_headers,
+            json={"amount": str(o.amount), "idempotency_key": f"k{o.index}"},
+        )
+        error = body.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
         if status == 409 and code == "sold_out":
             o.result = "sold_out"  # admitted, but nothing left for this customer
             return
@@ -347,6 +350,7 @@ async def run(spec: CrowdSpec, progress: Path) -> dict[str, Any]:
         "started_at": start,
         "gate_5xx": crowd.gate_5xx,
         "gate_5xx_by": crowd.gate_5xx_by,
+        "gate_not_yet": crowd.gate_not_yet,
         "outcomes": [dataclasses.asdict(o) for o in outcomes],
     }
 
