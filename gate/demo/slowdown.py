@@ -171,7 +171,7 @@ def describe(row: dict[str, Any]) -> str:
     if changes is not None:
         rates = [c["new"] for c in changes]
         line += f"; rate changes {len(changes)}" + (
-            f" ({changes[0]['old']:g} -> {rates[-1]:g}/s, lowest {min(rates):g}/s)"
+            f" ({changes[0]['old']:.0f} -> {rates[-1]:.0f}/s, lowest {min(rates):.0f}/s)"
             if changes and changes[0]["old"] is not None
             else ""
         )
