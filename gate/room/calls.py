@@ -290,6 +290,7 @@ class ScriptCalls:
                 k.subscriptions,
                 k.tickets,
                 k.not_before,
+                k.door,
             ],
             [seq, digest],
             mark=k.durable_mark,
