@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gate.audit.format import decode_entry
+from gate.audit.query import entry_view
 from gate.campaign import Adaptive, HealthSource, Targets, parse_spec
 from gate.controller import decide
 from gate.health import (
@@ -179,3 +180,11 @@ async def test_controller_scripts_on_every_redis(room: Room) -> None:
     assert 0 < await room.redis.pttl(k.controller) <= 1000
     assert not await room.controller_lease("c", "token-one-1234", 1000, "release")
     assert await room.controller_lease("c", "token-two-1234", 1000, "acquire")
+
+
+def test_an_audit_query_shows_why_as_text() -> None:
+    entry = {"k": b"admin-update", "a": b"controller", "f": [b"rate"], "o": [b"100.0"]}
+    entry |= {"n": [b"70.0"], "why": {b"source": b"http", b"latency_ms": 812.5}, "t": 1}
+    view = entry_view(7, entry)
+    assert view["why"] == {"source": "http", "latency_ms": 812.5}
+    assert (view["f"], view["o"], view["n"]) == (["rate"], ["100.0"], ["70.0"])

@@ -165,7 +165,11 @@ def jsonable(kind: str, value: Any, field: str = "") -> Any:
             return [v.hex() if isinstance(v, bytes) else v for v in value]
         return [jsonable(kind, v, field) for v in value]
     if isinstance(value, dict):
-        return {} if not value else {str(k): jsonable(kind, v) for k, v in value.items()}
+        # map keys are msgpack strings too (the controller's `why`): shown as text
+        return {
+            (k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): jsonable(kind, v)
+            for k, v in value.items()
+        }
     return value
 
 
