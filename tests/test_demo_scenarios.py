@@ -271,6 +271,25 @@ def test_bad_sizes_are_refused(
     assert caught.value.code == code
 
 
+@pytest.mark.parametrize(
+    ("customers", "rate", "code", "says"),
+    [
+        (1000, None, "bad_customers", "at least 2200 customers"),
+        (None, 10.0, "bad_rate", "at least rate_min (20)"),
+    ],
+)
+def test_slow_bureau_refuses_sizes_it_cannot_judge(
+    tmp_path: Path, customers: int | None, rate: float | None, code: str, says: str
+) -> None:
+    # Its stream must last past the slowdown (3 s) and the reaction time (8 s) at 200/s,
+    # and --rate is the adaptive rate's upper bound: refused before anything runs.
+    out = tmp_path / "o"
+    with pytest.raises(GateError) as caught:
+        run_demo(scenario="slow-bureau", customers=customers, rate=rate, out=out)
+    assert caught.value.code == code and says in str(caught.value), str(caught.value)
+    assert not out.exists()
+
+
 def test_control_endpoint_refuses_bad_input(tmp_path: Path) -> None:
     import asyncio
 

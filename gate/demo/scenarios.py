@@ -1033,6 +1033,28 @@ def row_checks(row: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def check_slowdown_sizes(scenario: Scenario, count: int) -> None:
+    """A scenario judged after a slowdown needs a stream that lasts past the slowdown and
+    the reaction time, and an adaptive rate's upper bound (`--rate`) above its lower one."""
+    if scenario.rate_min is not None and scenario.rate < scenario.rate_min:
+        raise GateError(
+            f"rate: {scenario.rate:g} is the adaptive rate's upper bound in {scenario.name}; "
+            f"it must be at least rate_min ({scenario.rate_min:g})",
+            code="bad_rate",
+        )
+    if scenario.latency_target_ms is None or scenario.bureau_change is None:
+        return
+    lasts = scenario.bureau_change[0] + scenario.reaction_s
+    if scenario.spread_s < lasts:
+        per_s = count / scenario.spread_s
+        raise GateError(
+            f"customers: {count} arrive within {scenario.spread_s:g} s; {scenario.name} needs "
+            f"its stream to last past the slowdown and the reaction time ({lasts:g} s): at "
+            f"least {math.ceil(lasts * per_s)} customers",
+            code="bad_customers",
+        )
+
+
 def run_scenario(
     name: str,
     customers: int | None,
@@ -1052,6 +1074,7 @@ def run_scenario(
         if not 0 < rate <= 1_000_000:  # also refuses NaN
             raise GateError(f"rate: {rate} must be above 0 and at most 1e+06", code="bad_rate")
         scenario = dataclasses.replace(scenario, rate=rate)
+    check_slowdown_sizes(scenario, count)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
