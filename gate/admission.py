@@ -19,6 +19,8 @@ log = logging.getLogger("gate.admission")
 # The most customers one admit call may take, however high the rate: a call's Lua time
 # grows with it (one ZADD member each), and Redis runs nothing else meanwhile.
 CALL_CEILING = 50_000
+# lib/common.lua ACCRUE_MAX_US: the longest span whose tokens one call may use.
+ACCRUE_MAX_S = 3.0
 
 
 class Admitter:
@@ -68,11 +70,11 @@ class Admitter:
 
     def call_limit(self, live: LiveCampaign) -> int:
         """Most customers this call may admit: never below what one call can accrue
-        (burst + 1 s of the rate, lib/common.lua refill), else a call stretched by a busy
+        (burst + ACCRUE_MAX_S of the rate, lib/common.lua refill), else a call stretched by a busy
         event loop leaves tokens beyond the burst, which the next refill drops, and the
         campaign falls short of its rate (issue 12: 5,000/s gave 4,908/s with the process
         saturated by polls). Up to CALL_CEILING."""
-        can_accrue = math.ceil(live.state.rate + live.spec.admission.burst)
+        can_accrue = math.ceil(live.state.rate * ACCRUE_MAX_S + live.spec.admission.burst)
         return max(self.max_per_call, min(can_accrue, CALL_CEILING))
 
     async def run(self) -> None:

@@ -101,10 +101,10 @@ async def test_sparse_admit_calls_deliver_the_configured_rate(room: Room) -> Non
     delivered = later / elapsed_s
     print(f"admitted {later} in {elapsed_s:.3f}s of Redis time: {delivered:.1f}/s (rate {RATE})")
     assert abs(delivered - RATE) <= 0.02 * RATE, delivered
-    # each call admits what accrued since the one before (at most 1 s of it), plus at
+    # each call admits what accrued since the one before (at most 3 s of it), plus at
     # most the burst carried over
     for prev, cur in itertools.pairwise(admits):
-        accrued = RATE * min(cur["t"] - prev["t"], 1_000_000) / 1e6
+        accrued = RATE * min(cur["t"] - prev["t"], 3_000_000) / 1e6
         assert cur["n"] <= BURST + accrued + 1e-6, (cur, prev["t"])
 
 
@@ -353,4 +353,32 @@ async def test_a_stretched_admit_loop_still_admits_the_configured_rate(config: C
     span_s = (admits[-1]["t"] - admits[0]["t"]) / 1e6
     delivered = sum(e["n"] for e in admits[1:]) / span_s
     print(f"admit calls {span_s / 5 * 1000:.0f} ms apart: {delivered:.0f}/s (rate {rate})")
+    assert abs(delivered - rate) <= 0.02 * rate, [(e["t"], e["n"]) for e in admits]
+
+
+async def test_an_admit_loop_stalled_past_a_second_still_admits_the_configured_rate(
+    config: Config,
+) -> None:
+    """Admit calls 1.5 s apart (every gate process stalled at once, as four processes and
+    a poll load on two cores did: 1.1 s gaps, 4,940/s of 5,000): each call gets the whole
+    time since the last one, up to ACCRUE_MAX_US (3 s), so the rate is delivered (within
+    2%). Before, a call used at most 1 s of it: two thirds of the rate."""
+    campaign = "stalled"
+    rate, burst, customers = 1000, 10, 12_000
+    slow = dataclasses.replace(config, admit_interval_ms=1500)
+    async with running_gate(slow) as gate:
+        await gate.wait_ready()
+        room = gate.room
+        await room.create(parse_spec(spec(campaign, rate_per_s=rate, burst=burst)), "ops")
+        for i in range(0, customers, 2000):
+            await room.join(campaign, [digest(j) for j in range(i, min(i + 2000, customers))])
+
+        async def calls_logged() -> bool:
+            return len(of_kind(await room.audit_entries(campaign), "admit")) >= 4
+
+        await wait_for(calls_logged, 30, "four admit calls")
+        admits = of_kind(await room.audit_entries(campaign), "admit")[:4]
+    span_s = (admits[-1]["t"] - admits[0]["t"]) / 1e6
+    delivered = sum(e["n"] for e in admits[1:]) / span_s
+    print(f"admit calls {span_s / 3 * 1000:.0f} ms apart: {delivered:.0f}/s (rate {rate})")
     assert abs(delivered - rate) <= 0.02 * rate, [(e["t"], e["n"]) for e in admits]

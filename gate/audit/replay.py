@@ -30,7 +30,7 @@ MAX_AMOUNT_DIGITS = 30
 
 
 # lib/common.lua ACCRUE_MAX_US: the longest span whose tokens one admit call may use
-ACCRUE_MAX_US = 1_000_000
+ACCRUE_MAX_US = 3_000_000
 
 
 class EntryProblem(Exception):
@@ -274,7 +274,7 @@ class Replay:
     def _refill(self, t: int) -> None:
         """As lib/common.lua's refill: the carry counts up to max(burst, 1), what accrued
         since is added whole, over at most ACCRUE_MAX_US. Admit calls that logged nothing
-        (nobody to admit) refilled too, so past that span the bound is burst + 1 s's worth.
+        (nobody to admit) refilled too, so past that span the bound is burst + its worth.
         """
         capacity = max(self.settings["burst"], 1.0)
         elapsed = max(t - self.bucket_us, 0)

@@ -52,14 +52,17 @@ local function num_arg(value, lo, name)
 end
 
 -- The longest span of Redis time whose tokens one call may still use (a stalled loop
--- catches up on at most this much).
-local ACCRUE_MAX_US = 1000000
+-- catches up on at most this much). 3 s: every gate process starved at once for over
+-- a second (four processes and a poll load on two cores) must not cost the rate; the
+-- customers a catch-up admits still reach the core on the passes' schedule (pass.lua)
+-- and through the door (arrive.lua) at the rate.
+local ACCRUE_MAX_US = 3000000
 
 -- Refill the admission bucket up to `now`; returns the new level. What was left from
 -- before counts up to max(burst, 1), and everything accrued since (rate x elapsed, the
 -- elapsed time capped at ACCRUE_MAX_US) is added whole: however rarely admit runs, it
 -- admits rate x elapsed (issue 12), while one call never gets more than
--- burst + rate x min(elapsed, 1 s).
+-- burst + rate x min(elapsed, 3 s).
 local function refill(tokens, bucket_us, rate, burst, now)
   local capacity = math.max(burst, 1)
   local elapsed = now - bucket_us
