@@ -4,7 +4,8 @@
   First expires held reservations past their deadline (their amount returns to the pool)
   and active entries past theirs (bounded, logged), then advances the cursor by
   k = min(bucket tokens, free active slots, waiting, max_per_call, customers the quota
-  can still serve, max each for those admitted who have not claimed: o in the entry),
+  can still serve, max each for those admitted who have not claimed: o in the entry,
+  unless overbooked),
   skipping revoked seqs (logged in the same entry). A first_come
   campaign admits nobody while what is left is below the per-customer minimum, and a
   campaign with a shuffled pre-queue nobody until its seqs are all given out (pq_state).
@@ -90,30 +91,36 @@ end
 local k = math.min(math.floor(tokens), tonumber(m[6]) - active, last_seq - cursor, max_per_call)
 local owed = nil  -- first_come: what the admitted customers who have not claimed may take
 if m[12] == 'first_come' and k > 0 then
-  -- First come, strictly (issue 12): each admitted customer who has not claimed yet may
-  -- still take up to max, so a newcomer is admitted only while what is left beyond that
-  -- serves it at least the minimum (every one but the last in full). A claim then never
-  -- finds its share taken by a customer admitted after it (claim.lua keeps the order).
   -- Customers holding a reservation whose active entry is gone (revoked, blocked) still
   -- count in `holding`: never let them make room for more admissions than can be served.
   local q = rcall('HMGET', KEYS[1], 'q_total', 'q_min', 'held', 'confirmed', 'holding',
     'overbook', 'q_max')
   local left = money_sub(q[1], money_add(q[3], q[4]))
   local unclaimed = math.max(0, active - tonumber(q[5]))
-  owed = money_mul(q[7], unclaimed)
-  local can_serve = 0
-  if money_cmp(left, money_add(owed, q[2])) >= 0 then
-    if #q[7] > 13 then
-      can_serve = 1  -- a max of 10^13 or more: one at a time (money_div needs a small one)
-    else
-      local more = money_div(money_sub(left, money_add(owed, q[2])), tonumber(q[7]))
-      can_serve = (#more > 12 and 1e12 or tonumber(more)) + 1
-    end
-  end
-  -- overbook scales everyone the quota is held for, the admitted included (as before)
   local overbook = tonumber(q[6] or '1')
+  local can_serve = 0
   if overbook > 1 then
-    can_serve = math.max(0, math.floor((unclaimed + can_serve) * overbook) - unclaimed)
+    -- Overbooked (the operator admits more than the quota serves, expecting no-shows):
+    -- what is left serves at the minimum each, x overbook, less those admitted who have
+    -- not claimed; their claims are served as they come (claim.lua).
+    local servable = money_div(left, tonumber(q[2]))
+    can_serve = #servable > 12 and 1e12 or tonumber(servable)
+    if can_serve > 0 then can_serve = math.floor(can_serve * overbook) end
+    can_serve = math.max(0, can_serve - unclaimed)
+  else
+    -- First come, strictly (issue 12): each admitted customer who has not claimed yet
+    -- may still take up to max, so a newcomer is admitted only while what is left beyond
+    -- that serves it at least the minimum (every one but the last in full). A claim then
+    -- never finds its share taken by a customer admitted after it (claim.lua).
+    owed = money_mul(q[7], unclaimed)
+    if money_cmp(left, money_add(owed, q[2])) >= 0 then
+      if #q[7] > 13 then
+        can_serve = 1  -- a max of 10^13 or more: one at a time (money_div wants a small one)
+      else
+        local more = money_div(money_sub(left, money_add(owed, q[2])), tonumber(q[7]))
+        can_serve = (#more > 12 and 1e12 or tonumber(more)) + 1
+      end
+    end
   end
   k = math.min(k, can_serve)
 end

@@ -22,7 +22,8 @@
   waits for them (EARLIER_CLAIMS, detail: the rest now) unless what is left could not
   serve it anyway (then partial fill or SOLD_OUT, as when nobody is owed). So nobody
   admitted later books what an earlier customer could have had. The claim entry logs what
-  was owed to the earlier customers (o), for the audit replay.
+  was owed to the earlier customers (o), for the audit replay. An overbooked campaign
+  (overbook > 1: more admitted than the quota serves) serves claims as they come, no o.
   Returns {OK, rid, amount, expires_us, replayed(0|1)[, entry]} when reserved (entry: the
           claim's audit index, when this call made it),
           {REFUSED, reason, detail} when refused, {UNKNOWN_CAMPAIGN}, or {TICKET_UNKNOWN}
@@ -45,7 +46,7 @@ if suffix == nil or #suffix ~= 8 or string.find(suffix, '[^%w_%-]') then
 end
 
 local m = rcall('HMGET', KEYS[1], 'state', 'policy', 'q_total', 'q_min', 'q_max', 'q_step',
-  'partial', 'held', 'confirmed', 'res_ttl_us', 'res_n')
+  'partial', 'held', 'confirmed', 'res_ttl_us', 'res_n', 'overbook')
 if not m[1] then return {UNKNOWN_CAMPAIGN} end
 if not ticket_held(KEYS[10], digest, seq) then return {TICKET_UNKNOWN} end
 local idem_field = seq .. ':' .. key
@@ -73,11 +74,12 @@ if money_cmp(amount, high) > 0 or money_cmp(money_add(spent, amount), high) > 0 
   return {REFUSED, OVER_CUSTOMER_LIMIT, money_sub(high, money_min(spent, high))}
 end
 local remaining = money_sub(total, money_add(m[8], m[9]))
--- Owed to the customers admitted before this one who have not claimed: max each. Cheap
--- bound first: with every other active customer owed max, the amount still fits.
-local owed = '0'
+-- Owed to the customers admitted before this one who have not claimed: max each (none
+-- when overbooked: then claims are served as they come). Cheap bound first: with every
+-- other active customer owed max, the amount still fits.
+local owed = tonumber(m[12] or '1') <= 1 and '0' or nil
 local others = rcall('ZCARD', KEYS[2]) - 1
-if money_cmp(money_add(amount, money_mul(high, others)), remaining) > 0 then
+if owed and money_cmp(money_add(amount, money_mul(high, others)), remaining) > 0 then
   local before = {}
   for _, s in ipairs(rcall('ZRANGEBYSCORE', KEYS[2], string.format('(%d', now), '+inf')) do
     if tonumber(s) < seq then before[#before + 1] = s end
@@ -92,14 +94,14 @@ if money_cmp(money_add(amount, money_mul(high, others)), remaining) > 0 then
   owed = money_mul(high, unclaimed)
 end
 local grant = amount
-if money_cmp(money_add(amount, owed), remaining) > 0 then
+if money_cmp(money_add(amount, owed or '0'), remaining) > 0 then
   if money_cmp(amount, remaining) > 0 then
     if m[7] ~= '1' then return {REFUSED, SOLD_OUT, remaining} end
     -- partial fill: the largest multiple of step that is left, if it reaches the minimum
     grant = money_sub(remaining, tostring(money_mod(remaining, step)))
     if money_cmp(grant, low) < 0 then return {REFUSED, SOLD_OUT, remaining} end
   end
-  if owed ~= '0' then
+  if owed and owed ~= '0' then
     local rest = money_cmp(remaining, owed) > 0 and money_sub(remaining, owed) or '0'
     return {REFUSED, EARLIER_CLAIMS, rest}
   end

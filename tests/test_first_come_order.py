@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from gate.audit.verify import verify_file
 from gate.campaign import parse_spec
@@ -26,18 +27,31 @@ MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
 
 
 async def _campaign(
-    room: Room, keys: SigningKeys, c: str, total: int, customers: int
+    room: Room, keys: SigningKeys, c: str, total: int, customers: int, overbook: float = 1.0
 ) -> list[bytes]:
-    """Everyone admitted at once (overbook 10: more than the quota serves at max each, to
-    see claims race); `customers` joined in order (seq n is digests[n - 1])."""
-    raw = spec(c, rate_per_s=100_000, burst=10_000, max_active=100_000, pass_ttl_s=300, overbook=10)
+    """`customers` joined in order (seq n is digests[n - 1]); admission not run yet."""
+    raw = spec(
+        c, rate_per_s=100_000, burst=10_000, max_active=100_000, pass_ttl_s=300, overbook=overbook
+    )
     raw["quota"] = amount_quota(total, MIN, MAX, STEP, partial_fill=True)
     await room.create(parse_spec(raw), "ops")
     digests = [customer_digest(keys, c, f"customer-{n}") for n in range(1, customers + 1)]
     await room.join(c, digests)
-    result = await room.admit(c, max_per_call=customers)
-    assert result is not None and result.cursor == customers
     return digests
+
+
+async def _cursor(room: Room, c: str) -> int:
+    result = await room.admit(c, max_per_call=100)
+    assert result is not None
+    return result.cursor
+
+
+async def _verify(room: Room, keys: SigningKeys, c: str, tmp_path: Path) -> Any:
+    await seal_everything(room.redis, room.scripts, keys, c)
+    path = await export_to_file(room.redis, c, keys, tmp_path / f"{c}.jsonl")
+    return await asyncio.to_thread(
+        verify_file, path, keys.public_keys(), keys_from="published", require_sealed=True
+    )
 
 
 async def test_a_later_claim_waits_for_earlier_customers_at_the_sell_out(
@@ -45,6 +59,7 @@ async def test_a_later_claim_waits_for_earlier_customers_at_the_sell_out(
 ) -> None:
     c = "order"
     d = await _campaign(room, keys, c, total=25_000_000, customers=4)
+    assert await _cursor(room, c) == 3  # 10,000,000 + 10,000,000 + at least 1,000,000
 
     # seq 3 asks 10,000,000 first: seqs 1 and 2 may still take 10,000,000 each of the
     # 25,000,000, so 5,000,000 is free for it now; before, it got its 10,000,000 at once
@@ -53,33 +68,29 @@ async def test_a_later_claim_waits_for_earlier_customers_at_the_sell_out(
     # seq 2 takes 5,000,000 (seq 1 still owed 10,000,000): now seq 3's claim fits
     assert (await room.claim(c, 2, d[1], 5_000_000, "k2")).amount == 5_000_000
     assert (await room.claim(c, 3, d[2], 10_000_000, "k3")).amount == 10_000_000
-    # 10,000,000 left, seq 1 owed up to 10,000,000: seq 4 waits
-    late = await room.claim(c, 4, d[3], 10_000_000, "k4")
-    assert (late.ok, late.code, late.detail) == (False, "earlier_claims", "0"), late
-    # seq 1, first in line, takes what it wants; the rest goes to seq 4, in part
+    # 10,000,000 left, all owed to seq 1: nobody else comes in until it has claimed
+    assert await _cursor(room, c) == 3
     assert (await room.claim(c, 1, d[0], 4_000_000, "k1")).amount == 4_000_000
+    assert await _cursor(room, c) == 4
+    # seq 4, first in line now, gets the rest, in part
     last = await room.claim(c, 4, d[3], 10_000_000, "k4")
     assert (last.ok, last.amount) == (True, 6_000_000), last
 
-    await seal_everything(room.redis, room.scripts, keys, c)
-    path = await export_to_file(room.redis, c, keys, tmp_path / f"{c}.jsonl")
-    report = await asyncio.to_thread(
-        verify_file, path, keys.public_keys(), keys_from="published", require_sealed=True
-    )
-    assert report.claims == 4
+    report = await _verify(room, keys, c, tmp_path)
+    assert (report.admitted, report.claims) == (4, 4)
 
 
-async def test_a_sold_out_claim_is_final_whoever_is_owed(
+async def test_an_overbooked_campaign_serves_claims_as_they_come(
     room: Room, keys: SigningKeys, tmp_path: Path
 ) -> None:
-    """Less than the minimum left: sold out at once (waiting could not help)."""
-    c = "order-soldout"
-    d = await _campaign(room, keys, c, total=10_500_000, customers=3)
-    assert (await room.claim(c, 2, d[1], 10_000_000, "k2")).code == "earlier_claims"
-    assert (await room.claim(c, 1, d[0], 10_000_000, "k1")).amount == 10_000_000
-    # 500,000 left, below the minimum: seq 3 is told sold out although seq 2 is unclaimed
-    out = await room.claim(c, 3, d[2], 1_000_000, "k3")
-    assert (out.ok, out.code) == (False, "sold_out"), out
+    """Overbook > 1: the operator admits more than the quota serves (expecting no-shows),
+    so admitted customers may find it sold out, and their claims are not held in order."""
+    c = "order-overbooked"
+    d = await _campaign(room, keys, c, total=25_000_000, customers=4, overbook=2)
+    assert await _cursor(room, c) == 4
+    assert (await room.claim(c, 3, d[2], 10_000_000, "k3")).amount == 10_000_000
+    report = await _verify(room, keys, c, tmp_path)
+    assert report.claims == 1
 
 
 async def test_admission_keeps_max_for_each_admitted_customer_who_has_not_claimed(
@@ -112,9 +123,5 @@ async def test_admission_keeps_max_for_each_admitted_customer_who_has_not_claime
     assert (await room.claim(c, 4, d[3], 3_000_000, "k4")).amount == 1_000_000
     assert await cursor() == 4
 
-    await seal_everything(room.redis, room.scripts, keys, c)
-    path = await export_to_file(room.redis, c, keys, tmp_path / f"{c}.jsonl")
-    report = await asyncio.to_thread(
-        verify_file, path, keys.public_keys(), keys_from="published", require_sealed=True
-    )
+    report = await _verify(room, keys, c, tmp_path)
     assert (report.admitted, report.claims) == (4, 4)

@@ -525,7 +525,7 @@ class Replay:
                 f"{count} admitted with {len(self.active)} active of max "
                 f"{self.settings['max_active']:g}"
             )
-        if self.policy == "first_come" and "o" in entry:
+        if self.policy == "first_come" and "o" in entry and self.settings["overbook"] <= 1:
             cap = self._strict_cap(need_money(entry, "o"))
             if count > cap:
                 raise EntryProblem(
@@ -561,18 +561,12 @@ class Replay:
                 f"({unclaimed} admitted customers unclaimed)"
             )
         left = self.total - self.held - self.confirmed
-        can_serve = 0
         if left < owed + self.minimum:
-            can_serve = 0
-        elif self.maximum >= 10**13:
-            can_serve = 1
-        else:
-            more = (left - owed - self.minimum) // self.maximum
-            can_serve = (10**12 if more >= 10**12 else more) + 1
-        overbook = self.settings["overbook"]
-        if overbook > 1:
-            can_serve = max(0, math.floor(float(unclaimed + can_serve) * overbook) - unclaimed)
-        return can_serve
+            return 0
+        if self.maximum >= 10**13:
+            return 1
+        more = (left - owed - self.minimum) // self.maximum
+        return (10**12 if more >= 10**12 else more) + 1
 
     def _expire(self, t: int, entry: dict[str, Any]) -> None:
         seqs = need_list(entry, "s")
@@ -674,7 +668,9 @@ class Replay:
             expected = remaining - remaining % self.step
             if not self.partial or expected < self.minimum:
                 raise EntryProblem(f"granted {grant} with only {remaining} left (oversold)")
-        if "o" in entry:  # first come strictly (issue 12); a log from before has no o
+        # first come strictly (issue 12); an overbooked campaign, or a log from before,
+        # has no o
+        if "o" in entry:
             self._check_owed(t, seq, asked, remaining, need_money(entry, "o"))
         if grant != expected:
             raise EntryProblem(f"granted {grant} for {asked} asked, expected {expected}")
