@@ -1,0 +1,56 @@
+"""The demo's crowd at scale: customers simulated in batches over a bounded pool.
+
+`gate demo --full` runs 100,000 (special-deposit) and 1,000,000 (ipo-rush) customers from
+one process on a 2-core machine. A task per customer, all at once, queued on the pool's
+connections cost memory and CPU for every customer waiting (and each timed out together);
+the crowd now starts a customer only while fewer than `live` are under way. Real
+processes: the simulated core in its own process, the crowd in its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gate.demo.scenarios import SCENARIOS, _core_params, _crowd_spec, run_crowd, sim_core, sized
+from gate.demo.sim_core import CoreParams
+
+# A core that never refuses: every request gets a session at once, so what is in flight at
+# the core is what the crowd sent at once.
+ROOMY_CORE = CoreParams(capacity=200, queue_max=200, service_ms=30, bureau_ms=20)
+
+
+def _most_at_once(served: list[dict[str, Any]]) -> int:
+    """The most requests the core held at once (its arrivals and answers, in time order)."""
+    events = sorted(
+        [(s["arrived"], 1) for s in served] + [(s["finished"], -1) for s in served],
+        key=lambda e: (e[0], e[1]),
+    )
+    most = now = 0
+    for _t, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+async def test_the_crowd_keeps_at_most_live_customers_under_way(tmp_path: Path) -> None:
+    # 600 customers arriving within 0.1 s, at most 16 under way: the rest start as earlier
+    # ones get their answer (late, and counted so), and every one of them gets an answer.
+    scenario = dataclasses.replace(
+        sized(SCENARIOS["special-deposit"], 600, False), spread_s=0.1, core=ROOMY_CORE
+    )
+    async with sim_core(_core_params(scenario), tmp_path) as core_url:
+        spec = dataclasses.replace(
+            _crowd_spec(scenario, 600, "direct", core_url), live=16, deadline_s=60
+        )
+        crowd = await run_crowd(spec, tmp_path, lambda _done: None)
+        async with aiohttp.ClientSession() as session, session.get(f"{core_url}/stats") as r:
+            core = await r.json()
+    results = {o["result"] for o in crowd["outcomes"]}
+    assert results <= {"booked", "sold_out"}, results
+    assert len(crowd["outcomes"]) == 600
+    assert 1 < _most_at_once(core["served"]) <= 16
+    assert crowd["late"] > 0 and crowd["arrivals_span_s"] > 1.0
