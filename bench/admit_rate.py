@@ -33,6 +33,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -91,6 +92,27 @@ def plan(quick: bool, workers: tuple[int, ...] | None = None) -> Plan:
         for sat in (False, True)
     )
     return Plan(workers or (1, 4), rates, 2.0, 64, 2, 100, 10, 400, False)
+
+
+class PatientAdmin(Admin):
+    """The admin calls, retried as an operator's client would while the gate answers 503
+    (Redis stalled: on a shared disk an fsync under `appendfsync always` can hold it for
+    a second); each retry is counted, a condition of the run."""
+
+    retries = 0
+
+    async def _post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        for _ in range(60):
+            try:
+                return await super()._post(path, body)
+            except RuntimeError as exc:
+                if ": 503 " not in str(exc):
+                    if ": 409 " in str(exc) and "already exists" in str(exc):
+                        return {}  # a create that reached Redis before its 503
+                    raise
+            PatientAdmin.retries += 1
+            await asyncio.sleep(0.5)
+        return await super()._post(path, body)
 
 
 def spec(campaign: str, rate: float, burst: int) -> dict[str, Any]:
@@ -230,7 +252,7 @@ async def measure_rate(
     tag: str,
     settings: Plan,
 ) -> dict[str, Any]:
-    admin = Admin(session, gate)
+    admin = PatientAdmin(session, gate)
     campaign = f"rate-{tag}"
     await admin.create(spec(campaign, case.rate, case.burst))
     await admin.pause(campaign)
@@ -304,7 +326,7 @@ async def measure_arrivals(
 ) -> dict[str, Any]:
     """Customers poll on one shared 1-s tick, then go to /gate/auth (a third of them late):
     the busiest 1-s window of first successes against rate + burst."""
-    admin = Admin(session, gate)
+    admin = PatientAdmin(session, gate)
     rate, burst, count = (
         settings.arrivals_rate,
         settings.arrivals_burst,
@@ -463,7 +485,16 @@ async def run(settings: Plan, work: Path) -> dict[str, Any]:
     results["arrivals"] = arrival_rows
     results["failures"] = failures
     results["conditions"]["loadavg_end"] = list(os.getloadavg())
+    results["conditions"]["admin_503_retries"] = PatientAdmin.retries
+    results["conditions"]["gate_redis_unreachable_lines"] = await asyncio.to_thread(
+        _count_in_logs, work, "event=redis_unreachable"
+    )
     return results
+
+
+def _count_in_logs(work: Path, needle: str) -> int:
+    """How often the gates' logs say `needle` (their Redis stalls are the run's conditions)."""
+    return sum(log.read_text(errors="replace").count(needle) for log in work.glob("gate-*.log"))
 
 
 def _rate_line(row: dict[str, Any]) -> str:
@@ -490,7 +521,14 @@ def _arrival_line(row: dict[str, Any]) -> str:
 
 def table(results: dict[str, Any]) -> str:
     """The figures as markdown, for bench/out and bench/README.md."""
+    c = results["conditions"]
     lines = [
+        f"{c['started_at']}, {c['cores']} cores, load average {c['loadavg_start'][0]:.1f} -> "
+        f"{c.get('loadavg_end', [0.0])[0]:.1f}, Redis {c['redis_server']} (appendfsync "
+        f"{c['redis_appendfsync']}); poll load: {c['poll_load']}; admin calls retried "
+        f"after a 503: {c.get('admin_503_retries', 0)}, gate log lines 'redis_unreachable': "
+        f"{c.get('gate_redis_unreachable_lines', 0)}",
+        "",
         "| rate/s | burst | processes | gate | admitted/s | ÷ configured | max admit gap ms "
         "| busiest 1 s by admit call ÷ (rate + burst) | gate CPU (cores) | polls/s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -531,7 +569,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be between 1 and 64")
     settings = plan(args.quick, tuple(args.workers) if args.workers else None)
     with tempfile.TemporaryDirectory(prefix="fairgate-admit-") as tmp:
-        results = asyncio.run(run(settings, Path(tmp)))
+        try:
+            results = asyncio.run(run(settings, Path(tmp)))
+        finally:  # the servers' logs outlive the temporary folder, for a bad run
+            logs = args.out / "logs-admit-rate"
+            logs.mkdir(parents=True, exist_ok=True)
+            for log in [*Path(tmp).glob("*.log"), *Path(tmp).glob("redis/*.log")]:
+                shutil.copy(log, logs / log.name)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "admit_rate.json").write_text(json.dumps(results, indent=1))
     (args.out / "admit_rate.md").write_text(table(results) + "\n")
