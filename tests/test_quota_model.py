@@ -15,7 +15,9 @@ replay, closed, not_admitted, reservation_pending, below_minimum, bad_step,
 over_customer_limit, sold_out), one held reservation per customer, partial fill (the
 largest multiple of step that is left, if it reaches the minimum), and the quota-aware
 admission cap of admit.lua (floor(left / min) x overbook, minus admitted customers who
-hold nothing).
+hold nothing; at overbook 1, first come strictly (issue 12): max owed to each admitted
+customer who holds nothing, and a claim that does not fit beside what the earlier ones
+are owed refused `earlier_claims`).
 
 Campaign profiles include totals of 3 x 10^19 with a per-customer max of 2 x 10^19, far
 above 2^53, and odd steps and totals, so that no sum is exact in a double: the
@@ -206,13 +208,26 @@ class Model:
         if amount > p.high or spent + amount > p.high:
             return Refused("over_customer_limit", str(p.high - min(spent, p.high)))
         remaining = self.remaining
+        # First come strictly (issue 12), unless overbooked: the customers admitted before
+        # this one, not past their deadline and holding nothing, are owed max each; counted
+        # only when the amount does not fit beside max for every other active customer.
+        strict = self.overbook <= 1
+        owed = 0
+        if strict and amount + p.high * (len(self.active) - 1) > remaining:
+            unclaimed = sum(
+                1 for s, past in self.active.items() if s < seq and not past and s not in self.holds
+            )
+            owed = p.high * unclaimed
         grant = amount
-        if amount > remaining:
-            if not p.partial:
-                return Refused("sold_out", str(remaining))
-            grant = remaining - remaining % p.step
-            if grant < p.low:
-                return Refused("sold_out", str(remaining))
+        if amount + owed > remaining:
+            if amount > remaining:
+                if not p.partial:
+                    return Refused("sold_out", str(remaining))
+                grant = remaining - remaining % p.step
+                if grant < p.low:
+                    return Refused("sold_out", str(remaining))
+            if owed:
+                return Refused("earlier_claims", str(max(0, remaining - owed)))
         self.res_n += 1
         rid = f"r{self.res_n}"
         self.res[rid] = Reservation(rid, seq, grant, "held", d, amount)
@@ -222,7 +237,9 @@ class Model:
         self.held += grant
         self.holding += 1
         self.claims += 1
-        self.log.append(("claim", seq, d, rid, str(grant), str(amount)))
+        self.log.append(
+            ("claim", seq, d, rid, str(grant), str(amount), str(owed) if strict else None)
+        )
         return Granted(rid, grant, False)
 
     def adopt(self, rid: str, real: str) -> None:
@@ -300,19 +317,37 @@ class Model:
         if self.state == "closed":
             return 0, self.cursor, len(self.active), 0, "closed"
         k = min(self.max_active - len(self.active), self.last_seq - self.cursor)
+        owed: str | None = None
         if k > 0:
-            # as many customers as what is left serves at the minimum each (x overbook),
-            # less the admitted ones who hold nothing yet (never a negative number: a
-            # revoked holder is in `holding` but no longer in the active set)
-            servable = self.remaining // self.p.low
-            can_serve = 10**12 if len(str(servable)) > 12 else servable
-            if can_serve > 0:
-                can_serve = math.floor(can_serve * self.overbook)
-            k = min(k, max(0, can_serve - max(0, len(self.active) - self.holding)))
+            # (never a negative number of unclaimed: a revoked holder is in `holding` but
+            # no longer in the active set)
+            unclaimed = max(0, len(self.active) - self.holding)
+            if self.overbook > 1:
+                # as many customers as what is left serves at the minimum each (x
+                # overbook), less the admitted ones who hold nothing yet
+                servable = self.remaining // self.p.low
+                can_serve = 10**12 if len(str(servable)) > 12 else servable
+                if can_serve > 0:
+                    can_serve = math.floor(can_serve * self.overbook)
+                can_serve = max(0, can_serve - unclaimed)
+            else:
+                # first come strictly (issue 12): max for each admitted one who holds
+                # nothing yet; newcomers while the rest serves them, max each but the last
+                owed_now = self.p.high * unclaimed
+                owed = str(owed_now)
+                left = self.remaining
+                if left < owed_now + self.p.low:
+                    can_serve = 0
+                elif len(str(self.p.high)) > 13:
+                    can_serve = 1
+                else:
+                    more = (left - owed_now - self.p.low) // self.p.high
+                    can_serve = (10**12 if len(str(more)) > 12 else more) + 1
+            k = min(k, can_serve)
         admitted, skipped = admit_in_order(self.cursor, self.last_seq, k, self.revoked)
         last = self.cursor + len(admitted) + len(skipped)
         if last > self.cursor:
-            self.log.append(("admit", self.cursor + 1, last, len(admitted), tuple(skipped)))
+            self.log.append(("admit", self.cursor + 1, last, len(admitted), tuple(skipped), owed))
             self.cursor = last
             self.admitted += len(admitted)
             self.skipped += len(skipped)
@@ -341,7 +376,8 @@ def project(entry: dict[str, Any]) -> tuple[Any, ...]:
     if kind == "join":
         return kind, tuple(entry["s"])
     if kind == "admit":
-        return kind, entry["f"], entry["l"], entry["n"], tuple(entry.get("x", ()))
+        owed = _s(entry["o"]) if "o" in entry else None
+        return kind, entry["f"], entry["l"], entry["n"], tuple(entry.get("x", ())), owed
     if kind == "revoke":
         return kind, entry["c"], entry["s"]
     if kind == "expire":
@@ -354,7 +390,16 @@ def project(entry: dict[str, Any]) -> tuple[Any, ...]:
             tuple(_s(m) for m in entry["m"]),
         )
     if kind == "claim":
-        return kind, entry["s"], entry["c"], _s(entry["r"]), _s(entry["m"]), _s(entry["q"])
+        owed = _s(entry["o"]) if "o" in entry else None
+        return (
+            kind,
+            entry["s"],
+            entry["c"],
+            _s(entry["r"]),
+            _s(entry["m"]),
+            _s(entry["q"]),
+            owed,
+        )
     if kind in ("confirm", "release"):
         return kind, _s(entry["r"]), entry["s"], _s(entry["m"])
     return (kind,)
@@ -729,6 +774,7 @@ MUST_SEE = (
     "bad_step",
     "over_customer_limit",
     "sold_out",
+    "earlier_claims",
     "closed",
     "confirmed: ok",
     "released: ok",
