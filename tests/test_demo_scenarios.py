@@ -179,8 +179,9 @@ def test_slow_bureau_the_rate_follows_the_core_and_its_p99_gets_back_under_targe
     down = [c for c in gated["rate_log"] if c["t"] >= slow_at and c["new"] < c["old"]]
     assert down and all(c["why"]["direction"] == "down" for c in down), gated["rate_log"]
     assert all(5.0 <= c["new"] <= 80.0 for c in gated["rate_log"])
-    # The export `gate audit verify` accepted holds each change (admissions replayed at them).
-    assert gated["rate_changes"] == len(gated["rate_log"]) == gated["audit"]["admin_updates"]
+    # The export `gate audit verify` accepted holds each change (admissions replayed at them);
+    # it is read a moment later, when the controller may have made one more.
+    assert gated["rate_changes"] == len(gated["rate_log"]) <= gated["audit"]["admin_updates"]
     assert sum(n for _t, n in gated["admitted_per_second"]) == 300
     assert report["checks"]["core p99 under 800 ms from 8 s after the slowdown"] is True
     text = summary_text(report)
@@ -275,7 +276,7 @@ def test_bad_sizes_are_refused(
     ("customers", "rate", "code", "says"),
     [
         (1000, None, "bad_customers", "at least 2200 customers"),
-        (None, 10.0, "bad_rate", "at least rate_min (20)"),
+        (None, 10.0, "bad_rate", "at least rate_min (60)"),
     ],
 )
 def test_slow_bureau_refuses_sizes_it_cannot_judge(

@@ -114,7 +114,9 @@ SCENARIOS: dict[str, Scenario] = {
         bureau_change=(3.0, 10.0),
         stream=True,
         rate=250.0,
-        rate_min=20.0,
+        # what the core takes even with the bureau slow (~140/s): a floor that a noisy probe
+        # cannot push the rate below
+        rate_min=60.0,
         latency_target_ms=800.0,
         reaction_s=8.0,
     ),
@@ -684,7 +686,7 @@ def _adaptive(scenario: Scenario, core_url: str) -> dict[str, Any]:
     """`admission.adaptive`: between rate_min and the scenario's rate, on the core's own
     health endpoint, polled every half second; over `health_target_ms`, a 5xx or no answer
     within a second is unhealthy. Unhealthy: the rate x 0.6, then a second of cool-down (the
-    customers admitted at the old rate are still arriving); healthy: +5/s each half second,
+    customers admitted at the old rate are still arriving); healthy: +10/s each half second,
     so a rate above the core's capacity builds a short queue before the probe sees it."""
     return {
         "rate_min": scenario.rate_min,
@@ -692,7 +694,7 @@ def _adaptive(scenario: Scenario, core_url: str) -> dict[str, Any]:
         "mode": "auto",
         "interval_s": 0.5,
         "decrease": 0.6,
-        "increase": 5.0,
+        "increase": 10.0,
         "cooldown_intervals": 2,
         "targets": {"latency_ms": scenario.health_target_ms, "error_ratio": 0.01},
         "sources": [{"kind": "http", "url": f"{core_url}/health", "timeout_ms": 1000}],
