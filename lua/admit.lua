@@ -23,7 +23,7 @@
   Returns {OK, admitted, cursor, active, expired, state}, or {UNKNOWN_CAMPAIGN} when there
   is no such campaign.
   The bucket (lib/common.lua refill) adds rate x the Redis time elapsed since the last
-  call (at most 3 s of it, ACCRUE_MAX_US) to a carry of at most `burst`, so the
+  call (at most 3 s of it, lib/common.lua) to a carry of at most `burst`, so the
   configured rate is delivered however late this call runs (issue 12); when the admitted
   customers arrive at the core is paced separately, as their passes are issued (pass.lua).
 ]]
