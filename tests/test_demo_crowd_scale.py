@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gate.demo.scenarios import SCENARIOS, _core_params, _crowd_spec, run_crowd, sim_core, sized
 from gate.demo.sim_core import CoreParams
 
 # A core that never refuses: every request gets a session at once, so what is in flight at
 # the core is what the crowd sent at once.
-ROOMY_CORE = CoreParams(capacity=200, queue_max=200, service_ms=30, bureau_ms=20)
+ROOMY_CORE = CoreParams(capacity=200, queue_max=200, service_ms=100, bureau_ms=20)
 
 
 def _most_at_once(served: list[dict[str, Any]]) -> int:
@@ -36,11 +37,16 @@ def _most_at_once(served: list[dict[str, Any]]) -> int:
     return most
 
 
+@pytest.mark.slow
 async def test_the_crowd_keeps_at_most_live_customers_under_way(tmp_path: Path) -> None:
     # 600 customers arriving within 0.1 s, at most 16 under way: the rest start as earlier
     # ones get their answer (late, and counted so), and every one of them gets an answer.
+    # Everyone books (~120 ms a session), so 600 take ~4.5 s 16 at a time.
     scenario = dataclasses.replace(
-        sized(SCENARIOS["special-deposit"], 600, False), spread_s=0.1, core=ROOMY_CORE
+        sized(SCENARIOS["special-deposit"], 600, False),
+        spread_s=0.1,
+        core=ROOMY_CORE,
+        total=10**13,
     )
     async with sim_core(_core_params(scenario), tmp_path) as core_url:
         spec = dataclasses.replace(
@@ -50,7 +56,7 @@ async def test_the_crowd_keeps_at_most_live_customers_under_way(tmp_path: Path) 
         async with aiohttp.ClientSession() as session, session.get(f"{core_url}/stats") as r:
             core = await r.json()
     results = {o["result"] for o in crowd["outcomes"]}
-    assert results <= {"booked", "sold_out"}, results
+    assert results == {"booked"}, results
     assert len(crowd["outcomes"]) == 600
     assert 1 < _most_at_once(core["served"]) <= 16
     assert crowd["late"] > 0 and crowd["arrivals_span_s"] > 1.0

@@ -17,7 +17,6 @@ writes a progress count (customers done) to PROGRESS every 0.2 s.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import random
 import sys
@@ -369,7 +368,9 @@ async def run(spec: CrowdSpec, progress: Path) -> dict[str, Any]:
         "gate_not_yet": crowd.gate_not_yet,
         "late": late,
         "arrivals_span_s": round(max(o.sent for o in outcomes) - start, 3) if outcomes else 0.0,
-        "outcomes": [dataclasses.asdict(o) for o in outcomes],
+        # vars(): an Outcome holds only scalars; dataclasses.asdict copies each field deeply
+        # and took 135 s for a million on a busy 2-core machine (vars: under a second).
+        "outcomes": [vars(o) for o in outcomes],
     }
 
 

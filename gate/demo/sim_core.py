@@ -425,7 +425,9 @@ class SimCore:
                 "confirm_failures": self.confirm_failures,
                 "bureau_changes": self.bureau.changes,
                 "probes": [asdict(p) for p in self.probes],
-                "served": [asdict(s) for s in self.served],
+                # vars(): scalars only, and asdict's deep copy of each took minutes for
+                # the million requests of a --full run, the core's loop blocked meanwhile
+                "served": [vars(s) for s in self.served],
             }
         )
         return web.json_response(summary)
