@@ -16,7 +16,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gate.demo.scenarios import SCENARIOS, _core_params, _crowd_spec, run_crowd, sim_core, sized
+from gate.demo.scenarios import (
+    SCENARIOS,
+    _core_params,
+    _crowd_spec,
+    analyse_row,
+    run_crowd,
+    sim_core,
+    sized,
+)
 from gate.demo.sim_core import CoreParams
 
 # A core that never refuses: every request gets a session at once, so what is in flight at
@@ -60,3 +68,9 @@ async def test_the_crowd_keeps_at_most_live_customers_under_way(tmp_path: Path) 
     assert len(crowd["outcomes"]) == 600
     assert 1 < _most_at_once(core["served"]) <= 16
     assert crowd["late"] > 0 and crowd["arrivals_span_s"] > 1.0
+    # The row says so: the arrivals were not all offered within the scenario's spread.
+    row = analyse_row(scenario, False, crowd, core, None)
+    assert (row["late_starts"], row["arrivals_span_s"]) == (
+        crowd["late"],
+        crowd["arrivals_span_s"],
+    )

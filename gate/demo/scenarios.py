@@ -460,6 +460,10 @@ def analyse_row(
         "core_peak_arrivals_per_s": max((r["arrivals"] for r in seconds), default=0),
         "core_max_sessions": core["max_busy"],
         "core_max_queue": core["max_queue"],
+        # The crowd's own bound: arrivals it started (clicks) over this long, and how many
+        # over a second after their arrival time (a busy machine, or `live` under way).
+        "arrivals_span_s": crowd.get("arrivals_span_s"),
+        "late_starts": crowd.get("late", 0),
         "bureau_changes": [[round(t - t0, 2), ms] for t, ms in core["bureau_changes"]],
         "per_second": seconds,
         "wait_by_arrival": _wait_by_arrival(outcomes, with_gate),
@@ -868,6 +872,12 @@ def summary_text(report: dict[str, Any]) -> str:
             f"core peak {row['core_peak_arrivals_per_s']} arrivals/s, "
             f"{row['core_max_sessions']} sessions, queue {row['core_max_queue']}"
         )
+        if row.get("late_starts"):
+            lines.append(
+                f"    the crowd started its customers over {row['arrivals_span_s']:g} s (not "
+                f"the scenario's {report.get('spread_s', 0):g} s): {row['late_starts']} over "
+                "a second after their arrival time (one process sends them all)"
+            )
         if row.get("slowdown"):
             lines.append(f"    {slowdown.describe(row)}")
     gated = report["with_gate"]
@@ -991,6 +1001,7 @@ def compare(
         "customers": count,
         "total_krw": scenario.total,
         "rate": scenario.rate,
+        "spread_s": scenario.spread_s,
         "max_active": scenario.max_active,
         "core": dataclasses.asdict(_core_params(scenario)),
         "bureau_change": scenario.bureau_change,
