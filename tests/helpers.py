@@ -92,9 +92,11 @@ def amount_spec(campaign: str, **quota: Any) -> dict[str, Any]:
 
 
 def open_amount_spec(campaign: str, total: int, low: int, high: int, step: int) -> dict[str, Any]:
-    """`spec()` that lets everyone in at once (100,000 a second, bursts of 10,000), passes
-    and reservations held 600 s, selling `total` KRW, `low` to `high` a customer in steps of
-    `step`: a burst of deposits that the quota, not admission, decides."""
+    """`spec()` that lets everyone in at once (100,000 a second, bursts of 10,000, overbook
+    1000: more admitted than the quota serves, so their claims race as they come rather
+    than first come strictly), passes and reservations held 600 s, selling `total` KRW,
+    `low` to `high` a customer in steps of `step`: a burst of deposits that the quota, not
+    admission, decides."""
     raw = spec(
         campaign,
         rate_per_s=100_000,
@@ -102,6 +104,7 @@ def open_amount_spec(campaign: str, total: int, low: int, high: int, step: int) 
         max_active=100_000,
         pass_ttl_s=600,
         reservation_ttl_s=600,
+        overbook=1000,
     )
     raw["quota"] = amount_quota(total, low, high, step)
     return raw
