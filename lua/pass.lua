@@ -10,16 +10,16 @@
   KEYS[8] subscriptions  fg:{c}:subs
   KEYS[9] tickets hash   fg:{c}:tickets   digest -> seq
   KEYS[10] not-before    fg:{c}:nb        seq -> scheduled arrival (us), future ones only
-  KEYS[11] door          fg:{c}:door      seq -> the door's slot kept for it (arrive.lua)
+  KEYS[11] door          fg:{c}:door      seq -> when the door told it to come back
   Arrivals are paced here (issue 12), when a customer's pass is first issued: however the
   customers' polls bunch, the k-th pass issued is valid from nb = max(now, a), a being
   the arrival clock `arrive_us` first raised to now - floor((burst - 1) x 1e6 / rate);
   then arrive_us = a + ceil(1e6 / rate). Any 1-s window of Redis time thus holds at most
   rate + burst first arrivals. A pass valid only after the admission's deadline moves
   the deadline to nb + pass_ttl. The `pass` entry logs nb (and the deadline d).
-  A customer the door at /gate/auth told to wait (arrive.lua) is answered their slot
-  there as not_before, so the waiting page (where the proxy sends them back) comes to
-  the door on time instead of at once.
+  A customer the door at /gate/auth told to wait (arrive.lua) is answered that time as
+  not_before, so the waiting page (where the proxy sends them back) comes back to the
+  door then instead of at once.
   ARGV[1] seq            ARGV[2] customer digest (16 raw bytes, from the signed ticket)
   Returns {OK, state[, value]}: {OK, ADMITTED, deadline_us, not_before_us[, entry]}
   (not_before_us: when the customer may arrive, 0 if that has passed (issue 12); entry:

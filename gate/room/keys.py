@@ -51,8 +51,8 @@ class CampaignKeys:
 
     @property
     def door(self) -> str:
-        """Sorted set: seq -> the slot of the door's clock kept for a customer told to wait
-        at /gate/auth (arrive.lua); trimmed once used or missed."""
+        """Sorted set: seq -> when a customer told to wait at /gate/auth should come back
+        (arrive.lua; a hint, the status answer's not_before); trimmed once past."""
         return self._key("door")
 
     @property
