@@ -17,10 +17,12 @@ import aiohttp
 import pytest
 
 from gate.demo.scenarios import (
+    CROWD_STALL_S,
     SCENARIOS,
     _core_params,
     _crowd_spec,
     analyse_row,
+    crowd_gave_out,
     run_crowd,
     sim_core,
     sized,
@@ -74,3 +76,13 @@ async def test_the_crowd_keeps_at_most_live_customers_under_way(tmp_path: Path) 
         crowd["late"],
         crowd["arrivals_span_s"],
     )
+
+
+def test_a_crowd_still_answering_customers_is_not_cut_off() -> None:
+    # ipo-rush at 100,000 (--full): its bound from the gate's rate (200 s) cut off a crowd
+    # that was answering ~480 customers a second straight at the core.
+    limit = 200.0
+    assert not crowd_gave_out(100.0, limit, last_answer=0.0)  # within its bound
+    assert not crowd_gave_out(900.0, limit, last_answer=899.0)  # past it, still answering
+    assert not crowd_gave_out(900.0, limit, last_answer=900.0 - CROWD_STALL_S + 1)
+    assert crowd_gave_out(900.0, limit, last_answer=900.0 - CROWD_STALL_S)  # stuck

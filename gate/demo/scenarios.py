@@ -202,6 +202,17 @@ async def sim_core(params: CoreParams, work: Path) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{int(line)}"
 
 
+CROWD_STALL_S = 120.0  # past its time bound, no customer answered for this long: stuck
+
+
+def crowd_gave_out(now: float, limit: float, last_answer: float) -> bool:
+    """The crowd is stuck: past its time bound (its arrivals, then its deadline) and no
+    customer answered for CROWD_STALL_S. A crowd still answering customers is not: at
+    --full sizes one process answers a few hundred customers a second, and a bound from the
+    scenario's rate alone cut off a working crowd (ipo-rush at 100,000, after 200 s)."""
+    return now >= limit and now - last_answer >= CROWD_STALL_S
+
+
 async def run_crowd(
     spec: CrowdSpec,
     work: Path,
@@ -226,12 +237,16 @@ async def run_crowd(
         stdout=asyncio.subprocess.PIPE,
     ) as process:
         waiter = asyncio.create_task(process.wait())
-        limit = launched + spec.deadline_s + 60
+        limit = launched + spec.spread_s + spec.deadline_s + 60
         began: float | None = None
-        while not waiter.done() and time.monotonic() < limit:
+        answered, last_answer = -1, launched
+        while not waiter.done() and not crowd_gave_out(time.monotonic(), limit, last_answer):
             await asyncio.wait({waiter}, timeout=0.02 if pending else 0.1)
             with contextlib.suppress(OSError, ValueError):
-                on_progress(int(progress.read_text() or 0))
+                done = int(progress.read_text() or 0)
+                on_progress(done)
+                if done != answered:
+                    answered, last_answer = done, time.monotonic()
                 began = time.monotonic() + 0.1 if began is None else began
             while pending and began is not None and time.monotonic() - began >= pending[0][0]:
                 await pending.pop(0)[1]()
