@@ -21,7 +21,7 @@ from gate.campaign import parse_spec
 from gate.room import Room
 from gate.signing import SigningKeys
 from gate.tokens import customer_digest
-from tests.helpers import amount_quota, export_to_file, seal_everything, spec
+from tests.helpers import amount_quota, as_customer, export_to_file, join, seal_everything, spec
 
 MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
 
@@ -125,3 +125,34 @@ async def test_admission_keeps_max_for_each_admitted_customer_who_has_not_claime
 
     report = await _verify(room, keys, c, tmp_path)
     assert (report.admitted, report.claims) == (4, 4)
+
+
+async def test_customers_beyond_what_is_left_poll_often_enough_to_hear_it_sold_out(
+    gate: Any, public: Any, admin: Any
+) -> None:
+    """At the sell-out admission slows (each admitted customer is held max), so the
+    measured rate falls and a waiting customer's poll interval, sized for a queue that
+    moves, grows to half a minute: customers the quota left cannot reach even at the
+    minimum each heard "sold out" up to a minute late in `make demo` beside a CPU hog.
+    They now poll at least every ~2 s; those the quota may still reach, as before."""
+    body = spec("order-poll", rate_per_s=1, burst=1, pass_ttl_s=300)
+    body["quota"] = amount_quota(3_000_000, MIN, 2_000_000, STEP)
+    assert (await admin.post("/admin/campaigns", json=body)).status == 201
+    tickets = [(await join(public, "order-poll", f"poll-{n}"))["ticket"] for n in range(40)]
+
+    async def view(n: int) -> dict[str, Any]:
+        r = await public.get(
+            "/q/order-poll/status",
+            params={"ticket": tickets[n]},
+            headers=as_customer(f"poll-{n}"),
+        )
+        assert r.status == 200, await r.text()
+        answer: dict[str, Any] = await r.json()
+        return answer
+
+    near, far = await view(1), await view(39)
+    assert near["state"] == far["state"] == "waiting", (near, far)
+    # 3,000,000 left reaches 3 customers at the minimum: the last in line polls within
+    # 2.4 s (before: its position / 1 admitted a second / 4, about 10 s)
+    assert far["position"] > 3 and far["poll_after_ms"] <= 2400, far
+    assert near["position"] <= 3 and near["poll_after_ms"] >= 400, near

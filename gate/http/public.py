@@ -61,6 +61,10 @@ async def _campaign(request: web.Request, campaign: str) -> LiveCampaign:
     return live
 
 
+# A customer beyond what the quota left could serve polls at least this often (ms).
+SELLOUT_POLL_MS = 2000
+
+
 def poll_after_ms(position: int, rate: float, rng: random.Random) -> int:
     """Grows with the position, with ±20% jitter so browsers do not poll in lock-step."""
     expected_ms = position / rate * 1000 if rate > 0 else 30000
@@ -123,11 +127,17 @@ def _waiting_view(
         }
     rate = live.admission_rate()
     eta = math.ceil(position / rate) if rate > 0 and state.state == "open" else None
+    wait_ms = poll_after_ms(position, rate, rng)
+    if state.policy == "first_come" and position > state.remaining // max(state.minimum, 1):
+        # What is left could not reach this customer even at the minimum each: it is about
+        # to sell out for them (or come back, if amounts are released), so they ask often
+        # enough to be told at once, not after a wait sized for a queue that moves.
+        wait_ms = min(wait_ms, int(SELLOUT_POLL_MS * rng.uniform(0.8, 1.2)))
     view: dict[str, Any] = {
         "state": "waiting",
         "position": position,
         "eta_s": eta,
-        "poll_after_ms": poll_after_ms(position, rate, rng),
+        "poll_after_ms": wait_ms,
     }
     if state.state == "paused":  # admission stopped by an operator: the place is kept
         view["paused"] = True
