@@ -208,6 +208,32 @@ def test_failover_kill_9_of_the_gates_redis_mid_burst_loses_nothing(tmp_path: Pa
     assert gated["gate_errors"] > 0, gated["gate_errors_by"]
 
 
+def test_reaction_time_is_when_the_p99_is_back_under_target_and_holds() -> None:
+    from gate.demo.slowdown import latency_figures
+
+    def seconds(p99s: dict[int, float]) -> list[dict[str, object]]:
+        return [{"t": t, "answered": 10, "p99_ms": p} for t, p in sorted(p99s.items())]
+
+    quiet = {t: 300.0 for t in range(20)}
+    # Over 800 ms in windows 4-6 after the slowdown at 3.2 s, back under from 7 on: 3.8 s.
+    # A lone window over target at 15 (a stalled host) does not move it; it is counted.
+    figures = latency_figures([], 0.0, seconds({**quiet, 4: 900, 5: 1200, 6: 850, 15: 820}),
+                              3.2, 800.0, 8.0)  # fmt: skip
+    assert figures["reaction_s"] == 3.8 and figures["windows_over_target"] == 4
+    assert figures["windows_over_after_reaction"] == 1
+    assert figures["max_window_p99_after_ms"] == 820
+    # Never over: 0; over to the end (or back for fewer than 3 windows): never back, None.
+    assert latency_figures([], 0.0, seconds(quiet), 3.2, 800.0, 8.0)["reaction_s"] == 0.0
+    never = seconds({**quiet, **{t: 900.0 for t in range(5, 18)}})
+    assert latency_figures([], 0.0, never, 3.2, 800.0, 8.0)["reaction_s"] is None
+    # The p99 after the reaction time is over every request that arrived from then on.
+    served = [
+        {"arrived": t, "finished": t + (0.9 if t < 11 else 0.2), "proxy": False} for t in range(20)
+    ] + [{"arrived": 12.0, "finished": 15.0, "proxy": True}]  # refused at the pass check
+    figures = latency_figures(served, 0.0, seconds(quiet), 3.2, 800.0, 8.0)
+    assert figures["p99_after_reaction_ms"] == 200.0 and figures["requests_after_reaction"] == 8
+
+
 def test_kendall_distance_matches_counting_every_pair() -> None:
     rng = random.Random(7)
     for n in (0, 1, 2, 5, 40):
