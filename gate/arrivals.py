@@ -35,7 +35,7 @@ class Arrivals:
             return
         self.metered += 1
         try:
-            wait_ms = await self.room.arrive(token.campaign, token.seq, token.exp)
+            wait_ms = await self.room.arrive(token.campaign, token.seq)
         except Unavailable:
             raise Unauthorized(
                 "the gate cannot check passes right now", code="unavailable"

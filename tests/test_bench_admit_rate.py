@@ -27,6 +27,9 @@ async def test_quick_admit_rate_bench_runs_and_reports(tmp_path: Path) -> None:
     # by the answers' times, as a core behind the proxy sees them; surely: counting only
     # the successes sent and answered inside the window (this process's own delays out)
     assert arrivals["peak_surely_ratio"] <= 1.0, arrivals
+    # the door's own record, by Redis time: every customer, within the bound
+    assert arrivals["arrivals_recorded"] == arrivals["customers"]
+    assert arrivals["peak_redis_time_ratio"] <= 1.0, arrivals
     assert arrivals["peak_ratio"] <= 1.2, arrivals
     table = admit_rate.table(results)
     assert "÷ configured" in table and "÷ (rate + burst)" in table

@@ -254,13 +254,13 @@ class ScriptCalls:
             int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), text(reply[5])
         )
 
-    async def arrive(self, campaign: str, seq: int, pass_exp: int) -> int | None:
+    async def arrive(self, campaign: str, seq: int) -> int | None:
         """A pass's first use at /gate/auth, metered at rate + burst per 1-s window
         (arrive.lua, issue 12): 0 when the customer is in, else the milliseconds to wait;
         None for no such campaign. No durability wait: it grants nothing that a failover
         could lose, a lost arrival is at worst counted again."""
         k = CampaignKeys(campaign)
-        status, reply = await self._call("arrive", [k.meta, k.arrived, k.door], [seq, pass_exp])
+        status, reply = await self._call("arrive", [k.meta, k.arrived, k.door], [seq])
         if status.expect(Reply.OK, Reply.UNKNOWN_CAMPAIGN) is Reply.UNKNOWN_CAMPAIGN:
             return None
         return int(reply[1])

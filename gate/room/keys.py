@@ -45,8 +45,8 @@ class CampaignKeys:
 
     @property
     def arrived(self) -> str:
-        """Sorted set: seq -> pass expiry (microseconds), once the pass first got through
-        /gate/auth (arrive.lua meters those arrivals; issue 12); trimmed as passes expire."""
+        """Sorted set: seq -> when its pass first got through /gate/auth (microseconds,
+        Redis time; arrive.lua meters those arrivals, issue 12); kept for pass_ttl."""
         return self._key("arrived")
 
     @property
