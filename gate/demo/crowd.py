@@ -10,8 +10,10 @@ to the core with its pass and the reservation. A customer the gate tells `soldou
 join or on a poll) stops there: told before wasting a click.
 
 Customers are started by a scheduler in 10 ms batches (no task exists before its
-customer arrives), so large crowds cost memory only while they are active. The process
-writes a progress count (customers done) to PROGRESS every 0.2 s.
+customer arrives), at most `live` under way at once (the next starts when one has its
+answer), so a crowd of a million is simulated in batches over a bounded pool of
+connections, each customer with its own ticket; memory grows with `live`, not the crowd.
+The process writes a progress count (customers done) to PROGRESS every 0.2 s.
 """
 
 from __future__ import annotations
