@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from gate.cache import CampaignCache
 from gate.campaign import Adaptive, HealthSource
 from gate.errors import GateError, Unavailable
-from gate.redis_client import guarded
+from gate.redis_client import LATE_LOOP_LIMIT, LivedTimeout, LoopClock, guarded
 from gate.room.keys import CampaignKeys
 
 log = logging.getLogger("gate.health")
@@ -201,13 +201,15 @@ class Probe:
         self.source = source
         self.session = session
         self.results: deque[_Result] = deque(maxlen=256)
+        # started at (self.clock: the time this process's loop lived, a stall not counted)
         self.in_flight: dict[asyncio.Task[None], float] = {}
+        self.clock = LoopClock()
 
     def start(self) -> None:
         if len(self.in_flight) >= MAX_IN_FLIGHT:
             return
         task = asyncio.create_task(self._run(time.monotonic()))
-        self.in_flight[task] = time.monotonic()
+        self.in_flight[task] = self.clock.now()
         task.add_done_callback(lambda done: self.in_flight.pop(done, None))
 
     async def _run(self, started: float) -> None:
@@ -233,7 +235,8 @@ class Probe:
         latencies = [r.latency_ms for r in done if r.latency_ms is not None]
         errors = [r.error_ratio for r in done if r.error_ratio is not None]
         if self.source.kind == "http":
-            out_ms = [(now - started) * 1000 for started in self.in_flight.values()]
+            lived = self.clock.now()
+            out_ms = [(lived - started) * 1000 for started in self.in_flight.values()]
             latencies += [elapsed for elapsed in out_ms if elapsed > slow_after_ms]
         if len(done) < self.source.min_samples:
             if not latencies:
@@ -252,20 +255,27 @@ class Probe:
 
 
 class HttpProbe(Probe):
+    """The round trip and its timeout count the time this process's event loop lived
+    (gate.redis_client.LoopClock), not wall time: a gate starved of CPU would otherwise
+    read its own stall as the core's latency and cut the rate for nothing."""
+
     async def ask(self) -> tuple[float | None, float | None]:
         assert self.source.url is not None
         timeout_s = self.source.timeout_ms / 1000
-        started = time.monotonic()
+        started = self.clock.now()
         try:
-            async with self.session.get(
-                self.source.url, timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as response:
+            async with (
+                LivedTimeout(self.clock, timeout_s),
+                self.session.get(
+                    self.source.url,
+                    timeout=aiohttp.ClientTimeout(total=LATE_LOOP_LIMIT * timeout_s),
+                ) as response,
+            ):
                 await response.read()
                 ok = 200 <= response.status < 300
         except (TimeoutError, aiohttp.ClientError, OSError):
             ok = False
-        latency_ms = min(time.monotonic() - started, timeout_s) * 1000
-        return latency_ms, 0.0 if ok else 1.0
+        return min(self.clock.now() - started, timeout_s) * 1000, 0.0 if ok else 1.0
 
 
 def prometheus_value(document: Any) -> float | None:

@@ -4,13 +4,17 @@ percentiles, Prometheus's answers, and the scripts it uses on every Redis versio
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import redis as sync_redis
+from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,6 +24,7 @@ from gate.campaign import Adaptive, HealthSource, Targets, parse_spec
 from gate.controller import decide
 from gate.health import (
     LATENCY_BUCKETS_MS,
+    HttpProbe,
     Signal,
     bucket_of,
     histogram_percentile,
@@ -188,3 +193,41 @@ def test_an_audit_query_shows_why_as_text() -> None:
     view = entry_view(7, entry)
     assert view["why"] == {"source": "http", "latency_ms": 812.5}
     assert (view["f"], view["o"], view["n"]) == (["rate"], ["100.0"], ["70.0"])
+
+
+async def _probe_once(handler: Any) -> float:
+    """One HttpProbe round trip (ms) to a real aiohttp server on loopback whose /health is
+    `handler`."""
+    app = web.Application()
+    app.router.add_get("/health", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            source = HealthSource("http", url=f"http://127.0.0.1:{port}/health", timeout_ms=2000)
+            latency_ms, error_ratio = await HttpProbe(source, session).ask()
+            assert error_ratio == 0.0
+            assert latency_ms is not None
+            return latency_ms
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_stall_of_the_gates_own_loop_is_not_the_cores_latency() -> None:
+    """The probe's round trip counts the time the gate's event loop lived: a gate starved
+    of CPU for 0.6 s (here its loop is blocked while the probe waits) does not read as a
+    core 0.6 s slow and cut the rate; a core that is slow still reads as slow."""
+
+    async def stalled(request: web.Request) -> web.Response:
+        time.sleep(0.6)  # noqa: ASYNC251  # the whole loop stops, as in a starved gate process
+        return web.Response(text="ok")
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.4)  # the core takes its time; the loop runs on
+        return web.Response(text="ok")
+
+    assert await _probe_once(stalled) < 300
+    assert await _probe_once(slow) >= 400
