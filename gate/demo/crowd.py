@@ -33,6 +33,10 @@ from gate.demo.children import run_child, write_result
 from gate.demo.sim_core import PASS_HEADER, RETRY_MS_HEADER
 
 GATE_ATTEMPTS = 30  # per gate request, for 5xx answers and transport errors
+# A claim answered `earlier_claims` (customers admitted before have not claimed yet) is
+# sent again after this long, at most CLAIM_TURNS times in all (a pass lasts 60 s).
+EARLIER_CLAIMS_WAIT_S = 0.2
+CLAIM_TURNS = 300
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Outcome:
     door_waits: int = 0  # 401 pass_not_yet at the core's door: came back when told
     booked: int = 0
     pass_refusals: int = 0  # the core's auth check refused this admitted customer's pass
+    claim_waits: int = 0  # claims answered `earlier_claims` (asked again)
     result: str = "pending"  # booked, sold_out, told_soldout, gave_up, error, deadline
 
 
@@ -208,14 +213,21 @@ class Crowd:
         if spec.ballot:
             await self._subscribe(o, base, ticket, headers, claim_headers)
             return
-        status, body = await self._gate(
-            "POST",
-            f"{base}/claim",
-            claim_headers,
-            json={"amount": str(o.amount), "idempotency_key": f"k{o.index}"},
-        )
-        error = body.get("error")
-        code = error.get("code") if isinstance(error, dict) else None
+        for _ in range(CLAIM_TURNS):
+            status, body = await self._gate(
+                "POST",
+                f"{base}/claim",
+                claim_headers,
+                json={"amount": str(o.amount), "idempotency_key": f"k{o.index}"},
+            )
+            error = body.get("error")
+            code = error.get("code") if isinstance(error, dict) else None
+            if not (status == 409 and code == "earlier_claims"):
+                break
+            # Customers admitted before this one have not claimed yet, and what is left
+            # may be theirs: ask again in a moment, as the page does.
+            o.claim_waits += 1
+            await asyncio.sleep(EARLIER_CLAIMS_WAIT_S)
         if status == 409 and code == "sold_out":
             o.result = "sold_out"  # admitted, but nothing left for this customer
             return
