@@ -16,6 +16,7 @@ wall clock is from Redis is the skew: reported once per change (WARNING), and as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -32,6 +33,10 @@ RATE_WINDOW_S = 10.0
 SPEC_RELOAD_S = 1.0
 # However late this process's refresher runs, a position older than this is not shown.
 ANSWERING_LIMIT_S = 30.0
+# A claim, a pass or /gate/auth waits at most this many times stale_after for the next
+# refresh when the cache is only old (the event loop ran late; measured beside a CPU hog:
+# refreshes 1.3-2.7 s apart).
+FRESH_WAIT_STALE_TIMES = 5
 # Redis's clock is read once a second: a clock drifts by microseconds in that time.
 CLOCK_MEASURE_S = 1.0
 # A measurement whose round trip took longer than this says little; the last good one stays.
@@ -150,22 +155,24 @@ class CampaignCache:
         now = time.monotonic()
         return self.last_error < self.last_ok and now - self.last_ok < ANSWERING_LIMIT_S
 
-    async def wait_fresh(self, limit_s: float) -> bool:
+    async def wait_fresh(self, limit_s: float | None = None) -> bool:
         """True once the cache proves the current state. At once when it is `fresh()`; when
         it is only old (no refresh failed since the last success: this process's event loop
         ran late, starved of CPU, not Redis), after the next refresh succeeds, waiting at most
-        `limit_s`, so that a late loop delays a pass instead of failing it closed. False at
-        once when the last refresh failed: Redis is unreachable and the gate fails closed
-        fast (I7)."""
-        deadline = time.monotonic() + limit_s
+        `limit_s` (by default FRESH_WAIT_STALE_TIMES x stale_after), so that a late loop
+        delays a pass instead of failing it closed. False at once when the last refresh
+        failed: Redis is unreachable and the gate fails closed fast (I7); a refresh that
+        hangs fails within its Redis timeout."""
+        limit = FRESH_WAIT_STALE_TIMES * self.stale_after_s if limit_s is None else limit_s
+        deadline = time.monotonic() + limit
         while not self.fresh():
             remaining = deadline - time.monotonic()
             if self.last_error >= self.last_ok or remaining <= 0:
                 return False
-            try:
+            # The timer and the refresh may be due on the same late turn of the loop:
+            # whichever runs first, the state is looked at again.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._refreshed.wait(), remaining)
-            except TimeoutError:
-                return False
         return True
 
     def _refresh_ended(self) -> None:

@@ -52,7 +52,7 @@ def _refusal(result: ClaimResult) -> GateError:
 async def claim(request: web.Request) -> web.Response:
     gate = gate_of(request)
     campaign = campaign_id(request)
-    fresh = await gate.cache.wait_fresh(gate.config.stale_after_ms / 1000)
+    fresh = await gate.cache.wait_fresh()
     if not fresh:
         # Redis is out: a claim cannot be decided, so say "retry" (503), not "your pass is
         # bad" (the 401 that verified_pass gives a proxy's auth check in this case). A cache

@@ -278,7 +278,7 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
                 "poll_after_ms": None,
             }
         return {**base, **_queue_view(live, token.seq, request.app[RNG_KEY], redis_now_us(request))}
-    if not await gate.cache.wait_fresh(gate.config.stale_after_ms / 1000):
+    if not await gate.cache.wait_fresh():
         # A pass grants access: it is issued only on state proven just now (I7); a cache
         # that is only old (the event loop ran late) is waited for, not failed.
         raise Unavailable()
@@ -341,7 +341,7 @@ async def auth(request: web.Request) -> web.Response:
     A cache that is only old (this process's event loop ran late) is waited for first, so
     that a starved process delays the check instead of refusing a good pass."""
     gate = gate_of(request)
-    fresh = await gate.cache.wait_fresh(gate.config.stale_after_ms / 1000)
+    fresh = await gate.cache.wait_fresh()
     token, _ = verified_pass(request, fresh=fresh)
     await gate.arrivals.enter(token, gate.cache.redis_now())
     # The customer as the campaign's keyed digest: the core may key its records on it,
