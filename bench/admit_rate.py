@@ -341,18 +341,29 @@ async def measure_arrivals(
     await admin.create(spec(campaign, rate, burst))
     await admin.pause(campaign)
     tickets: dict[str, str] = {}
+    unavailable = 0
     for i in range(count):
         customer = f"{campaign}-c{i}"
-        async with session.post(
-            f"{gate.url}/q/{campaign}/join", headers={CUSTOMER_HEADER: customer}
-        ) as response:
-            tickets[customer] = (await response.json(content_type=None))["ticket"]
+        for _ in range(60):  # a 503 (Redis stalled a moment) is asked again, as a browser would
+            async with session.post(
+                f"{gate.url}/q/{campaign}/join", headers={CUSTOMER_HEADER: customer}
+            ) as response:
+                body = await response.json(content_type=None)
+            if response.status in (200, 201):
+                tickets[customer] = body["ticket"]
+                break
+            if response.status != 503:
+                raise RuntimeError(f"join: {response.status} {body}")
+            unavailable += 1
+            await asyncio.sleep(0.5)
+        else:
+            raise RuntimeError("a join kept answering 503")
     rng = random.Random(seed)
     late_s = {c: (rng.uniform(0, 1.5) if rng.random() < 1 / 3 else 0.0) for c in tickets}
     successes: list[float] = []
     spans: list[tuple[float, float]] = []  # (sent, answered) of each success
     scheduled: list[float] = []
-    refusals = unavailable = 0
+    refusals = 0
     t0 = time.time()
 
     async def customer(name: str) -> None:
