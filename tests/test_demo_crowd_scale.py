@@ -21,6 +21,7 @@ from gate.demo.scenarios import (
     SCENARIOS,
     _core_params,
     _crowd_spec,
+    _window_s,
     analyse_row,
     crowd_gave_out,
     run_crowd,
@@ -86,3 +87,16 @@ def test_a_crowd_still_answering_customers_is_not_cut_off() -> None:
     assert not crowd_gave_out(900.0, limit, last_answer=899.0)  # past it, still answering
     assert not crowd_gave_out(900.0, limit, last_answer=900.0 - CROWD_STALL_S + 1)
     assert crowd_gave_out(900.0, limit, last_answer=900.0 - CROWD_STALL_S)  # stuck
+
+
+def test_through_the_gate_the_crowd_keeps_fewer_customers_waiting_at_once() -> None:
+    # Each customer waiting at the gate polls every 0.5 s or more: 20,000 at once starved
+    # the admitted of the pool (5,000 customers of ipo-rush --full in 56.6 s, 163 gate
+    # 5xx; with 1,024 at once 24.0 s, none). Straight at the core they only press again.
+    full = sized(SCENARIOS["ipo-rush"], 100_000, True)
+    gated = _crowd_spec(full, 100_000, "gate", "http://core", gate_url="http://gate")
+    direct = _crowd_spec(full, 100_000, "direct", "http://core")
+    assert gated.live == 4 * gated.connections == 1024
+    assert direct.live == 20_000
+    # The ballot's window outlasts a --full crowd sent by one process (closed when done).
+    assert _window_s(full) >= 3600
