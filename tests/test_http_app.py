@@ -111,9 +111,10 @@ async def test_the_app_serves_both_listeners_and_closes_everything(
     assert (await r.json())["error"]["code"] == "not_found"
 
     tasks = list(gate._tasks)
-    # scripts loader, Redis sanity, cache, admission, sealer, failover watch
-    assert len(tasks) == 6
-    assert sum(not task.done() for task in tasks) == 5  # all but the finished loader
+    # scripts loader, Redis sanity, cache, admission, the adaptive rate's controller and
+    # its callbacks counter, sealer, failover watch
+    assert len(tasks) == 8
+    assert sum(not task.done() for task in tasks) == 7  # all but the finished loader
     assert await _clients(observer) > before
 
     await public.close()  # the app's cleanup
