@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from gate.demo.scenarios import (
+    CAMPAIGN,
     CROWD_STALL_S,
     SCENARIOS,
     _core_params,
@@ -25,6 +26,7 @@ from gate.demo.scenarios import (
     analyse_row,
     crowd_gave_out,
     run_crowd,
+    run_with,
     sim_core,
     sized,
 )
@@ -100,3 +102,42 @@ def test_through_the_gate_the_crowd_keeps_fewer_customers_waiting_at_once() -> N
     assert direct.live == 20_000
     # The ballot's window outlasts a --full crowd sent by one process (closed when done).
     assert _window_s(full) >= 3600
+
+
+@pytest.mark.slow
+async def test_the_gate_row_reads_the_whole_audit_log_after_the_sealer_trimmed_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long run's log outgrows audit_keep_in_redis (100,000 entries): the sealer moves the
+    # oldest to segment files. The row read Redis's list alone and counted the customers
+    # admitted first as never let in (ipo-rush at 100,000: 2.5e9 inversions). Here the
+    # gate keeps 200 entries in Redis and seals every 50 ms: about half of a small run's log
+    # is moved (before the fix: 5,100 inversions).
+    import redis as sync_redis
+
+    import gate.config
+    from gate.redis_server import RedisServer
+    from gate.room.keys import CampaignKeys
+
+    real = gate.config.default_config
+    monkeypatch.setattr(
+        gate.config,
+        "default_config",
+        lambda **kw: real(**kw, audit_keep_in_redis=200, seal_interval_ms=50),
+    )
+    scenario = dataclasses.replace(
+        SCENARIOS["ipo-rush"], spread_s=0.5, total=300_000_000, rate=150.0, core=ROOMY_CORE
+    )
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        row = await run_with(scenario, 200, tmp_path, redis, lambda _done: None)
+        client = sync_redis.Redis.from_url(redis.url)
+        trimmed = int(client.hget(CampaignKeys(CAMPAIGN).meta, "audit_trimmed") or 0)
+        client.close()
+    finally:
+        redis.stop()
+    assert trimmed > 0  # the oldest entries were no longer in Redis
+    assert row["results"] == {"booked": 200} and row["audit"]["verified"] is True
+    assert row["inversions"] == 0 and row["sale_inversions"] == 0
