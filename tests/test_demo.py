@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gate.audit.replay import ACCRUE_MAX_US
 from gate.demo.report import peak_window, percentile, write_plot
 from gate.demo.run import run_demo
 from gate.errors import GateError
@@ -55,7 +56,11 @@ def test_burst_demo_report_is_coherent(tmp_path: Path, capsys: pytest.CaptureFix
     assert sum(row["admitted"] for row in series) == CUSTOMERS
     assert sum(row["core_served"] for row in series) == CUSTOMERS
     assert series[-1]["waiting"] == 0
-    assert all(row["admitted"] <= RATE + burst for row in series)
+    # By admit call, a second may hold more than rate + burst: a call that ran late (a
+    # loaded machine) catches up on what accrued, at most ACCRUE_MAX_US of it. The rate +
+    # burst bound is on when passes are valid (peak_1s_window above) and at the door.
+    catch_up_s = ACCRUE_MAX_US / 1e6
+    assert all(row["admitted"] <= burst + RATE * (1 + catch_up_s) for row in series)
     assert report["audit_entries"] >= CUSTOMERS  # one `pass` entry per customer at least
 
     # The per-customer file agrees: seqs 1..N, one each, everyone served by the core.
