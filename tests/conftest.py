@@ -113,6 +113,20 @@ def dumps(data: Any) -> str:
 
 
 @pytest.fixture
+async def any_room(any_redis: RedisServer) -> AsyncIterator[Room]:
+    """A Room on each Redis binary (any_redis: 7.x and the embedded 6.2), flushed first;
+    the scripts load on first use."""
+    flusher = sync_redis.Redis(port=any_redis.port)
+    flusher.flushall()
+    flusher.close()
+    redis = connect(any_redis.url, timeout_s=2)
+    try:
+        yield Room(redis, Scripts())
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture
 async def room(redis_url: str) -> AsyncIterator[Room]:
     redis = connect(redis_url, timeout_s=10, max_connections=64)
     scripts = Scripts()

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -108,6 +109,11 @@ def open_amount_spec(campaign: str, total: int, low: int, high: int, step: int) 
     )
     raw["quota"] = amount_quota(total, low, high, step)
     return raw
+
+
+def customer_digest(i: int) -> bytes:
+    """The digest of test customer i (as the gate derives one from a customer id)."""
+    return hashlib.blake2b(f"customer-{i}".encode(), digest_size=16).digest()
 
 
 def b64url(data: bytes) -> str:

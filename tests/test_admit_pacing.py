@@ -7,29 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import itertools
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis as sync_redis
 
 from gate.audit.verify import verify_file
 from gate.campaign import parse_spec
 from gate.config import Config
-from gate.redis_client import connect
-from gate.redis_server import RedisServer
 from gate.room import Room
 from gate.room.keys import CampaignKeys
-from gate.room.scripts import Scripts
 from gate.service import running_gate
 from gate.signing import SigningKeys
 from gate.tokens import PASS
 from tests.helpers import (
     as_customer,
     create_campaign,
+    customer_digest,
     export_to_file,
     join,
     of_kind,
@@ -43,19 +38,11 @@ RATE, BURST = 1000, 50
 
 
 @pytest.fixture
-async def room(any_redis: RedisServer) -> AsyncIterator[Room]:
-    flusher = sync_redis.Redis(port=any_redis.port)
-    flusher.flushall()
-    flusher.close()
-    redis = connect(any_redis.url, timeout_s=2)
-    try:
-        yield Room(redis, Scripts())
-    finally:
-        await redis.aclose()
+def room(any_room: Room) -> Room:
+    return any_room
 
 
-def digest(i: int) -> bytes:
-    return hashlib.blake2b(f"customer-{i}".encode(), digest_size=16).digest()
+digest = customer_digest
 
 
 async def redis_us(room: Room) -> int:

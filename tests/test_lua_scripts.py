@@ -8,45 +8,31 @@ checks use Redis time as recorded in the audit entries ("t"), never the test's c
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import math
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import redis as sync_redis
 
 from gate.campaign import CampaignSpec, parse_patch, parse_spec
 from gate.errors import Conflict, GateError, NotFound, ScriptError
-from gate.redis_client import connect
-from gate.redis_server import RedisServer
 from gate.room import JOIN_CLOSED, JOIN_NOT_OPEN, JOIN_OK, JOIN_UNKNOWN, Room
 from gate.room.keys import CampaignKeys
-from gate.room.scripts import Scripts
-from tests.helpers import of_kind, spec, wait_for
+from tests.helpers import customer_digest, of_kind, spec, wait_for
 
 ACTOR = "ops"
 BIG = 1_000_000  # a burst or rate so large that tokens never bind
 
 
 @pytest.fixture
-async def room(any_redis: RedisServer) -> AsyncIterator[Room]:
-    flusher = sync_redis.Redis(port=any_redis.port)
-    flusher.flushall()
-    flusher.close()
-    redis = connect(any_redis.url, timeout_s=1)
-    try:
-        yield Room(redis, Scripts())
-    finally:
-        await redis.aclose()
+def room(any_room: Room) -> Room:
+    return any_room
 
 
-def digest(i: int) -> bytes:
-    return hashlib.blake2b(f"customer-{i}".encode(), digest_size=16).digest()
+digest = customer_digest
 
 
 async def create(
