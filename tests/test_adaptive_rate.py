@@ -310,13 +310,15 @@ async def test_manual_pin_stops_changes_and_an_operators_rate_is_honoured(
     assert view["spec"]["admission"]["rate_per_s"] == pinned  # the rate stays where it is
     assert (view["stats"]["rate_per_s"], view["stats"]["rate_mode"]) == (pinned, "manual")
     before = len(await controller_entries(served.admin_url, "pin"))
+    # six slow windows: unpinned, the controller would have decreased within three (the
+    # cool-down after its last decrease is two)
     hits = state.hits
-    await wait_for(lambda: _at_least(state, hits + 8), 10, "eight more probes, all slow")
+    await wait_for(lambda: _at_least(state, hits + 6), 10, "six more probes, all slow")
     assert await rate_of(redis_url, "pin") == pinned
     # pinned at the operator's rate, still no change while the core stays slow
     await patch(served.admin_url, "pin", {"adaptive": {"mode": "manual"}, "rate_per_s": 80})
     hits = state.hits
-    await wait_for(lambda: _at_least(state, hits + 8), 10, "eight more probes")
+    await wait_for(lambda: _at_least(state, hits + 6), 10, "six more probes")
     assert await rate_of(redis_url, "pin") == 80
     assert len(await controller_entries(served.admin_url, "pin")) == before
     # back to auto: the controller goes on from the operator's 80
