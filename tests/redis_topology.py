@@ -20,7 +20,12 @@ Layout:
   the one behind the lossy link (the hostile case: WAIT 1 is satisfied by replica 2,
   then the lagging replica wins the election);
 - 3 Sentinels, quorum 2, `down-after-milliseconds 1000`: a kill -9 of the primary is
-  followed by a new primary in about 2-4 s.
+  followed by a new primary in about 2-4 s. Each is given its run id and the others'
+  (`sentinel myid`, `known-sentinel`), so they know each other at once instead of after
+  a hello (every 2 s);
+- `start()` returns once every replica has acknowledged a write: after a full sync the
+  primary streams nothing to a replica until its first REPLCONF ACK (up to 1 s), and a
+  kill before then promotes a replica without the test's writes.
 
 Keeping the proxy in the path. Sentinel checks that each replica's `master_host` and
 `master_port` are the master's address as Sentinel knows it; replica 1 reports the
@@ -61,6 +66,7 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -69,6 +75,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+
+from redis import Redis as SyncRedis
 
 from gate.redis_server import RedisServer, find_binary, free_port
 
@@ -306,6 +314,10 @@ class SentinelServer:
     ):
         self.data_dir = data_dir
         self.port = free_port()
+        # A run id of its own, known before it starts: the others are told of it in
+        # their config instead of waiting for its hello (every 2 s) to find it.
+        self.run_id = secrets.token_hex(20)
+        self.peers: list[SentinelServer] = []
         self.primary_port = primary_port
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
@@ -331,6 +343,11 @@ class SentinelServer:
                     f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}",
                     f"sentinel failover-timeout {SERVICE} {self.failover_timeout_ms}",
                     f"sentinel parallel-syncs {SERVICE} 1",
+                    f"sentinel myid {self.run_id}",
+                    *(
+                        f"sentinel known-sentinel {SERVICE} 127.0.0.1 {peer.port} {peer.run_id}"
+                        for peer in self.peers
+                    ),
                     "",
                 ]
             )
@@ -437,6 +454,8 @@ class ReplicaSet:
             if sentinels
             else []
         )
+        for sentinel in self.sentinels:
+            sentinel.peers = [other for other in self.sentinels if other is not sentinel]
         self.killed: list[RedisServer] = []
 
     # -- addresses ---------------------------------------------------------------------
@@ -461,6 +480,7 @@ class ReplicaSet:
             for replica in self.replicas:
                 replica.start()
             wait_until(self._replicating, timeout_s, "both replicas in sync with the primary")
+            self._streaming(timeout_s)
             for sentinel in self.sentinels:
                 sentinel.start()
             if self.sentinels:
@@ -474,6 +494,19 @@ class ReplicaSet:
         if primary.get("connected_slaves") != str(len(self.replicas)):
             return False
         return all(info(r.port).get("master_link_status") == "up" for r in self.replicas)
+
+    def _streaming(self, timeout_s: float) -> None:
+        """Every replica acknowledges a write: after a full sync the primary sends a
+        replica nothing until its first REPLCONF ACK (up to a second later), and a kill
+        before then would promote a replica that has none of the test's writes."""
+        client = SyncRedis(host="127.0.0.1", port=self.primary.port)
+        try:
+            client.set("topology:streaming", "1")
+            client.delete("topology:streaming")
+            acknowledged = client.wait(len(self.replicas), int(timeout_s * 1000))
+        finally:
+            client.close()
+        assert acknowledged == len(self.replicas), f"{acknowledged} replicas acknowledged"
 
     def _sentinels_agree(self) -> bool:
         """Each Sentinel sees the primary, both replicas and the 2 other Sentinels: a kill
