@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import signal
@@ -137,10 +138,24 @@ class Cluster:
                         return False
             masters = self.master_ports()
             return len(masters) == self.masters and all(
-                self.replica_in_sync(port) for port in masters
+                self.replica_in_sync(port) and self.replica_acknowledges(port) for port in masters
             )
         except (sync_redis.RedisError, OSError):
             return False
+
+    def replica_acknowledges(self, master_port: int) -> bool:
+        """A write on the master is acknowledged by a replica (WAIT). After a full sync a
+        master streams nothing to a replica before the replica's first REPLCONF ACK (up to
+        1 s): "online" alone let a gate's first write time out waiting for a replica."""
+        slots = [(first, last) for first, last, port in self._slots() if port == master_port]
+        key = next(
+            f"test:warm-up:{n}"
+            for n in itertools.count()
+            if any(first <= key_slot(f"test:warm-up:{n}".encode()) <= last for first, last in slots)
+        )
+        with self.node(master_port).client() as client:
+            client.set(key, "1")
+            return int(client.execute_command("WAIT", 1, 100)) >= 1
 
     def replica_in_sync(self, master_port: int) -> bool:
         node = self.node(master_port)
