@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from gate.demo.baseline_nginx import nginx_binary
-from gate.demo.html_report import write_html
+from gate.demo.html_report import at_the_core, write_html
 from gate.demo.run import run_demo
 from gate.demo.scenarios import (
     SCENARIOS,
@@ -53,7 +53,8 @@ def _assert_gate_row_clean_and_other_not(report: dict[str, object]) -> None:
     assert gated["core_errors"] == 0 and gated["oversell_krw"] == 0 and gated["inversions"] == 0
     # Only slow-bureau's rate is adaptive: there the controller changed it (audit log).
     assert (gated["rate_changes"] > 0) == (report["adaptive"] is not None), gated["rate_changes"]
-    assert gated["core_max_queue"] < SMALL_CORE.queue_max
+    # max_active is what the core holds (sessions + queue): its queue may fill, never overflow
+    assert gated["core_max_queue"] <= SMALL_CORE.queue_max
 
 
 @pytest.mark.slow
@@ -154,13 +155,15 @@ def test_slow_bureau_the_rate_follows_the_core_and_its_p99_gets_back_under_targe
     # 300 customers over 6 s (50/s) at the small core (~150/s); the bureau becomes 10x
     # slower 1.5 s in: the core then serves ~34/s. Alone it overflows (503s); behind the gate
     # the controller, polling the core's GET /health, lowers the rate (each change an audit
-    # entry of the actor controller) and the core's p99 is under 800 ms from 8 s after the
-    # slowdown on.
+    # entry of the actor controller) and the core's p99 is under 800 ms from 4 s after the
+    # slowdown on. (The scenario states 8 s for its 2,400-customer stream; this small stream
+    # is served within ~8 s of the slowdown, which left no request to measure after 8 s.)
+    assert SCENARIOS["slow-bureau"].latency_target_ms == 800.0
+    assert SCENARIOS["slow-bureau"].reaction_s == 8.0
     scenario = dataclasses.replace(
         SCENARIOS["slow-bureau"], spread_s=6.0, rate=80.0, rate_min=5.0, core=SMALL_CORE,
-        bureau_change=(1.5, 10.0), total=10_000_000 * 300,
+        bureau_change=(1.5, 10.0), total=10_000_000 * 300, reaction_s=4.0,
     )  # fmt: skip
-    assert scenario.latency_target_ms == 800.0 and scenario.reaction_s == 8.0
     report = compare(scenario, 300, tmp_path, baseline=False)
     without, gated = report["without_gate"], report["with_gate"]
     assert report["adaptive"]["sources"][0]["url"].endswith("/health")
@@ -173,7 +176,7 @@ def test_slow_bureau_the_rate_follows_the_core_and_its_p99_gets_back_under_targe
     figures = gated["slowdown"]
     assert 1.0 <= figures["slowdown_at_s"] <= 3.0, figures
     assert figures["p99_after_reaction_ms"] <= 800.0 and figures["requests_after_reaction"] > 0
-    assert figures["reaction_s"] is not None and figures["reaction_s"] <= 8.0, figures
+    assert figures["reaction_s"] is not None and figures["reaction_s"] <= 4.0, figures
     # The rate went down after the slowdown, each change logged with its signal.
     slow_at = figures["slowdown_at_s"]
     down = [c for c in gated["rate_log"] if c["t"] >= slow_at and c["new"] < c["old"]]
@@ -183,12 +186,24 @@ def test_slow_bureau_the_rate_follows_the_core_and_its_p99_gets_back_under_targe
     # it is read a moment later, when the controller may have made one more.
     assert gated["rate_changes"] == len(gated["rate_log"]) <= gated["audit"]["admin_updates"]
     assert sum(n for _t, n in gated["admitted_per_second"]) == 300
-    assert report["checks"]["core p99 under 800 ms from 8 s after the slowdown"] is True
+    assert report["checks"]["core p99 under 800 ms from 4 s after the slowdown"] is True
     text = summary_text(report)
     assert "reaction time" in text and "rate changes" in text
     page = write_html(report, tmp_path / "slow-bureau.html").read_text()
     assert "Admitted per second vs the core&#x27;s capacity" in page
     assert "target p99 800 ms" in page
+    assert "Queue length at the core" in page
+
+
+def test_the_cores_queue_length_is_who_arrived_and_has_no_answer_yet() -> None:
+    row = {
+        "per_second": [
+            {"t": 0, "arrivals": 10, "answered": 2},
+            {"t": 1, "arrivals": 5, "answered": 9},
+            {"t": 2, "arrivals": 0, "answered": 4},
+        ]
+    }
+    assert at_the_core(row) == [(1.0, 8.0), (2.0, 4.0), (3.0, 0.0)]
 
 
 @pytest.mark.slow

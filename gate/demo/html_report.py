@@ -134,6 +134,16 @@ def _per_second(row: dict[str, Any], key: str) -> list[tuple[float, float]]:
     return [(r["t"] + 0.5, float(r[key] or 0)) for r in row["per_second"]]
 
 
+def at_the_core(row: dict[str, Any]) -> list[tuple[float, float]]:
+    """The core's queue length: customers who had arrived at the core and not yet had
+    their answer (in a session or queued for one), at the end of each second."""
+    inside, points = 0, []
+    for r in row["per_second"]:
+        inside += int(r["arrivals"]) - int(r["answered"])
+        points.append((r["t"] + 1.0, float(inside)))
+    return points
+
+
 def _capacity_steps(report: dict[str, Any], row: dict[str, Any]) -> list[tuple[float, float]]:
     """The core's capacity (sessions / (service + bureau latency)) over the run, as steps
     at each change of the bureau's latency."""
@@ -202,6 +212,13 @@ def plots(report: dict[str, Any]) -> list[str]:
             "seconds since the first customer",
             "arrivals/s",
             [(f"core capacity ~{capacity:.0f}/s (bureau at its usual latency)", capacity)],
+        ),
+        svg_chart(
+            "Queue length at the core (arrived, not yet answered: in a session or queued)",
+            [(label, colour, at_the_core(row), False) for label, colour, row in pair],
+            "seconds since the first customer",
+            "customers",
+            [(f"the core's sessions ({core['capacity']})", float(core["capacity"]))],
         ),
         svg_chart(
             "Core errors (503 overloaded, 504 bureau timeout) per second",
