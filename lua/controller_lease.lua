@@ -8,23 +8,7 @@
   Returns {OK, held}: held 1 when this token holds the lease now, else 0.
 ]]
 --!include lib/replies.lua
-local rcall = redis.call
-local token, mode = ARGV[1], ARGV[3]
-local ttl = tonumber(ARGV[2])
-if not token or string.len(token) < 8 then error('bad argument: token') end
-if ttl == nil or ttl < 1 or ttl ~= math.floor(ttl) then error('bad argument: ttl') end
-local holder = rcall('GET', KEYS[1])
-if mode == 'release' then
-  if holder == token then rcall('DEL', KEYS[1]) end
-  return {OK, 0}
-elseif mode ~= 'acquire' then
-  error('bad argument: mode')
-end
-if holder == token then
-  rcall('PEXPIRE', KEYS[1], ttl)
-  return {OK, 1}
-elseif not holder then
-  rcall('SET', KEYS[1], token, 'PX', ttl)
-  return {OK, 1}
-end
+--!include lib/lease.lua
+local held = lease(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3])
+if held == 'taken' or held == 'kept' then return {OK, 1} end
 return {OK, 0}

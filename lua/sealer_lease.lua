@@ -12,25 +12,14 @@
   (or after a release); audit_n the log's size; state the campaign's state ('' when the
   campaign does not exist); sealed the size of the last checkpoint.
 ]]
+--!include lib/lease.lua
 local rcall = redis.call
-local token, mode = ARGV[1], ARGV[3]
-local ttl = tonumber(ARGV[2])
-if not token or string.len(token) < 8 then error('bad argument: token') end
-if ttl == nil or ttl < 1 or ttl ~= math.floor(ttl) then error('bad argument: ttl') end
 local fence = 0
-local holder = rcall('GET', KEYS[1])
-if mode == 'release' then
-  if holder == token then rcall('DEL', KEYS[1]) end
-elseif mode == 'acquire' then
-  if holder == token then
-    rcall('PEXPIRE', KEYS[1], ttl)
-    fence = tonumber(rcall('GET', KEYS[2]) or '0')
-  elseif not holder then
-    rcall('SET', KEYS[1], token, 'PX', ttl)
-    fence = rcall('INCR', KEYS[2])
-  end
-else
-  error('bad argument: mode')
+local held = lease(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3])
+if held == 'kept' then
+  fence = tonumber(rcall('GET', KEYS[2]) or '0')
+elseif held == 'taken' then
+  fence = rcall('INCR', KEYS[2])
 end
 local m = rcall('HMGET', KEYS[3], 'audit_n', 'state')
 local sealed = rcall('HGET', KEYS[4], 'size') or '0'
