@@ -208,11 +208,11 @@ class Probe:
     def start(self) -> None:
         if len(self.in_flight) >= MAX_IN_FLIGHT:
             return
-        task = asyncio.create_task(self._run(time.monotonic()))
+        task = asyncio.create_task(self._run())
         self.in_flight[task] = self.clock.now()
         task.add_done_callback(lambda done: self.in_flight.pop(done, None))
 
-    async def _run(self, started: float) -> None:
+    async def _run(self) -> None:
         try:
             latency_ms, error_ratio = await self.ask()
         except asyncio.CancelledError:
