@@ -155,19 +155,35 @@ class CampaignCache:
         now = time.monotonic()
         return self.last_error < self.last_ok and now - self.last_ok < ANSWERING_LIMIT_S
 
+    def failed_last(self) -> bool:
+        """The last refresh that ended failed. False while none has ended yet: a process
+        that has just started (its workers listen before the first refresh is back) has
+        not found Redis unreachable."""
+        return self.last_error >= self.last_ok and self.last_error > 0
+
+    async def wait_answering(self) -> bool:
+        """`answering()`, waiting for the first refresh of a process that has just started
+        (as `wait_fresh` would); False at once otherwise."""
+        if self.answering():
+            return True
+        if self.last_ok or self.last_error:
+            return False
+        return await self.wait_fresh()
+
     async def wait_fresh(self, limit_s: float | None = None) -> bool:
         """True once the cache proves the current state. At once when it is `fresh()`; when
         it is only old (no refresh failed since the last success: this process's event loop
         ran late, starved of CPU, not Redis), after the next refresh succeeds, waiting at most
         `limit_s` (by default FRESH_WAIT_STALE_TIMES x stale_after), so that a late loop
-        delays a pass instead of failing it closed. False at once when the last refresh
-        failed: Redis is unreachable and the gate fails closed fast (I7); a refresh that
-        hangs fails within its Redis timeout."""
+        delays a pass instead of failing it closed; likewise for the first refresh of a
+        process that has just started. False at once when the last refresh failed: Redis
+        is unreachable and the gate fails closed fast (I7); a refresh that hangs fails
+        within its Redis timeout."""
         limit = FRESH_WAIT_STALE_TIMES * self.stale_after_s if limit_s is None else limit_s
         deadline = time.monotonic() + limit
         while not self.fresh():
             remaining = deadline - time.monotonic()
-            if self.last_error >= self.last_ok or remaining <= 0:
+            if self.failed_last() or remaining <= 0:
                 return False
             # The timer and the refresh may be due on the same late turn of the loop:
             # whichever runs first, the state is looked at again.

@@ -8,14 +8,19 @@ a pass issued, still fails closed until a refresh succeeds again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from typing import Any
 
 from gate.config import Config
 from gate.http.admin import create_admin_app
 from gate.http.public import create_public_app
+from gate.service import running_gate
 from tests.helpers import ADMIN_TOKEN, create_campaign, join, quiet_gate, wait_for
 
 CAMPAIGN = "lag"
+PAUSE_MS = 400
 
 
 def _who(customer: str) -> dict[str, str]:
@@ -85,3 +90,37 @@ async def test_a_late_event_loop_never_turns_a_waiting_poll_into_503(
         await gate.cache.refresh_once()
         r = await public.get("/gate/auth", headers={**_who("kim-0001"), "X-Gate-Pass": pass_token})
         assert r.status == 200, await r.text()
+
+
+async def test_a_process_just_started_waits_for_its_first_refresh_not_503(
+    config: Config, aiohttp_client: Any
+) -> None:
+    """A worker listens as soon as its app has started, before its cache's first refresh
+    has come back (CI: a 2-worker `gate serve` answered the first join 503 `unavailable`).
+    A cache that has never refreshed has not failed: a join, a waiting poll and a pass wait
+    for that first refresh (Redis paused here so that it cannot come back at once)."""
+    async with quiet_gate(config) as first:
+        admin = await aiohttp_client(
+            create_admin_app(first), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        await create_campaign(admin, CAMPAIGN, rate_per_s=1000)
+    async with running_gate(config, background=False) as gate:
+
+        async def loaded() -> bool:
+            return gate.scripts_loaded
+
+        await wait_for(loaded, 10, "scripts loaded")
+        assert gate.cache.last_ok == gate.cache.last_error == 0, "no refresh has ended yet"
+        public = await aiohttp_client(create_public_app(gate))
+        await gate.redis.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "ALL")
+        refresher = asyncio.create_task(gate.cache.run())
+        try:
+            started = time.monotonic()
+            ticket = await join(public, CAMPAIGN, "kim-0003")
+            assert ticket["seq"] == 1, ticket
+            # it waited for the refresh, which could not end before Redis came back
+            assert time.monotonic() - started >= PAUSE_MS / 1000 * 0.8
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher

@@ -53,7 +53,7 @@ from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, TokenError, customer_dige
 
 async def _campaign(request: web.Request, campaign: str) -> LiveCampaign:
     gate = gate_of(request)
-    if not gate.cache.answering():
+    if not await gate.cache.wait_answering():
         raise Unavailable()
     live = await gate.cache.get(campaign)
     if live is None:
