@@ -26,8 +26,10 @@ on the new primary:
 - `gate audit export` then `gate audit verify` (the CLI, offline, with the published
   keys) is clean.
 
-The modes (MODES): WAIT 1 with both replicas promotable (Sentinel promotes the freshest);
-WAIT 2 with only the lagging replica promotable (`replica-priority 0` on the other);
+The modes (MODES): WAIT 1 with both replicas promotable (Sentinel usually promotes the
+freshest, but it goes by offsets its last INFO showed, so either may be promoted: nothing
+lost, or the loss held and reported); WAIT 2 with only the lagging replica promotable
+(`replica-priority 0` on the other): nothing lost;
 and the hostile case, WAIT 1 (or WAIT 2 with `redis_replica_loss = "continue"`) with only
 the lagging replica promotable: the replica that acknowledged is not the one promoted, so
 what the new primary lacks cannot be had back from Redis. There the gate must hold the
@@ -554,9 +556,13 @@ async def run_scenario(
 
 # (gate settings, replica priorities, whether a loss may be reported instead of avoided)
 MODES = [
-    # Both replicas promotable: Sentinel promotes the freshest, which acknowledged WAIT 1.
+    # Both replicas promotable with WAIT 1: Sentinel picks by the replication offsets its
+    # last INFO showed, which may predate the kill (INFO every 10 s while the primary is
+    # up, every 1 s once it is down), so it may promote the replica that did not
+    # acknowledge: most runs lose nothing, but CI once saw the lagging one promoted (43
+    # joins held and reported). Either outcome must be safe.
     pytest.param(
-        {"GATE_REDIS_WAIT_REPLICAS": "1"}, (100, 100), False, id="wait-1-freshest-promoted"
+        {"GATE_REDIS_WAIT_REPLICAS": "1"}, (100, 100), True, id="wait-1-either-promoted"
     ),
     # Only the lagging replica is promotable; WAIT 2 had it acknowledge everything.
     pytest.param({"GATE_REDIS_WAIT_REPLICAS": "2"}, (1, 0), False, id="wait-2-lagging-promoted"),
