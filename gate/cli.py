@@ -122,6 +122,23 @@ def _parser() -> argparse.ArgumentParser:
     dispute.add_argument("--customer", required=True)
     dispute.add_argument("--keys", help="check the proofs with these public keys")
 
+    witness = sub.add_parser(
+        "witness", help="witness a gate's checkpoints with your own key (docs/audit-format.md)"
+    )
+    wsub = witness.add_subparsers(dest="action", required=True)
+    keygen = wsub.add_parser("keygen", help="write a new witness key; prints its vkey")
+    keygen.add_argument("--out", required=True, help="the key file to write (mode 0600)")
+    keygen.add_argument("--name", help="the witness's name (default: witness.<host name>)")
+    wrun = wsub.add_parser("run", help="check and cosign the gate's latest checkpoints")
+    wrun.add_argument("--key", required=True, help="the witness key file")
+    wrun.add_argument("--state", required=True, help="directory for what the witness holds")
+    wrun.add_argument("--gate", required=True, help="the gate's public URL")
+    wrun.add_argument("--campaign", action="append", required=True, help="repeat for more")
+    wrun.add_argument("--keys", help="pin the gate's public keys (JSON) instead of fetching")
+    when = wrun.add_mutually_exclusive_group()
+    when.add_argument("--once", action="store_true", help="one round, then exit")
+    when.add_argument("--interval", type=float, default=10.0, help="seconds between rounds")
+
     keys = sub.add_parser("keys", help="signing keys")
     ksub = keys.add_subparsers(dest="action", required=True)
     gen = ksub.add_parser("generate", help="write a new key file")
@@ -302,6 +319,36 @@ def _audit_command(args: argparse.Namespace) -> int:
     return 0 if all(ok for _, ok in checks) else 1
 
 
+def _witness_command(args: argparse.Namespace) -> int:
+    from gate.audit import witness
+
+    if args.action == "keygen":
+        import socket
+
+        key = witness.generate_key(args.name or f"witness.{socket.gethostname()}")
+        out = Path(args.out)
+        if out.exists():
+            raise GateError(f"{out} exists; not overwriting a key", code="bad_file")
+        try:
+            witness.write_key(out, key)
+        except OSError as exc:
+            raise GateError(f"{out}: {exc.strerror}", code="bad_file") from None
+        print(key.verifier.vkey())
+        print(
+            f"wrote {out} (mode 0600); give the gate the line above (witness_keys)", file=sys.stderr
+        )
+        return 0
+    return witness.run(
+        Path(args.key),
+        Path(args.state),
+        args.gate,
+        args.campaign,
+        once=args.once,
+        interval_s=args.interval,
+        keys_path=Path(args.keys) if args.keys else None,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -334,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _campaign_command(args)
         if args.command == "audit":
             return _audit_command(args)
+        if args.command == "witness":
+            return _witness_command(args)
         if args.command == "keys":
             from gate.signing import generate_keys_document, write_keys
 

@@ -120,10 +120,26 @@ class Config:
     # Memory each process may give to recently used join batches, to answer retried
     # joins and receipt reads without reading the log (least recently used out first).
     receipt_cache_bytes: int = 16 * 1024 * 1024
+    # Witnessed checkpoints (docs/audit-format.md, `gate witness`): a checkpoint note's
+    # origin is "<checkpoint_origin>/<campaign>" (empty: "fairgate.<host of the first
+    # public origin>", else "fairgate.local"); the witnesses whose cosignatures the gate
+    # takes (C2SP vkeys, type 0x04); how many of them make a checkpoint published.
+    checkpoint_origin: str = ""
+    witness_keys: Items = ()
+    witness_quorum: int = 1
 
     @property
     def keys_path(self) -> Path:
         return self.signing_keys if self.signing_keys is not None else self.data_dir / "keys.json"
+
+    @property
+    def origin_prefix(self) -> str:
+        """What a campaign's checkpoint notes name as their log: origin_prefix/campaign."""
+        if self.checkpoint_origin:
+            return self.checkpoint_origin
+        if self.public_origins:
+            return f"fairgate.{urlsplit(self.public_origins[0]).hostname}"
+        return "fairgate.local"
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -219,6 +235,32 @@ def _validate_identity(cfg: Config) -> None:
             raise ConfigError(f"jwt_jwks: {cfg.jwt_jwks!r} is not a URL")
     elif not Path(cfg.jwt_jwks).is_file():
         raise ConfigError(f"jwt_jwks: {cfg.jwt_jwks!r} is neither an http(s) URL nor a file")
+
+
+def _validate_witnesses(cfg: Config) -> None:
+    from gate.audit.note import ED25519_COSIGNATURE, NoteError, parse_vkey, valid_key_name
+
+    prefix = cfg.checkpoint_origin
+    if prefix and (not valid_key_name(prefix) or len(prefix) > 200):
+        raise ConfigError(
+            f"checkpoint_origin: {prefix[:80]!r} must be 1 to 200 printable characters, "
+            "no spaces, no '+'"
+        )
+    names: set[str] = set()
+    for text in cfg.witness_keys:
+        try:
+            verifier = parse_vkey(text)
+        except NoteError as exc:
+            raise ConfigError(f"witness_keys: {exc}") from None
+        if verifier.signature_type != ED25519_COSIGNATURE:
+            raise ConfigError(f"witness_keys: {verifier.name}: not a cosignature key (type 0x04)")
+        if verifier.name in names:
+            raise ConfigError(f"witness_keys: {verifier.name} is listed twice")
+        names.add(verifier.name)
+    if cfg.witness_keys and not 1 <= cfg.witness_quorum <= len(cfg.witness_keys):
+        raise ConfigError(
+            f"witness_quorum: must be between 1 and the {len(cfg.witness_keys)} witness_keys"
+        )
 
 
 def _validate_durability(cfg: Config) -> None:
@@ -349,6 +391,7 @@ def _validate(cfg: Config) -> None:
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level: must be DEBUG, INFO, WARNING or ERROR")
     _validate_identity(cfg)
+    _validate_witnesses(cfg)
 
 
 def load_config(

@@ -173,6 +173,88 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/.well-known/fairgate/checkpoint/{campaign}": {
+                "get": {
+                    "operationId": "checkpointNote",
+                    "summary": "The latest checkpoint as a C2SP signed note, with the "
+                    "witnesses' cosignatures so far (docs/audit-format.md)",
+                    "parameters": [
+                        _CAMPAIGN,
+                        {"name": "size", "in": "query", "schema": {"type": "integer"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Headers Fairgate-Cosignatures, "
+                            "Fairgate-Witness-Quorum, Fairgate-Published, "
+                            "Fairgate-Witnessed-Size",
+                            "content": {"text/plain": {}},
+                        },
+                        "400": _ERROR,
+                        "404": _ERROR,
+                    },
+                }
+            },
+            "/.well-known/fairgate/consistency/{campaign}": {
+                "get": {
+                    "operationId": "consistencyProof",
+                    "summary": "RFC 6962 consistency proof, a base64 hash a line",
+                    "parameters": [
+                        _CAMPAIGN,
+                        {
+                            "name": "old",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                        {
+                            "name": "new",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "The proof", "content": {"text/plain": {}}},
+                        "400": _ERROR,
+                        "404": _ERROR,
+                    },
+                }
+            },
+            "/.well-known/fairgate/cosign/{campaign}": {
+                "post": {
+                    "operationId": "cosign",
+                    "summary": "A witness hands in its cosignature: the served note with "
+                    "its tlog-cosignature line(s) appended",
+                    "parameters": [_CAMPAIGN],
+                    "requestBody": {"content": {"text/plain": {}}},
+                    "responses": {
+                        "200": {
+                            "description": "Who cosigned, K of N, the published size",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "400": _ERROR,
+                        "403": _ERROR,
+                        "404": _ERROR,
+                        "409": _ERROR,
+                        "413": _ERROR,
+                    },
+                }
+            },
+            "/.well-known/fairgate/witnessed/{campaign}": {
+                "get": {
+                    "operationId": "witnessed",
+                    "summary": "The witnesses, who cosigned the latest checkpoint, K of N, "
+                    "the largest published size",
+                    "parameters": [_CAMPAIGN],
+                    "responses": {
+                        "200": {
+                            "description": "JSON",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "404": _ERROR,
+                    },
+                }
+            },
             "/q/{campaign}": {
                 "get": {
                     "operationId": "page",

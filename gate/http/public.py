@@ -45,6 +45,7 @@ from gate.http.page import (
     static_response,
     waiting_page,
 )
+from gate.http.transparency import add_transparency_routes, refresh_witnessed
 from gate.identity import Identity
 from gate.room import PREQUEUED, Reply
 from gate.service import Gate
@@ -442,6 +443,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    await refresh_witnessed(request)
     return web.Response(
         body=gate_of(request).metrics.render(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
@@ -512,6 +514,7 @@ def public_app(config: Config) -> web.Application:
     app.router.add_get("/.well-known/fairgate/keys", public_keys)
     app.router.add_get("/q/{campaign}/receipt/{seq}", receipt)
     add_claim_routes(app)
+    add_transparency_routes(app)
     return app
 
 

@@ -179,6 +179,17 @@ class CampaignKeys:
         return self._key("rsig")
 
     @property
+    def cosignatures(self) -> str:
+        """Hash: "size:witness name" -> that witness's cosignature line (tlog-cosignature)
+        of the checkpoint of that size (gate/audit/cosignatures.py)."""
+        return self._key("cosigs")
+
+    @property
+    def published(self) -> str:
+        """Sorted set: sizes of the checkpoints that witness_quorum witnesses cosigned."""
+        return self._key("published")
+
+    @property
     def join_entries(self) -> str:
         """Sorted set: join entry index (member) scored by the first seq it created."""
         return self._key("rjoin")

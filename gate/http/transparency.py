@@ -1,0 +1,183 @@
+"""The public listener's transparency routes: checkpoints as signed notes, consistency
+proofs between them, and witnesses' cosignatures (docs/audit-format.md, "Witnessed
+checkpoints"; the witness itself is `gate witness`, gate/audit/witness.py).
+
+    GET  /.well-known/fairgate/checkpoint/{campaign}[?size=N]   text/plain signed note
+    GET  /.well-known/fairgate/consistency/{campaign}?old=N&new=M  base64 hashes, a line each
+    POST /.well-known/fairgate/cosign/{campaign}                the note + cosignature lines
+    GET  /.well-known/fairgate/witnessed/{campaign}             JSON: K of N, published size
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from gate.audit.cosignatures import (
+    Transparency,
+    UnsignedCheckpoint,
+    WitnessCollector,
+    cosigned_note,
+)
+from gate.audit.note import MAX_NOTE_BYTES, proof_lines
+from gate.audit.store import AuditGapError
+from gate.errors import BadRequest, GateError, NotFound, Unavailable
+from gate.http.checks import campaign_id
+from gate.http.common import GATE_KEY, gate_of, respond
+from gate.service import store_for
+
+TRANSPARENCY_KEY = web.AppKey("transparency", Transparency)
+PREFIX = "/.well-known/fairgate"
+NOTE_TYPE = "text/plain"
+MAX_SIZE = 2**53
+
+
+def _transparency(request: web.Request) -> Transparency:
+    return request.app[TRANSPARENCY_KEY]
+
+
+def _whole(params: Mapping[str, str], name: str, *, required: bool) -> int | None:
+    text = params.get(name)
+    if text is None:
+        if required:
+            raise BadRequest(f"the {name} query parameter is missing", code="bad_size")
+        return None
+    if not text.isdigit() or not text.isascii() or len(text) > 16 or int(text) > MAX_SIZE:
+        raise BadRequest(f"{name} must be a whole number", code="bad_size")
+    return int(text)
+
+
+async def _checkpoint(request: web.Request, campaign: str, size: int | None) -> Mapping[str, Any]:
+    gate = gate_of(request)
+    checkpoint = await _transparency(request).checkpoint_at(store_for(gate, campaign), size)
+    if checkpoint is None:
+        what = "no checkpoint yet" if size is None else f"no checkpoint of size {size}"
+        raise NotFound(f"{what} in {campaign}", code="unknown_checkpoint")
+    return checkpoint
+
+
+async def checkpoint_note(request: web.Request) -> web.Response:
+    """The latest checkpoint (or the one of ?size=N) as a signed note, with the
+    configured witnesses' cosignatures collected so far appended."""
+    gate = gate_of(request)
+    campaign = campaign_id(request)
+    transparency = _transparency(request)
+    checkpoint = await _checkpoint(request, campaign, _whole(request.query, "size", required=False))
+    try:
+        note = transparency.note(campaign, checkpoint)
+    except UnsignedCheckpoint:
+        raise GateError(
+            "the stored checkpoint does not verify; it is not served",
+            code="checkpoint_unverified",
+            status=503,
+        ) from None
+    size = int(checkpoint["size"])
+    cosignatures = await transparency.cosignatures(gate.redis, campaign, size)
+    witnessing = await transparency.witnessing(gate.redis, campaign, size)
+    return web.Response(
+        text=cosigned_note(note, cosignatures).render(),
+        content_type=NOTE_TYPE,
+        charset="utf-8",
+        headers=witnessing.headers(),
+    )
+
+
+async def consistency(request: web.Request) -> web.Response:
+    """PROOF(old, new) of RFC 6962 §2.1.2, a base64 hash a line (the lines of a
+    c2sp.org/tlog-witness add-checkpoint request). `new` may be at most the latest
+    checkpoint's size: beyond it nothing is sealed."""
+    gate = gate_of(request)
+    campaign = campaign_id(request)
+    old = _whole(request.query, "old", required=True)
+    new = _whole(request.query, "new", required=True)
+    assert old is not None and new is not None
+    if old > new:
+        raise BadRequest(f"old ({old}) is larger than new ({new})", code="bad_size")
+    latest = await _checkpoint(request, campaign, None)
+    if new > int(latest["size"]):
+        raise BadRequest(
+            f"new ({new}) is beyond the latest checkpoint ({latest['size']})", code="bad_size"
+        )
+    try:
+        proof = await store_for(gate, campaign).consistency_proof(old, new)
+    except AuditGapError:
+        raise Unavailable("the log cannot be read right now") from None
+    return web.Response(text=proof_lines(proof), content_type=NOTE_TYPE, charset="utf-8")
+
+
+async def cosign(request: web.Request) -> web.Response:
+    """A witness hands in its cosignature: the body is the checkpoint note as the gate
+    served it with the witness's cosignature line(s) appended."""
+    gate = gate_of(request)
+    campaign = campaign_id(request)
+    if request.content_length is not None and request.content_length > MAX_NOTE_BYTES:
+        raise GateError(
+            f"a note is at most {MAX_NOTE_BYTES} bytes", code="body_too_large", status=413
+        )
+    try:
+        async with asyncio.timeout(gate.config.body_timeout_ms / 1000):
+            body = await request.content.read(MAX_NOTE_BYTES + 1)
+    except TimeoutError:
+        raise GateError(
+            "the body did not arrive in time", code="body_timeout", status=408
+        ) from None
+    except (ConnectionError, web.HTTPException):
+        raise BadRequest("the body could not be read", code="body_incomplete") from None
+    if len(body) > MAX_NOTE_BYTES:
+        raise GateError(
+            f"a note is at most {MAX_NOTE_BYTES} bytes", code="body_too_large", status=413
+        )
+    answer = await _transparency(request).add(gate.redis, store_for(gate, campaign), body)
+    return respond(request, answer)
+
+
+async def witnessed(request: web.Request) -> web.Response:
+    """Where the latest checkpoint stands: who cosigned it, K of N, the published size."""
+    gate = gate_of(request)
+    campaign = campaign_id(request)
+    transparency = _transparency(request)
+    checkpoint = await _checkpoint(request, campaign, None)
+    witnessing = await transparency.witnessing(gate.redis, campaign, int(checkpoint["size"]))
+    return respond(
+        request,
+        {
+            "campaign": campaign,
+            "origin": transparency.origin(campaign),
+            "witness_keys": [w.vkey() for w in transparency.witnesses],
+            **witnessing.to_json(),
+        },
+    )
+
+
+async def refresh_witnessed(request: web.Request) -> None:
+    """Before a metrics scrape: the published size of each campaign this process knows."""
+    gate = gate_of(request)
+    transparency = _transparency(request)
+    with contextlib.suppress(Exception):  # Redis away: the metric keeps its last value
+        async with asyncio.timeout(0.5):
+            for campaign in list(gate.cache.campaigns):
+                await transparency.witnessed_size(gate.redis, campaign)
+
+
+def add_transparency_routes(app: web.Application) -> None:
+    async def bind(app: web.Application) -> None:
+        if GATE_KEY not in app:
+            return
+        gate = app[GATE_KEY]
+        transparency = Transparency(gate.config, gate.keys)
+        app[TRANSPARENCY_KEY] = transparency
+        with contextlib.suppress(ValueError):  # a second app on the same gate (tests)
+            gate.metrics.registry.register(WitnessCollector(transparency))
+
+    app.on_startup.append(bind)
+    app.router.add_get(PREFIX + "/checkpoint/{campaign}", checkpoint_note)
+    app.router.add_get(PREFIX + "/consistency/{campaign}", consistency)
+    app.router.add_post(PREFIX + "/cosign/{campaign}", cosign)
+    app.router.add_get(PREFIX + "/witnessed/{campaign}", witnessed)
+
+
+__all__ = ["add_transparency_routes", "refresh_witnessed"]
