@@ -25,6 +25,18 @@ acknowledged, the lost seqs revoked), one ERROR line `event=failover_lost`, and 
 campaign refuses claims and subscriptions (every write when its log cannot continue)
 until an operator resumes it.
 
+A new primary that lacks the whole campaign (no meta: a replica promoted before the
+primary streamed it anything, a Redis restarted empty) while the marks show something
+acknowledged: reconcile.lua keeps a tombstone, ``fg:{c}:fo_gone``, with the report (seqs
+1..highest, reservations, audit indexes, sealed size), the same ERROR line (with
+`campaign_missing=yes`) and metric follow, and the campaign is put back in the registry
+(which the new primary may lack too) so that every process finds it. While the tombstone
+exists the campaign is held as one whose log cannot continue: every request for it is 503
+`campaign_held` (an unknown campaign's 404 included: see `is_lost`), and its id cannot be
+created again (campaign_create.lua), so none of its seqs is issued twice. The way out is
+the operator's: a campaign under another id, or Redis restored from a copy that holds the
+campaign (reconcile.lua then counts the tombstone's figures as marks and drops it).
+
 Restored: confirmations and releases this process acknowledged (it remembers the newest
 100,000) whose reservation the new primary still holds are done again (fo_restored, the
 admin view's `failover_restored`). Nothing else: the marks say what is missing, not what it
@@ -52,7 +64,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from gate.audit.store import AuditStore
+from gate.audit.store import AuditStore, segment_directories
 from gate.config import Config
 from gate.errors import GateError, Unavailable
 from gate.marks import Marks
@@ -211,6 +223,8 @@ class FailoverWatch:
         self.suspected: str | None = None
         self.held: dict[str, dict[str, Any]] = {}
         self.broken: set[str] = set()
+        # held campaigns the primary lacks whole (a tombstone, fg:{c}:fo_gone), also broken
+        self.lost: set[str] = set()
         self.failovers = 0
         self.lost_campaigns: dict[str, int] = {}
         # Called with a campaign that lost entries: caches keyed by entry index drop it.
@@ -240,6 +254,11 @@ class FailoverWatch:
             return
         if campaign in self.broken or (allocates and campaign in self.held):
             raise CampaignHeld()
+
+    def is_lost(self, campaign: str | None) -> bool:
+        """Whether `campaign` is held because a failover lost it whole: where it would be
+        unknown (404), it is held (503 campaign_held) instead."""
+        return campaign is not None and campaign in self.lost
 
     def _noticed(self, run_id: str) -> None:
         if not self.holding:
@@ -308,18 +327,24 @@ class FailoverWatch:
                 k = CampaignKeys(campaign)
                 pipe.hget(k.frontier, "size")
                 pipe.hmget(k.meta, [HOLD_FIELD, BROKEN_FIELD])
+                pipe.get(k.failover_gone)
             rows = await pipe.execute()
         held: dict[str, dict[str, Any]] = {}
         broken: set[str] = set()
+        lost: set[str] = set()
         for i, campaign in enumerate(campaigns):
-            size, (report, is_broken) = rows[2 * i], rows[2 * i + 1]
+            size, (report, is_broken), gone = rows[3 * i : 3 * i + 3]
             if size is not None:
                 self.marks.sealed(campaign, int(size))
-            if report is not None:
+            if gone is not None and report is None:
+                held[campaign] = _report(gone)
+                broken.add(campaign)
+                lost.add(campaign)
+            elif report is not None:
                 held[campaign] = _report(report)
                 if is_broken is not None:
                     broken.add(campaign)
-        self.held, self.broken = held, broken
+        self.held, self.broken, self.lost = held, broken, lost
 
     # -- reconciliation ----------------------------------------------------------------
 
@@ -392,18 +417,30 @@ class FailoverWatch:
             reply = await self.scripts.call(
                 self.redis,
                 "reconcile",
-                [k.meta, k.audit, k.failover_marks, k.revoked, k.failover_restored],
+                [
+                    k.meta,
+                    k.audit,
+                    k.failover_marks,
+                    k.revoked,
+                    k.failover_restored,
+                    k.failover_gone,
+                ],
                 [run_id, first_us],
             )
         lost = 0
         if int(reply[0]) == 1 and int(reply[1]) == 1:
             lost = 1
-            self._lost(campaign, reply[2])
+            report = self._lost(campaign, reply[2])
+            if report.get("campaign_missing") is True:
+                # The new primary may lack the registry's entry too: without it no process
+                # would find the tombstone (observe and the admin list read the registry).
+                async with guarded():
+                    await self.redis.sadd(REGISTRY, campaign)
         if int(reply[0]) == 1:
             await self._restore(campaign)
         return lost
 
-    def _lost(self, campaign: str, raw: Any) -> None:
+    def _lost(self, campaign: str, raw: Any) -> dict[str, Any]:
         report = _report(raw)
         self.lost_campaigns[campaign] = self.lost_campaigns.get(campaign, 0) + 1
         for forget in self.forget:
@@ -416,15 +453,17 @@ class FailoverWatch:
         res = report.get("reservations")
         log.error(
             "event=failover_lost campaign=%s seqs=%s reservations=%s audit=%s log_broken=%s "
-            "old_run_id=%s new_run_id=%s action=held",
+            "campaign_missing=%s old_run_id=%s new_run_id=%s action=held",
             campaign,
             span("seqs"),
             f"r{res[0]}..r{res[1]}" if isinstance(res, list) else "-",
             span("audit"),
             "yes" if report.get("log_broken") else "no",
+            "yes" if report.get("campaign_missing") else "no",
             report.get("previous_primary", ""),
             report.get("primary", ""),
         )
+        return report
 
     async def _restore(self, campaign: str) -> None:
         """Do again the confirmations and releases this process acknowledged that the new
@@ -476,7 +515,16 @@ class FailoverWatch:
             return
         for campaign in list(self.marks.campaigns):
             with contextlib.suppress(GateError, OSError, ValueError):
-                segments = await AuditStore(self.redis, campaign, self.segments_dir).segments()
+                store = AuditStore(self.redis, campaign, self.segments_dir)
+                _, size = await store.bounds()
+                segments = await store.segments()
+                if not size:
+                    # The new primary lacks the campaign's meta, whose seed commitment names
+                    # the directory: every one of this id counts (more is held, never less).
+                    segments = []
+                    for directory in segment_directories(self.segments_dir, campaign):
+                        store.directory = directory
+                        segments += await store.segments()
                 if segments:
                     self.marks.sealed(campaign, max(s.last for s in segments))
 
@@ -522,6 +570,13 @@ async def restored_report(redis: Redis, campaign: str) -> dict[str, str]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def lost_report(redis: Redis, campaign: str) -> dict[str, Any] | None:
+    """The report of a campaign a failover lost whole (its tombstone), None if none."""
+    async with guarded():
+        raw = await redis.get(CampaignKeys(campaign).failover_gone)
+    return None if raw is None else _report(raw)
 
 
 def hold_report(meta: dict[str, str]) -> dict[str, Any] | None:

@@ -2,6 +2,8 @@
   Create a campaign. Validates every field before the first write.
   KEYS[1] meta hash      fg:{c}:meta
   KEYS[2] audit list     fg:{c}:audit
+  KEYS[3] gone string    fg:{c}:fo_gone   a failover lost a campaign of this id whole
+                         (reconcile.lua): its seqs were acknowledged, the id is not free
   ARGV[1] the campaign: one msgpack map, each field stored in meta under its own name
           (a boolean as '0' or '1'); every field is required, no other is accepted:
     id, actor (operator token name), spec (JSON, stored as given)    strings
@@ -18,7 +20,9 @@
     pq_seed (revealed at opening), pq_seed_hash (published now)      64 hex digits
     mode (optional; auto | manual: who moves the rate of a campaign with an adaptive
       block, gate/controller.py; campaign_update.lua changes it)     string
-  Returns {OK, now_us} when created, {CAMPAIGN_EXISTS} when the id is taken.
+  Returns {OK, now_us} when created, {CAMPAIGN_EXISTS} when the id is taken, or
+  {CAMPAIGN_LOST_IN_FAILOVER} when a failover lost a campaign of this id (creating it again
+  would give its seqs 1..n to other customers).
 ]]
 --!include lib/common.lua
 --!include lib/money.lua
@@ -79,6 +83,7 @@ local mode = a.mode
 if mode ~= nil and mode ~= 'auto' and mode ~= 'manual' then error('bad argument: mode') end
 
 if rcall('EXISTS', KEYS[1]) == 1 then return {CAMPAIGN_EXISTS} end
+if rcall('EXISTS', KEYS[3]) == 1 then return {CAMPAIGN_LOST_IN_FAILOVER} end
 local now = now_us()
 rcall('HSET', KEYS[1],
   'id', id, 'spec', spec, 'state', 'open',

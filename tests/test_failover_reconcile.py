@@ -26,6 +26,7 @@ import redis as sync_redis
 
 from gate.audit.format import decode_entry
 from gate.campaign import parse_spec
+from gate.errors import GateError
 from gate.redis_server import RedisServer, free_port
 from gate.room import Room
 from gate.room.keys import CampaignKeys
@@ -373,6 +374,98 @@ def segments_last(scene: Scene) -> int:
     return max(found, default=0)
 
 
+@pytest.mark.parametrize("scene", [{}, SEAL_AND_MOVE], indirect=True, ids=["redis", "sealed"])
+async def test_a_primary_without_the_whole_campaign_holds_it_and_refuses_its_id(
+    scene: Scene,
+) -> None:
+    """The new primary has none of the campaign (a replica promoted before the primary
+    streamed it anything, or a Redis restarted empty): neither its meta nor the registry.
+    The marks show ten acknowledged joins: the campaign is held, not forgotten, and its id
+    cannot be created again (that would give seqs 1..10 out a second time)."""
+    await create(scene)
+    tickets = {f"c{n}": await joined_seq(scene, f"c{n}") for n in range(10)}
+    assert sorted(seq for seq, _ in tickets.values()) == list(range(1, 11))
+    pass_c0 = await pass_of(scene, "c0", tickets["c0"][1])
+    if scene.gate.env.get("GATE_AUDIT_KEEP_IN_REDIS"):
+
+        async def on_disk() -> bool:
+            return segments_last(scene) > 0
+
+        await wait_for(on_disk, 10, "sealed entries in a segment file")
+    old_run_id = run_id(scene.port)
+    new_run_id = scene.swap_redis(scene.tmp / "redis-empty")
+    client = sync_redis.Redis(port=scene.port)
+    try:
+        assert client.dbsize() == 0
+    finally:
+        client.close()
+    await readiness_until_ready(scene)
+
+    async def held(response: aiohttp.ClientResponse) -> None:
+        body = await response.text()
+        assert response.status == 503, body
+        assert json.loads(body)["error"]["code"] == "campaign_held", body
+        assert response.headers.get("Retry-After"), body
+
+    await held(await join(scene, "c10"))
+    await held(await join(scene, "c0"))
+    await held(
+        await scene.public.get(
+            f"/q/{CAMPAIGN}/status",
+            params={"ticket": tickets["c1"][1]},
+            headers=as_customer("c1"),
+        )
+    )
+    await held(await claim(scene, "c0", pass_c0, "k-c0"))
+
+    log = scene.log()
+    assert re.search(rf"event=failover_lost campaign={CAMPAIGN} seqs=1\.\.10 ", log), log[-3000:]
+    assert re.search(r"event=failover_reconciled .*campaigns=1 lost=1 ", log), log[-3000:]
+    metrics = await (await scene.public.get("/metrics")).text()
+    assert f'fairgate_failover_lost{{campaign="{CAMPAIGN}"}} 1.0' in metrics
+    shown = await view(scene)
+    report = shown["failover_hold"]
+    assert report["campaign_missing"] is True
+    assert report["seqs"] == [1, 10] and report["reservations"] is None
+    assert report["audit"][0] == 1 and report["audit"][1] >= 11  # create + 10 joins at least
+    # Sealed entries are acknowledged too: those in segment files on disk (the new
+    # primary's missing meta named their directory) and any checkpoint seen.
+    assert report["sealed"] >= segments_last(scene)
+    assert report["log_broken"] is (report["sealed"] > 0)
+    assert report["previous_primary"] == old_run_id and report["primary"] == new_run_id
+
+    # The id cannot be taken again: no seq of 1..10 goes to a second customer.
+    body = spec(CAMPAIGN)
+    r = await scene.admin.post("/admin/campaigns", json=body)
+    assert r.status == 409, await r.text()
+    assert (await r.json())["error"]["code"] == "campaign_lost_in_failover"
+    r = await scene.admin.post(f"/admin/campaigns/{CAMPAIGN}/resume", json={})
+    assert r.status == 409, await r.text()
+    assert (await r.json())["error"]["code"] == "campaign_lost_in_failover"
+    listed = (await (await scene.admin.get("/admin/campaigns")).json())["campaigns"]
+    assert listed == [{"id": CAMPAIGN, "state": "lost_in_failover", "joined": 10, "cursor": None}]
+    await held(await join(scene, "c11"))
+    client = sync_redis.Redis(port=scene.port)
+    try:
+        assert not client.exists(f"fg:{{{CAMPAIGN}}}:meta")
+    finally:
+        client.close()
+
+    # The sealer goes on: it looks at the campaign on the new primary (its lease is there)
+    # and finds nothing to seal.
+    async def sealer_looked() -> bool:
+        client = sync_redis.Redis(port=scene.port)
+        try:
+            return bool(client.exists(f"fg:{{{CAMPAIGN}}}:sealer"))
+        finally:
+            client.close()
+
+    await wait_for(sealer_looked, 10, "the sealer's lease on the new primary")
+    log = scene.log()
+    assert "event=seal_error" not in log.partition("event=failover_reconciled")[2], log[-3000:]
+    assert "Traceback" not in log
+
+
 @pytest.mark.parametrize("scene", [SEAL_AND_MOVE], indirect=True)
 async def test_sealed_entries_beyond_the_new_primary_keep_the_campaign_held(
     scene: Scene,
@@ -408,6 +501,22 @@ async def test_sealed_entries_beyond_the_new_primary_keep_the_campaign_held(
     assert "held" in (await r.json())["error"]["message"]
 
 
+async def reconcile_script(
+    room: Room, campaign: str, marks: dict[str, str], run: str = "new-run"
+) -> list[Any]:
+    """reconcile.lua on `campaign` after the processes' `marks` are recorded."""
+    k = CampaignKeys(campaign)
+    if marks:
+        await room.redis.hset(k.failover_marks, mapping=marks)  # type: ignore[arg-type]
+    reply: list[Any] = await room.scripts.call(
+        room.redis,
+        "reconcile",
+        [k.meta, k.audit, k.failover_marks, k.revoked, k.failover_restored, k.failover_gone],
+        [run, 5],
+    )
+    return reply
+
+
 async def test_reconcile_takes_every_process_marks_and_merges_reports(room: Room) -> None:
     """Two processes' marks in one call (the maximum of each counter), then a third that
     finds more lost after the first report: the report's ranges grow, nothing is issued
@@ -420,15 +529,7 @@ async def test_reconcile_takes_every_process_marks_and_merges_reports(room: Room
     audit_n = int(await redis.hget(k.meta, "audit_n"))
 
     async def reconcile(marks: dict[str, str]) -> list[Any]:
-        if marks:
-            await redis.hset(k.failover_marks, mapping=marks)  # type: ignore[arg-type]
-        reply: list[Any] = await room.scripts.call(
-            redis,
-            "reconcile",
-            [k.meta, k.audit, k.failover_marks, k.revoked, k.failover_restored],
-            ["new-run", 5],
-        )
-        return reply
+        return await reconcile_script(room, "rc", marks)
 
     first = await reconcile({"p1": f"5,2,{audit_n + 3},0,old-run", "p2": "6,1,0,0,old-run"})
     assert first[:2] == [1, 1]
@@ -451,3 +552,45 @@ async def test_reconcile_takes_every_process_marks_and_merges_reports(room: Room
     assert (await room.meta("rc") or {})["seq"] == "8"
     joined = await room.join("rc", [bytes([9]) * 16])
     assert joined.tickets == [(9, True)]
+
+
+async def test_a_campaign_lacking_whole_keeps_a_tombstone_until_a_copy_has_it(
+    any_room: Room,
+) -> None:
+    """No meta: marks of nothing acknowledged forget the campaign as before; marks of
+    something keep a tombstone that later marks widen and that refuses the id. A primary
+    that has the campaign again (restored from a copy) counts the tombstone's figures as
+    marks, drops it and holds what the copy still lacks."""
+    k = CampaignKeys("gone")
+    assert (await reconcile_script(any_room, "gone", {"p0": "0,0,0,0,old-run"}))[0] == -1
+    assert not await any_room.redis.exists(k.failover_gone, k.failover_marks)
+    first = await reconcile_script(any_room, "gone", {"p1": "10,0,11,0,old-run", "p2": "9,1,8,0,"})
+    assert first[:2] == [1, 1]
+    report = json.loads(first[2])
+    assert report["campaign_missing"] is True and report["log_broken"] is False
+    assert report["seqs"] == [1, 10] and report["reservations"] == [1, 1]
+    assert report["audit"] == [1, 11] and report["sealed"] == 0
+    assert report["primary"] == "new-run" and report["previous_primary"] == "old-run"
+    assert not await any_room.redis.exists(k.meta, k.failover_marks)
+    # Nothing beyond it: nothing new. More: the ranges grow (a sealed size too).
+    assert await reconcile_script(any_room, "gone", {"p3": "10,1,11,0,old-run"}) == [1, 0]
+    grown = json.loads((await reconcile_script(any_room, "gone", {"p4": "12,1,11,14,old-run"}))[2])
+    assert grown["seqs"] == [1, 12] and grown["audit"] == [1, 14] and grown["sealed"] == 14
+    assert grown["log_broken"] is True and grown["at_us"] == report["at_us"]
+    assert json.loads(await any_room.redis.get(k.failover_gone)) == grown
+    # The id is not free.
+    with pytest.raises(GateError) as refused:
+        await any_room.create(parse_spec(spec("gone")), "ops")
+    assert refused.value.code == "campaign_lost_in_failover" and refused.value.status == 409
+    assert not await any_room.redis.exists(k.meta)
+    # A copy that holds the campaign (seqs 1..3 of it) comes back.
+    await any_room.redis.delete(k.failover_gone)
+    await any_room.create(parse_spec(spec("gone")), "ops")
+    await any_room.join("gone", [bytes([n]) * 16 for n in range(1, 4)])
+    await any_room.redis.set(k.failover_gone, json.dumps(grown))
+    restored = await reconcile_script(any_room, "gone", {}, run="copy-run")
+    assert restored[:2] == [1, 1] and not await any_room.redis.exists(k.failover_gone)
+    held = json.loads(restored[2])
+    assert held["seqs"] == [4, 12] and held["reservations"] == [1, 1]
+    assert held["previous_primary"] == "old-run" and held.get("campaign_missing") is None
+    assert (await any_room.meta("gone") or {})["seq"] == "12"

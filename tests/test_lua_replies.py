@@ -344,7 +344,7 @@ def _fields() -> dict[str, object]:
 async def _create(room: Room, fields: dict[str, object]) -> object:
     k = CampaignKeys("mp")
     return await room.scripts.call(
-        room.redis, "campaign_create", [k.meta, k.audit], [msgpack.packb(fields)]
+        room.redis, "campaign_create", [k.meta, k.audit, k.failover_gone], [msgpack.packb(fields)]
     )
 
 

@@ -73,6 +73,15 @@ def segments_root(config: Config) -> Path:
     return config.data_dir / "audit"
 
 
+def segment_directories(root: Path, campaign: str) -> list[Path]:
+    """Every directory of segment files a campaign of this id has had on this disk (one per
+    seed commitment, as `AuditStore.bounds` names them)."""
+    if not root.is_dir():
+        return []
+    name = re.compile(re.escape(campaign) + r"\.[0-9a-f]{16}")
+    return sorted(path for path in root.iterdir() if name.fullmatch(path.name) and path.is_dir())
+
+
 @dataclass(frozen=True)
 class Segment:
     first: int

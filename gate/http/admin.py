@@ -17,7 +17,7 @@ from gate.audit.query import parse_query, run_query
 from gate.audit.store import AuditGapError
 from gate.campaign import load_stored_spec, parse_patch, parse_spec
 from gate.errors import BadRequest, GateError, NotFound
-from gate.failover import hold_report, restored_report
+from gate.failover import hold_report, lost_report, restored_report
 from gate.http.checks import admin_actor, campaign_id, reason_of
 from gate.http.common import (
     GATE_KEY,
@@ -28,10 +28,13 @@ from gate.http.common import (
     read_body,
     respond,
 )
+from gate.room import Reply
 from gate.service import Gate, store_for
 from gate.tokens import customer_digest
 
 ACTOR_KEY = web.RequestKey("actor", str)
+# The state shown for a campaign a failover lost whole (only its tombstone is left).
+LOST_STATE = "lost_in_failover"
 log = logging.getLogger("gate.http")
 
 
@@ -47,8 +50,23 @@ async def _meta(gate: Gate, campaign: str) -> dict[str, str]:
     """The campaign's stored meta; a campaign that does not exist is not found."""
     meta = await gate.room.meta(campaign)
     if meta is None:
+        if await lost_report(gate.redis, campaign) is not None:
+            raise Reply.CAMPAIGN_LOST_IN_FAILOVER.error(campaign=campaign)
         raise NotFound(f"no campaign {campaign}", code="unknown_campaign")
     return meta
+
+
+def _lost_view(campaign: str, report: dict[str, Any]) -> dict[str, Any]:
+    """A campaign a Redis failover lost whole: nothing of it but the report (its
+    tombstone) is left, and its id stays taken (gate/failover.py)."""
+    return {
+        "id": campaign,
+        "spec": None,
+        "state": LOST_STATE,
+        "stats": None,
+        "failover_hold": report,
+        "failover_restored": None,
+    }
 
 
 async def _view(gate: Gate, campaign: str) -> dict[str, Any]:
@@ -95,11 +113,20 @@ async def list_campaigns(request: web.Request) -> web.Response:
                     "cursor": int(meta["cursor"]),
                 }
             )
+        elif (report := await lost_report(gate.redis, campaign)) is not None:
+            seqs = report.get("seqs")
+            joined = int(seqs[1]) if isinstance(seqs, list) else 0
+            out.append({"id": campaign, "state": LOST_STATE, "joined": joined, "cursor": None})
     return respond(request, {"campaigns": out})
 
 
 async def show_campaign(request: web.Request) -> web.Response:
-    return respond(request, await _view(gate_of(request), campaign_id(request)))
+    gate, campaign = gate_of(request), campaign_id(request)
+    if await gate.room.meta(campaign) is None:
+        report = await lost_report(gate.redis, campaign)
+        if report is not None:
+            return respond(request, _lost_view(campaign, report))
+    return respond(request, await _view(gate, campaign))
 
 
 async def update_campaign(request: web.Request) -> web.Response:
@@ -119,6 +146,7 @@ def _state_change(action: str) -> Handler:
         gate = gate_of(request)
         campaign = campaign_id(request)
         await read_body(request)
+        await _meta(gate, campaign)  # a campaign a failover lost whole: 409, as for create
         await gate.room.set_state(campaign, action, request[ACTOR_KEY])
         await gate.cache.refresh_once()
         return respond(request, await _view(gate, campaign))

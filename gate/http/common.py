@@ -14,7 +14,7 @@ import msgpack
 from aiohttp import web
 
 from gate.errors import BadRequest, GateError, NotYet, RedisRefused, Unavailable
-from gate.failover import Reconciling
+from gate.failover import CampaignHeld, Reconciling
 from gate.http.page import error_page, prefers_html
 from gate.service import Gate
 
@@ -208,10 +208,22 @@ def make_error_middleware(listener: str) -> Any:
     return errors
 
 
+async def _held_if_lost(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's response; where it finds no campaign that a Redis failover lost whole
+    (gate/failover.py), the campaign is held, not unknown: 503 `campaign_held`."""
+    try:
+        return await handler(request)
+    except GateError as exc:
+        campaign = request.match_info.get("campaign")
+        if exc.code == "unknown_campaign" and gate_of(request).failover.is_lost(campaign):
+            raise CampaignHeld() from None
+        raise
+
+
 async def _answer(request: web.Request, handler: Handler, route: str) -> web.StreamResponse:
     """The handler's response, or its error as the client sees it."""
     try:
-        response = await handler(request)
+        response = await _held_if_lost(request, handler)
     except Unavailable as exc:
         if isinstance(exc, RedisRefused):
             gate_of(request).sanity.refused(exc.reason)

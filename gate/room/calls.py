@@ -128,7 +128,10 @@ class ScriptCalls:
         await self._register(spec.id)
         # An OK answer always wrote (the campaign): no mark needed.
         status, reply = await self._durable_call(
-            "campaign_create", [k.meta, k.audit], [msgpack.packb(fields)], mark=None
+            "campaign_create",
+            [k.meta, k.audit, k.failover_gone],
+            [msgpack.packb(fields)],
+            mark=None,
         )
         status.expect(Reply.OK, campaign=spec.id)
         return int(reply[1])

@@ -128,6 +128,13 @@ class CampaignKeys:
         return self._key("fo_restored")
 
     @property
+    def failover_gone(self) -> str:
+        """String (after a failover to a primary that lacked the whole campaign): the JSON
+        report of what was acknowledged; the campaign is held and its id not free while it
+        exists (reconcile.lua writes it, campaign_create.lua refuses the id)."""
+        return self._key("fo_gone")
+
+    @property
     def durable_mark(self) -> str:
         """Counter: INCR'd on the connection of an acknowledgement, right before its WAIT,
         so the WAIT covers every earlier write (gate/room/durability.py); nothing reads it."""

@@ -55,6 +55,14 @@ class Reply(Enum):
         409,
         "this ticket is not on record (Redis lost it, e.g. in a failover): join again",
     )
+    CAMPAIGN_LOST_IN_FAILOVER = (
+        -12,
+        Conflict,
+        409,
+        "a Redis failover lost campaign {campaign} whole after it had given out seqs: "
+        "its id is not free (the same seqs would go to other customers); create the "
+        "campaign under another id, or restore Redis from a copy that holds it",
+    )
 
     # -- reasons of a refused claim or subscription -----------------------------------
     CLOSED = "closed", Conflict, 409, "the campaign is closed"
