@@ -561,9 +561,7 @@ MODES = [
     # up, every 1 s once it is down), so it may promote the replica that did not
     # acknowledge: most runs lose nothing, but CI once saw the lagging one promoted (43
     # joins held and reported). Either outcome must be safe.
-    pytest.param(
-        {"GATE_REDIS_WAIT_REPLICAS": "1"}, (100, 100), True, id="wait-1-either-promoted"
-    ),
+    pytest.param({"GATE_REDIS_WAIT_REPLICAS": "1"}, (100, 100), True, id="wait-1-either-promoted"),
     # Only the lagging replica is promotable; WAIT 2 had it acknowledge everything.
     pytest.param({"GATE_REDIS_WAIT_REPLICAS": "2"}, (1, 0), False, id="wait-2-lagging-promoted"),
     # Only the lagging replica is promotable, and WAIT 1 was satisfied by the other one:
