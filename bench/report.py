@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import admit_rate
+from bench import admit_rate, verify_scale
 from bench.auditcost import render_markdown as auditcost_markdown
 
 
@@ -207,6 +207,15 @@ def render_markdown(results: dict[str, Any]) -> str:
             "(busiest 1 s of /gate/auth successes ÷ (rate + burst), ≤ 1.0 by design)",
             "",
             admit_rate.table(results["admit_rate"]),
+            "",
+        ]
+    if results.get("verify_scale", {}).get("runs"):
+        parts += [
+            "",
+            "## `gate audit verify` at scale (verify ÷ a json.loads + SHA-256 pass over the "
+            "same file; seconds per 100,000 entries; peak RSS)",
+            "",
+            verify_scale.table(results["verify_scale"]),
             "",
         ]
     return "\n".join(parts)

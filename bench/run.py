@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from bench import admit_rate
+from bench import admit_rate, verify_scale
 from bench.auditcost import measure_audit_cost
 from bench.load import LoadResult, Target
 from bench.luacost import benchmark_binary, measure_lua
@@ -68,6 +68,7 @@ class Settings:
     audit_rounds: int = 21
     audit_calls: dict[int, int] = field(default_factory=dict)
     admit_rate: bool = True
+    verify_scale: bool = True
 
 
 def cores() -> int:
@@ -123,6 +124,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         action="store_true",
         help="skip admitted/s vs the configured rate and the core's arrivals (bench/admit_rate)",
     )
+    parser.add_argument(
+        "--no-verify-scale",
+        action="store_true",
+        help="skip `gate audit verify` on 1,000,000 entries (100,000 with --quick; "
+        "bench/verify_scale)",
+    )
     args = parser.parse_args(argv)
 
     n_cores = cores()
@@ -168,6 +175,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         audit_rounds=11 if args.quick else 21,
         audit_calls={1: 2000, 100: 60} if args.quick else {1: 3000, 100: 100},
         admit_rate=not args.no_admit_rate,
+        verify_scale=not args.no_verify_scale,
     )
 
 
@@ -745,6 +753,16 @@ async def main_async(settings: Settings) -> dict[str, Any]:
                 except Exception as exc:
                     failures.append(f"admit rate: {exc!r}")
                     print(f"FAILED admit rate: {exc!r}", flush=True)
+            if settings.verify_scale:
+                print("gate audit verify on a real export (bench/verify_scale.py) ...")
+                try:
+                    results["verify_scale"] = await verify_scale.run(
+                        verify_scale.plan(settings.quick), work / "verify-scale"
+                    )
+                    failures += [f"verify scale: {f}" for f in results["verify_scale"]["failures"]]
+                except Exception as exc:
+                    failures.append(f"verify scale: {exc!r}")
+                    print(f"FAILED verify scale: {exc!r}", flush=True)
             results["failures"] = failures
             results["conditions"]["loadavg_end"] = list(os.getloadavg())
             results["conditions"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
