@@ -162,6 +162,17 @@ async def test_a_witness_cosigns_two_sealing_rounds_and_two_of_two_publish(
             metrics
         )
         keys = await (await http.get(f"{served.url}{WELL_KNOWN}/keys")).json()
+        r = await http.get(f"{served.admin_url}/admin/campaigns/wit/audit/export", headers=ADMIN)
+        export = [json.loads(line) for line in (await r.text()).splitlines()]
+
+    # The export carries each cosigned checkpoint's note with its cosignatures.
+    exported = {x["size"]: x.get("note") for x in export if x["type"] == "checkpoint"}
+    assert exported[note_size(second)] == published
+    assert (
+        exported[note_size(first)] is not None
+        and "— witness.test/w2" not in (exported[note_size(first)])
+    )
+    assert all(note is None for size, note in exported.items() if size < note_size(first))
 
     # What an outsider holds checks out with the published keys and the witnesses' vkeys.
     from gate.audit.format import load_public_keys

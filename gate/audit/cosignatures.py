@@ -268,6 +268,25 @@ class Transparency:
                 out.setdefault(int(size_text), []).append(value.decode())
         return {size: sorted(lines) for size, lines in out.items()}
 
+    async def cosigned_notes(
+        self, redis: Redis, campaign: str, checkpoints: Sequence[Mapping[str, Any]]
+    ) -> dict[int, str]:
+        """size -> the signed note with every stored cosignature, for the checkpoints
+        that have any (the export's `note`)."""
+        stored = await self.all_cosignatures(redis, campaign)
+        out: dict[int, str] = {}
+        for checkpoint in checkpoints:
+            lines = stored.get(int(checkpoint["size"]))
+            if not lines:
+                continue
+            try:
+                note = self.note(campaign, checkpoint)
+            except UnsignedCheckpoint:
+                continue  # exported as it is: verify names it
+            extra = "".join(line + "\n" for line in lines)
+            out[int(checkpoint["size"])] = note.render() + extra
+        return out
+
 
 def cosigned_note(note: Note, cosignatures: Sequence[Signature]) -> Note:
     return Note(note.text, (*note.signatures, *cosignatures))

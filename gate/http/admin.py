@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gate.audit.cosignatures import Transparency
 from gate.audit.dispute import build_account
 from gate.audit.export import export_chunks
 from gate.audit.query import parse_query, run_query
@@ -244,7 +245,9 @@ async def audit_dispute(request: web.Request) -> web.Response:
 async def audit_export(request: web.Request) -> web.StreamResponse:
     """The whole log as JSON Lines, streamed chunk by chunk (never held in memory)."""
     gate, campaign = await _existing_campaign(request)
-    chunks = export_chunks(store_for(gate, campaign), gate.keys.public_keys())
+    chunks = export_chunks(
+        store_for(gate, campaign), gate.keys.public_keys(), Transparency(gate.config, gate.keys)
+    )
     first = await anext(chunks)  # a failure before the first byte is an ordinary error
     response = web.StreamResponse(
         headers={
