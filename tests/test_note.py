@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,7 +33,15 @@ from gate.audit.note import (
     sign_note,
     verify_checkpoint_note,
 )
-from gate.audit.witness import Held, Refused, add_checkpoint, generate_key, read_equivocation
+from gate.audit.witness import (
+    GateAway,
+    Held,
+    Refused,
+    State,
+    add_checkpoint,
+    generate_key,
+    read_equivocation,
+)
 from gate.signing import generate_keys_document, parse_keys
 
 # golang.org/x/mod/sumdb/note's documented example: another implementation's bytes.
@@ -231,3 +240,16 @@ def test_an_equivocation_file_reads_back_as_two_signed_heads() -> None:
     with pytest.raises(NoteError):
         read_equivocation({**evidence, "served": forged}, public)
     assert gate_verifiers(origin, public)[0].name == origin
+
+
+def test_one_witness_process_at_a_time_per_campaign(tmp_path: Path) -> None:
+    """Checking the held size and writing the new one must not interleave between two
+    processes (tlog-witness's rollback race): the second one's round fails instead."""
+    state, other = State(tmp_path), State(tmp_path)
+    with state.locked("c1"):
+        with pytest.raises(GateAway, match="another witness process"), other.locked("c1"):
+            pass
+        with other.locked("c2"):  # another campaign is not held up
+            pass
+    with other.locked("c1"):  # released
+        pass

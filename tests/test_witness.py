@@ -53,9 +53,11 @@ async def witness(key: Path, state: Path, gate: GateProcess, campaign: str) -> R
     )  # fmt: skip
 
 
-async def join(http: aiohttp.ClientSession, gate: GateProcess, campaign: str, who: str) -> None:
+async def join(http: aiohttp.ClientSession, gate: GateProcess, campaign: str, who: str) -> str:
     r = await http.post(f"{gate.url}/q/{campaign}/join", headers={"X-Customer-Id": who})
     assert r.status == 201, await r.text()
+    ticket: str = (await r.json())["ticket"]
+    return ticket
 
 
 async def create(http: aiohttp.ClientSession, gate: GateProcess, campaign: str) -> None:
@@ -113,8 +115,7 @@ async def test_a_witness_cosigns_two_sealing_rounds_and_two_of_two_publish(
         r = await http.get(f"{served.url}{WELL_KNOWN}/checkpoint/wit")
         assert r.status == 404, await r.text()  # no campaign, no checkpoint
         await create(http, served, "wit")
-        for who in ("alice", "bob"):
-            await join(http, served, "wit", who)
+        tickets = {who: await join(http, served, "wit", who) for who in ("alice", "bob")}
         first = await sealed_note(http, served, "wit")
         assert first.startswith("fairgate.bank.test/wit\n")
         assert "\n\n— fairgate.bank.test/wit " in first
@@ -162,6 +163,13 @@ async def test_a_witness_cosigns_two_sealing_rounds_and_two_of_two_publish(
             metrics
         )
         keys = await (await http.get(f"{served.url}{WELL_KNOWN}/keys")).json()
+        r = await http.get(
+            f"{served.url}/q/wit/receipt/1",
+            params={"ticket": tickets["alice"]},
+            headers={"X-Customer-Id": "alice"},
+        )
+        receipt = await r.json()
+        assert r.status == 200, receipt
         r = await http.get(f"{served.admin_url}/admin/campaigns/wit/audit/export", headers=ADMIN)
         export = [json.loads(line) for line in (await r.text()).splitlines()]
 
@@ -192,6 +200,28 @@ async def test_a_witness_cosigns_two_sealing_rounds_and_two_of_two_publish(
         "witness.test/w2",
     ]
     assert opened.verified
+
+    # Alice's receipt carries the published checkpoint, tied to the one her inclusion
+    # proof is against by a consistency proof.
+    witnessed = receipt["witnessed"]
+    assert witnessed["note"] == published and witnessed["size"] == note_size(second)
+    import base64
+
+    from gate.audit import merkle
+
+    consistency = witnessed["consistency"]
+    roots = {
+        note_size(second): checkpoint.root,
+        receipt["checkpoint"]["size"]: bytes.fromhex(receipt["checkpoint"]["root"]),
+    }
+    assert sorted(roots) == sorted({consistency["old"], consistency["new"]})
+    assert merkle.verify_consistency(
+        consistency["old"],
+        consistency["new"],
+        roots[consistency["old"]],
+        roots[consistency["new"]],
+        [base64.b64decode(h) for h in consistency["proof"]],
+    )
 
 
 async def test_a_forked_log_is_refused_with_two_signed_heads_as_evidence(

@@ -15,6 +15,7 @@ of the configured witnesses have cosigned a size, that size joins ``fg:{c}:publi
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,6 +48,8 @@ from gate.errors import BadRequest, Conflict, Forbidden, NotFound
 from gate.redis_client import guarded
 from gate.room.keys import CampaignKeys
 from gate.signing import SigningKeys
+
+log = logging.getLogger("gate.audit")
 
 NOTE_CACHE = 256  # signed note texts kept per process (campaign, size)
 FUTURE_SLACK_S = 600  # a cosignature dated further ahead than this is refused
@@ -206,6 +209,7 @@ class Transparency:
         ours = self.note(campaign, checkpoint)
         if note.text != ours.text:
             # Someone showed a witness a checkpoint of this size that is not this log's.
+            log.warning("event=foreign_checkpoint campaign=%s size=%d", campaign, submitted.size)
             raise Conflict(
                 f"the note is not this log's checkpoint of size {submitted.size}",
                 code="not_this_checkpoint",

@@ -20,6 +20,8 @@ the note) and answers as that protocol does, so the same code could serve it ove
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -27,6 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +185,24 @@ class State:
         except (ValueError, KeyError, TypeError, NoteError) as exc:
             raise GateError(f"{path}: not a witness state file ({exc})", code="bad_state") from None
 
+    @contextlib.contextmanager
+    def locked(self, campaign: str) -> Iterator[None]:
+        """One witness process at a time per campaign and directory: the check of the
+        held size and the write of the new one must not interleave (c2sp.org/tlog-witness:
+        two rounds racing could roll the held checkpoint back)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / f".{campaign}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise GateAway(
+                    f"another witness process holds {campaign} in this directory"
+                ) from None
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
     def save(self, campaign: str, held: Held) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         _write_json(self.path(campaign), held.to_json())
@@ -327,7 +348,11 @@ class Witness:
         return document
 
     def run_once(self, campaign: str) -> Round:
-        """Fetch, check, cosign, hand in; Refused(fork=True) has already written evidence."""
+        """Fetch, check, cosign, hand in (one process at a time per campaign)."""
+        with self.state.locked(campaign):
+            return self._round(campaign)
+
+    def _round(self, campaign: str) -> Round:
         if self.state.evidence_path(campaign).exists():
             return Round(
                 campaign, "refused", detail={"evidence": str(self.state.evidence_path(campaign))}

@@ -45,7 +45,7 @@ from gate.http.page import (
     static_response,
     waiting_page,
 )
-from gate.http.transparency import add_transparency_routes, refresh_witnessed
+from gate.http.transparency import add_transparency_routes, add_witnessed, refresh_witnessed
 from gate.identity import Identity
 from gate.room import PREQUEUED, Reply
 from gate.service import Gate
@@ -461,6 +461,7 @@ async def receipt(request: web.Request) -> web.Response:
     answer = await gate.receipts.receipt_with_proof(campaign, int(text))
     if answer is None:
         raise NotFound(f"no receipt for seq {text} in {campaign}", code="unknown_receipt")
+    await add_witnessed(request, campaign, answer)
     return respond(request, answer)
 
 

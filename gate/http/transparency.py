@@ -23,7 +23,7 @@ from gate.audit.cosignatures import (
     WitnessCollector,
     cosigned_note,
 )
-from gate.audit.note import MAX_NOTE_BYTES, proof_lines
+from gate.audit.note import MAX_NOTE_BYTES, b64, proof_lines
 from gate.audit.store import AuditGapError
 from gate.errors import BadRequest, GateError, NotFound, Unavailable
 from gate.http.checks import campaign_id
@@ -153,6 +153,36 @@ async def witnessed(request: web.Request) -> web.Response:
     )
 
 
+async def add_witnessed(request: web.Request, campaign: str, answer: dict[str, Any]) -> None:
+    """A receipt's answer gets `witnessed`: the largest published checkpoint (its note
+    with the cosignatures) and the consistency proof between it and the answer's
+    checkpoint, so a receipt ties the customer's join to what witnesses saw. None while
+    nothing is published (or no witnesses are configured)."""
+    gate = gate_of(request)
+    transparency = _transparency(request)
+    answer["witnessed"] = None
+    latest = answer.get("checkpoint")
+    if not transparency.witnesses or not isinstance(latest, Mapping):
+        return
+    size = await transparency.witnessed_size(gate.redis, campaign)
+    store = store_for(gate, campaign)
+    checkpoint = await transparency.checkpoint_at(store, size) if size else None
+    if checkpoint is None:
+        return
+    try:
+        note = transparency.note(campaign, checkpoint)
+        old, new = sorted((size, int(latest["size"])))
+        proof = await store.consistency_proof(old, new)
+    except (UnsignedCheckpoint, AuditGapError, ValueError):
+        return  # the receipt stands without it
+    cosignatures = await transparency.cosignatures(gate.redis, campaign, size)
+    answer["witnessed"] = {
+        "size": size,
+        "note": cosigned_note(note, cosignatures).render(),
+        "consistency": {"old": old, "new": new, "proof": [b64(h) for h in proof]},
+    }
+
+
 async def refresh_witnessed(request: web.Request) -> None:
     """Before a metrics scrape: the published size of each campaign this process knows."""
     gate = gate_of(request)
@@ -180,4 +210,4 @@ def add_transparency_routes(app: web.Application) -> None:
     app.router.add_get(PREFIX + "/witnessed/{campaign}", witnessed)
 
 
-__all__ = ["add_transparency_routes", "refresh_witnessed"]
+__all__ = ["add_transparency_routes", "add_witnessed", "refresh_witnessed"]
