@@ -34,6 +34,7 @@ from tests.helpers import (
     seal_everything,
     spec,
     unpack,
+    wait_redis_time,
 )
 
 MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
@@ -67,19 +68,24 @@ async def bounded(calls: Sequence[Callable[[], Awaitable[Any]]], limit: int = 64
 
 
 async def expire_reservations(room: Room, campaign: str, rids: Sequence[str]) -> None:
-    """Make these held reservations due (score 0) and let admit expire them."""
-    k = CampaignKeys(campaign)
-    for rid in rids:
-        await room.redis.zadd(k.reservation_expiries, {rid: 0}, xx=True)
-    while await room.redis.zcount(k.reservation_expiries, "-inf", 1):
-        await room.admit(campaign, max_per_call=0)
+    """Wait until these held reservations are due by Redis time, and let admit expire
+    them (the replay refuses an expiry before the deadline: no rewriting of scores)."""
+    await _expire_when_due(room, campaign, CampaignKeys(campaign).reservation_expiries, rids)
 
 
 async def expire_passes(room: Room, campaign: str, seqs: Sequence[int]) -> None:
-    k = CampaignKeys(campaign)
-    for seq in seqs:
-        await room.redis.zadd(k.active, {str(seq): 0}, xx=True)
-    await room.admit(campaign, max_per_call=0)
+    """Wait until these passes are due by Redis time, and let admit expire them."""
+    await _expire_when_due(room, campaign, CampaignKeys(campaign).active, [str(s) for s in seqs])
+
+
+async def _expire_when_due(room: Room, campaign: str, zset: str, members: Sequence[str]) -> None:
+    if not members:
+        return
+    due = [score for score in await room.redis.zmscore(zset, members) if score is not None]
+    if due:
+        await wait_redis_time(room.redis, int(max(due)))
+    while await room.redis.zmscore(zset, members) != [None] * len(members):
+        await room.admit(campaign, max_per_call=0)
 
 
 async def admit_all(room: Room, campaign: str, upto: int) -> None:
@@ -117,7 +123,9 @@ async def test_50k_campaign_exports_and_verifies_clean(
     started = time.monotonic()
     rng = random.Random(5)
     c = "big"
-    await room.create(parse_spec(amount_spec(c)), "ops")
+    raw = amount_spec(c)
+    raw["admission"]["reservation_ttl_s"] = 1  # those not confirmed or released expire
+    await room.create(parse_spec(raw), "ops")
     digests = [customer_digest(keys, c, f"customer-{i}") for i in range(50_000)]
     for i in range(0, len(digests), 500):
         result = await room.join(c, digests[i : i + 500])
@@ -129,11 +137,17 @@ async def test_50k_campaign_exports_and_verifies_clean(
     assert await room.block(c, digests[9], "ops", "fraud ring") == 10
     assert await room.block(c, customer_digest(keys, c, "never-joined"), "ops", "") == 0
     assert await room.revoke(c, digests[19], "ops", "duplicate account") == 20
-    parsed = parse_spec(amount_spec(c))
+    parsed = parse_spec(raw)
     await room.update(c, parsed, {"rate": "500000.0", "burst": "1000000"}, "ops")
     await room.set_state(c, "pause", "ops")
     await room.set_state(c, "resume", "ops")
     await seal_everything(room.redis, room.scripts, keys, c)  # checkpoints along the way
+    await admit_all(room, c, 45_000)  # up to 45,002 (5,000 a call, 2 revoked skipped)
+    # the next 500 get a 1-s pass and let it expire unused (by Redis time)
+    await room.update(c, parsed, {"pass_ttl_us": "1000000"}, "ops")
+    short = await room.admit(c, max_per_call=500)
+    assert short is not None and short.admitted == 500, short
+    await room.update(c, parsed, {"pass_ttl_us": "300000000"}, "ops")
     await admit_all(room, c, 50_000)
     await seal_everything(room.redis, room.scripts, keys, c)
 
@@ -175,7 +189,7 @@ async def test_50k_campaign_exports_and_verifies_clean(
     assert any(r.amount % STEP == 0 and r.amount < MAX for r in claimed)
 
     # some passes expire unused, one customer is revoked after admission, then close
-    await expire_passes(room, c, range(45_001, 45_501))
+    await expire_passes(room, c, range(short.cursor - 499, short.cursor + 1))
     assert await room.revoke(c, digests[45_999], "ops", "chargeback") == 46_000
     await room.set_state(c, "close", "ops")
     stats = await room.stats(c)
@@ -222,6 +236,7 @@ async def test_ballot_recomputed_and_seed_checked(
     await admit_all(room, c, 40)
     rng = random.Random(9)
     for s in range(1, 41):
+        assert (await room.pass_check(c, s, digests[s - 1]))[0] == "admitted"  # the pass
         result = await room.subscribe(c, s, digests[s - 1], rng.randrange(MIN, MAX + 1, STEP))
         assert result.ok, result
     await room.set_state(c, "close", "ops")

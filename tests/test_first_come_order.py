@@ -18,7 +18,7 @@ from typing import Any
 
 from gate.audit.verify import verify_file
 from gate.campaign import parse_spec
-from gate.room import Room
+from gate.room import ClaimResult, Room
 from gate.signing import SigningKeys
 from gate.tokens import customer_digest
 from tests.helpers import amount_quota, as_customer, export_to_file, join, seal_everything, spec
@@ -46,6 +46,13 @@ async def _cursor(room: Room, c: str) -> int:
     return result.cursor
 
 
+async def _claim(room: Room, c: str, seq: int, digest: bytes, amount: int, key: str) -> ClaimResult:
+    """A claim as a browser makes it: with the pass its status poll got (pass.lua logs
+    the pass; the replay refuses a claim without one)."""
+    await room.pass_check(c, seq, digest)
+    return await room.claim(c, seq, digest, amount, key)
+
+
 async def _verify(room: Room, keys: SigningKeys, c: str, tmp_path: Path) -> Any:
     await seal_everything(room.redis, room.scripts, keys, c)
     path = await export_to_file(room.redis, c, keys, tmp_path / f"{c}.jsonl")
@@ -63,17 +70,17 @@ async def test_a_later_claim_waits_for_earlier_customers_at_the_sell_out(
 
     # seq 3 asks 10,000,000 first: seqs 1 and 2 may still take 10,000,000 each of the
     # 25,000,000, so 5,000,000 is free for it now; before, it got its 10,000,000 at once
-    early = await room.claim(c, 3, d[2], 10_000_000, "k3")
+    early = await _claim(room, c, 3, d[2], 10_000_000, "k3")
     assert (early.ok, early.code, early.detail) == (False, "earlier_claims", "5000000"), early
     # seq 2 takes 5,000,000 (seq 1 still owed 10,000,000): now seq 3's claim fits
-    assert (await room.claim(c, 2, d[1], 5_000_000, "k2")).amount == 5_000_000
-    assert (await room.claim(c, 3, d[2], 10_000_000, "k3")).amount == 10_000_000
+    assert (await _claim(room, c, 2, d[1], 5_000_000, "k2")).amount == 5_000_000
+    assert (await _claim(room, c, 3, d[2], 10_000_000, "k3")).amount == 10_000_000
     # 10,000,000 left, all owed to seq 1: nobody else comes in until it has claimed
     assert await _cursor(room, c) == 3
-    assert (await room.claim(c, 1, d[0], 4_000_000, "k1")).amount == 4_000_000
+    assert (await _claim(room, c, 1, d[0], 4_000_000, "k1")).amount == 4_000_000
     assert await _cursor(room, c) == 4
     # seq 4, first in line now, gets the rest, in part
-    last = await room.claim(c, 4, d[3], 10_000_000, "k4")
+    last = await _claim(room, c, 4, d[3], 10_000_000, "k4")
     assert (last.ok, last.amount) == (True, 6_000_000), last
 
     report = await _verify(room, keys, c, tmp_path)
@@ -88,7 +95,7 @@ async def test_an_overbooked_campaign_serves_claims_as_they_come(
     c = "order-overbooked"
     d = await _campaign(room, keys, c, total=25_000_000, customers=4, overbook=2)
     assert await _cursor(room, c) == 4
-    assert (await room.claim(c, 3, d[2], 10_000_000, "k3")).amount == 10_000_000
+    assert (await _claim(room, c, 3, d[2], 10_000_000, "k3")).amount == 10_000_000
     report = await _verify(room, keys, c, tmp_path)
     assert report.claims == 1
 
@@ -114,13 +121,13 @@ async def test_admission_keeps_max_for_each_admitted_customer_who_has_not_claime
 
     assert await cursor() == 3  # 10,000,000 + 10,000,000 + at least 1,000,000
     assert await cursor() == 3  # however often admission runs
-    assert (await room.claim(c, 1, d[0], 4_000_000, "k1")).amount == 4_000_000
+    assert (await _claim(room, c, 1, d[0], 4_000_000, "k1")).amount == 4_000_000
     # 21,000,000 left, seqs 2 and 3 owed 20,000,000: room for one more at the minimum
     assert await cursor() == 4
     for seq, amount in ((2, 10_000_000), (3, 10_000_000)):
-        assert (await room.claim(c, seq, d[seq - 1], amount, f"k{seq}")).amount == amount
+        assert (await _claim(room, c, seq, d[seq - 1], amount, f"k{seq}")).amount == amount
     # 1,000,000 left and seq 4 owed it: seq 4 gets it, in part; nobody else comes in
-    assert (await room.claim(c, 4, d[3], 3_000_000, "k4")).amount == 1_000_000
+    assert (await _claim(room, c, 4, d[3], 3_000_000, "k4")).amount == 1_000_000
     assert await cursor() == 4
 
     report = await _verify(room, keys, c, tmp_path)

@@ -48,6 +48,7 @@ from tests.helpers import (
     seal_everything,
     spec,
     unpack,
+    wait_redis_time,
 )
 
 MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
@@ -88,7 +89,7 @@ async def build_clean_export(room: Room, keys: SigningKeys, tmp_path: Path) -> E
         burst=1_000_000,
         max_active=100_000,
         pass_ttl_s=300,
-        reservation_ttl_s=120,
+        reservation_ttl_s=1,  # the reservations left held expire for real (Redis time)
         overbook=10,
     )
     raw["opens_at"] = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
@@ -111,8 +112,13 @@ async def build_clean_export(room: Room, keys: SigningKeys, tmp_path: Path) -> E
     await room.update(c, parse_spec(raw), {"rate": "900000.0"}, "ops")
     await room.set_state(c, "pause", "ops")
     await room.set_state(c, "resume", "ops")
-    while (result := await room.admit(c, max_per_call=15)) is None or result.cursor < 100:
-        pass
+    # seqs 81..90 are admitted with a 1-s pass that expires unused (for real: the replay
+    # refuses an expiry before the deadline)
+    await admit_upto(room, c, 80)
+    await room.update(c, parse_spec(raw), {"pass_ttl_us": "1000000"}, "ops")
+    await admit_upto(room, c, 90)
+    await room.update(c, parse_spec(raw), {"pass_ttl_us": "300000000"}, "ops")
+    await admit_upto(room, c, 100)
     await seal()
     seq_of = {digest: seq for seq, digest in await _tickets(room, c)}
     by_seq = {seq: digest for digest, seq in seq_of.items()}
@@ -128,11 +134,12 @@ async def build_clean_export(room: Room, keys: SigningKeys, tmp_path: Path) -> E
         await room.confirm(c, rid, "core")
     for rid in held[18:24]:
         await room.release(c, rid, "core", "declined")
+    # the rest of the reservations (1 s) and the passes of 81..90 (1 s) expire by Redis
+    # time; admit then expires and logs them
     k = CampaignKeys(c)
-    for rid in held[24:]:
-        await room.redis.zadd(k.reservation_expiries, {rid: 0}, xx=True)
-    for seq in range(81, 91):
-        await room.redis.zadd(k.active, {str(seq): 0}, xx=True)
+    due = await room.redis.zmscore(k.reservation_expiries, held[24:])
+    due += await room.redis.zmscore(k.active, [str(seq) for seq in range(81, 91)])
+    await wait_redis_time(room.redis, int(max(score for score in due if score is not None)))
     await room.admit(c, max_per_call=0)
     await room.revoke(c, by_seq[95], "ops", "duplicate")
     await room.block(c, by_seq[96], "ops", "fraud")
@@ -147,6 +154,20 @@ async def build_clean_export(room: Room, keys: SigningKeys, tmp_path: Path) -> E
         assert receipt is not None
         export.receipts[f"seq{seq}.json"] = receipt
     return export
+
+
+async def admit_upto(room: Room, campaign: str, cursor: int) -> None:
+    """Admit up to seq `cursor` exactly (revoked seqs on the way are skipped, not counted)."""
+    k = CampaignKeys(campaign)
+    revoked = {int(s) for s in await room.redis.smembers(k.revoked)}
+    deadline = time.monotonic() + 10
+    while (result := await room.admit(campaign, max_per_call=0)) is not None and (
+        result.cursor < cursor
+    ):
+        wanted = sum(1 for s in range(result.cursor + 1, cursor + 1) if s not in revoked)
+        await room.admit(campaign, max_per_call=wanted)
+        assert time.monotonic() < deadline, f"admission stuck at {result.cursor}"
+    assert result is not None and result.cursor == cursor, result
 
 
 async def _tickets(room: Room, campaign: str) -> list[tuple[int, bytes]]:
