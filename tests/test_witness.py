@@ -66,7 +66,8 @@ async def create(http: aiohttp.ClientSession, gate: GateProcess, campaign: str) 
 
 
 async def sealed_note(http: aiohttp.ClientSession, gate: GateProcess, campaign: str) -> str:
-    """The checkpoint note once the sealer has sealed every entry of the log."""
+    """The checkpoint note once everyone who joined is admitted (the log is quiet then:
+    nobody polls, no pass expires within the test) and the sealer sealed every entry."""
     note: dict[str, str] = {}
 
     async def all_sealed() -> bool:
@@ -77,7 +78,8 @@ async def sealed_note(http: aiohttp.ClientSession, gate: GateProcess, campaign: 
         if r.status != 200:
             return False
         note["text"] = await r.text()
-        return note["text"].split("\n")[1] == str(stats["audit_entries"])
+        quiet = stats["admitted"] == stats["joined"]
+        return quiet and note["text"].split("\n")[1] == str(stats["audit_entries"])
 
     await wait_for(all_sealed, 15, f"{campaign} sealed", interval_s=0.05)
     return note["text"]
@@ -158,6 +160,17 @@ async def test_a_witness_cosigns_two_sealing_rounds_and_two_of_two_publish(
         status = await (await http.get(f"{served.url}{WELL_KNOWN}/witnessed/wit")).json()
         assert status["cosigned_by"] == ["witness.test/w1", "witness.test/w2"]
         assert status["published"] is True and status["witness_keys"] == [vkey1, vkey2]
+        admin_view = await (
+            await http.get(f"{served.admin_url}/admin/campaigns/wit/checkpoints", headers=ADMIN)
+        ).json()
+        assert admin_view["witnessing"] == {
+            "size": note_size(second),
+            "cosigned_by": ["witness.test/w1", "witness.test/w2"],
+            "quorum": 2,
+            "witnesses": 2,
+            "published": True,
+            "witnessed_size": note_size(second),
+        }
         metrics = await (await http.get(f"{served.url}/metrics")).text()
         assert f'fairgate_checkpoint_witnessed_size{{campaign="wit"}} {note_size(second)}.0' in (
             metrics

@@ -283,9 +283,21 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
 async def audit_checkpoints(request: web.Request) -> web.Response:
     gate, campaign = await _existing_campaign(request)
     checkpoints = await store_for(gate, campaign).checkpoints()
+    # The latest checkpoint's witnesses: who cosigned, K of N, the published size.
+    transparency = Transparency(gate.config, gate.keys)
+    witnessing = (
+        (await transparency.witnessing(gate.redis, campaign, checkpoints[-1]["size"])).to_json()
+        if checkpoints
+        else None
+    )
     return respond(
         request,
-        {"campaign": campaign, "checkpoints": checkpoints, "keys": gate.keys.public_keys()},
+        {
+            "campaign": campaign,
+            "checkpoints": checkpoints,
+            "keys": gate.keys.public_keys(),
+            "witnessing": witnessing,
+        },
     )
 
 
