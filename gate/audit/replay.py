@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from gate.audit.format import is_int
@@ -33,8 +36,24 @@ MAX_AMOUNT_DIGITS = 30
 ACCRUE_MAX_US = 3_000_000
 
 
+# How far an entry's time may lie before an earlier entry's (and after the checkpoint that
+# covers it). Every `t` is Redis TIME read inside the script that appends the entry, so on
+# one primary the times never go back; a failover hands the log to another machine, whose
+# clock may be behind by what NTP leaves between them (milliseconds), and a stepped clock
+# jumps. 1 s covers both, and is far below any window or deadline the rules compare.
+CLOCK_STEP_US = 1_000_000
+
+
 class EntryProblem(Exception):
     """An entry breaks a rule (raised inside the replay; the caller adds where)."""
+
+
+class LateEntry(EntryProblem):
+    """An entry dated after the checkpoint that covers it (`index`: that entry)."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 # -- field parsers -------------------------------------------------------------------
@@ -123,6 +142,15 @@ def _number(value: Any, what: str) -> float:
     raise EntryProblem(f"{what} must be a number, not {value!r}")
 
 
+def _when(us: int) -> str:
+    """A Redis time (us) as an auditor reads it: UTC, to the microsecond, and the number."""
+    try:
+        text = datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="microseconds")
+    except (OverflowError, OSError, ValueError):
+        text = "out of range"
+    return f"{text} ({us} us)"
+
+
 # -- the replay ----------------------------------------------------------------------
 
 
@@ -131,10 +159,25 @@ class Reservation:
     rid: str
     seq: int
     amount: int
+    expires: int = 0  # the claim's e (us): it may expire from then on, not before
     state: str = "held"
 
 
 UPDATABLE = ("rate", "burst", "max_active", "closes_at_us", "pass_ttl_us", "overbook")
+# What campaign_update.lua accepts for each field: lowest value, and whether it must be a
+# whole number (num_arg / int_arg, at most 2^53 - 1 and 1e12 for the fractional ones).
+BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "rate": (0.001, 1e12, False),
+    "burst": (1, 9007199254740991, True),
+    "max_active": (1, 9007199254740991, True),
+    "closes_at_us": (0, 9007199254740991, True),
+    "pass_ttl_us": (1_000_000, 9007199254740991, True),
+    "overbook": (1, 1e12, False),
+}
+# Every field is written by campaign_create.lua except mode (only with an adaptive block)
+# and overbook (absent in campaigns created before it existed): only those two may have
+# had no value before an update (o = false).
+MAYBE_UNSET = ("mode", "overbook")
 MODES = (b"auto", b"manual", b"off")
 MOVES = {
     "admin-pause": ({"open"}, "paused"),
@@ -149,6 +192,13 @@ class Replay:
     def __init__(self, campaign: str):
         self.campaign = campaign
         self.spec: CampaignSpec | None = None
+        # time: the entry being replayed, the latest time so far and the entry that had it,
+        # and that latest time after each entry (for the checkpoints' times, read after
+        # the entries: `check_sealed_time`)
+        self.index = 0
+        self.latest_t = 0
+        self.latest_at = 0
+        self.latest_by_entry = array("q")
         self.seed_hash = ""
         self.mode = ""  # who moves the rate: auto, manual, off ("": no adaptive block)
         self.pq_seed_hash = ""
@@ -176,6 +226,9 @@ class Replay:
         self.active: dict[int, int] = {}  # seq -> deadline (us), as the active zset
         self.admitted_at: dict[int, int] = {}
         self.passed: set[int] = set()
+        # admitted before a failover lost log entries (failover-lost xr): their pass entry
+        # may be among those lost while the customer kept the pass
+        self.pass_maybe_lost: set[int] = set()
         self.tokens = 0.0  # an upper bound on the bucket's level
         self.bucket_us = 0
         self.arrive_us = 0  # the arrival clock (pass.lua's arrive_us; issue 12)
@@ -188,6 +241,7 @@ class Replay:
         self.counts: dict[str, int] = {}
         # ballot
         self.subs: dict[int, Subscription] = {}
+        self.subscribed_at: dict[int, int] = {}  # seq -> the index of its subscribe entry
         self.allot_next = 0
         self.allotted: dict[int, int] = {}
         self.ballot_done = False
@@ -235,8 +289,37 @@ class Replay:
         t = need_int(entry, "t", 1)
         if self.spec is None and kind != "admin-create":
             raise EntryProblem(f"the log must start with admin-create, not {kind}")
+        self.index = index
+        self._clock(t)
         self.counts[kind] = self.counts.get(kind, 0) + 1
         self.handlers[kind](t, entry)
+
+    def _clock(self, t: int) -> None:
+        """Time never goes back (by more than CLOCK_STEP_US)."""
+        if t < self.latest_t - CLOCK_STEP_US:
+            raise EntryProblem(
+                f"dated {_when(t)}, {(self.latest_t - t) / 1e6:.6f} s before entry "
+                f"{self.latest_at} ({_when(self.latest_t)}): time went back"
+            )
+        if t > self.latest_t:
+            self.latest_t, self.latest_at = t, self.index
+        self.latest_by_entry.append(self.latest_t)
+
+    def check_sealed_time(self, size: int, time_ms: int) -> None:
+        """No entry is dated after the checkpoint that covers it: a checkpoint's time is
+        Redis TIME read once its entries were in the log (in ms, truncated), so each of its
+        first `size` entries has t < (time_ms + 1) x 1000, plus CLOCK_STEP_US (a failover
+        may have moved the log to a machine whose clock is behind). Raises LateEntry naming
+        the first entry dated later."""
+        limit = (time_ms + 1) * 1000 + CLOCK_STEP_US
+        covered = min(size, len(self.latest_by_entry))
+        if covered and self.latest_by_entry[covered - 1] >= limit:
+            first = bisect_right(self.latest_by_entry, limit - 1, 0, covered) + 1
+            raise LateEntry(
+                f"dated {_when(self.latest_by_entry[first - 1])}, after the checkpoint of "
+                f"size {size} that covers it (time_ms {time_ms}, {_when(time_ms * 1000)})",
+                first,
+            )
 
     # -- campaign ----------------------------------------------------------------------
 
@@ -301,6 +384,11 @@ class Replay:
             if name not in UPDATABLE:
                 raise EntryProblem(f"admin-update of field {name_raw!r}, which cannot change")
             value = _number(after, f"new {name}")
+            lo, hi, whole = BOUNDS[name]
+            if not lo <= value <= hi or (whole and not value.is_integer()):
+                raise EntryProblem(f"new {name} {after!r}, which campaign_update.lua refuses")
+            if before is False and name not in MAYBE_UNSET:
+                raise EntryProblem(f"old {name} logged as unset, but it is always set")
             if before is not False and _number(before, f"old {name}") != self.settings[name]:
                 raise EntryProblem(
                     f"old {name} {before!r} is not the value in force ({self.settings[name]:g})"
@@ -353,6 +441,8 @@ class Replay:
             lost = range(seqs[0], seqs[1] + 1)
             self.lost_seqs.update(lost)
             self.revoked.update(lost)
+        if isinstance(entry.get("xr"), list):
+            self.pass_maybe_lost.update(s for s in self.admitted_at if s not in self.passed)
         reservations = entry.get("rr")
         if isinstance(reservations, list):
             if reservations[0] != self.res_n + 1:
@@ -577,6 +667,11 @@ class Replay:
         for seq in seqs:
             if not is_int(seq) or seq not in self.active:
                 raise EntryProblem(f"expiry of seq {seq!r}, which is not active")
+            if t < self.active[seq]:
+                raise EntryProblem(
+                    f"seq {seq}'s pass expired at {_when(t)}, before its deadline "
+                    f"{_when(self.active[seq])}"
+                )
             del self.active[seq]
         self.expired_passes += len(seqs)
 
@@ -585,6 +680,7 @@ class Replay:
         deadline = need_int(entry, "d")
         if self.state == "closed":
             raise EntryProblem("a pass after close")
+        self._opened(t, "a pass")
         if seq > self.cursor or seq not in self.admitted_at:
             raise EntryProblem(f"a pass for seq {seq}, which was never admitted")
         if seq in self.revoked:
@@ -637,13 +733,24 @@ class Replay:
 
     # -- quota -------------------------------------------------------------------------
 
+    def _opened(self, t: int, what: str) -> None:
+        if t < self.opens_at_us:
+            raise EntryProblem(
+                f"{what} dated {_when(t)}, before the campaign opened ({_when(self.opens_at_us)})"
+            )
+
     def _may_claim(self, t: int, seq: int) -> None:
         if self.state == "closed":
             raise EntryProblem("a claim after close")
+        self._opened(t, "a claim")
         if seq in self.revoked:
             raise EntryProblem(f"a claim by seq {seq}, which is revoked")
         if seq not in self.active or t >= self.active[seq]:
             raise EntryProblem(f"a claim by seq {seq}, which is not admitted (or expired)")
+        # the gate takes a claim or a subscription only with the customer's pass, whose
+        # first issue pass.lua logs
+        if seq not in self.passed and seq not in self.pass_maybe_lost:
+            raise EntryProblem(f"seq {seq} claims without a pass: no pass entry for it before")
 
     def _claim(self, t: int, entry: dict[str, Any]) -> None:
         seq, _ = self._seq_with_digest(entry)
@@ -684,7 +791,7 @@ class Replay:
         if expires != t + self.res_ttl_us:
             raise EntryProblem("the reservation expiry is not t + reservation_ttl")
         self.res_n += 1
-        self.reservations[rid] = Reservation(rid, seq, grant)
+        self.reservations[rid] = Reservation(rid, seq, grant, expires)
         self.holds[seq] = rid
         self.spent[seq] = spent + grant
         self.held += grant
@@ -760,7 +867,14 @@ class Replay:
             if not isinstance(rid, bytes) or not is_int(seq):
                 raise EntryProblem("r must list reservation ids and s seqs")
             money = parse_money(amount, "an amount in m")
-            self._close_reservation(rid.decode("utf-8", "replace"), seq, money, "expired")
+            name = rid.decode("utf-8", "replace")
+            held = self.reservations.get(name)
+            if held is not None and t < held.expires:
+                raise EntryProblem(
+                    f"reservation {name} (seq {seq}) expired at {_when(t)}, before its "
+                    f"deadline {_when(held.expires)}"
+                )
+            self._close_reservation(name, seq, money, "expired")
 
     # -- ballot ------------------------------------------------------------------------
 
@@ -775,6 +889,7 @@ class Replay:
         if amount < self.minimum or amount > self.maximum or amount % self.step:
             raise EntryProblem(f"subscription of {amount} outside min/max/step")
         self.subs[seq] = Subscription(seq, digest, amount)
+        self.subscribed_at[seq] = self.index
         del self.active[seq]
 
     def _allot(self, t: int, entry: dict[str, Any]) -> None:
@@ -789,7 +904,16 @@ class Replay:
             seq = pairs[pos]
             if not is_int(seq) or seq in self.allotted:
                 raise EntryProblem(f"allotment to seq {seq!r} twice or not a seq")
-            self.allotted[seq] = parse_money(pairs[pos + 1], f"the amount of seq {seq}")
+            amount = parse_money(pairs[pos + 1], f"the amount of seq {seq}")
+            sub = self.subs.get(seq)
+            if sub is None:
+                raise EntryProblem(f"allotment to seq {seq}, which never subscribed")
+            if amount > sub.amount or amount % self.step:
+                raise EntryProblem(
+                    f"seq {seq} allotted {amount}, but it subscribed {sub.amount} "
+                    f"(subscription: entry {self.subscribed_at[seq]}), in steps of {self.step}"
+                )
+            self.allotted[seq] = amount
         self.allot_next += 1
 
     def _ballot_result(self, t: int, entry: dict[str, Any]) -> None:
@@ -804,9 +928,19 @@ class Replay:
                 for seq in set(expected) | set(self.allotted)
                 if expected.get(seq) != self.allotted.get(seq)
             )
+            # the seqs furthest off first: a changed subscription moves its own most
+            worst = sorted(
+                wrong,
+                key=lambda s: -abs(expected.get(s, 0) - self.allotted.get(s, 0)),
+            )[:3]
+            detail = "; ".join(
+                f"seq {s} allotted {self.allotted.get(s)}, recomputed {expected.get(s)}"
+                + (f" (subscription: entry {self.subscribed_at[s]})" if s in self.subs else "")
+                for s in worst
+            )
             raise EntryProblem(
-                f"the allotments differ from the ballot recomputed from the seed "
-                f"(first at seq {wrong[0]})"
+                f"the allotments differ from the ballot recomputed from the seed and the "
+                f"subscriptions at {len(wrong)} seqs: {detail}"
             )
         if total != sum(self.allotted.values()) or total > self.total:
             raise EntryProblem(
