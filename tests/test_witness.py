@@ -15,6 +15,7 @@ Before this change the endpoints were 404 and `gate witness` an unknown command 
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from gate.redis_server import RedisServer
 from tests.helpers import (
@@ -218,8 +220,6 @@ async def test_a_witness_cosigns_two_sealing_rounds_and_two_of_two_publish(
     # proof is against by a consistency proof.
     witnessed = receipt["witnessed"]
     assert witnessed["note"] == published and witnessed["size"] == note_size(second)
-    import base64
-
     from gate.audit import merkle
 
     consistency = witnessed["consistency"]
@@ -297,12 +297,13 @@ async def test_a_forked_log_is_refused_with_two_signed_heads_as_evidence(
 
 
 async def test_bad_input_to_the_transparency_endpoints_is_a_clear_4xx(
-    served: GateProcess, witnesses: list[tuple[Path, str]], tmp_path: Path
+    served: GateProcess, witnesses: list[tuple[Path, str]], tmp_path: Path, redis_url: str
 ) -> None:
     async with aiohttp.ClientSession() as http:
         await create(http, served, "bad")
         await join(http, served, "bad", "alice")
         note = await sealed_note(http, served, "bad")
+        note_kid_document = await (await http.get(f"{served.url}{WELL_KNOWN}/keys")).text()
         size = note_size(note)
         base = f"{served.url}{WELL_KNOWN}"
 
@@ -350,6 +351,39 @@ async def test_bad_input_to_the_transparency_endpoints_is_a_clear_4xx(
         good = cosign(text, key.name, key.key, 1700000000)
         fork = Note(text, (*gate_note.signatures, good)).render()
         await expect("POST", "/cosign/bad", 409, "not_this_checkpoint", data=fork.encode())
+
+        # An insider with Redis access but no key appends a checkpoint of their own:
+        # the gate signs no note for it, and nothing about it is a 500.
+        forged = {
+            "type": "checkpoint",
+            "campaign": "bad",
+            "size": size + 1,
+            "root": "ab" * 32,
+            "time_ms": 1,
+            "kid": json.loads(note_kid_document)["keys"][0]["kid"],
+            "sig": "A" * 86,
+        }
+        redis = Redis.from_url(redis_url)
+        try:
+            await redis.rpush("fg:{bad}:checkpoints", json.dumps(forged))
+            await expect("GET", "/checkpoint/bad", 503, "checkpoint_unverified")
+            lines = note.split("\n")
+            lines[1], lines[2] = (
+                str(size + 1),
+                base64.b64encode(bytes.fromhex(forged["root"])).decode(),
+            )
+            text = "\n".join(lines[:4]) + "\n"
+            forged_note = Note(text, (*gate_note.signatures, cosign(text, key.name, key.key, 1)))
+            await expect(
+                "POST",
+                "/cosign/bad",
+                503,
+                "checkpoint_unverified",
+                data=forged_note.render().encode(),
+            )
+        finally:
+            await redis.rpop("fg:{bad}:checkpoints")
+            await redis.aclose()
 
     bad_key = tmp_path / "bad.key"
     bad_key.write_text("{}")

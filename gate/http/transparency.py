@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,13 +28,36 @@ from gate.audit.note import MAX_NOTE_BYTES, b64, proof_lines
 from gate.audit.store import AuditGapError
 from gate.errors import BadRequest, GateError, NotFound, Unavailable
 from gate.http.checks import campaign_id
-from gate.http.common import GATE_KEY, gate_of, respond
+from gate.http.common import GATE_KEY, Handler, gate_of, respond
 from gate.service import store_for
+
+log = logging.getLogger("gate.http")
 
 TRANSPARENCY_KEY = web.AppKey("transparency", Transparency)
 PREFIX = "/.well-known/fairgate"
 NOTE_TYPE = "text/plain"
 MAX_SIZE = 2**53
+
+
+def _log_errors(handler: Handler) -> Handler:
+    """What the stored log may hold that a request cannot fix (a checkpoint that does
+    not verify, an unreadable or malformed record: an insider's write, a lost segment
+    file) is a 503 and a log line, never a 500."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except UnsignedCheckpoint:
+            raise GateError(
+                "the stored checkpoint does not verify; it is not served",
+                code="checkpoint_unverified",
+                status=503,
+            ) from None
+        except (AuditGapError, ValueError, KeyError, TypeError) as exc:
+            log.error("event=transparency_read_failed path=%s error=%r", request.path, exc)
+            raise Unavailable("the log cannot be read right now") from None
+
+    return wrapped
 
 
 def _transparency(request: web.Request) -> Transparency:
@@ -67,14 +91,7 @@ async def checkpoint_note(request: web.Request) -> web.Response:
     campaign = campaign_id(request)
     transparency = _transparency(request)
     checkpoint = await _checkpoint(request, campaign, _whole(request.query, "size", required=False))
-    try:
-        note = transparency.note(campaign, checkpoint)
-    except UnsignedCheckpoint:
-        raise GateError(
-            "the stored checkpoint does not verify; it is not served",
-            code="checkpoint_unverified",
-            status=503,
-        ) from None
+    note = transparency.note(campaign, checkpoint)
     size = int(checkpoint["size"])
     cosignatures = await transparency.cosignatures(gate.redis, campaign, size)
     witnessing = await transparency.witnessing(gate.redis, campaign, size)
@@ -102,10 +119,7 @@ async def consistency(request: web.Request) -> web.Response:
         raise BadRequest(
             f"new ({new}) is beyond the latest checkpoint ({latest['size']})", code="bad_size"
         )
-    try:
-        proof = await store_for(gate, campaign).consistency_proof(old, new)
-    except AuditGapError:
-        raise Unavailable("the log cannot be read right now") from None
+    proof = await store_for(gate, campaign).consistency_proof(old, new)
     return web.Response(text=proof_lines(proof), content_type=NOTE_TYPE, charset="utf-8")
 
 
@@ -166,14 +180,14 @@ async def add_witnessed(request: web.Request, campaign: str, answer: dict[str, A
         return
     size = await transparency.witnessed_size(gate.redis, campaign)
     store = store_for(gate, campaign)
-    checkpoint = await transparency.checkpoint_at(store, size) if size else None
-    if checkpoint is None:
-        return
     try:
+        checkpoint = await transparency.checkpoint_at(store, size) if size else None
+        if checkpoint is None:
+            return
         note = transparency.note(campaign, checkpoint)
         old, new = sorted((size, int(latest["size"])))
         proof = await store.consistency_proof(old, new)
-    except (UnsignedCheckpoint, AuditGapError, ValueError):
+    except (UnsignedCheckpoint, AuditGapError, ValueError, KeyError, TypeError):
         return  # the receipt stands without it
     cosignatures = await transparency.cosignatures(gate.redis, campaign, size)
     answer["witnessed"] = {
@@ -204,10 +218,10 @@ def add_transparency_routes(app: web.Application) -> None:
             gate.metrics.registry.register(WitnessCollector(transparency))
 
     app.on_startup.append(bind)
-    app.router.add_get(PREFIX + "/checkpoint/{campaign}", checkpoint_note)
-    app.router.add_get(PREFIX + "/consistency/{campaign}", consistency)
-    app.router.add_post(PREFIX + "/cosign/{campaign}", cosign)
-    app.router.add_get(PREFIX + "/witnessed/{campaign}", witnessed)
+    app.router.add_get(PREFIX + "/checkpoint/{campaign}", _log_errors(checkpoint_note))
+    app.router.add_get(PREFIX + "/consistency/{campaign}", _log_errors(consistency))
+    app.router.add_post(PREFIX + "/cosign/{campaign}", _log_errors(cosign))
+    app.router.add_get(PREFIX + "/witnessed/{campaign}", _log_errors(witnessed))
 
 
 __all__ = ["add_transparency_routes", "add_witnessed", "refresh_witnessed"]
