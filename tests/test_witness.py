@@ -15,6 +15,7 @@ Before this change the endpoints were 404 and `gate witness` an unknown command 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -351,6 +352,21 @@ async def test_bad_input_to_the_transparency_endpoints_is_a_clear_4xx(
         good = cosign(text, key.name, key.key, 1700000000)
         fork = Note(text, (*gate_note.signatures, good)).render()
         await expect("POST", "/cosign/bad", 409, "not_this_checkpoint", data=fork.encode())
+
+        # A good cosignature whose body arrives in two pieces (a slow link) is read whole.
+        good_note = Note(
+            gate_note.text, (*gate_note.signatures, cosign(gate_note.text, key.name, key.key, 1))
+        )
+        body = good_note.render().encode()
+
+        async def in_two_pieces() -> AsyncIterator[bytes]:
+            yield body[:40]
+            await asyncio.sleep(0.3)  # the first piece reaches the handler alone
+            yield body[40:]
+
+        r = await http.post(base + "/cosign/bad", data=in_two_pieces())
+        assert r.status == 200, await r.text()
+        assert (await r.json())["accepted"] == [key.name]
 
         # An insider with Redis access but no key appends a checkpoint of their own:
         # the gate signs no note for it, and nothing about it is a 500.

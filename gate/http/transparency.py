@@ -134,7 +134,12 @@ async def cosign(request: web.Request) -> web.Response:
         )
     try:
         async with asyncio.timeout(gate.config.body_timeout_ms / 1000):
-            body = await request.content.read(MAX_NOTE_BYTES + 1)
+            body = bytearray()
+            while len(body) <= MAX_NOTE_BYTES:  # read() returns what has arrived so far
+                chunk = await request.content.read(MAX_NOTE_BYTES + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
     except TimeoutError:
         raise GateError(
             "the body did not arrive in time", code="body_timeout", status=408
@@ -145,7 +150,7 @@ async def cosign(request: web.Request) -> web.Response:
         raise GateError(
             f"a note is at most {MAX_NOTE_BYTES} bytes", code="body_too_large", status=413
         )
-    answer = await _transparency(request).add(gate.redis, store_for(gate, campaign), body)
+    answer = await _transparency(request).add(gate.redis, store_for(gate, campaign), bytes(body))
     return respond(request, answer)
 
 
