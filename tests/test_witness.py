@@ -287,6 +287,7 @@ async def test_a_forked_log_is_refused_with_two_signed_heads_as_evidence(
     assert refused_again.code == 3 and '"outcome":"refused"' in refused_again.out
     assert on_fork["cosigned_by"] == []  # no witness keys there, and none handed in
     evidence = json.loads((state / "fork.equivocation.json").read_text())
+    assert evidence["keys"] == keys and evidence["held_keys"] == keys  # one key, both logs
     assert evidence["held"].split("\n\n")[0] == honest.split("\n\n")[0]
     assert evidence["served"].split("\n\n")[0] == fork_note.split("\n\n")[0]
 

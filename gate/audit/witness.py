@@ -21,6 +21,7 @@ the note) and answers as that protocol does, so the same code could serve it ove
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -125,9 +126,18 @@ class Held:
     size: int
     root: bytes
     note: str
+    # The gate's keys document the note was checked with: a fork found later may be
+    # signed under another (a key swapped to blur the evidence); both go in the evidence.
+    keys: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"origin": self.origin, "size": self.size, "root": b64(self.root), "note": self.note}
+        return {
+            "origin": self.origin,
+            "size": self.size,
+            "root": b64(self.root),
+            "note": self.note,
+            "keys": self.keys,
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> Held:
@@ -136,7 +146,14 @@ class Held:
         size = data["size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ValueError("size")
-        return cls(str(data["origin"]), size, unb64(str(data["root"]), "root"), str(data["note"]))
+        keys = data.get("keys")
+        return cls(
+            str(data["origin"]),
+            size,
+            unb64(str(data["root"]), "root"),
+            str(data["note"]),
+            keys if isinstance(keys, dict) else None,
+        )
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -403,6 +420,7 @@ class Witness:
                 )
                 return Round(campaign, "equivocation", checkpoint.size, {"evidence": str(path)})
             raise GateAway(f"not cosigned: {refused.status} {refused.message.strip()}") from None
+        new = dataclasses.replace(new, keys=keys_document)
         self.state.save(campaign, new)  # before the cosignature leaves (tlog-witness)
         answer = self._hand_in(quoted, Note(gate_note.text, (*gate_note.signatures, signature)))
         return Round(campaign, "cosigned", new.size, answer)
@@ -456,6 +474,7 @@ class Witness:
             "served": served.render(),
             "proof": [b64(h) for h in proof],
             "keys": keys_document,
+            "held_keys": held.keys,  # the document the held note was checked with
             "witness": self.key.verifier.vkey(),
             "detected_at": int(time.time()),
         }
