@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gate.errors import BadRequest
+from gate.signing import valid_kid
 
 MAX_AMOUNT = 10**30 - 1
 # min and step are divisors inside Lua, where they must stay exact doubles.
@@ -243,9 +244,16 @@ class CampaignSpec:
     title: str | dict[str, str] | None = None
     target_url: str | None = None
     page: Page | None = None
+    # The id of the customer-digest key this campaign's digests use, fixed at creation
+    # (the admin API fills in the current one): digests of one campaign never mix keys,
+    # and a rotation changes new campaigns only. None: created before digest keys had
+    # ids (gate/signing.py, the legacy key).
+    digest_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         shown: dict[str, Any] = {}
+        if self.digest_key is not None:
+            shown["digest_key"] = self.digest_key
         if self.title is not None:
             shown["title"] = self.title
         if self.target_url is not None:
@@ -485,9 +493,12 @@ def parse_spec(raw: Any) -> CampaignSpec:
     _only(
         spec,
         {"id", "opens_at", "closes_at", "quota", "policy", "admission", "prequeue"}
-        | {"title", "target_url", "page"},
+        | {"title", "target_url", "page", "digest_key"},
         "",
     )
+    digest_key = spec.get("digest_key")
+    if digest_key is not None and not valid_kid(digest_key):
+        raise _fail("digest_key", "must be a digest key id: 1 to 32 of [A-Za-z0-9_-]")
     cid = spec.get("id")
     if not isinstance(cid, str) or not valid_campaign_id(cid):
         raise _fail("id", "must match [a-z0-9][a-z0-9_-]{0,63}")
@@ -518,6 +529,7 @@ def parse_spec(raw: Any) -> CampaignSpec:
         title=parse_title(spec.get("title")),
         target_url=parse_url(spec.get("target_url"), "target_url"),
         page=parse_page(spec.get("page")),
+        digest_key=digest_key,
     )
 
 

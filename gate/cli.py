@@ -12,7 +12,7 @@ from typing import Any
 
 from gate.admin_client import AdminClient
 from gate.config import load_config
-from gate.errors import GateError
+from gate.errors import ConfigError, GateError
 
 
 def _print(data: Any) -> None:
@@ -141,9 +141,30 @@ def _parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="signing keys")
     ksub = keys.add_subparsers(dest="action", required=True)
-    gen = ksub.add_parser("generate", help="write a new key file")
+    gen = ksub.add_parser("generate", help="write a new signing key file")
     gen.add_argument("--out", default="-", help="file to write (default: stdout)")
+    digest = ksub.add_parser(
+        "generate-digest",
+        help="write a customer-digest key file, kept apart from the signing keys; on an "
+        "existing file, add a new current key (new campaigns use it, older ones keep theirs)",
+    )
+    digest.add_argument("--out", default="-", help="file to write (default: stdout)")
     return parser
+
+
+def _digest_document(out: str) -> dict[str, Any]:
+    """A new digest key file, or the file at `out` with a new current key added."""
+    from gate.signing import generate_digest_document, parse_digest_keys
+
+    path = Path(out)
+    if out == "-" or not path.exists():
+        return generate_digest_document()
+    previous = _read_json(out, "digest key file")
+    try:
+        parse_digest_keys(previous, out)
+    except ConfigError as exc:
+        raise GateError(str(exc), code="bad_keys") from None
+    return generate_digest_document(previous)
 
 
 def _campaign_command(args: argparse.Namespace) -> int:
@@ -386,7 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "keys":
             from gate.signing import generate_keys_document, write_keys
 
-            document = generate_keys_document()
+            if args.action == "generate-digest":
+                document = _digest_document(args.out)
+            else:
+                document = generate_keys_document()
             if args.out == "-":
                 _print(document)
             else:

@@ -68,6 +68,10 @@ class Config:
     # listener with cookies (e.g. "https://www.bank.example").
     public_origins: Items = ()
     signing_keys: Path | None = None
+    # The customer-digest keys, a file apart from the signing keys (gate/signing.py);
+    # default: data_dir/digest-keys.json, created when absent (unless the signing key
+    # file still holds a digest key, the form of before).
+    digest_keys: Path | None = None
     # Where a campaign's own waiting-page template (spec page.template) is looked up.
     page_templates_dir: Path | None = None
     workers: int = 1
@@ -131,6 +135,12 @@ class Config:
     @property
     def keys_path(self) -> Path:
         return self.signing_keys if self.signing_keys is not None else self.data_dir / "keys.json"
+
+    @property
+    def digest_keys_path(self) -> Path:
+        if self.digest_keys is not None:
+            return self.digest_keys
+        return self.data_dir / "digest-keys.json"
 
     @property
     def origin_prefix(self) -> str:

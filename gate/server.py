@@ -249,6 +249,13 @@ def serve(config: Config) -> int:
     try:
         with _start_writes(config.keys_path):
             load_or_create_keys(config.keys_path, create=config.signing_keys is None)
+        with _start_writes(config.digest_keys_path):
+            load_or_create_keys(
+                config.keys_path,
+                create=False,
+                digest_path=config.digest_keys_path,
+                create_digest=config.digest_keys is None,
+            )
         if lock_fd is not None:
             embedded = RedisServer(
                 Path(config.data_dir) / "redis", die_with_parent=True, keep_fds=(lock_fd,)

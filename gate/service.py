@@ -207,7 +207,12 @@ def store_for(gate: Gate, campaign: str) -> AuditStore:
 
 
 def make_gate(config: Config) -> Gate:
-    keys = load_or_create_keys(config.keys_path, create=config.signing_keys is None)
+    keys = load_or_create_keys(
+        config.keys_path,
+        create=config.signing_keys is None,
+        digest_path=config.digest_keys_path,
+        create_digest=config.digest_keys is None,
+    )
     return Gate(config, keys)
 
 

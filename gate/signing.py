@@ -1,12 +1,23 @@
-"""Signing keys: HMAC keys for tickets and passes, the customer-digest key, Ed25519 keys.
+"""Signing keys: HMAC keys for tickets and passes, Ed25519 keys, and (from a file of
+their own) the customer-digest keys.
 
 Keys carry an id (``kid``) so they can rotate: new tokens use the current key, and
 tokens signed by an older key still verify while that key stays in the file.
+
+The digest keys live apart from the signing keys (issue 13): whoever holds the digest
+key can reverse every digest of a small id space (10^8 mobile numbers in minutes), and
+the signing key file travels to more places than that should. A campaign records at
+creation the id of the digest key its digests use (spec ``digest_key``), so a new
+current key changes new campaigns only. A key file of before, with ``digest_key`` in
+it, still loads: its key is the digest key ``legacy`` (with a logged warning), used by
+campaigns that recorded none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -17,16 +28,50 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gate import base64url
-from gate.errors import ConfigError
+from gate.errors import ConfigError, GateError
+
+log = logging.getLogger("gate.signing")
+# The id of the digest key read from a signing key file that holds one (the form of
+# before issue 13); a campaign that recorded no digest key uses it.
+LEGACY_DIGEST_KID = "legacy"
+_KID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def valid_kid(kid: object) -> bool:
+    return isinstance(kid, str) and 0 < len(kid) <= 32 and set(kid) <= _KID_CHARS
 
 
 @dataclass(frozen=True)
 class SigningKeys:
     hmac_keys: dict[str, bytes]
     hmac_current: str
-    digest_key: bytes
     ed25519_keys: dict[str, Ed25519PrivateKey]
     ed25519_current: str
+    # kid -> key; empty when only a signing key file was loaded (no digests then)
+    digest_keys: dict[str, bytes]
+    digest_current: str
+
+    def digest_key_for(self, kid: str | None) -> bytes:
+        """The digest key of a campaign that recorded `kid` at creation; None (recorded
+        none: created before digest keys had ids) is the legacy key, else the current."""
+        if kid is None:
+            kid = (
+                LEGACY_DIGEST_KID if LEGACY_DIGEST_KID in self.digest_keys else self.digest_current
+            )
+        key = self.digest_keys.get(kid)
+        if key is None:
+            raise GateError(
+                f"digest key {kid!r} is not loaded (digest_keys): customers of this campaign "
+                "cannot be recognised",
+                code="digest_key_missing",
+                status=503,
+            )
+        return key
+
+    @property
+    def digest_key(self) -> bytes:
+        """The key of campaigns that recorded none (see digest_key_for)."""
+        return self.digest_key_for(None)
 
     def public_keys(self) -> dict[str, Any]:
         return {
@@ -44,22 +89,35 @@ class SigningKeys:
         }
 
 
-def generate_keys_document() -> dict[str, Any]:
+def generate_keys_document(*, digest_key: bool = False) -> dict[str, Any]:
+    """A new signing key file. `digest_key`: with a digest key inside too, the form of
+    before issue 13 (tests of the backward-compatible path; never written by `gate`)."""
     hmac_kid = "h" + secrets.token_hex(4)
     ed_kid = "e" + secrets.token_hex(4)
     from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
 
     ed_key = Ed25519PrivateKey.generate()
     raw = ed_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    return {
+    document: dict[str, Any] = {
         "version": 1,
         "hmac": {
             "current": hmac_kid,
             "keys": {hmac_kid: base64url.encode(secrets.token_bytes(32))},
         },
-        "digest_key": base64url.encode(secrets.token_bytes(32)),
         "ed25519": {"current": ed_kid, "keys": {ed_kid: base64url.encode(raw)}},
     }
+    if digest_key:
+        document["digest_key"] = base64url.encode(secrets.token_bytes(32))
+    return document
+
+
+def generate_digest_document(previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A digest key file with one new key, current; `previous` (a digest key file's
+    document) keeps its keys, for the campaigns created under them (rotation)."""
+    kid = "d" + secrets.token_hex(4)
+    keys = dict(previous["keys"]) if previous is not None else {}
+    keys[kid] = base64url.encode(secrets.token_bytes(32))
+    return {"version": 1, "current": kid, "keys": keys}
 
 
 def write_keys(path: Path, document: dict[str, Any]) -> None:
@@ -87,7 +145,8 @@ def parse_keys(document: Any, source: str) -> SigningKeys:
         hmac_part = document["hmac"]
         hmac_keys = {str(k): base64url.decode(v) for k, v in hmac_part["keys"].items()}
         hmac_current = str(hmac_part["current"])
-        digest_key = base64url.decode(document["digest_key"])
+        legacy = document.get("digest_key")
+        digest_keys = {} if legacy is None else {LEGACY_DIGEST_KID: base64url.decode(legacy)}
         ed_part = document["ed25519"]
         ed_keys = {
             str(k): Ed25519PrivateKey.from_private_bytes(base64url.decode(v))
@@ -98,23 +157,84 @@ def parse_keys(document: Any, source: str) -> SigningKeys:
         raise fail(f"malformed ({exc.__class__.__name__}: {exc})") from None
     if hmac_current not in hmac_keys or any(len(k) < 16 for k in hmac_keys.values()):
         raise fail("hmac.current must name a key of at least 16 bytes")
-    if len(digest_key) < 16:
+    if any(len(k) < 16 for k in digest_keys.values()):
         raise fail("digest_key must be at least 16 bytes")
     if ed_current not in ed_keys:
         raise fail("ed25519.current must name a key")
-    return SigningKeys(hmac_keys, hmac_current, digest_key, ed_keys, ed_current)
+    return SigningKeys(hmac_keys, hmac_current, ed_keys, ed_current, digest_keys, LEGACY_DIGEST_KID)
 
 
-def load_or_create_keys(path: Path, *, create: bool) -> SigningKeys:
-    """Load the key file; create it (mode 0600) when allowed and absent."""
+def parse_digest_keys(document: Any, source: str) -> tuple[dict[str, bytes], str]:
+    """A digest key file: ``{"version": 1, "current": kid, "keys": {kid: base64url}}``."""
+
+    def fail(what: str) -> ConfigError:
+        return ConfigError(f"digest_keys: {source}: {what}")
+
+    if not isinstance(document, dict):
+        raise fail("not a JSON object")
+    try:
+        keys = {str(k): base64url.decode(v) for k, v in document["keys"].items()}
+        current = document["current"]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise fail(f"malformed ({exc.__class__.__name__}: {exc})") from None
+    if not all(valid_kid(kid) for kid in keys) or LEGACY_DIGEST_KID in keys:
+        raise fail(f"key ids: 1 to 32 of [A-Za-z0-9_-], not {LEGACY_DIGEST_KID!r}")
+    if current not in keys or any(len(k) < 16 for k in keys.values()):
+        raise fail("current must name a key of at least 16 bytes")
+    return keys, current
+
+
+def _read_json(path: Path, setting: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{setting}: {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{setting}: {path}: not JSON ({exc})") from None
+
+
+def load_or_create_keys(
+    path: Path,
+    *,
+    create: bool,
+    digest_path: Path | None = None,
+    create_digest: bool = False,
+) -> SigningKeys:
+    """Load the signing key file, and the digest key file `digest_path`; create either
+    (mode 0600) when allowed (`create`, `create_digest`) and absent.
+
+    A signing key file that holds a digest key (the form of before) keeps working: with
+    no digest key file, its key is the only one (and a new one is not created: that
+    would change the digests of new campaigns under a running deployment's feet); with
+    one, it stays loaded as ``legacy`` for the campaigns that recorded no digest key.
+    Either way the warning says to move it out.
+    """
     if not path.exists():
         if not create:
             raise ConfigError(f"signing_keys: {path} does not exist (run `gate keys generate`)")
         write_keys(path, generate_keys_document())
-    try:
-        document = json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"signing_keys: {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"signing_keys: {path}: not JSON ({exc})") from None
-    return parse_keys(document, str(path))
+    keys = parse_keys(_read_json(path, "signing_keys"), str(path))
+    legacy = keys.digest_keys
+    if legacy:
+        log.warning(
+            "event=digest_key_in_signing_file path=%s: the signing key file holds a digest "
+            "key; whoever reads it can reverse customer digests. Write a digest key file "
+            "(`gate keys generate-digest`), set digest_keys, and remove digest_key from %s "
+            "once no campaign created before uses it",
+            path,
+            path,
+        )
+    if digest_path is None:
+        return keys
+    if not digest_path.exists():
+        if not create_digest:  # configured, so expected
+            raise ConfigError(
+                f"digest_keys: {digest_path} does not exist (run `gate keys generate-digest`)"
+            )
+        if legacy:
+            return keys
+        write_keys(digest_path, generate_digest_document())
+    digest_keys, current = parse_digest_keys(
+        _read_json(digest_path, "digest_keys"), str(digest_path)
+    )
+    return dataclasses.replace(keys, digest_keys={**legacy, **digest_keys}, digest_current=current)

@@ -42,10 +42,15 @@ class Token:
     not_before: int = 0  # unix microseconds (Redis time) a pass is valid from; 0 = now
 
 
-def customer_digest(keys: SigningKeys, campaign: str, customer_id: str) -> bytes:
-    """A keyed hash of the customer id, per campaign, 16 raw bytes: never the raw id."""
+def customer_digest(
+    keys: SigningKeys, campaign: str, customer_id: str, digest_kid: str | None = None
+) -> bytes:
+    """A keyed hash of the customer id, per campaign, 16 raw bytes: never the raw id.
+
+    `digest_kid`: the digest key the campaign recorded at creation (its spec's
+    `digest_key`); None for a campaign that recorded none (`SigningKeys.digest_key_for`)."""
     message = campaign.encode() + b"\x00" + customer_id.encode()
-    return hmac.new(keys.digest_key, message, hashlib.sha256).digest()[:16]
+    return hmac.new(keys.digest_key_for(digest_kid), message, hashlib.sha256).digest()[:16]
 
 
 class TokenSigner:

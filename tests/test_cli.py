@@ -123,7 +123,8 @@ async def test_keys_generate_writes_a_private_file_that_serve_accepts(
     assert generated.code == 0, generated
     assert out.stat().st_mode & 0o777 == 0o600
     document = json.loads(out.read_text())
-    assert {"hmac", "digest_key", "ed25519"} <= set(document)
+    assert {"hmac", "ed25519"} <= set(document)
+    assert "digest_key" not in document  # issue 13: the digest key has a file of its own
 
     printed = await gate_cli("keys", "generate")
     assert printed.code == 0
@@ -144,6 +145,10 @@ async def test_keys_generate_writes_a_private_file_that_serve_accepts(
         public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         assert [k["kid"] for k in served] == [kid]
         assert base64.urlsafe_b64decode(served[0]["public_key"] + "==") == public
+        # the gate wrote the digest key it lacked to a file of its own, beside its data
+        digests = json.loads((tmp_path / "gate" / "digest-keys.json").read_text())
+        assert digests["current"] in digests["keys"]
+        assert (tmp_path / "gate" / "digest-keys.json").stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize(

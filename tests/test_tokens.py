@@ -27,7 +27,7 @@ from tests.helpers import b64url, unb64url
 
 @pytest.fixture
 def document() -> dict[str, Any]:
-    return generate_keys_document()
+    return generate_keys_document(digest_key=True)  # the digest key inside (legacy form)
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_round_trip(keys: SigningKeys) -> None:
 
 
 def test_customer_digest_is_keyed_and_per_campaign(keys: SigningKeys) -> None:
-    other = parse_keys(generate_keys_document(), "other")
+    other = parse_keys(generate_keys_document(digest_key=True), "other")
     alice = customer_digest(keys, "c1", "alice")
     assert alice == customer_digest(keys, "c1", "alice")
     assert alice != customer_digest(keys, "c2", "alice")
@@ -201,10 +201,13 @@ def test_well_formed_control(keys: SigningKeys) -> None:
 
 def test_key_files(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "keys.json"
-    created = load_or_create_keys(path, create=True)
-    assert path.stat().st_mode & 0o777 == 0o600
-    again = load_or_create_keys(path, create=False)
+    digests = tmp_path / "sub" / "digest-keys.json"
+    created = load_or_create_keys(path, create=True, digest_path=digests, create_digest=True)
+    assert path.stat().st_mode & 0o777 == 0o600 and digests.stat().st_mode & 0o777 == 0o600
+    again = load_or_create_keys(path, create=False, digest_path=digests)
     assert again.hmac_keys == created.hmac_keys and again.digest_key == created.digest_key
+    with pytest.raises(ConfigError, match="digest_keys"):  # configured, so required
+        load_or_create_keys(path, create=False, digest_path=tmp_path / "absent-digest.json")
     with pytest.raises(ConfigError, match="signing_keys"):
         load_or_create_keys(tmp_path / "absent.json", create=False)
     bad = tmp_path / "bad.json"
@@ -217,10 +220,13 @@ def test_key_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="16 bytes"):
         load_or_create_keys(bad, create=False)
     document = generate_keys_document()
-    del document["digest_key"]
+    del document["ed25519"]
     bad.write_text(json.dumps(document))
     with pytest.raises(ConfigError, match="malformed"):
         load_or_create_keys(bad, create=False)
+    bad.write_text(json.dumps({"version": 1, "current": "k1", "keys": {"k1": b64url(b"short")}}))
+    with pytest.raises(ConfigError, match=r"digest_keys.*16 bytes"):
+        load_or_create_keys(path, create=False, digest_path=bad)
 
 
 def test_pass_not_before_is_signed_and_optional(keys: SigningKeys) -> None:

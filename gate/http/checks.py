@@ -6,6 +6,7 @@ Each check answers with the value or raises the error the client sees.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import math
 from collections.abc import Mapping
@@ -15,10 +16,11 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from gate.cache import LiveCampaign
-from gate.campaign import valid_campaign_id
+from gate.campaign import CampaignSpec, valid_campaign_id
 from gate.errors import BadRequest, Forbidden, GateError, NotFound, NotYet, Unauthorized
 from gate.http.common import MSGPACK, Handler, gate_of
 from gate.identity import Credentials, Identity
+from gate.service import Gate
 from gate.tokens import PASS, Token, TokenError, customer_digest
 
 PASS_COOKIE = "fg_pass"
@@ -78,13 +80,37 @@ def identity(request: web.Request, *, required: bool) -> str | None:
     return customer
 
 
+def campaign_digest(
+    gate: Gate, campaign: str, customer: str, spec: CampaignSpec | None = None
+) -> bytes:
+    """The customer's digest in `campaign`, under the digest key the campaign recorded at
+    creation (its spec: given, or the cached one)."""
+    if spec is None:
+        live = gate.cache.peek(campaign)
+        spec = live.spec if live is not None else None
+    return customer_digest(gate.keys, campaign, customer, spec.digest_key if spec else None)
+
+
+def with_digest_key(gate: Gate, spec: CampaignSpec) -> CampaignSpec:
+    """A new campaign's spec with the digest key it will use recorded: the one it names
+    (it must be loaded), else the current one (gate/signing.py)."""
+    if spec.digest_key is None:
+        return dataclasses.replace(spec, digest_key=gate.keys.digest_current)
+    if spec.digest_key not in gate.keys.digest_keys:
+        raise BadRequest(
+            f"digest_key: no digest key {spec.digest_key!r} is loaded (digest_keys)",
+            code="bad_spec",
+        )
+    return spec
+
+
 def check_customer(request: web.Request, token: Token) -> None:
     """The token (ticket or pass) must be the authenticated customer's, on every use:
     a request that names nobody is refused, whatever header the proxy forgot."""
     customer = identity(request, required=True)
     assert customer is not None
     gate = gate_of(request)
-    if not hmac.compare_digest(customer_digest(gate.keys, token.campaign, customer), token.digest):
+    if not hmac.compare_digest(campaign_digest(gate, token.campaign, customer), token.digest):
         raise Forbidden("this token belongs to another customer", code="wrong_customer")
 
 
