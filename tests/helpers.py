@@ -334,6 +334,12 @@ def as_customer(customer: str, **more: str) -> dict[str, str]:
     return {"X-Customer-Id": customer, **more}
 
 
+def as_holder(customer: str, ticket: str) -> dict[str, Any]:
+    """What a receipt request sends (issue 13: a receipt is its holder's only): the
+    customer, as the trusted proxy names them, and their ticket."""
+    return {"headers": as_customer(customer), "params": {"ticket": ticket}}
+
+
 async def join(public: Any, campaign: str, customer: str) -> dict[str, Any]:
     """Join as `customer` (a new ticket or the one they hold)."""
     r = await public.post(f"/q/{campaign}/join", headers={"X-Customer-Id": customer})

@@ -669,22 +669,25 @@ async def core_sees_the_keyed_digest(front: Front) -> None:
 
 
 async def evidence_is_public(front: Front) -> None:
-    """The issue: /.well-known/fairgate/keys was 404 through nginx. The keys and a
-    receipt are reachable through the proxy by anyone, logged in or not."""
+    """The issue: /.well-known/fairgate/keys was 404 through nginx. The keys are
+    reachable through the proxy by anyone, logged in or not; a receipt by its holder
+    (their session and ticket) only, anyone else gets 404 (issue 13)."""
     async with front.client(unique("receipt")) as client:
         joined = await front.join(client)
-    async with aiohttp.ClientSession() as anonymous:
-        async with anonymous.get(front.url + "/.well-known/fairgate/keys") as r:
-            assert r.status == 200, (r.status, await r.text())
-            assert (await r.json())["keys"]
         receipt = f"{front.url}/q/{front.campaign}/receipt/{joined['seq']}"
 
         async def signed() -> bool:
-            async with anonymous.get(receipt) as r:
+            async with client.get(receipt, params={"ticket": joined["ticket"]}) as r:
                 assert r.status in (200, 404), (r.status, await r.text())
                 return r.status == 200
 
         await wait_for(signed, 10, "the receipt through the proxy", interval_s=0.1)
+    async with aiohttp.ClientSession() as anonymous:
+        async with anonymous.get(front.url + "/.well-known/fairgate/keys") as r:
+            assert r.status == 200, (r.status, await r.text())
+            assert (await r.json())["keys"]
+        async with anonymous.get(receipt, params={"ticket": joined["ticket"]}) as r:
+            assert r.status == 404, (r.status, await r.text())
 
 
 async def original_url_is_kept(front: Front) -> None:

@@ -94,7 +94,13 @@ async def run_campaign(served: GateProcess, campaign: str) -> dict[str, Any]:
 
         await wait_for(sealed, 15, "everyone admitted and the log sealed")
         keys = await (await http.get(served.url + "/.well-known/fairgate/keys")).json()
-        receipt = await (await http.get(f"{served.url}/q/{campaign}/receipt/1")).json()
+        receipt = await (
+            await http.get(
+                f"{served.url}/q/{campaign}/receipt/1",
+                params={"ticket": tickets["alice"]},
+                headers={"X-Customer-Id": "alice"},
+            )
+        ).json()
     return {"keys": keys, "receipt": receipt}
 
 

@@ -35,7 +35,14 @@ from gate.http.admin import create_admin_app
 from gate.http.public import create_public_app
 from gate.room.keys import CampaignKeys
 from gate.service import Gate, running_gate
-from tests.helpers import ADMIN_TOKEN, assert_clean_error, create_campaign, gate_cli, wait_for
+from tests.helpers import (
+    ADMIN_TOKEN,
+    as_holder,
+    assert_clean_error,
+    create_campaign,
+    gate_cli,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root"),
@@ -128,6 +135,8 @@ async def test_a_full_segments_disk_keeps_every_entry_and_catches_up(
     for campaign in CAMPAIGNS:
         await create_campaign(admin, campaign)
 
+    holders: dict[int, dict[str, Any]] = {}  # seq -> what its receipt request sends
+
     async def join_all(prefix: str, count: int) -> list[int]:
         seqs = []
         for n in range(count):
@@ -137,7 +146,9 @@ async def test_a_full_segments_disk_keeps_every_entry_and_catches_up(
                 )
                 assert r.status == 201, await r.text()
                 if campaign == CAMPAIGNS[0]:
-                    seqs.append((await r.json())["seq"])
+                    body = await r.json()
+                    seqs.append(body["seq"])
+                    holders[body["seq"]] = as_holder(f"{prefix}{n}", body["ticket"])
         return seqs
 
     # Some entries move while there is room: the directory and its files exist.
@@ -196,12 +207,12 @@ async def test_a_full_segments_disk_keeps_every_entry_and_catches_up(
     # A sealed customer's receipt and its inclusion proof still verify.
     keys = load_public_keys(gate.keys.public_keys())
     for seq in (seqs[0], seqs[-1]):
-        r = await public.get(f"/q/{CAMPAIGNS[0]}/receipt/{seq}")
+        r = await public.get(f"/q/{CAMPAIGNS[0]}/receipt/{seq}", **holders[seq])
         assert r.status == 200, await r.text()
         answer: dict[str, Any] = await r.json()
 
         async def proven(seq: int = seq, answer: dict[str, Any] = answer) -> bool:
-            r = await public.get(f"/q/{CAMPAIGNS[0]}/receipt/{seq}")
+            r = await public.get(f"/q/{CAMPAIGNS[0]}/receipt/{seq}", **holders[seq])
             answer.update(await r.json())
             return answer.get("inclusion") is not None
 

@@ -236,14 +236,16 @@ async def test_lost_writes_hold_the_campaign_and_nothing_is_issued_twice(scene: 
     seen = await readiness_until_ready(scene)
 
     # A new customer after the swap: never a seq that was acknowledged to someone else.
-    seq_g, _ = await joined_seq(scene, "g")
+    seq_g, ticket_g = await joined_seq(scene, "g")
     given = {seq for seq, _ in state["tickets"].values()}
     assert seq_g not in given, f"seq {seq_g} issued twice (already given: {sorted(given)})"
     assert seq_g == 7
     assert (503, "reconciling") in seen, f"/readyz never said reconciling: {seen}"
     # Its receipt, though its join entry took the index of a lost one (a cached batch of
     # that index must not stand in for it).
-    r = await scene.public.get(f"/q/{CAMPAIGN}/receipt/{seq_g}")
+    r = await scene.public.get(  # its holder's (issue 13)
+        f"/q/{CAMPAIGN}/receipt/{seq_g}", params={"ticket": ticket_g}, headers=as_customer("g")
+    )
     assert r.status == 200, await r.text()
     assert (await r.json())["receipt"]["seq"] == seq_g
 

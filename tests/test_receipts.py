@@ -21,8 +21,16 @@ from gate.http.public import create_public_app
 from gate.room.keys import CampaignKeys
 from gate.service import Gate, running_gate
 from gate.signing import generate_keys_document, load_or_create_keys, write_keys
-from gate.tokens import customer_digest
-from tests.helpers import assert_sealed_log, check_offline, join, raw_audit, spec, wait_for
+from gate.tokens import TICKET, customer_digest
+from tests.helpers import (
+    as_holder,
+    assert_sealed_log,
+    check_offline,
+    join,
+    raw_audit,
+    spec,
+    wait_for,
+)
 
 ACTOR = "ops"
 
@@ -93,7 +101,7 @@ async def test_a_receipt_given_at_join_verifies_offline_against_a_later_checkpoi
         for n in range(5):
             await join(public, "rc", f"later{n}")
         await wait_sealed_past(gate, "rc", receipt["entry"] + 5)
-        r = await public.get(f"/q/rc/receipt/{alice['seq']}")
+        r = await public.get(f"/q/rc/receipt/{alice['seq']}", **as_holder("alice", alice["ticket"]))
         assert r.status == 200
         answer = await r.json()
         assert answer["receipt"] == receipt
@@ -131,7 +139,9 @@ async def test_a_batch_the_join_did_not_record_gets_its_signature_from_the_seale
         assert await gate.redis.hget(k.receipt_signatures, str(result.entry)) is None
         await wait_sealed_past(gate, "rs", result.entry)
         assert await gate.redis.hget(k.receipt_signatures, str(result.entry)) is not None
-        answer = await (await public.get(f"/q/rs/receipt/{result.tickets[1][0]}")).json()
+        seq = result.tickets[1][0]
+        ticket = gate.signer.issue(TICKET, "rs", seq, digests[1])
+        answer = await (await public.get(f"/q/rs/receipt/{seq}", **as_holder("d1", ticket))).json()
         keys_doc = await (await public.get("/.well-known/fairgate/keys")).json()
         check_offline(answer, keys_doc, digests[1].hex())
         assert answer["receipt"]["batch_size"] == 3 and answer["receipt"]["leaf_index"] == 1
@@ -147,7 +157,8 @@ async def test_key_rotation_keeps_old_receipts_and_checkpoints_valid(
         await gate.wait_ready()
         public = await aiohttp_client(create_public_app(gate))
         await gate.room.create(parse_spec(spec("rot")), ACTOR)
-        alice = (await join(public, "rot", "alice"))["receipt"]
+        alice_joined = await join(public, "rot", "alice")
+        alice = alice_joined["receipt"]
         await wait_sealed_past(gate, "rot", alice["entry"])
         old_kid = gate.keys.ed25519_current
     assert alice["kid"] == old_kid
@@ -178,7 +189,8 @@ async def test_key_rotation_keeps_old_receipts_and_checkpoints_valid(
         ]
         assert {cp["kid"] for cp in checkpoints} == {old_kid, new_kid}
         assert_sealed_log(await raw_audit(config.redis_url, "rot"), checkpoints, keys_doc)
-        answer = await (await public.get(f"/q/rot/receipt/{alice['seq']}")).json()
+        holder = as_holder("alice", alice_joined["ticket"])
+        answer = await (await public.get(f"/q/rot/receipt/{alice['seq']}", **holder)).json()
         assert answer["receipt"]["kid"] == old_kid
         check_offline(answer, keys_doc, alice["digest"])
         # Without the old key published, the old receipt no longer verifies.

@@ -21,7 +21,7 @@ from gate.room.keys import CampaignKeys
 from gate.service import running_gate
 from gate.signing import load_or_create_keys
 from gate.tokens import customer_digest
-from tests.helpers import assert_sealed_log, check_offline, sealer_for, spec, wait_for
+from tests.helpers import as_holder, assert_sealed_log, check_offline, sealer_for, spec, wait_for
 
 ACTOR = "ops"
 KEEP = 100
@@ -108,7 +108,8 @@ async def test_a_long_campaign_keeps_the_redis_log_bounded(
         assert merkle.root([merkle.leaf_hash(e) for e in entries]).hex() == checkpoints[-1]["root"]
 
         # A receipt whose join entry now lives in a segment still proves its inclusion.
-        answer = await (await public.get(f"/q/{c}/receipt/{first['seq']}")).json()
+        holder = as_holder("first", first["ticket"])
+        answer = await (await public.get(f"/q/{c}/receipt/{first['seq']}", **holder)).json()
         assert answer["receipt"]["entry"] <= trimmed
         check_offline(answer, keys_doc, first["receipt"]["digest"])
     print(

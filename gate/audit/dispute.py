@@ -7,6 +7,16 @@ revoke, and for a ballot what they subscribed and were allotted. Every fact come
 an audit entry; each entry is shipped with its bytes and its inclusion proof against the
 latest signed checkpoint, and the join receipt with its own proof, so the account can be
 checked with the public keys alone (`check_account`).
+
+Only this customer's data is shown (issue 13). An entry about them alone (a pass, a
+claim, …) comes whole, with its bytes. An entry shared with other customers (a join
+batch, an admission range, an expiry sweep, a ballot chunk) comes as this customer's part
+of it and the counts (how many in the batch, how many admitted), with the entry's leaf
+hash and that leaf's inclusion proof, never its bytes: those name the other customers'
+digests, seqs, reservations and amounts. The proof shows the entry is at its place in
+the signed log; that the part shown is what the entry says is checked by whoever holds
+the export (an auditor), not by the customer. The join receipt comes likewise without
+its batch's entry bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +39,63 @@ from gate.audit.store import AuditStore
 from gate.campaign import load_stored_spec
 
 AMOUNT_KINDS = ("claim", "confirm", "release")
+# Kinds whose entry is about one customer only: shown whole, bytes and all.
+OWN_KINDS = frozenset(
+    {"pass", "block", "revoke", "claim", "confirm", "release", "subscribe", "admin-query"}
+)
+
+
+def shared_view(
+    index: int, kind: str, entry: Mapping[str, Any], digest: bytes, seq: int | None
+) -> dict[str, Any]:
+    """This customer's part of an entry shared with others, and its counts: no other
+    customer's digest, seq, reservation or amount."""
+    t = entry.get("t")
+    view: dict[str, Any] = {"k": kind, "i": index, "index": index, "shared": True}
+    if isinstance(t, int):
+        view.update(t=t, time=iso_us(t))
+
+    def own_positions(values: Any) -> list[int]:
+        return [n for n, s in enumerate(values or []) if seq is not None and s == seq]
+
+    if kind in ("join", "prequeue", "allot"):
+        flat = list(entry.get("s") or [])
+        pairs = [(flat[n], flat[n + 1]) for n in range(0, len(flat) - 1, 2)]
+        view["pairs"] = len(pairs)
+        for first, second in pairs:
+            if second == digest or (kind == "allot" and seq is not None and first == seq):
+                view["s"] = [first, second.hex() if isinstance(second, bytes) else _text(second)]
+        if kind == "allot":
+            view["n"] = entry.get("n")
+        if kind == "prequeue":
+            view["x"] = [x for x in entry.get("x") or [] if seq is not None and x == seq]
+    elif kind == "prejoin":
+        digests = list(entry.get("c") or [])
+        view["customers"] = len(digests)
+        view["c"] = [d.hex() for d in digests if d == digest]
+    elif kind == "admit":
+        for name in ("f", "l", "n", "d"):
+            if name in entry:
+                view[name] = entry[name]
+        if "o" in entry:  # what each admitted customer may take: one number for all
+            view["o"] = _text(entry["o"])
+        skipped = list(entry.get("x") or [])
+        view["skipped"] = len(skipped)
+        view["x"] = [x for x in skipped if seq is not None and x == seq]
+    elif kind == "expire":
+        seqs = list(entry.get("s") or [])
+        view["count"] = len(seqs)
+        view["s"] = [seqs[n] for n in own_positions(seqs)]
+    elif kind == "expire-res":
+        seqs = list(entry.get("s") or [])
+        mine = own_positions(seqs)
+        view["count"] = len(seqs)
+        for name in ("r", "s", "m"):
+            values = list(entry.get(name) or [])
+            view[name] = [
+                _text(values[n]) if name != "s" else values[n] for n in mine if n < len(values)
+            ]
+    return view
 
 
 def _text(value: Any) -> str:
@@ -198,7 +265,10 @@ async def build_account(
         if story.tracker.matches(kind, entry):
             story.customer_entry(index, kind, entry)
             raws[index] = raw
-            views.append(entry_view(index, entry))
+            if kind in OWN_KINDS:
+                views.append(entry_view(index, entry))
+            else:
+                views.append(shared_view(index, kind, entry, digest, story.tracker.seq))
         if kind == "admit":
             story.admitted_total += int(entry.get("n") or 0)
 
@@ -208,10 +278,13 @@ async def build_account(
     entries: list[dict[str, Any]] = []
     for view in views:
         index = view["index"]
+        shared = bool(view.get("shared"))
         item: dict[str, Any] = {
             "index": index,
             "entry": view,
-            "raw": entry_base64(raws[index]),
+            # a shared entry's bytes name other customers: its leaf hash instead
+            "raw": None if shared else entry_base64(raws[index]),
+            "leaf": merkle.leaf_hash(raws[index]).hex() if shared else None,
             "proof": None,
         }
         if checkpoint is not None and index <= checkpoint["size"]:
@@ -221,6 +294,11 @@ async def build_account(
     receipt = None
     if receipts is not None and seq is not None:
         receipt = await receipts.receipt_with_proof(store.campaign, seq)
+        if receipt is not None and receipt.get("inclusion") is not None:
+            # the batch's entry bytes name the batch's other customers: its leaf only
+            receipt["inclusion"] = {
+                name: value for name, value in receipt["inclusion"].items() if name != "entry"
+            }
     facts = story.facts
     facts["tickets_now"] = story.tickets
     facts["cursor_now"] = story.cursor
@@ -261,20 +339,29 @@ def check_account(account: Mapping[str, Any], public_keys: PublicKeys) -> list[t
         for item in account.get("entries", []):
             if item.get("proof") is None:
                 continue
+            shared = item.get("raw") is None
             try:
-                raw = entry_from_base64(item["raw"])
+                if shared:
+                    leaf = parse_hex(item["leaf"], merkle.HASH_SIZE)
+                else:
+                    raw = entry_from_base64(item["raw"])
+                    leaf = merkle.leaf_hash(raw)
                 path = [parse_hex(p, merkle.HASH_SIZE) for p in item["proof"]]
                 proof = [p for p in path if p is not None]
                 ok = (
-                    len(proof) == len(path)
+                    leaf is not None
+                    and len(proof) == len(path)
                     and merkle.verify_inclusion(
-                        merkle.leaf_hash(raw), item["index"] - 1, checkpoint["size"], proof, root
+                        leaf, item["index"] - 1, checkpoint["size"], proof, root
                     )
-                    and decode_entry(raw).get("i") == item["index"]
+                    and (shared or decode_entry(raw).get("i") == item["index"])
                 )
             except (ValueError, TypeError, KeyError):
                 ok = False
-            results.append((f"entry {item.get('index')} is in the signed log", bool(good and ok)))
+            what = f"entry {item.get('index')} is in the signed log"
+            if shared:
+                what += " (shared with other customers: their part withheld, its leaf proven)"
+            results.append((what, bool(good and ok)))
     answer = account.get("receipt")
     if answer is not None:
         receipt = answer.get("receipt") or {}
@@ -284,14 +371,56 @@ def check_account(account: Mapping[str, Any], public_keys: PublicKeys) -> list[t
                 verify_receipt(receipt, public_keys),
             )
         )
-        if answer.get("inclusion") is not None:
+        inclusion = answer.get("inclusion")
+        if inclusion is not None and "entry" in inclusion:
             results.append(
                 (
                     f"join entry {receipt.get('entry')} of the receipt is in the signed log",
                     verify_receipt_proof(answer, public_keys),
                 )
             )
+        elif inclusion is not None:
+            results.append(
+                (
+                    f"join entry {receipt.get('entry')} of the receipt is in the signed log "
+                    "(shared with other customers: its leaf proven)",
+                    _receipt_leaf_included(answer, public_keys),
+                )
+            )
     return results
+
+
+def _receipt_leaf_included(answer: Mapping[str, Any], public_keys: PublicKeys) -> bool:
+    """The receipt's join entry, by its leaf hash, is in the receipt's signed checkpoint."""
+    try:
+        receipt, checkpoint, inclusion = (
+            answer["receipt"],
+            answer["checkpoint"],
+            answer["inclusion"],
+        )
+        if checkpoint is None or not verify_checkpoint(
+            checkpoint, public_keys, receipt["campaign"]
+        ):
+            return False
+        leaf = parse_hex(inclusion["leaf"], merkle.HASH_SIZE)
+        path = [parse_hex(p, merkle.HASH_SIZE) for p in inclusion["path"]]
+        proof = [p for p in path if p is not None]
+        if leaf is None or len(proof) != len(path):
+            return False
+        if (
+            inclusion["leaf_index"] != receipt["entry"] - 1
+            or inclusion["size"] != checkpoint["size"]
+        ):
+            return False
+        return merkle.verify_inclusion(
+            leaf,
+            receipt["entry"] - 1,
+            checkpoint["size"],
+            proof,
+            parse_hex(checkpoint["root"], merkle.HASH_SIZE) or b"",
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def render_text(account: Mapping[str, Any], checks: list[tuple[str, bool]]) -> str:

@@ -98,6 +98,13 @@ def parse_query(params: Mapping[str, str]) -> AuditQuery:
     return AuditQuery(customer, from_seq, to_seq, since, until, after, limit)
 
 
+def lookup_params(params: Mapping[str, str]) -> str:
+    """A query's parameters other than the customer, as the `p` of its `admin-query`
+    entry: sorted name=value pairs, at most 500 bytes (parse_query bounds each)."""
+    text = "&".join(f"{name}={params[name]}" for name in sorted(params))
+    return text.encode()[:500].decode("utf-8", "ignore")
+
+
 # -- what an entry is about ------------------------------------------------------------
 
 

@@ -278,6 +278,7 @@ class Replay:
             "reveal": self._reveal_prequeue,
             "prequeue": self._prequeue,
             "failover-lost": self._failover_lost,
+            "admin-query": self._admin_query,  # privacy (issue 13): a lookup, no state
         }
 
     # -- dispatch ----------------------------------------------------------------------
@@ -421,6 +422,14 @@ class Replay:
         if self.state not in allowed:
             raise EntryProblem(f"{kind} of a campaign that is {self.state}")
         self.state = target
+
+    def _admin_query(self, t: int, entry: dict[str, Any]) -> None:
+        """An operator looked a customer up (lua/admin_query.lua): it changes nothing,
+        in any state of the campaign; only its shape is checked."""
+        need_text(entry, "a")
+        need_digest(entry, "c")
+        if need_text(entry, "q") not in ("audit", "dispute"):
+            raise EntryProblem("admin-query: q must be audit or dispute")
 
     def _failover_lost(self, t: int, entry: dict[str, Any]) -> None:
         """A new Redis primary lacked acknowledged state (lua/reconcile.lua): the seqs and

@@ -14,12 +14,18 @@ from aiohttp import web
 from gate.audit.cosignatures import Transparency
 from gate.audit.dispute import build_account
 from gate.audit.export import export_chunks
-from gate.audit.query import parse_query, run_query
+from gate.audit.query import lookup_params, parse_query, run_query
 from gate.audit.store import AuditGapError
 from gate.campaign import load_stored_spec, parse_patch, parse_spec
 from gate.errors import BadRequest, GateError, NotFound
 from gate.failover import hold_report, lost_report, restored_report
-from gate.http.checks import admin_actor, campaign_id, reason_of
+from gate.http.checks import (
+    admin_actor,
+    campaign_digest,
+    campaign_id,
+    reason_of,
+    with_digest_key,
+)
 from gate.http.common import (
     GATE_KEY,
     Handler,
@@ -31,7 +37,6 @@ from gate.http.common import (
 )
 from gate.room import Reply
 from gate.service import Gate, store_for
-from gate.tokens import customer_digest
 
 ACTOR_KEY = web.RequestKey("actor", str)
 # The state shown for a campaign a failover lost whole (only its tombstone is left).
@@ -94,7 +99,7 @@ async def _view(gate: Gate, campaign: str) -> dict[str, Any]:
 
 async def create_campaign(request: web.Request) -> web.Response:
     gate = gate_of(request)
-    spec = parse_spec(await read_body(request))
+    spec = with_digest_key(gate, parse_spec(await read_body(request)))
     await gate.room.create(spec, request[ACTOR_KEY])
     await gate.cache.refresh_once()
     return respond(request, await _view(gate, spec.id), 201)
@@ -163,7 +168,8 @@ async def _customer_action(request: web.Request) -> tuple[Gate, str, bytes, str]
     if not isinstance(customer, str) or not customer.strip() or len(customer) > 256:
         raise BadRequest("customer: a customer id is required", code="bad_customer")
     reason = reason_of(body)
-    return gate, campaign, customer_digest(gate.keys, campaign, customer.strip()), reason
+    spec = load_stored_spec((await _meta(gate, campaign))["spec"])
+    return gate, campaign, campaign_digest(gate, campaign, customer.strip(), spec), reason
 
 
 async def block_customer(request: web.Request) -> web.Response:
@@ -210,13 +216,22 @@ def _gap(exc: AuditGapError) -> GateError:
 
 async def audit_entries(request: web.Request) -> web.Response:
     """Entries about a customer, a seq range and/or a time range, decoded."""
-    query = parse_query(_query_params(request))
+    params = _query_params(request)
+    query = parse_query(params)
     gate, campaign = await _existing_campaign(request)
-    digest = customer_digest(gate.keys, campaign, query.customer) if query.customer else None
+    digest = None
+    if query.customer:
+        spec = load_stored_spec((await _meta(gate, campaign))["spec"])
+        digest = campaign_digest(gate, campaign, query.customer, spec)
     try:
         result = await run_query(store_for(gate, campaign), query, digest)
     except AuditGapError as exc:
         raise _gap(exc) from None
+    if digest is not None:  # a lookup of a customer is itself logged, before it is answered
+        others = {name: value for name, value in params.items() if name != "customer"}
+        await gate.room.record_lookup(
+            campaign, request[ACTOR_KEY], "audit", digest, lookup_params(others)
+        )
     return respond(request, result)
 
 
@@ -230,15 +245,16 @@ async def audit_dispute(request: web.Request) -> web.Response:
         if name != "customer":
             raise BadRequest(f"{name}: unknown parameter; known: customer", code="bad_query")
     gate, campaign = await _existing_campaign(request)
+    spec = load_stored_spec((await _meta(gate, campaign))["spec"])
+    digest = campaign_digest(gate, campaign, customer, spec)
     try:
         account = await build_account(
-            store_for(gate, campaign),
-            customer_digest(gate.keys, campaign, customer),
-            gate.keys.public_keys(),
-            gate.receipts,
+            store_for(gate, campaign), digest, gate.keys.public_keys(), gate.receipts
         )
     except AuditGapError as exc:
         raise _gap(exc) from None
+    # the lookup is itself logged (issue 13), before it is answered
+    await gate.room.record_lookup(campaign, request[ACTOR_KEY], "dispute", digest, "")
     return respond(request, account)
 
 

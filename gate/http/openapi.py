@@ -143,6 +143,11 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "receipt",
                     "summary": "The signed join receipt and its inclusion proof",
+                    "description": "For the seq's holder only: the customer, named as on "
+                    "every customer route, with their own ticket (?ticket= or the fg_ticket "
+                    "cookie) or pass (X-Gate-Pass or the fg_pass cookie) for this seq. Any "
+                    "other request gets 404 unknown_receipt, the answer for a seq that does "
+                    "not exist.",
                     "parameters": [
                         _CAMPAIGN,
                         {
@@ -151,6 +156,7 @@ def openapi_document() -> dict[str, Any]:
                             "required": True,
                             "schema": {"type": "integer", "minimum": 1},
                         },
+                        {"name": "ticket", "in": "query", "schema": {"type": "string"}},
                     ],
                     "responses": {
                         "200": {

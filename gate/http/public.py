@@ -17,14 +17,16 @@ from aiohttp import hdrs, web
 
 from gate.cache import LiveCampaign
 from gate.config import Config
-from gate.errors import BadRequest, Forbidden, NotFound, Unavailable
+from gate.errors import BadRequest, Forbidden, GateError, NotFound, Unavailable
 from gate.http.checks import (
     CAMPAIGN_HEADER,
     CUSTOMER_DIGEST_HEADER,
     IDENTITY_KEY,
     PASS_COOKIE,
+    PASS_HEADER,
     SEQ_HEADER,
     browser_write_middleware,
+    campaign_digest,
     campaign_id,
     check_customer,
     identity,
@@ -49,7 +51,7 @@ from gate.http.transparency import add_transparency_routes, add_witnessed, refre
 from gate.identity import Identity
 from gate.room import PREQUEUED, Reply
 from gate.service import Gate
-from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, TokenError, customer_digest
+from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, Token, TokenError
 
 
 async def _campaign(request: web.Request, campaign: str) -> LiveCampaign:
@@ -156,7 +158,7 @@ async def join(request: web.Request) -> web.StreamResponse:
         await read_body(request)  # no fields yet, but a malformed body is still refused
     live = await _campaign(request, campaign)
     gate.refuse_writes_if_unsafe(campaign, allocates=False)
-    digest = customer_digest(gate.keys, campaign, customer)
+    digest = campaign_digest(gate, campaign, customer, live.spec)
     outcome = await gate.batcher.join(campaign, digest)
     # unknown_campaign, campaign_closed or not_open_yet, as the reply table words them
     Reply.of(outcome.status).expect(
@@ -450,17 +452,54 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+# What anyone who does not show that they hold the seq is answered, word for word the
+# answer for a seq that does not exist: a receipt names its customer's digest and join
+# time, and whether a seq exists is nobody else's business either.
+_NO_RECEIPT = (
+    "no receipt this request may see: send the customer's own ticket (?ticket= or the "
+    "page's cookie) or pass for that seq, as that customer"
+)
+
+
+def holds_seq(request: web.Request, campaign: str, seq: int) -> bool:
+    """The request shows, as its authenticated customer, their own ticket or pass for
+    `seq` of `campaign` (an expired pass still shows who held the seq)."""
+    gate = gate_of(request)
+    try:
+        identity(request, required=True)
+    except GateError:
+        return False
+    presented = (
+        (page_ticket(request), TICKET),
+        (request.headers.get(PASS_HEADER) or request.cookies.get(PASS_COOKIE), PASS),
+    )
+    for text, kind in presented:
+        if not text:
+            continue
+        try:
+            token: Token = gate.signer.verify(text, kind)
+            if token.campaign != campaign or token.seq != seq:
+                continue
+            check_customer(request, token)
+        except (TokenError, GateError):
+            continue
+        return True
+    return False
+
+
 async def receipt(request: web.Request) -> web.Response:
     """A ticket's signed receipt, and once the log is sealed past its join entry, the
-    latest checkpoint and the entry's inclusion proof (docs/audit-format.md)."""
+    latest checkpoint and the entry's inclusion proof (docs/audit-format.md); for the
+    ticket's holder only (issue 13), anyone else gets 404 `unknown_receipt`."""
     gate = gate_of(request)
     campaign = campaign_id(request)
     text = request.match_info["seq"]
-    if not text.isdigit() or len(text) > 15 or int(text) < 1:
-        raise NotFound(f"no ticket {text[:20]!r}", code="unknown_receipt")
+    valid = text.isascii() and text.isdigit() and len(text) <= 15 and int(text) >= 1
+    if not valid or not holds_seq(request, campaign, int(text)):
+        raise NotFound(_NO_RECEIPT, code="unknown_receipt")
     answer = await gate.receipts.receipt_with_proof(campaign, int(text))
     if answer is None:
-        raise NotFound(f"no receipt for seq {text} in {campaign}", code="unknown_receipt")
+        raise NotFound(_NO_RECEIPT, code="unknown_receipt")
     await add_witnessed(request, campaign, answer)
     return respond(request, answer)
 

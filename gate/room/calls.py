@@ -433,6 +433,18 @@ class ScriptCalls:
         status.expect(Reply.OK, campaign=campaign)
         return int(reply[2])
 
+    async def record_lookup(
+        self, campaign: str, actor: str, what: str, digest: bytes, params: str
+    ) -> int:
+        """An operator's lookup of a customer, as an `admin-query` audit entry (issue 13):
+        its index."""
+        k = CampaignKeys(campaign)
+        status, reply = await self._durable_call(
+            "admin_query", [k.meta, k.audit], [actor, what, digest, params], mark=None
+        )
+        status.expect(Reply.OK, campaign=campaign)
+        return int(reply[1])
+
 
 def reservation_suffix() -> str:
     """The random part of a reservation id (8 URL-safe characters, 48 bits): "r17-Kq3v_x8A"."""
