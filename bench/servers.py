@@ -22,6 +22,7 @@ import aiohttp
 from bench.load import REPO_ROOT, child_env
 from gate.config import load_config
 from gate.redis_server import free_port
+from gate.signing import generate_digest_document, write_keys
 
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 HOST = "127.0.0.1"
@@ -121,6 +122,10 @@ class GateServer(_Child):
         self.port = free_port()
         self.admin_port = free_port()
         self.core_port = free_port()
+        # Signing keys given: the digest key must be given too (gate/service.load_keys).
+        digest_file = keys_file.with_name("digest-keys.json")
+        if not digest_file.exists():
+            write_keys(digest_file, generate_digest_document())
         self.env = child_env(
             {
                 "GATE_REDIS_URL": redis_url,
@@ -132,6 +137,7 @@ class GateServer(_Child):
                 "GATE_CORE_PORT": str(self.core_port),
                 "GATE_ADMIN_TOKENS": f"bench:{ADMIN_TOKEN}",
                 "GATE_SIGNING_KEYS": str(keys_file),
+                "GATE_DIGEST_KEYS": str(digest_file),
                 "GATE_DATA_DIR": str(data_dir),
                 "GATE_WORKERS": str(workers),
                 "GATE_COOKIE_SECURE": "false",

@@ -44,6 +44,7 @@ from gate.http.app import create_app
 from gate.http.listener import ListenerRunner
 from gate.logs import setup_logging
 from gate.redis_server import RedisServer, die_with_parent, lock_data_dir
+from gate.service import load_keys
 from gate.signing import load_or_create_keys
 
 log = logging.getLogger("gate.server")
@@ -250,12 +251,7 @@ def serve(config: Config) -> int:
         with _start_writes(config.keys_path):
             load_or_create_keys(config.keys_path, create=config.signing_keys is None)
         with _start_writes(config.digest_keys_path):
-            load_or_create_keys(
-                config.keys_path,
-                create=False,
-                digest_path=config.digest_keys_path,
-                create_digest=config.digest_keys is None,
-            )
+            load_keys(config)
         if lock_fd is not None:
             embedded = RedisServer(
                 Path(config.data_dir) / "redis", die_with_parent=True, keep_fds=(lock_fd,)

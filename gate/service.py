@@ -206,14 +206,22 @@ def store_for(gate: Gate, campaign: str) -> AuditStore:
     return AuditStore(gate.redis, campaign, segments_root(gate.config))
 
 
-def make_gate(config: Config) -> Gate:
-    keys = load_or_create_keys(
+def load_keys(config: Config) -> SigningKeys:
+    """The signing keys and the digest keys the configuration names. Neither set: both
+    files in data_dir, created when absent. signing_keys set: digest_keys must be set too
+    (or the signing key file hold the digest key, the form of before): a digest key made
+    up by one process would not be the other processes' or hosts'."""
+    return load_or_create_keys(
         config.keys_path,
         create=config.signing_keys is None,
         digest_path=config.digest_keys_path,
-        create_digest=config.digest_keys is None,
+        create_digest=config.digest_keys is None and config.signing_keys is None,
+        digest_required=config.digest_keys is not None,
     )
-    return Gate(config, keys)
+
+
+def make_gate(config: Config) -> Gate:
+    return Gate(config, load_keys(config))
 
 
 @contextlib.asynccontextmanager

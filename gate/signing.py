@@ -199,9 +199,12 @@ def load_or_create_keys(
     create: bool,
     digest_path: Path | None = None,
     create_digest: bool = False,
+    digest_required: bool = False,
 ) -> SigningKeys:
     """Load the signing key file, and the digest key file `digest_path`; create either
-    (mode 0600) when allowed (`create`, `create_digest`) and absent.
+    (mode 0600) when allowed (`create`, `create_digest`) and absent. A digest key file
+    that was configured (`digest_required`) must exist; one that was not may be absent
+    only when the signing key file holds the digest key.
 
     A signing key file that holds a digest key (the form of before) keeps working: with
     no digest key file, its key is the only one (and a new one is not created: that
@@ -227,12 +230,20 @@ def load_or_create_keys(
     if digest_path is None:
         return keys
     if not digest_path.exists():
-        if not create_digest:  # configured, so expected
+        if digest_required:
             raise ConfigError(
                 f"digest_keys: {digest_path} does not exist (run `gate keys generate-digest`)"
             )
         if legacy:
             return keys
+        if not create_digest:
+            # Signing keys provisioned by hand (signing_keys set): a digest key made up
+            # here would differ from the one of every other gate process or host.
+            raise ConfigError(
+                f"digest_keys: not set, and neither {path} nor {digest_path} holds a digest "
+                "key: write one (`gate keys generate-digest --out F`) and set digest_keys "
+                "to it, the same file for every gate process"
+            )
         write_keys(digest_path, generate_digest_document())
     digest_keys, current = parse_digest_keys(
         _read_json(digest_path, "digest_keys"), str(digest_path)

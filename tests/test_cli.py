@@ -130,7 +130,15 @@ async def test_keys_generate_writes_a_private_file_that_serve_accepts(
     assert printed.code == 0
     assert json.loads(printed.out)["ed25519"]["current"] != document["ed25519"]["current"]
 
-    async with GateProcess(redis_url, tmp_path / "gate", out) as process:
+    # Keys provisioned by hand need their digest key provisioned too: a gate that made one
+    # up would not share it with the other processes and hosts.
+    env = {"GATE_SIGNING_KEYS": str(out), "GATE_REDIS_URL": redis_url}
+    refused = await gate_cli("serve", env={**env, "GATE_DATA_DIR": str(tmp_path / "d0")})
+    assert "digest_keys" in assert_clean_error(refused, "bad_config")
+    digests = tmp_path / "secrets" / "digest-keys.json"
+    assert (await gate_cli("keys", "generate-digest", "--out", str(digests))).code == 0
+    extra = {"GATE_DIGEST_KEYS": str(digests)}
+    async with GateProcess(redis_url, tmp_path / "gate", out, extra_env=extra) as process:
         async with aiohttp.ClientSession() as session:
             r = await session.get(process.url + "/.well-known/fairgate/keys")
             served = (await r.json())["keys"]
@@ -145,10 +153,16 @@ async def test_keys_generate_writes_a_private_file_that_serve_accepts(
         public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         assert [k["kid"] for k in served] == [kid]
         assert base64.urlsafe_b64decode(served[0]["public_key"] + "==") == public
-        # the gate wrote the digest key it lacked to a file of its own, beside its data
-        digests = json.loads((tmp_path / "gate" / "digest-keys.json").read_text())
-        assert digests["current"] in digests["keys"]
-        assert (tmp_path / "gate" / "digest-keys.json").stat().st_mode & 0o777 == 0o600
+        assert not (tmp_path / "gate" / "digest-keys.json").exists()
+    # With neither file set, the gate writes both in its data_dir, the digest key apart.
+    fresh = GateProcess(redis_url, tmp_path / "fresh", out)
+    fresh.env.pop("GATE_SIGNING_KEYS")
+    async with fresh:
+        pass
+    assert "digest_key" not in json.loads((tmp_path / "fresh" / "keys.json").read_text())
+    made = json.loads((tmp_path / "fresh" / "digest-keys.json").read_text())
+    assert made["current"] in made["keys"]
+    assert (tmp_path / "fresh" / "digest-keys.json").stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize(

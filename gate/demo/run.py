@@ -41,7 +41,7 @@ from gate.http.app import ADMIN_ADDRESS, create_app
 from gate.http.common import GATE_KEY
 from gate.redis_server import RedisServer
 from gate.service import Gate
-from gate.signing import generate_keys_document, write_keys
+from gate.signing import generate_digest_document, generate_keys_document, write_keys
 
 SCENARIOS = ("burst",)
 CAMPAIGN = "demo-burst"
@@ -164,11 +164,14 @@ async def _demo(
 ) -> dict[str, Any]:
     keys_path = out / "keys.json"
     write_keys(keys_path, generate_keys_document())
+    digest_path = out / "digest-keys.json"  # apart from the signing keys (issue 13)
+    write_keys(digest_path, generate_digest_document())
     admin_token = secrets.token_urlsafe(24)
     config: Config = default_config(
         redis_url=redis.url,
         data_dir=str(out),
         signing_keys=str(keys_path),
+        digest_keys=str(digest_path),
         admin_tokens=f"demo:{admin_token}",
         admin_host="127.0.0.1",
         admin_port=0,  # any free port; the app says which it took
