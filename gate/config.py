@@ -69,8 +69,9 @@ class Config:
     public_origins: Items = ()
     signing_keys: Path | None = None
     # The customer-digest keys, a file apart from the signing keys (gate/signing.py);
-    # default: data_dir/digest-keys.json, created when absent (unless the signing key
-    # file still holds a digest key, the form of before).
+    # default: data_dir/digest-keys.json, created when absent if signing_keys is not
+    # set either; with signing_keys set it must be set too (unless the signing key file
+    # still holds a digest key, the form of before): gate/service.load_keys.
     digest_keys: Path | None = None
     # Where a campaign's own waiting-page template (spec page.template) is looked up.
     page_templates_dir: Path | None = None
