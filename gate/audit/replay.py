@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -192,12 +192,11 @@ class Replay:
     def __init__(self, campaign: str):
         self.campaign = campaign
         self.spec: CampaignSpec | None = None
-        # time: the entry being replayed, the latest time so far and the entry that had it,
-        # and that latest time after each entry (for the checkpoints' times, read after
-        # the entries: `check_sealed_time`)
+        # time: the entry being replayed, the latest time so far, and that latest time
+        # after each entry (for the checkpoints' times, read after the entries:
+        # `check_sealed_time`)
         self.index = 0
         self.latest_t = 0
-        self.latest_at = 0
         self.latest_by_entry = array("q")
         self.seed_hash = ""
         self.mode = ""  # who moves the rate: auto, manual, off ("": no adaptive block)
@@ -291,20 +290,20 @@ class Replay:
         if self.spec is None and kind != "admin-create":
             raise EntryProblem(f"the log must start with admin-create, not {kind}")
         self.index = index
-        self._clock(t)
+        # time never goes back (by more than CLOCK_STEP_US); inline: once per entry
+        latest = self.latest_t
+        if t > latest:
+            self.latest_t = latest = t
+        elif t < latest - CLOCK_STEP_US:
+            # the entry that first had the latest time (the times so far never decrease)
+            at = bisect_left(self.latest_by_entry, latest) + 1
+            raise EntryProblem(
+                f"dated {_when(t)}, {(latest - t) / 1e6:.6f} s before entry {at} "
+                f"({_when(latest)}): time went back"
+            )
+        self.latest_by_entry.append(latest)
         self.counts[kind] = self.counts.get(kind, 0) + 1
         self.handlers[kind](t, entry)
-
-    def _clock(self, t: int) -> None:
-        """Time never goes back (by more than CLOCK_STEP_US)."""
-        if t < self.latest_t - CLOCK_STEP_US:
-            raise EntryProblem(
-                f"dated {_when(t)}, {(self.latest_t - t) / 1e6:.6f} s before entry "
-                f"{self.latest_at} ({_when(self.latest_t)}): time went back"
-            )
-        if t > self.latest_t:
-            self.latest_t, self.latest_at = t, self.index
-        self.latest_by_entry.append(self.latest_t)
 
     def check_sealed_time(self, size: int, time_ms: int) -> None:
         """No entry is dated after the checkpoint that covers it: a checkpoint's time is
