@@ -111,11 +111,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("file", help="the export ('-' = stdin)")
     verify.add_argument("--keys", help="the public keys (JSON of /.well-known/fairgate/keys)")
-    verify.add_argument(
-        "--sealed", action="store_true", help="fail when entries follow the last checkpoint"
+    sealing = verify.add_mutually_exclusive_group()
+    sealing.add_argument(
+        "--sealed",
+        action="store_true",
+        help="fail when no checkpoint covers some entries (the default; kept for scripts)",
+    )
+    sealing.add_argument(
+        "--allow-unsealed",
+        action="store_true",
+        help="check entries no checkpoint covers too, reported NOT verified, instead of failing",
     )
     verify.add_argument(
-        "--receipt", action="append", default=[], help="also check this receipt (JSON file)"
+        "--checkpoint",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="checkpoints held from elsewhere (one, a JSON list, or JSON Lines a file): "
+        "a truncation, rollback or fork against them fails",
+    )
+    verify.add_argument(
+        "--receipt",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="receipts to check (a join's receipt or GET /q/{c}/receipt/{seq}'s answer, "
+        "whose checkpoint is checked as a held one)",
     )
     dispute = asub.add_parser("dispute", help="a plain account of one customer, with proofs")
     dispute.add_argument("campaign")
@@ -240,6 +263,21 @@ def _read_json(path: str, what: str) -> Any:
         raise GateError(f"{what} {path}: not JSON ({exc})", code="bad_file") from None
 
 
+def _read_checkpoints(path: str) -> list[dict[str, Any]]:
+    from gate.audit.checkpoints import read_checkpoints
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise GateError(f"checkpoint file {path}: {exc.strerror}", code="bad_file") from None
+    except UnicodeDecodeError:
+        raise GateError(f"checkpoint file {path}: not text", code="bad_file") from None
+    try:
+        return read_checkpoints(text)
+    except ValueError as exc:
+        raise GateError(f"checkpoint file {path}: {exc}", code="bad_file") from None
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
     from gate.audit.format import load_public_keys
     from gate.audit.report import VerificationFailed
@@ -252,6 +290,12 @@ def _audit_verify(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise GateError(f"keys file {args.keys}: {exc}", code="bad_keys") from None
     receipts = [(path, _read_json(path, "receipt")) for path in args.receipt]
+    held = [
+        (path if len(found) == 1 else f"{path}#{number}", checkpoint)
+        for path in args.checkpoint
+        for found in [_read_checkpoints(path)]
+        for number, checkpoint in enumerate(found, start=1)
+    ]
     try:
         with (
             open(sys.stdin.fileno(), "rb", closefd=False)
@@ -262,8 +306,9 @@ def _audit_verify(args: argparse.Namespace) -> int:
                 fh,
                 keys,
                 keys_from=f"from {args.keys}" if args.keys else "",
-                require_sealed=args.sealed,
+                require_sealed=not args.allow_unsealed,
                 receipts=receipts,
+                checkpoints=held,
             )
     except OSError as exc:
         raise GateError(f"{args.file}: {exc.strerror}", code="bad_file") from None

@@ -582,6 +582,32 @@ async def export_to_file(
     return path
 
 
+def sealed_to_its_end(text: str) -> bool:
+    """An export's last checkpoint covers every entry in it (`gate audit verify` is strict:
+    entries no checkpoint covers are not verified)."""
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    entries = sum(1 for line in lines if line.get("type") == "entry")
+    sizes = [line["size"] for line in lines if line.get("type") == "checkpoint"]
+    return bool(sizes) and sizes[-1] == entries
+
+
+async def export_sealed_cli(
+    campaign: str, path: Path, env: dict[str, str], timeout_s: float = 15
+) -> Result:
+    """`gate audit export CAMPAIGN --out PATH` until the file is sealed to its end: a live
+    gate's log grows while it is exported (the entries appended after the checkpoints were
+    read follow unsealed), and the sealer catches up within its interval. After the
+    deadline the last export is left for verify to name what is not covered."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        exported = await gate_cli("audit", "export", campaign, "--out", str(path), env=env)
+        if exported.code != 0 or time.monotonic() > deadline:
+            return exported
+        if sealed_to_its_end(await asyncio.to_thread(path.read_text)):
+            return exported
+        await asyncio.sleep(0.1)
+
+
 # -- an export as a tampering test edits it ---------------------------------------------
 
 

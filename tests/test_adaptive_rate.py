@@ -38,6 +38,7 @@ from tests.helpers import (
     gate_cli,
     pack_like_redis,
     seal_everything,
+    sealed_to_its_end,
     spec,
     unpack,
     wait_for,
@@ -221,15 +222,17 @@ async def _at_least(state: Health, hits: int) -> bool:
 
 
 async def assert_verifies(served: GateProcess, campaign: str) -> None:
-    async def sealed() -> bool:
-        text = await export_text(served.admin_url, campaign)
-        lines = [json.loads(line) for line in text.splitlines()]
-        size = sum(1 for d in lines if d["type"] == "entry")
-        return any(d["type"] == "checkpoint" and d["size"] == size for d in lines)
+    exported: list[str] = []
 
+    async def sealed() -> bool:
+        exported[:] = [await export_text(served.admin_url, campaign)]
+        return sealed_to_its_end(exported[0])
+
+    # the export found sealed is the one verified: a later one may end in entries logged
+    # meanwhile, unsealed, which verify does not call verified
     await wait_for(sealed, 15, "the log sealed", interval_s=0.1)
     path = served.data_dir / f"{campaign}.jsonl"
-    path.write_text(await export_text(served.admin_url, campaign))
+    path.write_text(exported[0])
     result = await gate_cli("audit", "verify", str(path))
     assert result.code == 0, result
 

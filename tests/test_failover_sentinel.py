@@ -69,6 +69,7 @@ from tests.helpers import (
     ADMIN_TOKEN,
     CORE_TOKEN,
     GateProcess,
+    export_sealed_cli,
     gate_cli,
     open_amount_spec,
     spec,
@@ -436,7 +437,9 @@ async def audit_verify(
     keys_path.write_text(json.dumps(keys_doc))
     log_path = tmp / "export.jsonl"
     env = {"GATE_ADMIN_URL": gate.admin_url, "GATE_ADMIN_TOKEN": ADMIN_TOKEN}
-    exported = await gate_cli("audit", "export", CAMPAIGN, "--out", str(log_path), env=env)
+    # sealed to its end in the file itself: entries logged after the wait above would
+    # follow the checkpoints unsealed, and verify does not call those verified
+    exported = await export_sealed_cli(CAMPAIGN, log_path, env)
     if exported.code != 0:
         return False, f"export failed: {exported}"
     verified = await gate_cli("audit", "verify", str(log_path), "--keys", str(keys_path))

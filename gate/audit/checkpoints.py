@@ -3,10 +3,14 @@
 Signing uses the current Ed25519 key of the key file; verification needs only the
 published public keys (``/.well-known/fairgate/keys``), looked up by ``kid``, so a
 checkpoint signed before a key rotation keeps verifying while its key stays published.
+
+`read_checkpoints` reads the checkpoints an auditor holds from elsewhere (`gate audit
+verify --checkpoint FILE`), in every form they travel in; a new form is added there.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,3 +46,40 @@ def verify_checkpoint(
         return False
     key = public_keys.get(fields.kid)
     return key is not None and signed_by(key, fields.message(), fields.signature)
+
+
+def read_checkpoints(text: str) -> list[dict[str, Any]]:
+    """The checkpoints in a file an auditor holds: one checkpoint object as served or
+    exported, a JSON list of them, the admin API's ``{"checkpoints": [...]}``, or JSON
+    Lines (one per line, as an export's checkpoint lines or a witness's log keep them).
+    Only the shape is checked here; `gate audit verify` checks each signature and root.
+    ValueError says what is wrong."""
+    if not text.strip():
+        raise ValueError("it is empty")
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        document = None
+        items: list[Any] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except (ValueError, RecursionError):
+                raise ValueError(
+                    f"line {number} is not JSON (a checkpoint, a list of them, or one a line)"
+                ) from None
+    else:
+        if isinstance(document, list):
+            items = document
+        elif isinstance(document, Mapping) and isinstance(document.get("checkpoints"), list):
+            items = document["checkpoints"]
+        else:
+            items = [document]
+    if not items:
+        raise ValueError("it holds no checkpoint")
+    for number, item in enumerate(items, start=1):
+        if not isinstance(item, Mapping) or item.get("type") != "checkpoint":
+            raise ValueError(f'item {number} is not a checkpoint ({{"type": "checkpoint", ...}})')
+    return [dict(item) for item in items]

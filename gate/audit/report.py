@@ -17,11 +17,19 @@ class Failure:
     checkpoint: int | None = None  # 1-based, in the order of the export
     entries: tuple[int, int] | None = None  # the range a failing checkpoint blames
     receipt: str | None = None  # the receipt (its name) that fails
+    # What kind of failure, where it has a name of its own: "unsealed" (no checkpoint
+    # covers these entries), "truncation" (a checkpoint the auditor holds is beyond the
+    # export), "equivocation" (two validly signed checkpoints that cannot both be true),
+    # "altered" (the entries differ from signed evidence), "missing_receipt".
+    kind: str | None = None
+    held: str | None = None  # the held checkpoint (its file) that fails
 
     def describe(self) -> str:
         where: list[str] = []
         if self.receipt is not None:
             where.append(f"receipt {self.receipt}")
+        if self.held is not None:
+            where.append(f"held checkpoint {self.held}")
         if self.checkpoint is not None:
             where.append(f"checkpoint #{self.checkpoint}")
         if self.entries is not None:
@@ -48,7 +56,9 @@ class Report:
     state: str = ""
     entries: int = 0
     checkpoints: int = 0
-    sealed: int = 0  # entries covered by the last checkpoint
+    sealed: int = 0  # entries 1..sealed covered by a good checkpoint (the export's or held)
+    export_sealed: int = 0  # entries covered by the export's last checkpoint
+    held_checkpoints: int = 0  # checkpoints held from elsewhere (files, receipts), all good
     consistency_proofs: int = 0
     keys_source: str = ""
     kinds: dict[str, int] = field(default_factory=dict)
@@ -77,13 +87,36 @@ class Report:
     receipts: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
+        # Only a clean export gets here; entries no checkpoint covers are in it only when
+        # the caller allowed them, and then they are named as not verified.
         unsealed = self.entries - self.sealed
+        if not unsealed:
+            verdict = "OK"
+        elif self.sealed:
+            verdict = f"entries 1..{self.sealed} OK, {unsealed} unsealed NOT verified"
+        else:
+            verdict = "NOT verified (no checkpoint covers it)"
+        covered = f"1..{self.sealed}" if self.sealed else "none"
         out = [
-            f"campaign {self.campaign}: OK ({self.policy}, {self.state})",
+            f"campaign {self.campaign}: {verdict} ({self.policy}, {self.state})",
             f"entries: {self.entries} (index 1..{self.entries}, gap-free)",
-            f"checkpoints: {self.checkpoints}, signatures good, last covers {self.sealed}"
-            + (f" ({unsealed} later entries not yet sealed)" if unsealed else "")
-            + f"; consistency proofs checked: {self.consistency_proofs}",
+            f"coverage: checkpoints cover {covered} of {self.entries} entries",
+            f"checkpoints: {self.checkpoints} in the export, signatures good, last covers "
+            f"{self.export_sealed}; consistency proofs checked: {self.consistency_proofs}"
+            if self.checkpoints
+            else "checkpoints: none in the export",
+        ]
+        if self.held_checkpoints:
+            out.append(
+                f"held checkpoints: {self.held_checkpoints} consistent with the export "
+                "(none beyond it, none with another root)"
+            )
+        if unsealed:
+            out.append(
+                f"unsealed: entries {self.sealed + 1}..{self.entries} NOT verified (no signed "
+                "checkpoint covers them: replayed, but they could have been rewritten)"
+            )
+        out += [
             f"keys: {self.keys_source}",
             "kinds: " + ", ".join(f"{k}={v}" for k, v in sorted(self.kinds.items())),
             f"customers: {self.customers} tickets (one each), blocked {self.blocked}, "

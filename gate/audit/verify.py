@@ -43,7 +43,7 @@ from gate.audit.format import (
     signed_by,
 )
 from gate.audit.merkle import LeafStore
-from gate.audit.replay import EntryProblem, LateEntry, Replay, need_text
+from gate.audit.replay import EntryProblem, Replay, need_text
 from gate.audit.report import Failure, Report, VerificationFailed
 
 # -- the checkpoints -------------------------------------------------------------------
@@ -56,29 +56,64 @@ class Checkpoint:
     data: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Head:
+    """A validly signed checkpoint whose root the entries have: what it is called (for a
+    message that names both sides of a fork), its size and root."""
+
+    label: str
+    size: int
+    root: bytes
+
+
+@dataclass(frozen=True)
+class Held:
+    """A checkpoint the auditor brought from elsewhere (a file, a receipt's answer)."""
+
+    name: str
+    data: Any
+    receipt: str | None = None  # the receipt it came in
+
+    def label(self) -> str:
+        if self.receipt is not None:
+            return f"the checkpoint in receipt {self.receipt}"
+        return f"held checkpoint {self.name}"
+
+    def failure(self, message: str, **where: Any) -> Failure:
+        if self.receipt is not None:
+            return Failure(message, receipt=self.receipt, **where)
+        return Failure(message, held=self.name, **where)
+
+
 def check_checkpoints(
     checkpoints: list[Checkpoint],
     campaign: str,
     keys: PublicKeys,
     store: LeafStore,
+    heads: dict[int, Head] | None = None,
 ) -> tuple[Failure | None, int, int]:
-    """(first failure, entries covered by the last good checkpoint, consistency proofs)."""
+    """(first failure, entries covered by the last good checkpoint, consistency proofs).
+    `heads` collects the good checkpoints by size."""
     previous: CheckpointFields | None = None
     proofs = 0
     verified = 0
+    heads = {} if heads is None else heads
     for cp in checkpoints:
         try:
-            fields, proved = _check_checkpoint(cp, campaign, keys, store, previous)
+            fields, proved = _check_checkpoint(cp, campaign, keys, store, previous, heads)
         except CheckpointProblem as exc:
             entries = exc.entries or ((verified + 1, exc.upto) if exc.upto else None)
             return (
-                Failure(str(exc), line=cp.line, checkpoint=cp.number, entries=entries),
+                Failure(
+                    str(exc), line=cp.line, checkpoint=cp.number, entries=entries, kind=exc.kind
+                ),
                 (verified),
                 proofs,
             )
         proofs += proved
         previous = fields
         verified = fields.size
+        heads.setdefault(fields.size, Head(f"checkpoint #{cp.number}", fields.size, fields.root))
     return None, verified, proofs
 
 
@@ -87,11 +122,25 @@ class CheckpointProblem(Exception):
     the last good checkpoint); `entries`: an explicit range it blames instead."""
 
     def __init__(
-        self, message: str, upto: int = 0, *, entries: tuple[int, int] | None = None
+        self,
+        message: str,
+        upto: int = 0,
+        *,
+        entries: tuple[int, int] | None = None,
+        kind: str | None = None,
     ) -> None:
         super().__init__(message)
         self.upto = upto
         self.entries = entries
+        self.kind = kind
+
+
+def _equivocation(size: int, one: tuple[str, bytes], other: Head) -> str:
+    return (
+        f"equivocation: two validly signed checkpoints for size {size} with different "
+        f"roots, {one[1].hex()} ({one[0]}) and {other.root.hex()} ({other.label}): the log "
+        "was forked (the same campaign's history signed twice, differently)"
+    )
 
 
 def _check_checkpoint(
@@ -100,6 +149,7 @@ def _check_checkpoint(
     keys: PublicKeys,
     store: LeafStore,
     previous: CheckpointFields | None,
+    heads: Mapping[int, Head],
 ) -> tuple[CheckpointFields, int]:
     """A good checkpoint's fields, and the consistency proofs checked (0 or 1)."""
     try:
@@ -112,11 +162,18 @@ def _check_checkpoint(
         raise CheckpointProblem(f"signed with key {kid!r}, which is not among the public keys")
     if not signed_by(key, fields.message(), fields.signature):
         raise CheckpointProblem(f"the signature does not verify with key {kid}")
+    same = heads.get(size)
+    if same is not None and same.root != root_bytes:
+        raise CheckpointProblem(
+            _equivocation(size, (f"checkpoint #{cp.number}", root_bytes), same),
+            kind="equivocation",
+        )
     if size > store.size:
         raise CheckpointProblem(
             f"it covers {size} entries but the export has {store.size}: "
             f"entries {store.size + 1}..{size} are missing",
             entries=(store.size + 1, size),
+            kind="truncation",
         )
     if previous is not None and (size < previous.size or fields.time_ms < previous.time_ms):
         raise CheckpointProblem("checkpoints must come in size and time order")
@@ -125,6 +182,7 @@ def _check_checkpoint(
             "the entries do not hash to its root: they were altered (or removed, inserted, "
             "reordered) after it was signed",
             size,
+            kind="altered",
         )
     if previous is None:
         return fields, 0
@@ -134,8 +192,79 @@ def _check_checkpoint(
         raise CheckpointProblem(
             f"not consistent with the checkpoint before it (size {old_size})",
             size,
+            kind="altered",
         )
     return fields, 1
+
+
+def check_held(
+    held: Sequence[Held],
+    campaign: str,
+    keys: PublicKeys,
+    store: LeafStore,
+    heads: dict[int, Head],
+) -> tuple[Failure | None, int]:
+    """Check the checkpoints the auditor holds against the export: (the first failure,
+    the largest size a good one covers). Each must be signed by a known key; one beyond
+    the export's last entry is a truncation (or rollback); one whose root the entries do
+    not have is a fork, named equivocation where another validly signed checkpoint (the
+    export's, or another held one) commits to those entries, else the entries were
+    altered after it was signed. A good one joins `heads`."""
+    covered = 0
+    for item in held:
+        label = item.label()
+        if not isinstance(item.data, Mapping) or item.data.get("type") != "checkpoint":
+            return item.failure(f"{label} is not a checkpoint"), covered
+        try:
+            fields = parse_checkpoint(item.data, campaign)
+        except ValueError as exc:
+            return item.failure(f"{label}: {exc}"), covered
+        size, root = fields.size, fields.root
+        key = keys.get(fields.kid)
+        if key is None:
+            return item.failure(
+                f"{label} is signed with key {fields.kid!r}, which is not among the public keys"
+            ), covered
+        if not signed_by(key, fields.message(), fields.signature):
+            return item.failure(
+                f"the signature of {label} does not verify with key {fields.kid}"
+            ), covered
+        same = heads.get(size)
+        if same is not None and same.root != root:
+            return item.failure(
+                _equivocation(size, (label, root), same), kind="equivocation"
+            ), covered
+        if size > store.size:
+            return item.failure(
+                f"truncation or rollback: the export ends at entry {store.size}, but {label} "
+                f"is signed for size {size} (root {root.hex()}): entries "
+                f"{store.size + 1}..{size} are missing from the export",
+                entries=(store.size + 1, size),
+                kind="truncation",
+            ), covered
+        actual = store.root(size)
+        if actual != root:
+            larger = [h for s, h in sorted(heads.items()) if s > size]
+            if larger:
+                other = larger[0]
+                return item.failure(
+                    f"equivocation: {label} (size {size}, root {root.hex()}) and "
+                    f"{other.label} (size {other.size}, root {other.root.hex()}) are both "
+                    f"validly signed but cannot both be true: the first {size} entries under "
+                    f"{other.label} hash to {actual.hex()} (a forked log)",
+                    kind="equivocation",
+                ), covered
+            below = max([s for s in heads if s < size], default=0)
+            return item.failure(
+                f"altered: the export's entries 1..{size} hash to {actual.hex()}, not to the "
+                f"root {root.hex()} that {label} signs: entries {below + 1}..{size} were "
+                "changed after it was signed (or the log was forked)",
+                entries=(below + 1, size),
+                kind="altered",
+            ), covered
+        heads.setdefault(size, Head(label, size, root))
+        covered = max(covered, size)
+    return None, covered
 
 
 # -- the driver ----------------------------------------------------------------------
@@ -156,19 +285,31 @@ def verify_lines(
     keys_document: Any | None = None,
     *,
     keys_from: str = "",
-    require_sealed: bool = False,
+    require_sealed: bool = True,
     receipts: Sequence[tuple[str, Any]] = (),
+    checkpoints: Sequence[tuple[str, Any]] = (),
 ) -> Report:
     """Check an export line by line; raises VerificationFailed naming the first problem.
 
     `keys_document` is the JSON published at /.well-known/fairgate/keys; without it the
     keys in the export's header are used (which proves integrity, not who signed).
-    `require_sealed`: entries after the last checkpoint are a failure, not a note.
+    `require_sealed` (the default): entries no good checkpoint covers (the export's own
+    or a held one) are a failure; False checks them all the same but leaves them out of
+    what is verified (the report names them NOT verified).
     `receipts`: (name, receipt) pairs, each a receipt given at join or the answer of
-    GET /q/{c}/receipt/{seq}; each must verify and match its join entry in this log.
+    GET /q/{c}/receipt/{seq}; each must verify and match its join entry in this log, and
+    the checkpoint in an answer is checked as a held one.
+    `checkpoints`: (name, checkpoint) pairs the auditor holds from elsewhere
+    (`gate.audit.checkpoints.read_checkpoints`): each must be signed by a known key and
+    agree with the export (no truncation, rollback or fork).
     """
-    wanted = {name: _receipt_of(document) for name, document in receipts}
-    keep = {r["entry"] for r in wanted.values() if isinstance(r, dict) and is_int(r.get("entry"))}
+    held = [Held(name, data) for name, data in checkpoints] + [
+        Held(name, document["checkpoint"], receipt=name)
+        for name, document in receipts
+        if isinstance(document, dict) and isinstance(document.get("checkpoint"), dict)
+    ]
+    wanted = [_receipt_of(document) for _, document in receipts]
+    keep = {r["entry"] for r in wanted if isinstance(r, dict) and is_int(r.get("entry"))}
     kept: dict[int, bytes] = {}
     iterator = iter(lines)
     line_no = 0
@@ -205,7 +346,7 @@ def verify_lines(
     report = Report(campaign=campaign, keys_source=source)
     replay = Replay(campaign)
     store = LeafStore()
-    checkpoints: list[Checkpoint] = []
+    in_export: list[Checkpoint] = []
     replay_failure: Failure | None = None
     last_line = 0
     for raw_line in iterator:
@@ -215,12 +356,12 @@ def verify_lines(
         data = _json_line(raw_line, line_no)
         kind = data.get("type")
         if kind == "checkpoint":
-            checkpoints.append(Checkpoint(len(checkpoints) + 1, line_no, data))
+            in_export.append(Checkpoint(len(in_export) + 1, line_no, data))
             continue
         if kind != "entry":
             raise VerificationFailed(Failure(f"unknown line type {kind!r}", line=line_no))
         expected = store.size + 1
-        if checkpoints:
+        if in_export:
             raise VerificationFailed(
                 Failure(
                     "an entry after the checkpoints",
@@ -271,7 +412,8 @@ def verify_lines(
     if store.size == 0:
         raise VerificationFailed(Failure("the export has no entries", line=line_no))
 
-    cp_failure, verified, proofs = check_checkpoints(checkpoints, campaign, keys, store)
+    heads: dict[int, Head] = {}
+    cp_failure, verified, proofs = check_checkpoints(in_export, campaign, keys, store, heads)
     if replay_failure is not None and (
         cp_failure is None or (replay_failure.index or 0) <= verified
     ):
@@ -291,33 +433,47 @@ def verify_lines(
                 entries=cp_failure.entries,
             )
         raise VerificationFailed(cp_failure)
-    for cp in checkpoints:  # all good here: no entry is dated after the one covering it
+    held_failure, held_covered = check_held(held, campaign, keys, store, heads)
+    if held_failure is not None:
+        raise VerificationFailed(held_failure)
+    for name, document in receipts:
+        receipt = _receipt_of(document)
         try:
-            replay.check_sealed_time(cp.data["size"], cp.data["time_ms"])
-        except LateEntry as exc:
-            raise VerificationFailed(
-                Failure(str(exc), line=cp.line, index=exc.index, checkpoint=cp.number)
-            ) from None
-    if require_sealed and verified < store.size:
-        raise VerificationFailed(
-            Failure(
-                "not covered by any checkpoint (the export was required to be sealed)",
-                index=verified + 1,
-                entries=(verified + 1, store.size),
+            line = check_receipt(
+                receipt, campaign, keys, kept, max(verified, held_covered), store.size
             )
-        )
-    for name, receipt in wanted.items():
-        try:
-            report.receipts.append(
-                check_receipt(receipt, campaign, keys, kept, verified, store.size)
-            )
-        except EntryProblem as exc:
+            proved = isinstance(document, dict) and document.get("inclusion") is not None
+            if proved and not receipt_proofs.verify_receipt_proof(document, keys):
+                raise ReceiptProblem(
+                    "altered: its inclusion proof does not tie its entry to its checkpoint"
+                )
+            report.receipts.append(line)
+        except (EntryProblem, ReceiptProblem) as exc:
             entry_of = receipt.get("entry") if isinstance(receipt, dict) else None
             raise VerificationFailed(
-                Failure(str(exc), index=entry_of if is_int(entry_of) else None, receipt=name)
+                Failure(
+                    str(exc),
+                    index=entry_of if is_int(entry_of) else None,
+                    receipt=name,
+                    kind=exc.kind if isinstance(exc, ReceiptProblem) else None,
+                )
             ) from None
-    report.checkpoints = len(checkpoints)
-    report.sealed = verified
+    covered = max(verified, held_covered)
+    if require_sealed and covered < store.size:
+        raise VerificationFailed(
+            Failure(
+                "not covered by any checkpoint, so not verified: without a signature they "
+                "could have been rewritten (an export taken before the sealer caught up: "
+                "take it again once sealed; --allow-unsealed checks them anyway and reports "
+                "them NOT verified)",
+                entries=(covered + 1, store.size),
+                kind="unsealed",
+            )
+        )
+    report.checkpoints = len(in_export)
+    report.sealed = covered
+    report.export_sealed = verified
+    report.held_checkpoints = len(held)
     report.consistency_proofs = proofs
     replay.fill(report)
     return report
@@ -330,6 +486,15 @@ def _receipt_of(document: Any) -> Any:
     return document
 
 
+class ReceiptProblem(Exception):
+    """A receipt that does not hold against the export: `kind` is "missing_receipt" (its
+    entry is not in the export) or "altered" (its entry is, with other contents)."""
+
+    def __init__(self, message: str, kind: str = "altered") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 def check_receipt(
     receipt: Any,
     campaign: str,
@@ -338,7 +503,9 @@ def check_receipt(
     sealed: int,
     size: int,
 ) -> str:
-    """A receipt must verify with the public keys and be the batch of its join entry."""
+    """A receipt must verify with the public keys and be the batch of its join entry.
+    EntryProblem: the receipt itself is bad; ReceiptProblem: a good receipt that the
+    export contradicts."""
     if not isinstance(receipt, dict):
         raise EntryProblem("a receipt is a JSON object")
     seq, index = receipt.get("seq"), receipt.get("entry")
@@ -350,12 +517,19 @@ def check_receipt(
         raise EntryProblem(
             f"the receipt for seq {seq} does not verify (signature, statement or path altered)"
         )
-    if not is_int(index) or not 1 <= index <= size or index not in entries:
-        raise EntryProblem(f"the receipt names entry {index!r}, which is not in the export")
+    if not is_int(index) or index < 1:
+        raise EntryProblem(f"the receipt names entry {index!r}, which is no entry")
+    if index > size or index not in entries:
+        raise ReceiptProblem(
+            f"missing receipt: the signed receipt for seq {seq} is in join entry {index}, but "
+            f"the export ends at entry {size} (truncated or rolled back)",
+            kind="missing_receipt",
+        )
     entry = decode_entry(entries[index])
     kind = entry.get("k")
+    altered = f"altered: join entry {index} is not the batch the signed receipt for seq {seq}"
     if kind not in receipt_proofs.RECEIPT_KINDS:
-        raise EntryProblem(f"the receipt names entry {index}, a {kind!r} entry, not a join")
+        raise ReceiptProblem(f"{altered} names: it is a {kind!r} entry")
     batch = receipt_proofs.BatchReceipts(
         campaign,
         index,
@@ -363,11 +537,11 @@ def check_receipt(
         receipt_proofs.batch_pairs(entry),
     )
     if batch.t != receipt["t"] or batch.root.hex() != receipt["root"]:
-        raise EntryProblem(f"the receipt for seq {seq} is not the batch of join entry {index}")
+        raise ReceiptProblem(f"{altered} names (its time, customers or their order differ)")
     if len(batch.pairs) != receipt.get("batch_size"):
-        raise EntryProblem(f"the receipt's batch_size is not the size of join entry {index}")
+        raise ReceiptProblem(f"{altered} names (batch_size {receipt.get('batch_size')})")
     if batch.position_of(seq) != receipt["leaf_index"]:
-        raise EntryProblem(f"seq {seq} is not at the receipt's place in join entry {index}")
+        raise ReceiptProblem(f"{altered} names (seq {seq} is not at its place)")
     where = f"sealed (checkpoint size {sealed})" if index <= sealed else "not sealed yet"
     return f"receipt seq {seq}: signed by {receipt.get('kid')}, join entry {index}, {where}"
 
