@@ -947,8 +947,7 @@ def summary_text(report: dict[str, Any]) -> str:
         )
     audit = gated["audit"]
     lines.append(
-        f"  with gate: audit export verified: {audit['entries']} entries, all under signed "
-        f"checkpoints, {audit['admitted']} "
+        f"  with gate: audit export verified: {audit['entries']} entries, {audit['admitted']} "
         f"admitted, {audit['claims']} claims, {audit['confirms']} confirmations, "
         f"{audit['admin_updates']} rate changes (admissions replayed at the logged rates)"
         if audit["verified"]
