@@ -338,6 +338,15 @@ ROUTES = [
     ("core", "POST", "/q/{c}/reservations/{v}/confirm"),
     ("core", "POST", "/q/{c}/reservations/{v}/release"),
 ]
+# The transparency routes (issue 13) write nothing without witness_keys: the 5xx fuzzer
+# sends them too; the partial-write fuzzer keeps its own sequence of requests.
+TRANSPARENCY_ROUTES = [
+    ("public", "GET", "/.well-known/fairgate/checkpoint/{c}?size={v}"),
+    ("public", "GET", "/.well-known/fairgate/consistency/{c}?old={v}&new=1"),
+    ("public", "GET", "/.well-known/fairgate/consistency/{c}?old=0&new={v}"),
+    ("public", "POST", "/.well-known/fairgate/cosign/{c}"),
+    ("public", "GET", "/.well-known/fairgate/witnessed/{c}"),
+]
 CAMPAIGNS = ["c1", "c1", "nope", "%ED%A0%80", "%ff", "a" * 300, "%00", ".."]
 VALUES = ["", "x", "%ED%A0%80", "%ff%fe", "\\ud800", "1" * 40, "-1", "%00", "a.b", "é"]
 STRINGS = ["\\ud800", "\\udfff", "\\ud834\\u0000", "x" * 300, "\\u0000", "", "é", "1e999"]
@@ -371,8 +380,10 @@ def fuzz_body(rng: random.Random) -> tuple[bytes, str]:
     return b"{}", rng.choice(["application/json; charset=latin-1", "text/html", "*/*"])
 
 
-def fuzz_request(rng: random.Random, pass_token: str) -> tuple[str, bytes]:
-    listener, method, template = rng.choice(ROUTES)
+def fuzz_request(
+    rng: random.Random, pass_token: str, routes: list[tuple[str, str, str]] = ROUTES
+) -> tuple[str, bytes]:
+    listener, method, template = rng.choice(routes)
     path = template.replace("{c}", rng.choice(CAMPAIGNS)).replace("{v}", rng.choice(VALUES))
     headers = [b"Host: gate"]
     if listener == "admin" and rng.random() < 0.9:
@@ -427,7 +438,8 @@ async def test_fuzzer_never_5xx_never_hangs(served: GateProcess) -> None:
     pass_token = await pass_of(served, "alice")
     ports = {"public": served.port, "admin": served.admin_port, "core": served.core_port}
     rng = random.Random(11)
-    cases = [fuzz_request(rng, pass_token) for _ in range(10_000)]
+    routes = ROUTES + TRANSPARENCY_ROUTES
+    cases = [fuzz_request(rng, pass_token, routes) for _ in range(10_000)]
     failures: list[str] = []
     statuses: dict[int, int] = {}
     deadline_s = max(HEAD_TIMEOUT_S, BODY_TIMEOUT_S) + 3

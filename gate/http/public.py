@@ -153,7 +153,10 @@ async def join(request: web.Request) -> web.StreamResponse:
     customer = identity(request, required=True)
     assert customer is not None
     if is_page_form(request):
-        await request.post()  # the waiting page's no-script form: no fields we use
+        try:
+            await request.post()  # the waiting page's no-script form: no fields we use
+        except web.RequestPayloadError:  # bad chunking, a Content-Encoding that does not decode
+            raise BadRequest("the body could not be decoded", code="bad_body_encoding") from None
     else:
         await read_body(request)  # no fields yet, but a malformed body is still refused
     live = await _campaign(request, campaign)

@@ -144,8 +144,10 @@ async def cosign(request: web.Request) -> web.Response:
         raise GateError(
             "the body did not arrive in time", code="body_timeout", status=408
         ) from None
-    except (ConnectionError, web.HTTPException):
-        raise BadRequest("the body could not be read", code="body_incomplete") from None
+    except ConnectionError:  # the client went away mid-body
+        raise BadRequest("the body was cut off", code="body_incomplete") from None
+    except web.RequestPayloadError:  # bad chunking, a Content-Encoding that does not decode
+        raise BadRequest("the body could not be decoded", code="bad_body_encoding") from None
     if len(body) > MAX_NOTE_BYTES:
         raise GateError(
             f"a note is at most {MAX_NOTE_BYTES} bytes", code="body_too_large", status=413
