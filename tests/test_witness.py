@@ -238,11 +238,22 @@ async def test_a_witness_cosigns_two_sealing_rounds_and_two_of_two_publish(
     )
 
 
+@pytest.mark.parametrize(
+    ("customers", "reason"),
+    [
+        # a shorter fork: the gate's latest is below what it signed, with no proof to it
+        (("friend",), "rollback"),
+        # a longer fork: no consistency proof from the held checkpoint verifies
+        (("friend", "alice", "bob", "carol", "dave", "erin"), "no consistency"),
+    ],
+)
 async def test_a_forked_log_is_refused_with_two_signed_heads_as_evidence(
     served: GateProcess,
     witnesses: list[tuple[Path, str]],
     keys_file: Path,
     tmp_path: Path,
+    customers: tuple[str, ...],
+    reason: str,
 ) -> None:
     """The operator runs the same campaign again on a second gate and Redis, with the
     same key, and a friend first in line; the witness is then shown the second log."""
@@ -267,13 +278,13 @@ async def test_a_forked_log_is_refused_with_two_signed_heads_as_evidence(
                 second_redis.url, tmp_path / "gate2", keys_file, extra_env=env
             ) as forked:
                 await create(http, forked, "fork")
-                for who in ("friend", "alice", "bob"):
+                for who in customers:
                     await join(http, forked, "fork", who)
                 fork_note = await sealed_note(http, forked, "fork")
-                # Same origin, same key; its size may differ by an admit entry or two,
-                # its root differs: seq 1 is someone else.
+                # Same origin, same key, another size; seq 1 is someone else.
                 assert fork_note.split("\n")[0] == honest.split("\n")[0]
-                assert fork_note.split("\n")[2] != honest.split("\n")[2]
+                shorter = note_size(fork_note) < note_size(honest)
+                assert shorter == (reason == "rollback")
                 result = await witness(key1, state, forked, "fork")
                 refused_again = await witness(key1, state, forked, "fork")
                 on_fork = await (await http.get(f"{forked.url}{WELL_KNOWN}/witnessed/fork")).json()
@@ -287,6 +298,7 @@ async def test_a_forked_log_is_refused_with_two_signed_heads_as_evidence(
     assert refused_again.code == 3 and '"outcome":"refused"' in refused_again.out
     assert on_fork["cosigned_by"] == []  # no witness keys there, and none handed in
     evidence = json.loads((state / "fork.equivocation.json").read_text())
+    assert evidence["reason"].startswith(reason), evidence["reason"]
     assert evidence["keys"] == keys and evidence["held_keys"] == keys  # one key, both logs
     assert evidence["held"].split("\n\n")[0] == honest.split("\n\n")[0]
     assert evidence["served"].split("\n\n")[0] == fork_note.split("\n\n")[0]

@@ -309,6 +309,14 @@ class GateAway(Exception):
     """The gate could not be asked (connection refused, a timeout, a 5xx)."""
 
 
+class GateRefused(GateAway):
+    """The gate answered, with an HTTP error status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 def _get(url: str, timeout_s: float) -> bytes:
     return _request(urllib.request.Request(url, method="GET"), timeout_s)
 
@@ -319,7 +327,9 @@ def _request(request: urllib.request.Request, timeout_s: float) -> bytes:
             return bytes(response.read(1 << 20))
     except urllib.error.HTTPError as exc:
         detail = exc.read(2000).decode("utf-8", "replace").strip()
-        raise GateAway(f"{request.get_method()} {request.full_url}: {exc.code} {detail}") from None
+        raise GateRefused(
+            f"{request.get_method()} {request.full_url}: {exc.code} {detail}", exc.code
+        ) from None
     except (TimeoutError, urllib.error.URLError, OSError) as exc:
         raise GateAway(f"{request.get_method()} {request.full_url}: {exc}") from None
 
@@ -440,20 +450,28 @@ class Witness:
         gate_note: Note,
         keys_document: dict[str, Any],
     ) -> Round:
-        """A checkpoint smaller than the one held: stale if it is a prefix of it (nothing
-        to cosign), a fork if not."""
+        """A checkpoint smaller than the one held: stale if the gate proves it a prefix
+        of the held one (nothing to cosign); a fork if the proof fails; a rollback if the
+        gate cannot give one (its log no longer reaches a size it signed)."""
         quoted = urllib.parse.quote(campaign, safe="")
-        proof = self._proof(quoted, checkpoint.size, held.size)
-        if merkle.verify_consistency(checkpoint.size, held.size, checkpoint.root, held.root, proof):
-            return Round(campaign, "stale", checkpoint.size)
-        path = self._evidence(
-            campaign,
-            f"no consistency from {checkpoint.size} to the held {held.size}",
-            held,
-            gate_note,
-            proof,
-            keys_document,
-        )
+        try:
+            proof = self._proof(quoted, checkpoint.size, held.size)
+        except GateRefused as refused:
+            if not 400 <= refused.status < 500:
+                raise
+            reason = (
+                f"rollback: the latest checkpoint ({checkpoint.size}) is smaller than the "
+                f"held one ({held.size}), and the gate gives no consistency proof to it "
+                f"({refused.status})"
+            )
+            proof = []
+        else:
+            if merkle.verify_consistency(
+                checkpoint.size, held.size, checkpoint.root, held.root, proof
+            ):
+                return Round(campaign, "stale", checkpoint.size)
+            reason = f"no consistency from {checkpoint.size} to the held {held.size}"
+        path = self._evidence(campaign, reason, held, gate_note, proof, keys_document)
         return Round(campaign, "equivocation", checkpoint.size, {"evidence": str(path)})
 
     def _evidence(
@@ -577,6 +595,8 @@ def _line(data: dict[str, Any]) -> None:
 
 __all__ = [
     "EXIT_EQUIVOCATION",
+    "GateAway",
+    "GateRefused",
     "Held",
     "Refused",
     "State",
