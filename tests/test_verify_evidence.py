@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gate.audit import merkle
 from gate.audit.checkpoints import make_checkpoint
+from gate.audit.format import checkpoint_message
 from gate.audit.receipts import ReceiptBook
 from gate.audit.report import Report, VerificationFailed
 from gate.audit.verify import verify_lines
@@ -36,6 +38,7 @@ from gate.signing import SigningKeys
 from tests.helpers import (
     Export,
     assert_clean_error,
+    b64url,
     customer_digest,
     export_to_file,
     gate_cli,
@@ -180,6 +183,17 @@ async def test_a_log_cut_back_to_an_earlier_checkpoint_is_caught_by_a_held_one(
     assert f"signed for size {held['size']}" in failure.message
     assert "held.json" in failure.describe()
     assert failure.entries == (size + 1, held["size"])
+
+    # a held checkpoint is evidence only when a published key signed it
+    forger = Ed25519PrivateKey.generate()
+    forged = {**held, "kid": "forger"}
+    forged["sig"] = b64url(
+        forger.sign(checkpoint_message(CAMPAIGN, held["size"], held["root"], held["time_ms"]))
+    )
+    failure = failure_of(export, keys, checkpoints=[("forged.json", forged)])
+    assert failure.kind is None and "not among the public keys" in failure.message
+    other = failure_of(export, keys, checkpoints=[("other.json", {**held, "campaign": "x"})])
+    assert "for campaign 'x'" in other.describe() and "other.json" in other.describe()
 
     # cut back a little further into unsealed entries, checked with the opt-out: the same
     longer = await exported(room, keys, tmp_path / "longer.jsonl")
