@@ -43,7 +43,7 @@ from gate.audit.format import (
     signed_by,
 )
 from gate.audit.merkle import LeafStore
-from gate.audit.replay import EntryProblem, Replay, need_text
+from gate.audit.replay import EntryProblem, LateEntry, Replay, need_text
 from gate.audit.report import Failure, Report, VerificationFailed
 
 # -- the checkpoints -------------------------------------------------------------------
@@ -433,6 +433,13 @@ def verify_lines(
                 entries=cp_failure.entries,
             )
         raise VerificationFailed(cp_failure)
+    for cp in in_export:  # all good here: no entry is dated after the one covering it
+        try:
+            replay.check_sealed_time(cp.data["size"], cp.data["time_ms"])
+        except LateEntry as exc:
+            raise VerificationFailed(
+                Failure(str(exc), line=cp.line, index=exc.index, checkpoint=cp.number)
+            ) from None
     held_failure, held_covered = check_held(held, campaign, keys, store, heads)
     if held_failure is not None:
         raise VerificationFailed(held_failure)
