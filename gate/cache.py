@@ -97,6 +97,8 @@ class CampaignCache:
         self.skip: Callable[[str], bool] = lambda campaign: False
         # Set (and replaced) each time a refresh ends, well or not: what wait_fresh waits on.
         self._refreshed = asyncio.Event()
+        # Loads of a campaign not cached yet, in flight: the requests that miss it share one.
+        self._loading: dict[str, asyncio.Future[LiveCampaign | None]] = {}
 
     def redis_now(self) -> float:
         """Redis's time (unix seconds) as this process knows it: its monotonic clock plus
@@ -199,11 +201,25 @@ class CampaignCache:
         return self.campaigns.get(campaign)
 
     async def get(self, campaign: str) -> LiveCampaign | None:
-        """The cached campaign, loading it from Redis the first time it is asked for."""
+        """The cached campaign, loading it from Redis the first time it is asked for. The
+        requests that miss it together share one load: a crowd's first joins would
+        otherwise each read the campaign and drain the connection pool."""
         live = self.campaigns.get(campaign)
         if live is not None or not valid_campaign_id(campaign):
             return live
-        return await self._load(campaign)
+        loading = self._loading.get(campaign)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(campaign))
+            self._loading[campaign] = loading
+            loading.add_done_callback(lambda done: self._loaded(campaign, done))
+        # A request that goes away (its client left) does not cancel the others' load.
+        return await asyncio.shield(loading)
+
+    def _loaded(self, campaign: str, done: asyncio.Future[LiveCampaign | None]) -> None:
+        if self._loading.get(campaign) is done:
+            del self._loading[campaign]
+        if not done.cancelled():
+            done.exception()  # retrieved here: every waiter may have gone
 
     async def _load(self, campaign: str) -> LiveCampaign | None:
         meta = await self.room.meta(campaign)

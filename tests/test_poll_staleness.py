@@ -124,3 +124,26 @@ async def test_a_process_just_started_waits_for_its_first_refresh_not_503(
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
+
+
+async def test_a_crowd_on_a_cold_cache_loads_the_campaign_once(
+    config: Config, aiohttp_client: Any
+) -> None:
+    """The first customers of a campaign this process has not cached yet all ask for it at
+    once: one load from Redis serves them all. Before, each of 150 concurrent joins read
+    the campaign itself (150 HGETALLs and snapshots), the pool's 64 connections ran out,
+    and joins answered 503 `unavailable` on a loaded machine (test_receipts in a full run)."""
+    async with quiet_gate(config) as first:
+        admin = await aiohttp_client(
+            create_admin_app(first), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        await create_campaign(admin, CAMPAIGN, rate_per_s=1000)
+    async with quiet_gate(config) as gate:
+        # as when another process created it after this one's last refresh
+        gate.cache.campaigns.clear()
+        public = await aiohttp_client(create_public_app(gate))
+        await gate.redis.config_resetstat()
+        tickets = await asyncio.gather(*(join(public, CAMPAIGN, f"c{n}") for n in range(150)))
+        assert sorted(t["seq"] for t in tickets) == list(range(1, 151))
+        stats = await gate.redis.info("commandstats")
+        assert stats["cmdstat_hgetall"]["calls"] == 1, stats["cmdstat_hgetall"]
