@@ -334,7 +334,10 @@ async def _delivered_by_a_slow_loop(
 ) -> float:
     """The admitted/s a real gate's admit loop delivers with its calls `interval_ms` apart,
     from the audit log's first `calls` admit entries (the first spends the burst)."""
-    customers = int(rate * interval_ms / 1000 * (calls + 2))
+    # enough that the queue never runs dry within `calls`: the first call may give up to
+    # 3 s of accrual (the joins take a while), and a loaded machine stretches the calls
+    # (a full run at load 8-12: ~690 ms apart, the queue ran dry in the last call)
+    customers = int(rate * (3 + interval_ms / 1000 * (calls + 2) * 1.5))
     slow = dataclasses.replace(config, admit_interval_ms=interval_ms)
     async with running_gate(slow) as gate:
         await gate.wait_ready()
