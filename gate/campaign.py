@@ -249,11 +249,18 @@ class CampaignSpec:
     # and a rotation changes new campaigns only. None: created before digest keys had
     # ids (gate/signing.py, the legacy key).
     digest_key: str | None = None
+    # Every entry of this campaign's log is sealed within this many ms of its time,
+    # fixed at creation (the admin API fills in the gate's seal_bound_ms; an explicit
+    # value may only be larger): `gate audit verify` checks each entry's seal delay
+    # against it (docs/audit-format.md, "Seal bound"). None: no bound recorded.
+    seal_bound_ms: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         shown: dict[str, Any] = {}
         if self.digest_key is not None:
             shown["digest_key"] = self.digest_key
+        if self.seal_bound_ms is not None:
+            shown["seal_bound_ms"] = self.seal_bound_ms
         if self.title is not None:
             shown["title"] = self.title
         if self.target_url is not None:
@@ -493,9 +500,12 @@ def parse_spec(raw: Any) -> CampaignSpec:
     _only(
         spec,
         {"id", "opens_at", "closes_at", "quota", "policy", "admission", "prequeue"}
-        | {"title", "target_url", "page", "digest_key"},
+        | {"title", "target_url", "page", "digest_key", "seal_bound_ms"},
         "",
     )
+    seal_bound = spec.get("seal_bound_ms")
+    if seal_bound is not None:
+        seal_bound = _int(seal_bound, "seal_bound_ms", 100, 3600000)
     digest_key = spec.get("digest_key")
     if digest_key is not None and not valid_kid(digest_key):
         raise _fail("digest_key", "must be a digest key id: 1 to 32 of [A-Za-z0-9_-]")
@@ -530,6 +540,7 @@ def parse_spec(raw: Any) -> CampaignSpec:
         target_url=parse_url(spec.get("target_url"), "target_url"),
         page=parse_page(spec.get("page")),
         digest_key=digest_key,
+        seal_bound_ms=seal_bound,
     )
 
 

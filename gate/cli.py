@@ -123,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
         help="check entries no checkpoint covers too, reported NOT verified, instead of failing",
     )
     verify.add_argument(
+        "--allow-seal-gaps",
+        action="store_true",
+        help="accept entries sealed later than the campaign's seal bound where the log records "
+        "the gap (a sealer handover or a late sealer; never a stolen lease): reported, not failed",
+    )
+    verify.add_argument(
         "--checkpoint",
         nargs="+",
         action="extend",
@@ -307,6 +313,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
                 keys,
                 keys_from=f"from {args.keys}" if args.keys else "",
                 require_sealed=not args.allow_unsealed,
+                allow_seal_gaps=args.allow_seal_gaps,
                 receipts=receipts,
                 checkpoints=held,
             )

@@ -121,6 +121,11 @@ class Config:
     # many sealed entries stay in Redis before older ones move to segment files (0: all).
     seal_interval_ms: int = 1000
     seal_lease_ms: int = 3000
+    # Every entry is sealed within this many ms of its time (docs/audit-format.md, "Seal
+    # bound"): recorded in each new campaign's spec, where `gate audit verify` checks it;
+    # the sealer seals at least twice per bound, and records a seal-gap entry when it finds
+    # an entry older than the bound unsealed. 0: no bound (none recorded, none checked).
+    seal_bound_ms: int = 1000
     audit_keep_in_redis: int = 100000
     # Memory each process may give to recently used join batches, to answer retried
     # joins and receipt reads without reading the log (least recently used out first).
@@ -395,6 +400,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("seal_interval_ms: must be between 10 and 600000")
     if cfg.seal_lease_ms < 500 or cfg.seal_lease_ms > 600000:
         raise ConfigError("seal_lease_ms: must be between 500 and 600000")
+    if cfg.seal_bound_ms != 0 and not 100 <= cfg.seal_bound_ms <= 3600000:
+        raise ConfigError("seal_bound_ms: must be 0 (no bound) or between 100 and 3600000")
     if cfg.audit_keep_in_redis != 0 and cfg.audit_keep_in_redis < 10:
         raise ConfigError("audit_keep_in_redis: must be 0 (keep all) or at least 10")
     if cfg.receipt_cache_bytes < 0 or cfg.receipt_cache_bytes > 1 << 34:

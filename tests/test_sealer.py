@@ -172,9 +172,10 @@ async def test_one_sealer_per_campaign_and_a_graceful_handover(config: Config) -
 
 
 async def test_a_sealer_whose_lease_lapsed_cannot_write(room: Room, config: Config) -> None:
-    """A sealer paused past its lease (simulated by the lease key vanishing) keeps its
-    old fencing token; its successor's token is larger, and every write of the old one
-    (checkpoint, trim) is refused, so the published checkpoints stay one chain."""
+    """A sealer paused past its lease (it lets its 1-s lease lapse) keeps its old
+    fencing token; its successor's token is larger, and every write of the old one
+    (checkpoint, trim) is refused, so the published checkpoints stay one chain. (A lease
+    key that vanishes before it could have lapsed is tampering: test_seal_bound.py.)"""
     redis, scripts = room.redis, room.scripts
     keys = load_or_create_keys(config.keys_path, create=False)
     await room.create(parse_spec(spec("fence")), ACTOR)
@@ -189,7 +190,11 @@ async def test_a_sealer_whose_lease_lapsed_cannot_write(room: Room, config: Conf
     assert await new.step("fence", force=True) is False  # the lease is taken
     assert old.active() == ["fence"] and new.active() == []
     k = CampaignKeys("fence")
-    await redis.delete(k.sealer)  # old's lease lapsed while it was paused
+
+    async def lapsed() -> bool:  # old's lease lapses while it is paused
+        return not await redis.exists(k.sealer)
+
+    await wait_for(lapsed, 5, "the old sealer's lease to lapse", interval_s=0.02)
     await grow(5)
     assert await new.step("fence", force=True)
     assert new.active() == ["fence"]

@@ -44,6 +44,9 @@ ACCRUE_MAX_US = 3_000_000
 CLOCK_STEP_US = 1_000_000
 
 
+SEAL_GAP_WHY = ("handover", "late", "lease-stolen")
+
+
 class EntryProblem(Exception):
     """An entry breaks a rule (raised inside the replay; the caller adds where)."""
 
@@ -278,6 +281,7 @@ class Replay:
             "prequeue": self._prequeue,
             "failover-lost": self._failover_lost,
             "admin-query": self._admin_query,  # privacy (issue 13): a lookup, no state
+            "seal-gap": self._seal_gap,  # bounded sealing (issue 13): verify.py judges it
         }
 
     # -- dispatch ----------------------------------------------------------------------
@@ -429,6 +433,16 @@ class Replay:
         need_digest(entry, "c")
         if need_text(entry, "q") not in ("audit", "dispute"):
             raise EntryProblem("admin-query: q must be audit or dispute")
+
+    def _seal_gap(self, t: int, entry: dict[str, Any]) -> None:
+        """The sealer found entries f..l unsealed longer than the seal bound, or took its
+        lease back from a foreign token (lua/sealer_lease.lua): no state changes; verify.py
+        weighs it against the checkpoints' times."""
+        if need_text(entry, "w") not in SEAL_GAP_WHY:
+            raise EntryProblem("seal-gap: w must be handover, late or lease-stolen")
+        first, last = need_int(entry, "f", 1), need_int(entry, "l")
+        if last >= self.index or first > last + 1:
+            raise EntryProblem(f"seal-gap: entries {first}..{last} are not before it")
 
     def _failover_lost(self, t: int, entry: dict[str, Any]) -> None:
         """A new Redis primary lacked acknowledged state (lua/reconcile.lua): the seqs and

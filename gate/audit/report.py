@@ -20,7 +20,11 @@ class Failure:
     # What kind of failure, where it has a name of its own: "unsealed" (no checkpoint
     # covers these entries), "truncation" (a checkpoint the auditor holds is beyond the
     # export), "equivocation" (two validly signed checkpoints that cannot both be true),
-    # "altered" (the entries differ from signed evidence), "missing_receipt".
+    # "altered" (the entries differ from signed evidence), "missing_receipt",
+    # "seal_delay" (an entry sealed later than the campaign's seal bound, no gap recorded),
+    # "seal_gap" (the same, in a gap the sealer recorded), "lease_stolen" (the sealer's
+    # lease was overwritten with a foreign token), "batch_signature" (a join entry that
+    # its batch's signature, made at join time, does not sign).
     kind: str | None = None
     held: str | None = None  # the held checkpoint (its file) that fails
 
@@ -85,6 +89,9 @@ class Report:
     prequeue: int = 0
     seed_revealed: bool = False
     receipts: list[str] = field(default_factory=list)
+    seal_bound_ms: int | None = None  # the campaign's, as its log records it
+    seal_delay_max_ms: int = 0  # the longest delay from an entry's time to its checkpoint
+    seal_gaps: list[str] = field(default_factory=list)  # accepted (--allow-seal-gaps)
 
     def lines(self) -> list[str]:
         # Only a clean export gets here; entries no checkpoint covers are in it only when
@@ -106,6 +113,19 @@ class Report:
             if self.checkpoints
             else "checkpoints: none in the export",
         ]
+        if self.seal_bound_ms:
+            out.append(
+                f"seal bound: {self.seal_bound_ms} ms, every sealed entry within it; longest "
+                f"delay {self.seal_delay_max_ms} ms"
+                + (
+                    f" (with {len(self.seal_gaps)} recorded gaps accepted)"
+                    if self.seal_gaps
+                    else ""
+                )
+            )
+        else:
+            out.append("seal bound: none recorded (seal delays not checked)")
+        out += self.seal_gaps
         if self.held_checkpoints:
             out.append(
                 f"held checkpoints: {self.held_checkpoints} consistent with the export "

@@ -9,15 +9,24 @@ can never write after its successor started. The Merkle frontier is stored with 
 entries are read in order, none skipped, and every checkpoint is an extension of the
 one before (provable with `merkle.consistency_proof`).
 
-A round, at most every ``seal_interval_ms`` while there are new entries (at once after
-the campaign closes): read the entries after the sealed size, append their leaf
-hashes, store the completed subtrees of at least 256 entries (``fg:{c}:mnodes``, for
-cheap proofs), make sure each join batch has its receipt signature, then sign and
-publish the checkpoint with the new frontier in one script call. A checkpoint's time is
-Redis's (TIME), not the sealing process's, so a hand-over keeps the times in order. After a
-checkpoint, sealed entries beyond the newest ``audit_keep_in_redis`` may move to segment files,
-and their stored subtrees and receipt index with them (store.py), so Redis stays
-bounded in a long campaign.
+A round, at most every ``seal_interval_ms`` (and at most half the seal bound,
+``seal_bound_ms``) while there are new entries (at once after the campaign closes): read the
+entries after the sealed size, append their leaf hashes, store the completed subtrees of at
+least 256 entries (``fg:{c}:mnodes``, for cheap proofs), make sure each join batch has its
+receipt signature, then sign and publish the checkpoint with the new frontier in one script
+call. A checkpoint's time is Redis's (TIME), not the sealing process's, so a hand-over keeps
+the times in order. After a checkpoint, sealed entries beyond the newest
+``audit_keep_in_redis`` may move to segment files, and their stored subtrees and receipt
+index with them (store.py), so Redis stays bounded in a long campaign.
+
+Bounded sealing (docs/audit-format.md, "Seal bound"): every entry is to be sealed within
+``seal_bound_ms`` of its time. A holder that finds the oldest unsealed entry older than
+that appends a ``seal-gap`` entry first (sealer_lease.lua), which `gate audit verify`
+names. A lease token is a random nonce and its HMAC under the gate's key, so a token
+written into Redis by anyone else (to silence the sealer while the unsealed tail is
+rewritten) is recognised at once: the process that sees it takes the lease back
+(``reclaim``), which appends a ``seal-gap`` entry, why ``lease-stolen``, logs
+``event=sealer_lease_stolen`` and counts ``fairgate_sealer_lease_stolen_total``.
 
 A file that cannot be written (a full disk, an I/O error) moves nothing: its entries stay
 in Redis (trimmed only once their file is fsynced), sealing goes on, for this campaign
@@ -31,6 +40,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -78,6 +89,11 @@ class _CampaignState:
     next_attempt: float = 0.0
     behind: bool = False
     time_held: bool = False  # Redis's clock is behind the last checkpoint's time
+    gap: bool = False  # a seal-gap entry was just appended: seal at once
+    # The lease this process last renewed: its fence, and (monotonic) until when it holds
+    # for sure (from the renewal's send time), so a lease lost before then was tampered with.
+    lease_fence: int = 0
+    lease_until: float = 0.0
     move_failing: bool = False  # the last move to segment files could not write a file
     next_move: float = 0.0
     move_reported: float = 0.0
@@ -92,6 +108,8 @@ class SealStats:
     moved: int = 0
     last_round_s: float = 0.0
     errors: int = 0
+    lease_stolen: int = 0  # foreign tokens found holding a lease, and taken back
+    seal_gaps: int = 0  # seal-gap entries this process appended
     move_errors: int = 0  # moves to segment files that could not write their files
     fenced: dict[str, int] = field(default_factory=dict)
 
@@ -109,18 +127,23 @@ class Sealer:
         keep_in_redis: int,
         checkpoints_in_redis: int = CHECKPOINTS_IN_REDIS,
         durability: Durability | None = None,
+        bound_ms: int = 0,
     ):
         self.redis = redis
+        # Entries older than this when found unsealed get a seal-gap entry (0: no check).
+        self.bound_ms = bound_ms
         # Seal only entries the configured replicas have (`_replicated_size`).
         self.durability = durability or Durability()
         self.scripts = scripts
         self.keys = keys
         self.segments_dir = segments_dir
-        self.interval_s = interval_s
+        # The bound is met with room for a slow round and a late tick: seal at least four
+        # times per bound (measured under load: docs/guarantees.md).
+        self.interval_s = min(interval_s, bound_ms / 4000) if bound_ms else interval_s
         self.lease_ms = lease_ms
         self.keep_in_redis = keep_in_redis
         self.checkpoints_in_redis = checkpoints_in_redis
-        self.token = secrets.token_hex(16)
+        self.token = lease_token(keys)
         self.book = ReceiptBook(redis, keys, segments_dir, scripts=scripts)
         self.stats = SealStats()
         self._campaigns: dict[str, _CampaignState] = {}
@@ -151,6 +174,7 @@ class Sealer:
             lease_ms=config.seal_lease_ms,
             keep_in_redis=config.audit_keep_in_redis,
             durability=durability or Durability.from_config(config),
+            bound_ms=config.seal_bound_ms,
         )
         sealer._owns_redis = True
         return sealer
@@ -202,17 +226,71 @@ class Sealer:
         for campaign in sorted(m.decode() if isinstance(m, bytes) else m for m in members):
             await self.step(campaign)
 
-    async def _lease(self, campaign: str, mode: str = "acquire") -> tuple[int, int, str, int]:
+    def _lease_call(
+        self, campaign: str, mode: str, foreign: str = ""
+    ) -> tuple[list[str], list[Any]]:
         k = CampaignKeys(campaign)
+        return [k.sealer, k.sealer_fence, k.meta, k.frontier, k.audit], [
+            self.token,
+            self.lease_ms,
+            mode,
+            self.bound_ms * 1000,
+            foreign,
+        ]
+
+    async def _lease(
+        self, campaign: str, mode: str = "acquire", foreign: str = ""
+    ) -> tuple[int, int, str, int]:
+        keys, args = self._lease_call(campaign, mode, foreign)
+        held = self._campaigns.setdefault(campaign, _CampaignState())
+        sent = time.monotonic()
         async with guarded():
-            reply = await self.scripts.call(
-                self.redis,
-                "sealer_lease",
-                [k.sealer, k.sealer_fence, k.meta, k.frontier],
-                [self.token, self.lease_ms, mode],
+            reply = await self.scripts.call(self.redis, "sealer_lease", keys, args)
+        state = _text(reply[2])
+        fence, size, sealed = int(reply[0]), int(reply[1]), int(reply[3])
+        holder, gap = _text(reply[4]), int(reply[5])
+        if gap:
+            self._gap_logged(campaign, fence, sealed, size, stolen=mode == "reclaim")
+        # Lost before it could have lapsed (Redis counts the TTL from after `sent`): the
+        # lease was overwritten or deleted in Redis, not handed over.
+        early = bool(held.lease_fence) and sent < held.lease_until and fence != held.lease_fence
+        alien = bool(holder) and not lease_token_valid(self.keys, holder)
+        held.lease_fence, held.lease_until = fence, 0.0
+        if fence:
+            margin = max(self.lease_ms / 10, 50) / 1000
+            held.lease_until = sent + self.lease_ms / 1000 - margin
+        if mode == "acquire" and (early or alien):
+            # Someone wrote the lease key to silence the sealer (a token no gate process
+            # made, or our own lease gone before its time): take it back at once, on the
+            # record (a seal-gap entry, lease-stolen; sealer_lease.lua).
+            self.stats.lease_stolen += 1
+            log.warning(
+                "event=sealer_lease_stolen campaign=%s holder_sha1=%s how=%s sealed=%d "
+                "audit_n=%d action=reclaim stolen=%d",
+                campaign,
+                hashlib.sha1(holder.encode(), usedforsecurity=False).hexdigest() if holder else "",
+                "foreign_token" if alien else "overwritten" if holder else "deleted",
+                sealed,
+                size,
+                self.stats.lease_stolen,
             )
-        state = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
-        return int(reply[0]), int(reply[1]), state, int(reply[3])
+            return await self._lease(campaign, "reclaim", holder)
+        return fence, size, state, sealed
+
+    def _gap_logged(
+        self, campaign: str, fence: int, sealed: int, gap: int, *, stolen: bool
+    ) -> None:
+        self.stats.seal_gaps += 1
+        self._campaigns.setdefault(campaign, _CampaignState()).gap = True
+        log.warning(
+            "event=seal_gap campaign=%s why=%s entries=%d..%d gap_entry=%d fence=%d",
+            campaign,
+            "lease-stolen" if stolen else "late_or_handover",
+            sealed + 1,
+            gap - 1,
+            gap,
+            fence,
+        )
 
     async def _replicated_size(self, campaign: str) -> tuple[int, int] | None:
         """The lease kept and the log's size read (one script), then the campaign's mark
@@ -223,14 +301,12 @@ class Sealer:
         None when too few replicas acknowledged under `hold` (counted, no seal now);
         under `continue` the size comes back all the same (counted as degraded)."""
         k = CampaignKeys(campaign)
+        keys, args = self._lease_call(campaign, "acquire")
         reply, enough = await self.durability.run(
-            self.redis,
-            self.scripts,
-            "sealer_lease",
-            [k.sealer, k.sealer_fence, k.meta, k.frontier],
-            [self.token, self.lease_ms, "acquire"],
-            mark=k.durable_mark,
+            self.redis, self.scripts, "sealer_lease", keys, args, mark=k.durable_mark
         )
+        if int(reply[5]):
+            self._gap_logged(campaign, int(reply[0]), int(reply[3]), int(reply[1]), stolen=False)
         if not enough:
             try:
                 self.durability.fell_short(what="seal", call="sealer_lease")
@@ -264,7 +340,9 @@ class Sealer:
         if size <= sealed:
             return False
         due = now - state.last_seal >= self.interval_s
-        if not (due or force or state.behind or campaign_state == "closed"):
+        # A gap recorded now is sealed now, with the entries it explains.
+        gap, state.gap = state.gap, False
+        if not (due or force or gap or state.behind or campaign_state == "closed"):
             return False
         if self.durability.active:
             replicated = await self._replicated_size(campaign)
@@ -307,7 +385,10 @@ class Sealer:
         nodes: dict[str, bytes] = {}
         joins: list[tuple[int, dict[str, Any]]] = []
         expected = sealed + 1
+        oldest_us = 0  # the first entry's time: the one that waited longest
         async for index, raw in store.entries(expected, target):
+            if not oldest_us:
+                oldest_us = int(decode_entry(raw).get("t") or 0)
             if index != expected:
                 raise AuditGapError(f"campaign {campaign}: expected entry {expected}, got {index}")
             for level, node_index, h in frontier.append(merkle.leaf_hash(raw)):
@@ -357,6 +438,9 @@ class Sealer:
             )
             return 0
         state.frontier = frontier
+        if self.bound_ms and checkpoint["time_ms"] * 1000 - oldest_us > self.bound_ms * 1000:
+            # The round itself took the entries past the bound: on the record at once.
+            await self._lease(campaign, "late", f"{sealed + 1},{target}")
         self.stats.checkpoints += 1
         self.stats.entries += target - sealed
         log.debug(
@@ -543,6 +627,34 @@ class Sealer:
             await self.redis.aclose()
 
 
+LEASE_TOKEN_CONTEXT = b"fairgate-sealer-lease/v1\n"
+
+
+def lease_token(keys: SigningKeys) -> str:
+    """A sealer's lease token: a random nonce and its HMAC under the gate's current HMAC
+    key, so a gate process can tell a token another gate process made from one written
+    into Redis by someone without the key."""
+    nonce = secrets.token_hex(16)
+    mac = hmac.new(
+        keys.hmac_keys[keys.hmac_current], LEASE_TOKEN_CONTEXT + nonce.encode(), "sha256"
+    )
+    return f"{nonce}.{keys.hmac_current}.{mac.hexdigest()[:32]}"
+
+
+def lease_token_valid(keys: SigningKeys, token: str) -> bool:
+    nonce, _, rest = token.partition(".")
+    kid, _, mac = rest.partition(".")
+    key = keys.hmac_keys.get(kid)
+    if key is None or len(nonce) != 32 or len(mac) != 32:
+        return False
+    expected = hmac.new(key, LEASE_TOKEN_CONTEXT + nonce.encode(), "sha256").hexdigest()[:32]
+    return hmac.compare_digest(expected, mac)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class SealerCollector(Collector):
     """The sealer's metrics: a move to segment files that cannot write its files (a full
     disk) is an alert, not an outage (the entries stay in Redis), so it is a metric."""
@@ -566,4 +678,16 @@ class SealerCollector(Collector):
             "fairgate_seal_errors", "sealing rounds that failed (Redis away, ...)"
         )
         seal_errors.add_metric([], self.sealer.stats.errors)
-        yield from (failing, errors, seal_errors)
+        stolen = CounterMetricFamily(
+            "fairgate_sealer_lease_stolen",
+            "sealer leases found held by a token no gate process made (written into Redis "
+            "by someone without the key, to silence the sealer), and taken back on the record",
+        )
+        stolen.add_metric([], self.sealer.stats.lease_stolen)
+        gaps = CounterMetricFamily(
+            "fairgate_seal_gaps",
+            "seal-gap entries appended: entries found unsealed longer than seal_bound_ms, "
+            "or a stolen lease taken back (gate audit verify names them)",
+        )
+        gaps.add_metric([], self.sealer.stats.seal_gaps)
+        yield from (failing, errors, seal_errors, stolen, gaps)

@@ -23,6 +23,7 @@ reported first: that log is authentic, so the gate itself broke the rule.
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 from gate.audit import merkle
 from gate.audit import receipts as receipt_proofs
+from gate.audit.checkpoints import NOTE
 from gate.audit.format import (
     EXPORT_FORMAT,
     CheckpointFields,
@@ -43,6 +45,7 @@ from gate.audit.format import (
     signed_by,
 )
 from gate.audit.merkle import LeafStore
+from gate.audit.note import NoteError, verify_checkpoint_note
 from gate.audit.replay import EntryProblem, LateEntry, Replay, need_text
 from gate.audit.report import Failure, Report, VerificationFailed
 
@@ -197,6 +200,32 @@ def _check_checkpoint(
     return fields, 1
 
 
+def _held_head(item: Held, campaign: str, keys: PublicKeys) -> tuple[int, bytes] | Failure:
+    """The (size, root) a held checkpoint signs, a JSON checkpoint or a signed note (as
+    `/.well-known/fairgate/checkpoint/{c}` serves it), or why it is no evidence."""
+    label = item.label()
+    if isinstance(item.data, Mapping) and item.data.get("type") == NOTE:
+        try:
+            checkpoint, _ = verify_checkpoint_note(str(item.data.get("text")), keys, campaign)
+        except NoteError as exc:
+            return item.failure(f"{label}: {exc}")
+        return checkpoint.size, checkpoint.root
+    if not isinstance(item.data, Mapping) or item.data.get("type") != "checkpoint":
+        return item.failure(f"{label} is not a checkpoint")
+    try:
+        fields = parse_checkpoint(item.data, campaign)
+    except ValueError as exc:
+        return item.failure(f"{label}: {exc}")
+    key = keys.get(fields.kid)
+    if key is None:
+        return item.failure(
+            f"{label} is signed with key {fields.kid!r}, which is not among the public keys"
+        )
+    if not signed_by(key, fields.message(), fields.signature):
+        return item.failure(f"the signature of {label} does not verify with key {fields.kid}")
+    return fields.size, fields.root
+
+
 def check_held(
     held: Sequence[Held],
     campaign: str,
@@ -213,22 +242,10 @@ def check_held(
     covered = 0
     for item in held:
         label = item.label()
-        if not isinstance(item.data, Mapping) or item.data.get("type") != "checkpoint":
-            return item.failure(f"{label} is not a checkpoint"), covered
-        try:
-            fields = parse_checkpoint(item.data, campaign)
-        except ValueError as exc:
-            return item.failure(f"{label}: {exc}"), covered
-        size, root = fields.size, fields.root
-        key = keys.get(fields.kid)
-        if key is None:
-            return item.failure(
-                f"{label} is signed with key {fields.kid!r}, which is not among the public keys"
-            ), covered
-        if not signed_by(key, fields.message(), fields.signature):
-            return item.failure(
-                f"the signature of {label} does not verify with key {fields.kid}"
-            ), covered
+        signed = _held_head(item, campaign, keys)
+        if isinstance(signed, Failure):
+            return signed, covered
+        size, root = signed
         same = heads.get(size)
         if same is not None and same.root != root:
             return item.failure(
@@ -267,6 +284,140 @@ def check_held(
     return None, covered
 
 
+# -- the seal bound ------------------------------------------------------------------
+
+# What verify allows beyond a campaign's seal bound: a checkpoint's time is Redis TIME read
+# after its round, and a failover may date it on another primary's clock.
+SEAL_TOLERANCE_MS = 100
+
+
+@dataclass(frozen=True)
+class SealGap:
+    """A seal-gap entry (lua/sealer_lease.lua): entries first..last were found unsealed
+    longer than the bound (why handover or late), or the sealer's lease was taken back from
+    a foreign token while they were unsealed (why lease-stolen; `foreign`: its SHA-1)."""
+
+    index: int
+    why: str
+    first: int
+    last: int
+    foreign: str = ""
+
+    @classmethod
+    def of(cls, index: int, entry: Mapping[str, Any]) -> SealGap:
+        why, foreign = entry.get("w"), entry.get("h")
+        first, last = entry.get("f"), entry.get("l")
+        return cls(
+            index,
+            why.decode() if isinstance(why, bytes) else str(why),
+            first if is_int(first) else 0,
+            last if is_int(last) else 0,
+            foreign.decode() if isinstance(foreign, bytes) else "",
+        )
+
+
+def check_seal_delays(
+    checkpoints: Sequence[Checkpoint],
+    times: Sequence[int],
+    gaps: Sequence[SealGap],
+    bound_ms: int | None,
+    *,
+    allow_gaps: bool = False,
+) -> tuple[Failure | None, int, list[str]]:
+    """Every entry must be sealed within the campaign's seal bound (+ SEAL_TOLERANCE_MS):
+    its time `t` to the time of the first checkpoint that covers it. One sealed later fails
+    as seal_delay, unless a seal-gap entry covers it: then seal_gap (accepted, and reported,
+    with `allow_gaps`). A lease taken back from a foreign token fails as lease_stolen,
+    late or not. (first failure, the longest seal delay in ms, the accepted gaps)."""
+    for gap in gaps:
+        if gap.why == "lease-stolen":
+            unsealed = (
+                f"entries {gap.first}..{gap.last} were unsealed"
+                if gap.last >= gap.first
+                else "nothing was unsealed"
+            )
+            return (
+                Failure(
+                    "lease stolen: the sealer's lease was overwritten or deleted in Redis, not "
+                    "handed over ("
+                    + (
+                        f"a token with SHA-1 {gap.foreign} held it"
+                        if gap.foreign
+                        else "it was gone before it could have lapsed"
+                    )
+                    + f") while {unsealed}: whoever did it could stop the sealing and rewrite "
+                    "them without the key (the sealer took its lease back and recorded it in "
+                    "this entry)",
+                    index=gap.index,
+                    entries=(gap.first, gap.last) if gap.last >= gap.first else None,
+                    kind="lease_stolen",
+                ),
+                0,
+                [],
+            )
+    if not bound_ms:
+        return None, 0, []
+    limit_us = (bound_ms + SEAL_TOLERANCE_MS) * 1000
+    longest_us = 0
+    accepted: list[str] = []
+    done = 0
+    for cp in checkpoints:
+        size, time_us = cp.data["size"], cp.data["time_ms"] * 1000
+        if size <= done:
+            continue
+        first, done = done, size
+        oldest = min(times[first:size])
+        longest_us = max(longest_us, time_us - oldest)
+        if time_us - oldest <= limit_us:
+            continue
+        late = [i + 1 for i in range(first, size) if time_us - times[i] > limit_us]
+        for index in late:
+            # recorded before the checkpoint (found at the sealer's look) or after it (the
+            # round itself was slow)
+            found = next((g for g in gaps if g.first <= index <= g.last), None)
+            delay_ms = (time_us - times[index - 1]) // 1000
+            if found is None:
+                return (
+                    Failure(
+                        f"seal delay: sealed {delay_ms} ms after it was written, beyond the "
+                        f"campaign's seal bound of {bound_ms} ms (+{SEAL_TOLERANCE_MS} ms): "
+                        "while unsealed it could have been rewritten without the key, and "
+                        "the log records no gap that explains it",
+                        line=cp.line,
+                        index=index,
+                        checkpoint=cp.number,
+                        kind="seal_delay",
+                    ),
+                    longest_us // 1000,
+                    accepted,
+                )
+            gap = found
+            if not allow_gaps:
+                return (
+                    Failure(
+                        f"seal gap: entries {gap.first}..{gap.last} were sealed up to "
+                        f"{(time_us - oldest) // 1000} ms after they were written, beyond "
+                        f"the campaign's seal bound of {bound_ms} ms; the sealer recorded the "
+                        f"gap in entry {gap.index} ({gap.why}): while unsealed they could "
+                        "have been rewritten without the key (--allow-seal-gaps accepts a "
+                        "gap the log records)",
+                        index=gap.index,
+                        entries=(gap.first, gap.last),
+                        checkpoint=cp.number,
+                        kind="seal_gap",
+                    ),
+                    longest_us // 1000,
+                    accepted,
+                )
+            note = (
+                f"seal gap accepted: entries {gap.first}..{gap.last} sealed up to "
+                f"{(time_us - oldest) // 1000} ms late ({gap.why}, recorded in entry {gap.index})"
+            )
+            if note not in accepted:
+                accepted.append(note)
+    return None, longest_us // 1000, accepted
+
+
 # -- the driver ----------------------------------------------------------------------
 
 
@@ -286,6 +437,7 @@ def verify_lines(
     *,
     keys_from: str = "",
     require_sealed: bool = True,
+    allow_seal_gaps: bool = False,
     receipts: Sequence[tuple[str, Any]] = (),
     checkpoints: Sequence[tuple[str, Any]] = (),
 ) -> Report:
@@ -302,6 +454,8 @@ def verify_lines(
     `checkpoints`: (name, checkpoint) pairs the auditor holds from elsewhere
     (`gate.audit.checkpoints.read_checkpoints`): each must be signed by a known key and
     agree with the export (no truncation, rollback or fork).
+    `allow_seal_gaps`: entries sealed later than the campaign's seal bound pass where a
+    seal-gap entry records the gap (a handover or a late sealer; `check_seal_delays`).
     """
     held = [Held(name, data) for name, data in checkpoints] + [
         Held(name, document["checkpoint"], receipt=name)
@@ -348,6 +502,8 @@ def verify_lines(
     store = LeafStore()
     in_export: list[Checkpoint] = []
     replay_failure: Failure | None = None
+    times = array("q")  # each entry's t, for the seal delays
+    gaps: list[SealGap] = []
     last_line = 0
     for raw_line in iterator:
         line_no += 1
@@ -401,6 +557,10 @@ def verify_lines(
         except (MalformedEntry, EntryProblem) as exc:
             raise VerificationFailed(Failure(str(exc), line=line_no, index=index)) from None
         store.append(raw)
+        t = entry.get("t")
+        times.append(t if is_int(t) and 0 <= t < 2**63 else 0)
+        if kind_text == "seal-gap":
+            gaps.append(SealGap.of(index, entry))
         if index in keep:
             kept[index] = raw
         if replay_failure is None:
@@ -440,6 +600,13 @@ def verify_lines(
             raise VerificationFailed(
                 Failure(str(exc), line=cp.line, index=exc.index, checkpoint=cp.number)
             ) from None
+    bound = replay.spec.seal_bound_ms if replay.spec is not None else None
+    seal_failure, report.seal_delay_max_ms, report.seal_gaps = check_seal_delays(
+        in_export, times, gaps, bound, allow_gaps=allow_seal_gaps
+    )
+    if seal_failure is not None:
+        raise VerificationFailed(seal_failure)
+    report.seal_bound_ms = bound
     held_failure, held_covered = check_held(held, campaign, keys, store, heads)
     if held_failure is not None:
         raise VerificationFailed(held_failure)

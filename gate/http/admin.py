@@ -25,6 +25,7 @@ from gate.http.checks import (
     campaign_id,
     reason_of,
     with_digest_key,
+    with_seal_bound,
 )
 from gate.http.common import (
     GATE_KEY,
@@ -99,7 +100,7 @@ async def _view(gate: Gate, campaign: str) -> dict[str, Any]:
 
 async def create_campaign(request: web.Request) -> web.Response:
     gate = gate_of(request)
-    spec = with_digest_key(gate, parse_spec(await read_body(request)))
+    spec = with_seal_bound(gate, with_digest_key(gate, parse_spec(await read_body(request))))
     await gate.room.create(spec, request[ACTOR_KEY])
     await gate.cache.refresh_once()
     return respond(request, await _view(gate, spec.id), 201)

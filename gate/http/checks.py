@@ -104,6 +104,22 @@ def with_digest_key(gate: Gate, spec: CampaignSpec) -> CampaignSpec:
     return spec
 
 
+def with_seal_bound(gate: Gate, spec: CampaignSpec) -> CampaignSpec:
+    """A new campaign's spec with its seal bound recorded (docs/audit-format.md, "Seal
+    bound"): the gate's seal_bound_ms, or a larger one the spec states; a smaller one is
+    refused, since this gate's sealer does not promise it."""
+    bound = gate.config.seal_bound_ms
+    if spec.seal_bound_ms is None:
+        return dataclasses.replace(spec, seal_bound_ms=bound) if bound else spec
+    if bound and spec.seal_bound_ms < bound:
+        raise BadRequest(
+            f"seal_bound_ms: this gate seals within {bound} ms (seal_bound_ms); a campaign "
+            "may state that bound or a larger one",
+            code="bad_spec",
+        )
+    return spec
+
+
 def check_customer(request: web.Request, token: Token) -> None:
     """The token (ticket or pass) must be the authenticated customer's, on every use:
     a request that names nobody is refused, whatever header the proxy forgot."""
