@@ -29,12 +29,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gate.audit import merkle
 from gate.audit.checkpoints import make_checkpoint
 from gate.audit.format import checkpoint_message
+from gate.audit.note import Note, checkpoint_of, origin_for, sign_note
 from gate.audit.receipts import ReceiptBook
 from gate.audit.report import Report, VerificationFailed
 from gate.audit.verify import verify_lines
 from gate.campaign import parse_spec
 from gate.room import Room
-from gate.signing import SigningKeys
+from gate.signing import SigningKeys, load_or_create_keys
 from tests.helpers import (
     Export,
     assert_clean_error,
@@ -237,6 +238,51 @@ async def test_the_same_campaign_run_twice_with_one_key_is_equivocation(
     assert failure.kind == "equivocation", failure.describe()
     assert sizes_a[7]["root"] in failure.message and sizes_b[7]["root"] in failure.message
     assert failure.entries is None or failure.entries[0] <= failure.entries[1]
+
+
+def as_note(keys: SigningKeys, checkpoint: dict[str, Any], root: str | None = None) -> str:
+    """The checkpoint as the gate serves it at /.well-known/fairgate/checkpoint/{c}: a
+    signed note under the gate's key (with another `root`: a fork signed with the key)."""
+    origin = origin_for("bank.example/fairgate", CAMPAIGN)
+    text = checkpoint_of(origin, {**checkpoint, "root": root or checkpoint["root"]}).text()
+    key = keys.ed25519_keys[keys.ed25519_current]
+    return Note(text, (sign_note(text, origin, key),)).render()
+
+
+async def test_a_held_signed_note_is_evidence_like_a_json_checkpoint(
+    room: Room, keys: SigningKeys, tmp_path: Path
+) -> None:
+    """What a witness or an auditor keeps is the served signed note: `--checkpoint` reads
+    it. A note of a later size catches the cut, one of another root is equivocation, a
+    note signed by another key is no evidence."""
+    await joins_campaign(room, keys, list(range(1000)))
+    export = await exported(room, keys, tmp_path / "clean.jsonl")
+    held = export.checkpoints[-1]
+    (tmp_path / "held.note").write_text(as_note(keys, held))
+    path = tmp_path / "cut.jsonl"
+    size = cut_back(export, 1)
+    path.write_text("\n".join(export.lines()) + "\n")
+    keys_path = tmp_path / "keys.json"
+    keys_path.write_text(json.dumps(keys.public_keys()))
+    args = ["audit", "verify", str(path), "--keys", str(keys_path), "--checkpoint"]
+    result = await gate_cli(*args, str(tmp_path / "held.note"))
+    assert result.code == 1, result.out + result.err
+    assert "truncation or rollback" in result.out + result.err
+    assert f"ends at entry {size}" in result.out + result.err
+
+    fork = export.checkpoints[-1]
+    (tmp_path / "fork.note").write_text(as_note(keys, fork, root="00" * 32))
+    result = await gate_cli(*args, str(tmp_path / "fork.note"))
+    assert result.code == 1 and "equivocation" in result.out + result.err
+
+    (tmp_path / "same.note").write_text(as_note(keys, fork))
+    result = await gate_cli(*args, str(tmp_path / "same.note"))
+    assert result.code == 0, result.out + result.err
+
+    stranger = load_or_create_keys(tmp_path / "stranger.json", create=True)
+    (tmp_path / "stranger.note").write_text(as_note(stranger, fork))
+    result = await gate_cli(*args, str(tmp_path / "stranger.note"))
+    assert result.code == 1 and "no signature from a known key" in result.out + result.err
 
 
 # -- (iv) receipts ----------------------------------------------------------------------

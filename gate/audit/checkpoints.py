@@ -48,14 +48,24 @@ def verify_checkpoint(
     return key is not None and signed_by(key, fields.message(), fields.signature)
 
 
+# A held checkpoint in signed-note form (docs/audit-format.md): verify checks it with
+# gate.audit.note; its text has a blank line, then signature lines starting with an em dash.
+NOTE = "note"
+NOTE_SIGNATURES = "\n\n\u2014 "
+
+
 def read_checkpoints(text: str) -> list[dict[str, Any]]:
     """The checkpoints in a file an auditor holds: one checkpoint object as served or
     exported, a JSON list of them, the admin API's ``{"checkpoints": [...]}``, or JSON
-    Lines (one per line, as an export's checkpoint lines or a witness's log keep them).
-    Only the shape is checked here; `gate audit verify` checks each signature and root.
+    Lines (one per line, as an export's checkpoint lines or a witness's log keep them), or
+    a signed note (served at /.well-known/fairgate/checkpoint/{c}). Only the shape is
+    checked here; `gate audit verify` checks each signature and root.
     ValueError says what is wrong."""
     if not text.strip():
         raise ValueError("it is empty")
+    if NOTE_SIGNATURES in text and not text.lstrip().startswith(("{", "[")):
+        # a signed note, as /.well-known/fairgate/checkpoint/{c} serves it
+        return [{"type": NOTE, "text": text}]
     try:
         document = json.loads(text)
     except (ValueError, RecursionError):
