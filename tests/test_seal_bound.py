@@ -303,6 +303,13 @@ async def test_seal_delays_under_load_stay_within_the_bound(
         finally:
             await redis.aclose()
     delays = sorted(_seal_delays_ms(path))
+    lines = path.read_bytes().splitlines()
+    batch_bytes = sum(len(line) + 1 for line in lines if line.startswith(b'{"type":"batch"'))
+    print(
+        f"export {sum(len(line) + 1 for line in lines)} bytes, {len(delays)} entries; "
+        f"batch lines {batch_bytes} bytes ({batch_bytes / len(delays):.0f} per entry, "
+        f"{batch_bytes / 4000:.1f} per join)"
+    )
     p50 = statistics.median(delays)
     p99 = delays[int(len(delays) * 0.99) - 1]
     print(
@@ -313,3 +320,49 @@ async def test_seal_delays_under_load_stay_within_the_bound(
     assert verdict.startswith("OK: "), verdict
     assert "seal bound: 1000 ms, every sealed entry within it" in verdict, verdict
     assert delays[-1] <= 1000, delays[-10:]
+
+
+@pytest.mark.slow
+async def test_a_join_rewritten_before_its_seal_fails_its_batch_signature(
+    redis_url: str, tmp_path: Path, keys_file: Path, keys: SigningKeys
+) -> None:
+    """The insider does not touch the lease: right after a customer joins (through a real
+    gate serve, which signs the batch at once), they rewrite the unsealed join entry in
+    Redis, giving that seq to a friend's digest, before the sealer's next round, which
+    then signs a checkpoint over the rewrite. Before issue 13 that export verified OK. Now
+    the export carries each join batch's signature, made at join time, and verify fails
+    at that entry (batch_signature)."""
+    c = "joins"
+    redis = Redis.from_url(redis_url)
+    k = CampaignKeys(c)
+    friend = customer_digest(keys, c, "friend")
+    async with (
+        GateProcess(redis_url, tmp_path, keys_file) as gate,
+        aiohttp.ClientSession() as http,
+    ):
+        try:
+            await _create(gate, open_amount_spec(c, 1_000 * KRW, KRW, 20 * KRW, KRW))
+            rewritten, index = 0, 0
+            for attempt in range(20):
+                async with http.post(
+                    f"{gate.url}/q/{c}/join", headers={"X-Customer-Id": f"victim{attempt}"}
+                ) as r:
+                    assert r.status == 201, await r.text()
+                    index = (await r.json())["receipt"]["entry"]
+                raw = await redis.lindex(k.audit, index - 1)
+                entry = unpack(raw)
+                entry[b"s"][1] = friend
+                rewritten = await redis.eval(
+                    REWRITE_UNSEALED, 3, k.frontier, k.meta, k.audit, index, pack_like_redis(entry)
+                )
+                if rewritten:
+                    break
+            assert rewritten, "every join was sealed before the rewrite"
+            await wait_for(lambda: _sealed_to_end(redis, c), 10, "sealed", interval_s=0.02)
+            path = await export_to_file(redis, c, keys, tmp_path / "joins.jsonl")
+        finally:
+            await redis.aclose()
+    verdict = _verify(path)
+    print(f"join entry {index} rewritten unsealed; verify: {verdict}")
+    assert verdict.startswith("FAILED batch_signature: "), verdict
+    assert f"entry {index}," in verdict, verdict

@@ -92,6 +92,8 @@ class Report:
     seal_bound_ms: int | None = None  # the campaign's, as its log records it
     seal_delay_max_ms: int = 0  # the longest delay from an entry's time to its checkpoint
     seal_gaps: list[str] = field(default_factory=list)  # accepted (--allow-seal-gaps)
+    join_batches: int = 0  # join and pre-queue entries
+    batch_signatures: int = 0  # of them, with their batch signature in the export (all good)
 
     def lines(self) -> list[str]:
         # Only a clean export gets here; entries no checkpoint covers are in it only when
@@ -126,6 +128,11 @@ class Report:
         else:
             out.append("seal bound: none recorded (seal delays not checked)")
         out += self.seal_gaps
+        if self.join_batches:
+            out.append(
+                f"batch signatures: {self.batch_signatures} of {self.join_batches} join batches "
+                "carried, each signs its entry as exported"
+            )
         if self.held_checkpoints:
             out.append(
                 f"held checkpoints: {self.held_checkpoints} consistent with the export "

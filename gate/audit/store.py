@@ -370,6 +370,33 @@ class AuditStore:
                 pipe.hdel(self.keys.receipt_signatures, *part)
                 await pipe.execute()
 
+    async def batch_signatures(self) -> dict[int, str]:
+        """Every join entry's recorded batch signature, "kid:sig" by entry index: the ones
+        moved to receipts files, then the ones in Redis (``fg:{c}:rsig``, read a chunk at a
+        time). For the export (docs/audit-format.md, "Batch signatures")."""
+        out: dict[int, str] = {}
+        if self.directory is None:
+            await self.bounds()
+        if self.directory is not None and self.directory.is_dir():
+            for name in sorted(os.listdir(self.directory)):
+                if _RECEIPTS_RE.fullmatch(name):
+                    path = self.directory / name
+                    data = await asyncio.to_thread(path.read_bytes)
+                    for entry, _, signature in _parse_receipts(data, path):
+                        out.setdefault(entry, signature)
+        cursor = 0
+        while True:
+            async with guarded():
+                cursor, found = await self.redis.hscan(
+                    self.keys.receipt_signatures, cursor, count=READ_CHUNK
+                )
+            pairs = found.items() if isinstance(found, dict) else []
+            for field, value in pairs:
+                if isinstance(field, bytes) and field.isdigit() and isinstance(value, bytes):
+                    out.setdefault(int(field), value.decode())
+            if not cursor:
+                return out
+
     async def archived_receipt_index(self, seqs: Sequence[int]) -> dict[int, tuple[int, str]]:
         """For each seq, the moved join entry with the largest first seq not above it, and
         its "kid:sig" (the caller checks the seq is in that batch)."""

@@ -22,6 +22,7 @@ reported first: that log is authentic, so the gate itself broke the rule.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,6 +44,7 @@ from gate.audit.format import (
     load_public_keys,
     parse_checkpoint,
     signed_by,
+    verify_signature,
 )
 from gate.audit.merkle import LeafStore
 from gate.audit.note import NoteError, verify_checkpoint_note
@@ -284,6 +286,55 @@ def check_held(
     return None, covered
 
 
+# -- batch signatures ----------------------------------------------------------------
+
+
+def check_batch_signatures(
+    lines: Sequence[tuple[int, Mapping[str, Any]]], roots: Mapping[int, bytes], keys: PublicKeys
+) -> tuple[Failure | None, int]:
+    """Each batch line (a join batch's signature, made at join time) must sign the root of
+    its join entry's batch as the export has it (receipts.py): a join entry rewritten after
+    the join fails here even when a checkpoint signed the rewrite. (first failure, lines
+    checked.)"""
+    seen: set[int] = set()
+    for line, data in lines:
+        index, kid, sig = data.get("i"), data.get("kid"), data.get("sig")
+        if not is_int(index) or not isinstance(kid, str) or not isinstance(sig, str):
+            return Failure("a batch line needs i, kid and sig", line=line), len(seen)
+        root = roots.get(index)
+        if root is None:
+            return (
+                Failure(
+                    "a batch signature for an entry that is not a join batch in the export",
+                    line=line,
+                    index=index,
+                    kind="batch_signature",
+                ),
+                len(seen),
+            )
+        if index in seen:
+            return Failure("a second batch signature for the entry", line=line, index=index), len(
+                seen
+            )
+        seen.add(index)
+        if not verify_signature(keys, kid, root, sig):
+            return (
+                Failure(
+                    "batch signature: join entry is not the batch its signature (made at join "
+                    "time, before any checkpoint) signs: its customers, seqs or time were "
+                    "changed after the join"
+                    + (
+                        f" (or key {kid!r} is not among the public keys)" if kid not in keys else ""
+                    ),
+                    line=line,
+                    index=index,
+                    kind="batch_signature",
+                ),
+                len(seen),
+            )
+    return None, len(seen)
+
+
 # -- the seal bound ------------------------------------------------------------------
 
 # What verify allows beyond a campaign's seal bound: a checkpoint's time is Redis TIME read
@@ -503,6 +554,8 @@ def verify_lines(
     in_export: list[Checkpoint] = []
     replay_failure: Failure | None = None
     times = array("q")  # each entry's t, for the seal delays
+    batch_roots: dict[int, bytes] = {}  # join entry -> the root its batch signature signs
+    batch_lines: list[tuple[int, dict[str, Any]]] = []
     gaps: list[SealGap] = []
     last_line = 0
     for raw_line in iterator:
@@ -513,6 +566,9 @@ def verify_lines(
         kind = data.get("type")
         if kind == "checkpoint":
             in_export.append(Checkpoint(len(in_export) + 1, line_no, data))
+            continue
+        if kind == "batch":
+            batch_lines.append((line_no, data))
             continue
         if kind != "entry":
             raise VerificationFailed(Failure(f"unknown line type {kind!r}", line=line_no))
@@ -561,6 +617,11 @@ def verify_lines(
         times.append(t if is_int(t) and 0 <= t < 2**63 else 0)
         if kind_text == "seal-gap":
             gaps.append(SealGap.of(index, entry))
+        elif kind_text in ("join", "prequeue") and replay_failure is None:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                batch_roots[index] = receipt_proofs.BatchReceipts(
+                    campaign, index, int(entry["t"]), receipt_proofs.batch_pairs(entry)
+                ).root
         if index in keep:
             kept[index] = raw
         if replay_failure is None:
@@ -600,6 +661,10 @@ def verify_lines(
             raise VerificationFailed(
                 Failure(str(exc), line=cp.line, index=exc.index, checkpoint=cp.number)
             ) from None
+    batch_failure, report.batch_signatures = check_batch_signatures(batch_lines, batch_roots, keys)
+    if batch_failure is not None:
+        raise VerificationFailed(batch_failure)
+    report.join_batches = len(batch_roots)
     bound = replay.spec.seal_bound_ms if replay.spec is not None else None
     seal_failure, report.seal_delay_max_ms, report.seal_gaps = check_seal_delays(
         in_export, times, gaps, bound, allow_gaps=allow_seal_gaps
