@@ -274,12 +274,16 @@ def _seal_delays_ms(path: Path) -> list[float]:
 
 
 @pytest.mark.slow
-async def test_seal_delays_under_load_stay_within_the_bound(
+async def test_seal_delays_under_load_stay_within_the_bound_or_are_recorded(
     redis_url: str, tmp_path: Path, keys_file: Path, keys: SigningKeys
 ) -> None:
     """A real gate serve (2 workers, default seal settings: bound 1000 ms) takes 4,000
-    joins from 64 concurrent clients; every entry is sealed within the bound, the export
-    verifies, and the delays are printed (p50/p99/max) for docs/guarantees.md."""
+    joins from 64 concurrent clients; the delays are printed (p50/p99/max, with the
+    machine's load) for docs/guarantees.md. Every entry is sealed within the bound and the
+    export verifies; or, on a machine others load past what the bound allows (the suite's
+    2 shared cores at load average 8), the gate records every late seal itself: verify
+    names the recorded gap (seal_gap, never seal_delay) and accepts it with
+    --allow-seal-gaps. The median stays within the bound either way."""
     c = "loaded"
     redis = Redis.from_url(redis_url)
     async with GateProcess(redis_url, tmp_path, keys_file, workers=2) as gate:
@@ -316,10 +320,18 @@ async def test_seal_delays_under_load_stay_within_the_bound(
         f"4000 joins in {took:.1f} s, {len(delays)} entries: seal delay p50 {p50:.0f} ms, "
         f"p99 {p99:.0f} ms, max {delays[-1]:.0f} ms"
     )
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     verdict = _verify(path)
-    assert verdict.startswith("OK: "), verdict
-    assert "seal bound: 1000 ms, every sealed entry within it" in verdict, verdict
-    assert delays[-1] <= 1000, delays[-10:]
+    late = [d for d in delays if d > 1100]
+    if late:
+        print(f"{len(late)} entries sealed past the bound; verify: {verdict[:300]}")
+        assert verdict.startswith("FAILED seal_gap: "), verdict
+        accepted = _verify(path, allow_seal_gaps=True)
+        assert accepted.startswith("OK: ") and "seal gap accepted" in accepted, accepted
+    else:
+        assert verdict.startswith("OK: "), verdict
+        assert "seal bound: 1000 ms, every sealed entry within it" in verdict, verdict
+    assert p50 <= 1000, p50
 
 
 @pytest.mark.slow
@@ -366,3 +378,64 @@ async def test_a_join_rewritten_before_its_seal_fails_its_batch_signature(
     print(f"join entry {index} rewritten unsealed; verify: {verdict}")
     assert verdict.startswith("FAILED batch_signature: "), verdict
     assert f"entry {index}," in verdict, verdict
+
+
+async def test_the_lease_script_records_a_stolen_lease_and_a_late_seal_on_each_redis(
+    any_room: Room, keys: SigningKeys
+) -> None:
+    """sealer_lease.lua on Redis 7 and 6.2 (cmsgpack, sha1hex, TIME then writes): a foreign
+    token is taken back with a lease-stolen seal-gap entry naming the unsealed range and the
+    token's SHA-1; a lease deleted under its holder is recorded the same way ('' for the
+    token); an entry found unsealed past the bound gets one late entry, not one per look;
+    a gate's own tokens verify and a foreign one does not."""
+    import hashlib
+
+    from gate.audit.sealer import Sealer, lease_token, lease_token_valid
+
+    room, c = any_room, "lua-lease"
+    redis, k = room.redis, CampaignKeys(c)
+    await room.create(parse_spec(open_amount_spec(c, 1_000 * KRW, KRW, 20 * KRW, KRW)), "ops")
+    assert lease_token_valid(keys, lease_token(keys))
+    assert not lease_token_valid(keys, "insider-0123456789abcdef")
+    sealer = Sealer(
+        redis,
+        room.scripts,
+        keys,
+        None,
+        interval_s=0.0,
+        lease_ms=30000,
+        keep_in_redis=0,
+        bound_ms=200,
+    )
+    try:
+        assert await sealer.step(c, force=True)  # admin-create sealed, lease held
+        await room.join(c, [customer_digest(keys, c, "a")])  # entry 2
+        await redis.set(k.sealer, "insider-0123456789abcdef", px=600_000)
+        assert await sealer.step(c, force=True)  # taken back, the gap sealed with entry 2
+        entries = [unpack(raw) for raw in await redis.lrange(k.audit, 0, -1)]
+        gap = entries[-1]
+        assert gap[b"k"] == b"seal-gap" and gap[b"w"] == b"lease-stolen", gap
+        assert (gap[b"f"], gap[b"l"]) == (2, 2), gap
+        assert (
+            gap[b"h"]
+            == hashlib.sha1(b"insider-0123456789abcdef", usedforsecurity=False).hexdigest().encode()
+        )
+        assert sealer.stats.lease_stolen == 1
+        await room.join(c, [customer_digest(keys, c, "b")])
+        await redis.delete(k.sealer)  # gone long before its 30 s could lapse
+        assert await sealer.step(c, force=True)
+        gap = unpack((await redis.lrange(k.audit, -1, -1))[0])
+        assert (gap[b"k"], gap[b"w"], gap[b"h"]) == (b"seal-gap", b"lease-stolen", b""), gap
+        assert sealer.stats.lease_stolen == 2
+        joined = await room.join(c, [customer_digest(keys, c, "late")])
+        await wait_redis_time(redis, joined.now_us + 300_000)
+        n = int(await redis.hget(k.meta, "audit_n") or 0)
+        for _ in range(3):  # one look records it; the round seals it with the gap
+            await sealer._lease(c)
+        late = [unpack(raw) for raw in await redis.lrange(k.audit, n, -1)]
+        assert [(e[b"k"], e[b"w"], e[b"f"], e[b"l"]) for e in late] == [
+            (b"seal-gap", b"late", n, n)
+        ], late
+        assert late[0][b"d"] >= 300_000
+    finally:
+        await sealer.close()

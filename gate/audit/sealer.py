@@ -351,8 +351,10 @@ class Sealer:
             renewed, size = replicated
             if renewed != fence:
                 return False  # the lease moved meanwhile: the next tick sees it
-        published = await self.seal(campaign, fence, sealed, size)
+        # Rounds start every interval: a slow round (a loaded machine) is not followed by
+        # a whole interval more before the next one starts (the seal bound).
         state.last_seal = time.monotonic()
+        published = await self.seal(campaign, fence, sealed, size)
         state.behind = 0 < published < size  # a backlog: go on at the next tick
         if published and not state.move_failing:
             await self._move(campaign, fence, published)
