@@ -90,6 +90,7 @@ async def test_the_verifier_reaches_every_vectors_verdict() -> None:
         "claim-without-pass",
         "bad-signature",
         "wrong-key-id",
+        "batch-signature",
     } <= names
     limit = asyncio.Semaphore(4)
 

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from gate import base64url
-from gate.audit.receipts import ReceiptBook
+from gate.audit.format import decode_entry
+from gate.audit.receipts import RECEIPT_KINDS, BatchReceipts, ReceiptBook, batch_pairs
 from gate.audit.report import Failure, VerificationFailed
 from gate.audit.verify import verify_lines
 from gate.campaign import parse_spec
@@ -49,6 +50,7 @@ from tests.helpers import (
     redis_binaries,
     seal_everything,
     spec,
+    unpack,
     wait_redis_time,
 )
 from tests.tamper_kinds import unwatched_join_seqs
@@ -60,7 +62,14 @@ CAMPAIGN = "vectors"
 HERE = Path(__file__).parent
 # Failure.kind's names (gate/audit/report.py); the manifest names the other failures
 # "structure" (the file's lines), "signature" (a checkpoint's) and "replay" (a rule).
-FAILURE_KINDS = ("unsealed", "truncation", "equivocation", "altered", "missing_receipt")
+FAILURE_KINDS = (
+    "unsealed",
+    "truncation",
+    "equivocation",
+    "altered",
+    "missing_receipt",
+    "batch_signature",
+)
 
 
 def _fixed(label: str) -> str:
@@ -203,16 +212,39 @@ def verdict(vector: Vector, directory: Path) -> dict[str, Any]:
     }
 
 
-def write_export(export: Export, path: Path) -> None:
-    path.write_text("\n".join(export.lines()) + "\n")
+def write_export(export: Export, path: Path, batches: list[dict[str, Any]]) -> None:
+    """The export as `gate audit export` writes it: header, entries, the join batches'
+    signature lines (those of entries still in it), checkpoints."""
+    lines = export.lines()
+    entries = len(export.entries)
+    kept = [json.dumps(line) for line in batches if line["i"] <= entries]
+    path.write_text("\n".join([*lines[: entries + 1], *kept, *lines[entries + 1 :]]) + "\n")
+
+
+def signed_batches(export: Export, keys: SigningKeys) -> list[dict[str, Any]]:
+    """A batch line for every join and pre-queue entry, signed with the key: what the gate
+    writes at join time, and what an operator holding the key can write again."""
+    lines = []
+    for position in range(len(export.entries)):
+        entry = decode_entry(export.raw(position))
+        if entry.get("k") in RECEIPT_KINDS:
+            batch = BatchReceipts(CAMPAIGN, position + 1, int(entry["t"]), batch_pairs(entry))
+            kid, sig = batch.sign(keys)
+            lines.append({"type": "batch", "i": position + 1, "kid": kid, "sig": sig})
+    return lines
 
 
 def entry_at(index: int) -> Callable[[Failure], bool]:
     return lambda failure: failure.index == index
 
 
-def tampered(clean: Export, keys: SigningKeys, directory: Path) -> list[Vector]:
-    """Write each changed export; the vectors that use them."""
+def tampered(
+    clean: Export, batches: list[dict[str, Any]], keys: SigningKeys, directory: Path
+) -> list[Vector]:
+    """Write each changed export; the vectors that use them. `batches`: the clean export's
+    batch signature lines, kept where the change leaves the joins as they were, signed
+    again where the operator holds the key, left out where an insider without it would
+    (they would betray the change)."""
     keys_arg = ["--keys", "keys.json"]
     vectors = [
         Vector(
@@ -246,7 +278,7 @@ def tampered(clean: Export, keys: SigningKeys, directory: Path) -> list[Vector]:
     export = copy.deepcopy(clean)
     export.checkpoints.pop()
     sealed = export.checkpoints[-1]["size"]
-    write_export(export, directory / "unsealed-tail.jsonl")
+    write_export(export, directory / "unsealed-tail.jsonl", batches)
     tail = (sealed + 1, len(export.entries))
     vectors += [
         Vector(
@@ -272,7 +304,13 @@ def tampered(clean: Export, keys: SigningKeys, directory: Path) -> list[Vector]:
     export.checkpoints = []
     a, b = unwatched_join_seqs(export)[:2]
     swap_customers(export, a, b)
-    write_export(export, directory / "stripped-swapped.jsonl")
+    write_export(export, directory / "stripped-swapped.jsonl", [])
+    write_export(export, directory / "stripped-swapped-batches.jsonl", batches)
+    join = next(
+        p
+        for p in range(len(export.entries))
+        if export.kind(p) == b"join" and a in unpack(export.raw(p))[b"s"][::2]
+    )
     everything = (1, len(export.entries))
     vectors.append(
         Vector(
@@ -285,12 +323,26 @@ def tampered(clean: Export, keys: SigningKeys, directory: Path) -> list[Vector]:
             "not covered by any checkpoint",
         )
     )
+    for name, extra in (("batch-signature", []), ("batch-signature-allowed", ["--allow-unsealed"])):
+        vectors.append(
+            Vector(
+                name,
+                f"the same with the join batches' signature lines left in: join entry {join + 1} "
+                "is not the batch its signature (made at join time) signs"
+                + (", with --allow-unsealed too" if extra else ""),
+                "stripped-swapped-batches.jsonl",
+                [*keys_arg, *extra],
+                "batch_signature",
+                entry_at(join + 1),
+                "batch signature",
+            )
+        )
 
     # a swapped pair of entry lines
     export = copy.deepcopy(clean)
     p = len(export.entries) // 2
     export.entries[p], export.entries[p + 1] = export.entries[p + 1], export.entries[p]
-    write_export(export, directory / "swapped-pair.jsonl")
+    write_export(export, directory / "swapped-pair.jsonl", batches)
     vectors.append(
         Vector(
             "swapped-pair",
@@ -306,7 +358,7 @@ def tampered(clean: Export, keys: SigningKeys, directory: Path) -> list[Vector]:
     # truncation: cut back to the first checkpoint; the auditor holds the latest
     export = copy.deepcopy(clean)
     size = cut_back(export, 1)
-    write_export(export, directory / "truncated.jsonl")
+    write_export(export, directory / "truncated.jsonl", batches)
     vectors.append(
         Vector(
             "truncation",
@@ -338,7 +390,7 @@ def tampered(clean: Export, keys: SigningKeys, directory: Path) -> list[Vector]:
     export = copy.deepcopy(clean)
     swap_customers(export, a, b)
     resign(export, keys)
-    write_export(export, directory / "forked.jsonl")
+    write_export(export, directory / "forked.jsonl", signed_batches(export, keys))
     vectors += [
         Vector(
             "forked-alone",
@@ -380,7 +432,7 @@ def tampered(clean: Export, keys: SigningKeys, directory: Path) -> list[Vector]:
     ):
         export = copy.deepcopy(clean)
         target = tamper(rng, export, keys)
-        write_export(export, directory / file)
+        write_export(export, directory / file, signed_batches(export, keys))
         vectors.append(
             Vector(
                 name,
@@ -399,7 +451,7 @@ def tampered(clean: Export, keys: SigningKeys, directory: Path) -> list[Vector]:
     signature = bytearray(base64url.decode(cp["sig"]))
     signature[0] ^= 1
     cp["sig"] = base64url.encode(bytes(signature))
-    write_export(export, directory / "bad-signature.jsonl")
+    write_export(export, directory / "bad-signature.jsonl", batches)
     vectors.append(
         Vector(
             "bad-signature",
@@ -413,7 +465,7 @@ def tampered(clean: Export, keys: SigningKeys, directory: Path) -> list[Vector]:
     )
     export = copy.deepcopy(clean)
     export.checkpoints[1]["kid"] = "vectors2"
-    write_export(export, directory / "wrong-key-id.jsonl")
+    write_export(export, directory / "wrong-key-id.jsonl", batches)
     vectors.append(
         Vector(
             "wrong-key-id",
@@ -427,7 +479,7 @@ def tampered(clean: Export, keys: SigningKeys, directory: Path) -> list[Vector]:
     )
     export = copy.deepcopy(clean)
     export.checkpoints[1]["kid"] = "vectors3"
-    write_export(export, directory / "unknown-key-id.jsonl")
+    write_export(export, directory / "unknown-key-id.jsonl", batches)
     vectors.append(
         Vector(
             "unknown-key-id",
@@ -457,14 +509,17 @@ async def generate(directory: Path) -> list[dict[str, Any]]:
             server.stop()
     published = keys.public_keys()
     (directory / "keys.json").write_text(json.dumps(published, indent=2) + "\n")
-    write_export(clean, directory / "clean.jsonl")
+    exported = [json.loads(line) for line in (directory / "clean.jsonl").read_text().splitlines()]
+    batches = [line for line in exported if line["type"] == "batch"]
+    assert batches == signed_batches(clean, keys), "a batch line is not the key's signature"
+    write_export(clean, directory / "clean.jsonl", batches)
     for name, document in (
         ("held-first.json", clean.checkpoints[0]),
         ("held-latest.json", clean.checkpoints[-1]),
         *receipts.items(),
     ):
         (directory / name).write_text(json.dumps(document, indent=2) + "\n")
-    vectors = tampered(clean, keys, directory)
+    vectors = tampered(clean, batches, keys, directory)
     manifest = [verdict(vector, directory) for vector in vectors]
     (directory / "manifest.json").write_text(
         json.dumps({"campaign": CAMPAIGN, "vectors": manifest}, indent=2) + "\n"
