@@ -5,7 +5,7 @@ the HTTP paths against an aiohttp hello-world served the same way (same workers,
 the Lua scripts against a plain HSET on the same redis-server. The run's conditions are
 printed and written with the figures to OUT/results.json and OUT/results.md.
 
-    python -m bench.run --quick                 # about a minute, for a small machine
+    python -m bench.run --quick                 # a few minutes, for a small machine
     python -m bench.run --workers 8 --duration 15
 """
 
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         prog="python -m bench.run",
         description="fairgate benchmarks: every figure a ratio to a same-run reference.",
     )
-    parser.add_argument("--quick", action="store_true", help="short runs (~1 min on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="short runs (~2-4 min on 2 cores)")
     parser.add_argument("--duration", type=int, help="seconds per measurement (default 10)")
     parser.add_argument("--warmup", type=int, help="seconds of warm-up per server and path")
     parser.add_argument(
