@@ -11,12 +11,14 @@ three places and are not copied here:
   every checkpoint re-signed (time travel, early expiry, a claim without its pass, ...);
 * this module: what only the held evidence or the strict default catches (truncation,
   rollback, a fork, stripped checkpoints, a rewritten unsealed tail, a substituted seed or
-  commitment), and a few more keyed and structural ones.
+  commitment), what the join batches' signature lines catch, and a few more keyed and
+  structural ones.
 
 Each kind returns an `Expect`: where verify must point (`Target`), the failure kind it
 must name where it has one, and `alone`: verify options under which the tampered export
 *does* verify (the held evidence left out, or --allow-unsealed), which shows that what
-catches it is the auditor's evidence or the strict default, not some other check.
+catches it is the auditor's evidence or the strict default, not some other check; and
+`still_fails`: options under which it must fail as well.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ from gate.audit.replay import CLOCK_STEP_US
 from gate.audit.report import Failure
 from gate.prequeue import prequeue_order
 from gate.signing import SigningKeys
-from tests.helpers import Export, pack_like_redis, unpack
+from tests.helpers import Export, b64url, pack_like_redis, unb64url, unpack
 from tests.test_replay_rules import KEYED_TAMPERERS, entries_of, resign, rewrite
 from tests.test_tamper import TAMPERERS, Target
 from tests.test_verify_evidence import cut_back, swap_customers
@@ -49,9 +52,21 @@ class Case:
 
     export: Export
     held: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # The clean export's join batch signature lines ("batch", which tests/helpers.Export
+    # leaves out), and those this case's export carries: none unless the kind keeps them.
+    # verify does not require them (exports of before have none), so whoever tampers
+    # leaves them out; the kinds that keep them show what they catch.
+    signatures: list[dict[str, Any]] = field(default_factory=list)
+    batches: list[dict[str, Any]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The export's lines: header, entries, batch lines, checkpoints."""
+        lines = self.export.lines()
+        after = len(self.export.entries) + 1
+        return [*lines[:after], *(json.dumps(b) for b in self.batches), *lines[after:]]
 
     def fingerprint(self) -> str:
-        return self.export.fingerprint() + repr(self.held)
+        return self.export.fingerprint() + repr(self.held) + repr(self.batches)
 
 
 @dataclass
@@ -78,6 +93,7 @@ class Expect:
     target: Target
     kinds: tuple[str | None, ...] | None = None  # Failure.kind must be one of these
     alone: dict[str, Any] | None = None  # verify options under which it verifies
+    still_fails: dict[str, Any] | None = None  # verify options under which it fails too
 
 
 Tamper = Callable[[random.Random, Case, SigningKeys], Expect]
@@ -309,6 +325,49 @@ def _move_money(
             export.set_raw(position, pack_like_redis(entries[position]))
     first = min(claims[gains], claims[loses]) + 1
     return first, f"{amount} moved from {loses!r} to {gains!r}"
+
+
+# -- the join batches' signatures, made at join time ------------------------------------
+
+
+def rewrite_tail_under_batch_signatures(
+    rng: random.Random, case: Case, keys: SigningKeys
+) -> Expect:
+    """The unsealed tail rewritten (two customers of the join batches swapped, the
+    checkpoints over them dropped), the export keeping its batch lines: each join batch
+    was signed when it was made, so the swap is named even with --allow-unsealed."""
+    export = case.export
+    export.receipts = {}
+    case.batches = copy.deepcopy(case.signatures)
+    a, b, first = _swap_two_joined(rng, export)
+    export.checkpoints = [cp for cp in export.checkpoints if cp["size"] < first]
+    return Expect(
+        Target(f"seqs {a} and {b} swapped under their batch signatures", (first,)),
+        ("batch_signature",),
+        still_fails=ALLOW_UNSEALED,
+    )
+
+
+def alter_batch_line(rng: random.Random, case: Case, keys: SigningKeys) -> Expect:
+    """A join batch's signature line altered: a bit of its signature, its key id, or the
+    entry it names."""
+    case.export.receipts = {}
+    case.batches = copy.deepcopy(case.signatures)
+    line = rng.choice(case.batches)
+    style = rng.choice(["sig", "kid", "i"])
+    if style == "sig":
+        signature = bytearray(unb64url(line["sig"]))
+        signature[rng.randrange(len(signature))] ^= 1 << rng.randrange(8)
+        line["sig"] = b64url(bytes(signature))
+    elif style == "kid":
+        line["kid"] = keys.ed25519_current + "0"
+    else:
+        line["i"] = rng.choice(
+            [i for i in range(1, len(case.export.entries) + 1) if i != line["i"]]
+        )
+    return Expect(
+        Target(f"batch line of entry {line['i']}: {style}", (line["i"],)), ("batch_signature", None)
+    )
 
 
 # -- the seeds: substituted after the commitment -----------------------------------------
@@ -549,6 +608,8 @@ KINDS: list[Kind] = [
             equivocation_in_export,
             strip_checkpoints,
             rewrite_unsealed_tail,
+            rewrite_tail_under_batch_signatures,
+            alter_batch_line,
             seed_substitution,
             commitment_substitution,
             second_ticket,
