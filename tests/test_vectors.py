@@ -91,6 +91,7 @@ async def test_the_verifier_reaches_every_vectors_verdict() -> None:
         "bad-signature",
         "wrong-key-id",
         "batch-signature",
+        "seal-delay",
     } <= names
     limit = asyncio.Semaphore(4)
 

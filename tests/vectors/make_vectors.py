@@ -69,6 +69,7 @@ FAILURE_KINDS = (
     "altered",
     "missing_receipt",
     "batch_signature",
+    "seal_delay",
 )
 
 
@@ -95,9 +96,10 @@ def fixed_keys() -> SigningKeys:
 
 async def run_campaign(room: Room, keys: SigningKeys, out: Path) -> tuple[Export, dict[str, Any]]:
     """8 customers join in two batches; all admitted; 1..4 get passes; 1..3 claim; r1 is
-    confirmed, r2 released, r3 expires (for real, by Redis time); closed; sealed after
-    each step. Returns the export and the receipts (seq 6's as given at join, seq 1's
-    answer with its checkpoint and inclusion proof)."""
+    confirmed, r2 released; r3 expires (for real, by Redis time, 1.6 s or more after the
+    third checkpoint); closed. Sealed after each step, each entry within the campaign's
+    seal bound (1000 ms). Returns the export and the receipts (seq 6's as given at join,
+    seq 1's answer with its checkpoint and inclusion proof)."""
     raw = spec(
         CAMPAIGN,
         rate_per_s=1000,
@@ -108,6 +110,7 @@ async def run_campaign(room: Room, keys: SigningKeys, out: Path) -> tuple[Export
         overbook=10,  # all 8 admitted at once (first come strictly would admit 2)
     )
     raw["quota"] = amount_quota(20_000_000, 1_000_000, 10_000_000, 10_000)
+    raw["seal_bound_ms"] = 1000  # what the admin API records by default
     await room.create(parse_spec(raw), "ops")
     digests = [customer_digest(keys, CAMPAIGN, f"customer-{n}") for n in range(1, 9)]
     seal = lambda: seal_everything(room.redis, room.scripts, keys, CAMPAIGN)  # noqa: E731
@@ -124,12 +127,13 @@ async def run_campaign(room: Room, keys: SigningKeys, out: Path) -> tuple[Export
         result = await room.claim(CAMPAIGN, seq, digests[seq - 1], amount, f"k{seq}")
         assert result.ok, result
         held.append(result.reservation)
-    await seal()
     await room.confirm(CAMPAIGN, held[0], "core")
     await room.release(CAMPAIGN, held[1], "core", "declined")
+    await seal()
     due = await room.redis.zscore(CampaignKeys(CAMPAIGN).reservation_expiries, held[2])
     assert due is not None
-    await wait_redis_time(room.redis, int(due))
+    # past the bound after the third checkpoint: withheld, its entries are sealed late
+    await wait_redis_time(room.redis, int(due) + 600_000)
     await room.admit(CAMPAIGN, max_per_call=0)  # logs r3's expiry
     await room.set_state(CAMPAIGN, "close", "ops")
     await seal()
@@ -444,6 +448,25 @@ def tampered(
                 says,
             )
         )
+
+    # a checkpoint withheld: its entries first covered by the next, past the seal bound
+    export = copy.deepcopy(clean)
+    withheld = export.checkpoints.pop(2)
+    late = export.checkpoints[1]["size"] + 1
+    write_export(export, directory / "checkpoint-withheld.jsonl", batches)
+    vectors.append(
+        Vector(
+            "seal-delay",
+            f"checkpoint 3 (size {withheld['size']}) left out: entries {late}.. are first "
+            "covered by checkpoint 4, more than the campaign's seal bound (1000 ms) after "
+            "they were written",
+            "checkpoint-withheld.jsonl",
+            keys_arg,
+            "seal_delay",
+            entry_at(late),
+            "seal delay",
+        )
+    )
 
     # a bad signature; a key id that is not the signer's
     export = copy.deepcopy(clean)
