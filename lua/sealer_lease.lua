@@ -24,11 +24,12 @@
   ARGV[4] seal bound in microseconds (0: no check)
   ARGV[5] ('reclaim') the foreign token seen holding the lease ('': it was deleted);
           ('late') the entries sealed late, 'first,last'
-  Returns {fence, audit_n, state, sealed, holder, gap}: fence 0 when another process holds
+  Returns {fence, audit_n, state, sealed, holder, gap, holder_ttl}: fence 0 when another process holds
   the lease (or after a release); audit_n the log's size (with a seal-gap entry appended);
   state the campaign's state ('' when the campaign does not exist); sealed the size of the
   last checkpoint; holder the other token holding the lease ('' otherwise); gap the index
-  of the seal-gap entry appended now (0: none).
+  of the seal-gap entry appended now (0: none); holder_ttl the other holder's PTTL in ms
+  (-1: none, a lease no gate process writes; 0 when there is no other holder).
 ]]
 --!include lib/lease.lua
 --!include lib/common.lua
@@ -64,8 +65,11 @@ if held == 'kept' then
 elseif held == 'taken' then
   fence = rcall('INCR', KEYS[2])
 end
-local holder = ''
-if held == 'other' then holder = rcall('GET', KEYS[1]) or '' end
+local holder, holder_ttl = '', 0
+if held == 'other' then
+  holder = rcall('GET', KEYS[1]) or ''
+  holder_ttl = rcall('PTTL', KEYS[1])
+end
 local m = rcall('HMGET', KEYS[3], 'audit_n', 'state', 'audit_trimmed')
 local n = tonumber(m[1] or '0')
 local sealed = tonumber(rcall('HGET', KEYS[4], 'size') or '0')
@@ -99,4 +103,4 @@ if fence ~= 0 and m[2] then
   end
 end
 if gap ~= 0 then n = gap end
-return {fence, n, m[2] or '', sealed, holder, gap}
+return {fence, n, m[2] or '', sealed, holder, gap, holder_ttl}

@@ -397,6 +397,15 @@ async def test_the_lease_script_records_a_stolen_lease_and_a_late_seal_on_each_r
     await room.create(parse_spec(open_amount_spec(c, 1_000 * KRW, KRW, 20 * KRW, KRW)), "ops")
     assert lease_token_valid(keys, lease_token(keys))
     assert not lease_token_valid(keys, "insider-0123456789abcdef")
+    # MACed with a key this process has not loaded (a rotation rolling out): judged by its
+    # TTL, which a gate process always sets to a lease's
+    other_kid = f"{'0' * 32}.not-loaded.{'1' * 32}"
+    assert lease_token_valid(keys, other_kid, 2500, 3000)
+    assert not lease_token_valid(keys, other_kid, -1, 3000)
+    assert not lease_token_valid(keys, other_kid, 600_000, 3000)
+    made = lease_token(keys)
+    forged = made[:-1] + ("0" if made[-1] != "0" else "1")
+    assert not lease_token_valid(keys, forged, 2500, 3000)
     sealer = Sealer(
         redis,
         room.scripts,

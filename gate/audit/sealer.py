@@ -254,7 +254,9 @@ class Sealer:
         # Lost before it could have lapsed (Redis counts the TTL from after `sent`): the
         # lease was overwritten or deleted in Redis, not handed over.
         early = bool(held.lease_fence) and sent < held.lease_until and fence != held.lease_fence
-        alien = bool(holder) and not lease_token_valid(self.keys, holder)
+        alien = bool(holder) and not lease_token_valid(
+            self.keys, holder, int(reply[6]), self.lease_ms
+        )
         held.lease_fence, held.lease_until = fence, 0.0
         if fence:
             margin = max(self.lease_ms / 10, 50) / 1000
@@ -643,12 +645,18 @@ def lease_token(keys: SigningKeys) -> str:
     return f"{nonce}.{keys.hmac_current}.{mac.hexdigest()[:32]}"
 
 
-def lease_token_valid(keys: SigningKeys, token: str) -> bool:
+def lease_token_valid(keys: SigningKeys, token: str, ttl_ms: int = 0, lease_ms: int = 0) -> bool:
+    """Whether a gate process can have made `token`. One MACed with an HMAC key this
+    process has not loaded (a rotation rolling out) cannot be judged: it passes, unless
+    its lease has no TTL or one far beyond a lease (`ttl_ms` -1, or over 2 x `lease_ms`),
+    which no gate process writes. (A holder still sees its own lease replaced early.)"""
     nonce, _, rest = token.partition(".")
     kid, _, mac = rest.partition(".")
-    key = keys.hmac_keys.get(kid)
-    if key is None or len(nonce) != 32 or len(mac) != 32:
+    if len(nonce) != 32 or len(mac) != 32 or not kid:
         return False
+    key = keys.hmac_keys.get(kid)
+    if key is None:
+        return ttl_ms >= 0 and (not lease_ms or ttl_ms <= 2 * lease_ms)
     expected = hmac.new(key, LEASE_TOKEN_CONTEXT + nonce.encode(), "sha256").hexdigest()[:32]
     return hmac.compare_digest(expected, mac)
 
