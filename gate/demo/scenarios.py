@@ -807,15 +807,18 @@ async def run_with(
     from gate.http.app import ADMIN_ADDRESS, CORE_ADDRESS, create_app
     from gate.http.common import GATE_KEY
     from gate.service import store_for
-    from gate.signing import generate_keys_document, write_keys
+    from gate.signing import generate_digest_document, generate_keys_document, write_keys
 
     keys_path = work / "keys.json"
     write_keys(keys_path, generate_keys_document())
+    digest_path = work / "digest-keys.json"  # apart from the signing keys (issue 13)
+    write_keys(digest_path, generate_digest_document())
     admin_token, core_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     config = default_config(
         redis_url=redis.url,
         data_dir=str(work),
         signing_keys=str(keys_path),
+        digest_keys=str(digest_path),
         admin_tokens=f"demo:{admin_token}",
         core_tokens=f"core:{core_token}",
         admin_host="127.0.0.1",
