@@ -133,7 +133,10 @@ async def test_passes_issued_at_once_are_paced_at_the_rate(
         assert deadline >= nb + 300_000_000  # pass_ttl_s 300 from not_before
     # asked again: the same not_before
     again = await room.pass_status(campaign, customers, digest(customers - 1))
-    assert again[2] == answers[-1][2]
+    if again[2] == 0:  # its moment has passed meanwhile (a slow machine): not moved
+        assert await redis_us(room) >= logged[customers]
+    else:
+        assert again[2] == logged[customers]
     # `gate audit verify` replays the arrival clock: the log is clean
     await seal_everything(room.redis, room.scripts, keys, campaign)
     path = await export_to_file(room.redis, campaign, keys, tmp_path / "bunch.jsonl")
