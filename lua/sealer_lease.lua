@@ -28,12 +28,11 @@
   the lease (or after a release); audit_n the log's size (with a seal-gap entry appended);
   state the campaign's state ('' when the campaign does not exist); sealed the size of the
   last checkpoint; holder the other token holding the lease ('' otherwise); gap the index
-  of the seal-gap entry appended now (0: none); holder_ttl the other holder's PTTL in ms
+  of the seal-gap entry appended now (0: none); holder_ttl the other holder's remaining TTL in ms
   (-1: none, a lease no gate process writes; 0 when there is no other holder).
 ]]
 --!include lib/lease.lua
 --!include lib/common.lua
-local rcall = redis.call
 local mode = ARGV[3]
 local bound_us = tonumber(ARGV[4] or '0')
 if bound_us == nil or bound_us < 0 then error('bad argument: bound') end
