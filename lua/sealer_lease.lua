@@ -28,7 +28,7 @@
   the lease (or after a release); audit_n the log's size (with a seal-gap entry appended);
   state the campaign's state ('' when the campaign does not exist); sealed the size of the
   last checkpoint; holder the other token holding the lease ('' otherwise); gap the index
-  of the seal-gap entry appended now (0: none); holder_ttl the other holder's remaining TTL in ms
+  of the seal-gap entry appended now (0: none); holder_ttl the other holder's remaining lease time in ms
   (-1: none, a lease no gate process writes; 0 when there is no other holder).
 ]]
 --!include lib/lease.lua
