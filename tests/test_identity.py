@@ -512,11 +512,18 @@ async def test_kid_rotation_reloads_the_jwks_once_and_unknown_kids_are_rate_limi
     await wait_for(lambda: _after(started, 0.35), 5, "the reload interval to pass")
     before = bank.login.fetches
     tokens = [mint(rotated, sub=f"y{n}", kid=f"burst-{n}") for n in range(50)]
+    started = time.monotonic()
     answers = await asyncio.gather(
         *(bank.public.post("/q/c1/join", headers=bearer(t)) for t in tokens)
     )
+    elapsed = time.monotonic() - started
     assert {a.status for a in answers} == {401}
-    assert bank.login.fetches - before == 1
+    # one reload for the lot; a loaded machine that spreads the 50 over more than the
+    # reload interval may take one more per interval (a full run at load 5-8 saw 3), no more
+    assert 1 <= bank.login.fetches - before <= 1 + elapsed / 0.3, (
+        bank.login.fetches - before,
+        elapsed,
+    )
 
 
 async def _after(started: float, seconds: float) -> bool:
