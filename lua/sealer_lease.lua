@@ -9,8 +9,8 @@
   lease tampered with in Redis: taken by a token no gate process made (the caller checked
   its MAC), or lost by its holder before it could have lapsed (overwritten or deleted):
   the caller takes it back (from ARGV[5], when that token still holds it; else as
-  'acquire') and a seal-gap entry, why lease-stolen, names the foreign token's SHA-1 ('' for
-  one deleted) and what was unsealed then. Both are in the log before the entries they
+  'acquire') and a seal-gap entry, why lease-stolen (the foreign token's SHA-1 in h) or
+  lease-lost (ARGV[5] '': the lease vanished), names what was unsealed then. Both are in the log before the entries they
   concern are sealed. 'late' (ARGV[5] = 'first,last') is 'acquire' that also records a
   seal-gap entry, why late, for entries first..last that a checkpoint just sealed past the
   bound (the round itself took the time).
@@ -77,7 +77,9 @@ if fence ~= 0 and m[2] then
   if stolen then
     local h = ''
     if foreign ~= '' then h = redis.sha1hex(foreign) end
-    gap = audit(KEYS[3], KEYS[5], now_us(), {k = 'seal-gap', w = 'lease-stolen', f = sealed + 1,
+    local why = 'lease-lost'  -- gone before it could have lapsed: deleted, or a failover
+    if foreign ~= '' then why = 'lease-stolen' end
+    gap = audit(KEYS[3], KEYS[5], now_us(), {k = 'seal-gap', w = why, f = sealed + 1,
       l = n, h = h, x = fence})
   elseif late_first then
     gap = audit(KEYS[3], KEYS[5], now_us(), {k = 'seal-gap', w = 'late', f = late_first,

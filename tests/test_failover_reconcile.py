@@ -97,8 +97,13 @@ async def scene(
     port = free_port()
     redis = RedisServer(tmp_path / "redis-a", port=port)
     redis.start()
-    # By default no checkpoint after the first: the sealed log stays behind the copy.
-    env = {"GATE_SEAL_INTERVAL_MS": "600000", **getattr(request, "param", {})}
+    # By default no checkpoint after the first: the sealed log stays behind the copy (no
+    # seal bound either, which would seal 4 times a second: docs/audit-format.md).
+    env = {
+        "GATE_SEAL_INTERVAL_MS": "600000",
+        "GATE_SEAL_BOUND_MS": "0",
+        **getattr(request, "param", {}),
+    }
     gate = GateProcess(f"redis://127.0.0.1:{port}/0", tmp_path / "gate", keys_file, extra_env=env)
     holder: dict[str, Any] = {"redis": redis}
     try:

@@ -442,8 +442,13 @@ async def audit_verify(
     exported = await export_sealed_cli(CAMPAIGN, log_path, env)
     if exported.code != 0:
         return False, f"export failed: {exported}"
-    verified = await gate_cli("audit", "verify", str(log_path), "--keys", str(keys_path))
-    return verified.code == 0, (verified.out + verified.err).strip()[-1500:]
+    # A failover stops sealing for seconds: the sealer records that gap in the log
+    # (seal-gap, handover) and verify names it unless the auditor accepts recorded gaps.
+    verified = await gate_cli(
+        "audit", "verify", str(log_path), "--keys", str(keys_path), "--allow-seal-gaps"
+    )
+    accepted = verified.code == 0 and "seal bound: 1000 ms" in verified.out
+    return accepted, (verified.out + verified.err).strip()[-1500:]
 
 
 def reservation_number(rid: str) -> int:

@@ -44,7 +44,7 @@ ACCRUE_MAX_US = 3_000_000
 CLOCK_STEP_US = 1_000_000
 
 
-SEAL_GAP_WHY = ("handover", "late", "lease-stolen")
+SEAL_GAP_WHY = ("handover", "late", "lease-stolen", "lease-lost")
 
 
 class EntryProblem(Exception):
@@ -439,7 +439,7 @@ class Replay:
         lease back from a foreign token (lua/sealer_lease.lua): no state changes; verify.py
         weighs it against the checkpoints' times."""
         if need_text(entry, "w") not in SEAL_GAP_WHY:
-            raise EntryProblem("seal-gap: w must be handover, late or lease-stolen")
+            raise EntryProblem("seal-gap: w must be handover, late, lease-stolen or lease-lost")
         first, last = need_int(entry, "f", 1), need_int(entry, "l")
         if last >= self.index or first > last + 1:
             raise EntryProblem(f"seal-gap: entries {first}..{last} are not before it")

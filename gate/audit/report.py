@@ -23,8 +23,9 @@ class Failure:
     # "altered" (the entries differ from signed evidence), "missing_receipt",
     # "seal_delay" (an entry sealed later than the campaign's seal bound, no gap recorded),
     # "seal_gap" (the same, in a gap the sealer recorded), "lease_stolen" (the sealer's
-    # lease was overwritten with a foreign token), "batch_signature" (a join entry that
-    # its batch's signature, made at join time, does not sign).
+    # lease was overwritten with a foreign token), "lease_lost" (it vanished early),
+    # "batch_signature" (a join entry that its batch's signature, made at join time, does
+    # not sign).
     kind: str | None = None
     held: str | None = None  # the held checkpoint (its file) that fails
 

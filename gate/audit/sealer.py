@@ -251,17 +251,30 @@ class Sealer:
         holder, gap = _text(reply[4]), int(reply[5])
         if gap:
             self._gap_logged(campaign, fence, sealed, size, stolen=mode == "reclaim")
-        # Lost before it could have lapsed (Redis counts the TTL from after `sent`): the
-        # lease was overwritten or deleted in Redis, not handed over.
-        early = bool(held.lease_fence) and sent < held.lease_until and fence != held.lease_fence
+        # Lost before it could have lapsed: Redis ran this call before its answer came, and
+        # counts the last renewal's TTL from after that renewal was sent, so the lease was
+        # overwritten or deleted in Redis, not handed over. Half the lease is kept as the
+        # margin for a failover to a replica that lagged (its copy of the renewal is older).
+        received = time.monotonic()
+        early = bool(held.lease_fence) and received < held.lease_until and fence != held.lease_fence
         alien = bool(holder) and not lease_token_valid(
             self.keys, holder, int(reply[6]), self.lease_ms
         )
         held.lease_fence, held.lease_until = fence, 0.0
         if fence:
-            margin = max(self.lease_ms / 10, 50) / 1000
-            held.lease_until = sent + self.lease_ms / 1000 - margin
-        if mode == "acquire" and (early or alien):
+            held.lease_until = sent + self.lease_ms / 2000
+        if mode == "acquire" and early and holder and not alien:
+            # Another gate process holds it (a failover to a replica that lacked our
+            # renewal, then a quicker process): not taken back; a token replayed from an
+            # earlier process shows at verify as entries sealed late.
+            log.warning(
+                "event=sealer_lease_lost_early campaign=%s holder_sha1=%s sealed=%d audit_n=%d",
+                campaign,
+                hashlib.sha1(holder.encode(), usedforsecurity=False).hexdigest(),
+                sealed,
+                size,
+            )
+        elif mode == "acquire" and (early or alien):
             # Someone wrote the lease key to silence the sealer (a token no gate process
             # made, or our own lease gone before its time): take it back at once, on the
             # record (a seal-gap entry, lease-stolen; sealer_lease.lua).

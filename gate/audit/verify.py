@@ -380,6 +380,26 @@ def check_seal_delays(
     as seal_delay, unless a seal-gap entry covers it: then seal_gap (accepted, and reported,
     with `allow_gaps`). A lease taken back from a foreign token fails as lease_stolen,
     late or not. (first failure, the longest seal delay in ms, the accepted gaps)."""
+    lost = next((g for g in gaps if g.why == "lease-lost"), None)
+    if lost is not None and not allow_gaps:
+        return (
+            Failure(
+                "lease lost: the sealer's lease vanished from Redis before it could have "
+                "lapsed (deleted by someone with Redis access, or lost in a Redis failover) "
+                + (
+                    f"while entries {lost.first}..{lost.last} were unsealed"
+                    if lost.last >= lost.first
+                    else "while nothing was unsealed"
+                )
+                + ": they could have been rewritten without the key (the sealer recorded it "
+                "in this entry; --allow-seal-gaps accepts it)",
+                index=lost.index,
+                entries=(lost.first, lost.last) if lost.last >= lost.first else None,
+                kind="lease_lost",
+            ),
+            0,
+            [],
+        )
     for gap in gaps:
         if gap.why == "lease-stolen":
             unsealed = (
@@ -389,16 +409,10 @@ def check_seal_delays(
             )
             return (
                 Failure(
-                    "lease stolen: the sealer's lease was overwritten or deleted in Redis, not "
-                    "handed over ("
-                    + (
-                        f"a token with SHA-1 {gap.foreign} held it"
-                        if gap.foreign
-                        else "it was gone before it could have lapsed"
-                    )
-                    + f") while {unsealed}: whoever did it could stop the sealing and rewrite "
-                    "them without the key (the sealer took its lease back and recorded it in "
-                    "this entry)",
+                    "lease stolen: the sealer's lease was overwritten in Redis with a token no "
+                    f"gate process made (SHA-1 {gap.foreign}) while {unsealed}: whoever wrote "
+                    "it could stop the sealing and rewrite them without the key (the sealer "
+                    "took its lease back and recorded it in this entry)",
                     index=gap.index,
                     entries=(gap.first, gap.last) if gap.last >= gap.first else None,
                     kind="lease_stolen",
@@ -410,7 +424,12 @@ def check_seal_delays(
         return None, 0, []
     limit_us = (bound_ms + SEAL_TOLERANCE_MS) * 1000
     longest_us = 0
-    accepted: list[str] = []
+    accepted = [
+        f"lease lost accepted: entries {g.first}..{g.last} unsealed when the sealer's lease "
+        f"vanished (recorded in entry {g.index})"
+        for g in gaps
+        if g.why == "lease-lost"
+    ]
     done = 0
     for cp in checkpoints:
         size, time_us = cp.data["size"], cp.data["time_ms"] * 1000
