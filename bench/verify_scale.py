@@ -441,7 +441,7 @@ def measure_verify(export: Path, keys: Path, entries: int, repeat: int) -> dict[
             failures.append(f"reference exited {run['rc']}: {run['stderr'][-500:]}")
 
     def median(name: str, key: str) -> float:
-        return float(statistics.median(r[key] for r in runs[name]))
+        return round(float(statistics.median(r[key] for r in runs[name])), 3)
 
     v_wall, r_wall = median("verify", "wall_s"), median("reference", "wall_s")
     v_cpu, r_cpu = median("verify", "cpu_s"), median("reference", "cpu_s")
