@@ -46,7 +46,7 @@ from tests.helpers import (
     unpack,
     wait_redis_time,
 )
-from tests.test_tamper import Target, admit_upto, build_clean_export
+from tests.test_tamper import Target, admit_upto, build_clean_export, tally
 
 MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
 YEAR_2100_US = 4_102_444_800_000_000
@@ -324,21 +324,14 @@ async def test_each_keyed_tampering_is_caught_by_the_replay(
     rng = random.Random(1313)
     plan = [tamper for tamper, count in KEYED_TAMPERERS for _ in range(count)]
     rng.shuffle(plan)
-    caught: dict[str, int] = {}
-    missed: list[str] = []
-    misnamed: list[str] = []
-    for tamper in plan:
+
+    def draw(tamper: Any) -> tuple[Export, Target]:
         export = copy.deepcopy(clean)
         target = tamper(rng, export, keys)
         assert export.fingerprint() != clean.fingerprint(), target.what
-        try:
-            verify(export, keys)
-        except VerificationFailed as exc:
-            caught[tamper.__name__] = caught.get(tamper.__name__, 0) + 1
-            if not target.named_by(exc.failure):
-                misnamed.append(f"{target.what}: {exc.failure.describe()}")
-        else:
-            missed.append(target.what)
+        return export, target
+
+    caught, missed, misnamed = tally(plan, draw, lambda export: verify(export, keys))
     print(f"keyed tamperings: {len(plan)}, caught per kind: {caught}")
     assert not missed, f"{len(missed)} of {len(plan)} verified: {missed[:8]}"
     assert not misnamed, f"{len(misnamed)} named the wrong place: {misnamed[:5]}"

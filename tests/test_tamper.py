@@ -418,6 +418,30 @@ async def test_clean_export_verifies_and_reencodes_exactly(
     assert given == prequeue_order(bytes.fromhex(reveal[b"seed"].decode()), prejoined)
 
 
+def tally(
+    plan: list[Any],
+    draw: Callable[[Any], tuple[Export, Target]],
+    verify: Callable[[Export], Any],
+) -> tuple[dict[str, int], list[str], list[str]]:
+    """Each tampering of `plan` made on a copy (`draw`: the export and what it targets)
+    and verified: (caught per kind, those that verified, those whose failure named
+    another place)."""
+    caught: dict[str, int] = {}
+    missed: list[str] = []
+    misnamed: list[str] = []
+    for tamper in plan:
+        export, target = draw(tamper)
+        try:
+            verify(export)
+        except VerificationFailed as exc:
+            caught[tamper.__name__] = caught.get(tamper.__name__, 0) + 1
+            if not target.named_by(exc.failure):
+                misnamed.append(f"{target.what}: {exc.failure.describe()}")
+        else:
+            missed.append(target.what)
+    return caught, missed, misnamed
+
+
 @pytest.mark.slow
 async def test_200_random_tamperings_all_caught(
     room: Room, keys: SigningKeys, tmp_path: Path
@@ -432,25 +456,16 @@ async def test_200_random_tamperings_all_caught(
     plan = [tamper for tamper, count in TAMPERERS for _ in range(count)]
     rng.shuffle(plan)
     assert len(plan) >= 200
-    caught: dict[str, int] = {}
-    missed: list[str] = []
-    misnamed: list[str] = []
-    for tamper in plan:
+
+    def draw(tamper: Any) -> tuple[Export, Target]:
         for _ in range(20):  # draw again when the tampering changes nothing
             export = copy.deepcopy(clean)
             target = tamper(rng, export)
             if export.fingerprint() != clean.fingerprint():
-                break
-        else:
-            raise AssertionError(f"{tamper.__name__} never changed the export")
-        try:
-            run_verify(export, published)
-        except VerificationFailed as exc:
-            caught[tamper.__name__] = caught.get(tamper.__name__, 0) + 1
-            if not target.named_by(exc.failure):
-                misnamed.append(f"{target.what}: {exc.failure.describe()}")
-        else:
-            missed.append(target.what)
+                return export, target
+        raise AssertionError(f"{tamper.__name__} never changed the export")
+
+    caught, missed, misnamed = tally(plan, draw, lambda export: run_verify(export, published))
     print(f"tamperings: {len(plan)}, caught per kind: {caught}")
     assert not missed, f"{len(missed)} tamperings passed verify: {missed[:10]}"
     assert not misnamed, f"{len(misnamed)} failures named the wrong place: {misnamed[:5]}"
