@@ -329,7 +329,10 @@ async def test_lost_writes_hold_the_campaign_and_nothing_is_issued_twice(scene: 
         "audit", "verify", str(log_file), "--keys", str(keys_file), "--allow-unsealed"
     )
     assert verified.code == 0, verified
-    assert "NOT verified" in verified.out and "checkpoints cover 1..1 of" in verified.out
+    # the one round seals what was there when it ran: the create, or a few entries more
+    covered = re.search(r"checkpoints cover 1\.\.(\d+) of (\d+)", verified.out)
+    assert covered is not None and int(covered[1]) < int(covered[2]), verified.out
+    assert "NOT verified" in verified.out
 
 
 async def test_a_primary_that_lost_nothing_resumes_without_a_hold(scene: Scene) -> None:
