@@ -56,7 +56,8 @@ from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, Token, TokenError
 
 async def _campaign(request: web.Request, campaign: str) -> LiveCampaign:
     gate = gate_of(request)
-    if not await gate.cache.wait_answering():
+    # answering() first: the usual case costs no coroutine on the poll's hot path
+    if not gate.cache.answering() and not await gate.cache.wait_answering():
         raise Unavailable()
     live = await gate.cache.get(campaign)
     if live is None:
