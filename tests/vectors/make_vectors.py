@@ -486,34 +486,34 @@ def tampered(
             "the signature does not verify with key vectors1",
         )
     )
-    export = copy.deepcopy(clean)
-    export.checkpoints[1]["kid"] = "vectors2"
-    write_export(export, directory / "wrong-key-id.jsonl", batches)
-    vectors.append(
-        Vector(
+    for name, kid, what, words in (
+        (
             "wrong-key-id",
+            "vectors2",
             "checkpoint 2 names key vectors2 (published) but vectors1 signed it",
-            "wrong-key-id.jsonl",
-            keys_arg,
-            "signature",
-            lambda failure: failure.checkpoint == 2,
             "the signature does not verify with key vectors2",
-        )
-    )
-    export = copy.deepcopy(clean)
-    export.checkpoints[1]["kid"] = "vectors3"
-    write_export(export, directory / "unknown-key-id.jsonl", batches)
-    vectors.append(
-        Vector(
+        ),
+        (
             "unknown-key-id",
+            "vectors3",
             "checkpoint 2 names key vectors3, which the published keys do not have",
-            "unknown-key-id.jsonl",
-            keys_arg,
-            "signature",
-            lambda failure: failure.checkpoint == 2,
             "signed with key 'vectors3', which is not among the public keys",
+        ),
+    ):
+        export = copy.deepcopy(clean)
+        export.checkpoints[1]["kid"] = kid
+        write_export(export, directory / f"{name}.jsonl", batches)
+        vectors.append(
+            Vector(
+                name,
+                what,
+                f"{name}.jsonl",
+                keys_arg,
+                "signature",
+                lambda failure: failure.checkpoint == 2,
+                words,
+            )
         )
-    )
     return vectors
 
 
