@@ -6,9 +6,12 @@ serves."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,75 @@ async def test_shipped_redis_conf_loads_and_holds_what_the_gate_needs(
     finally:
         await client.aclose()
         _stop(process)
+
+
+# -- systemd --------------------------------------------------------------------------
+
+UNIT = DEPLOY / "systemd" / "fairgate.service"
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_systemd_analyze = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed (apt-get install systemd)"
+)
+
+
+def _unit_service() -> dict[str, list[str]]:
+    """The unit's [Service] settings, each key with every value it is given."""
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        key, _, value = line.partition("=")
+        if section == "[Service]":
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_unit_runs_gate_serve_as_a_user_with_the_env_file() -> None:
+    service = _unit_service()
+    assert service["User"] == ["fairgate"] and service["Group"] == ["fairgate"]
+    assert service["EnvironmentFile"] == ["/etc/fairgate/fairgate.env"]
+    (exec_start,) = service["ExecStart"]
+    assert shlex.split(exec_start)[1:3] == ["serve", "--config"]
+    assert Path(shlex.split(exec_start)[0]).name == "gate"
+
+
+@needs_systemd_analyze
+def test_unit_scores_ok_in_systemd_analyze_security() -> None:
+    assert SYSTEMD_ANALYZE is not None
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--threshold=30", str(UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d) (\w+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    score, verdict = float(found.group(1)), found.group(2)
+    assert score <= 3.0 and verdict == "OK", result.stdout
+    assert result.returncode == 0, result.stderr
+
+
+@needs_systemd_analyze
+def test_unit_has_no_unknown_or_bad_settings(tmp_path: Path) -> None:
+    """`systemd-analyze verify` on a copy whose ExecStart names a binary that exists here
+    (the unit's own path is where the package installs it): every other line as shipped."""
+    assert SYSTEMD_ANALYZE is not None
+    text = UNIT.read_text()
+    shipped = re.search(r"^ExecStart=(\S+)", text, re.MULTILINE)
+    assert shipped
+    copy = tmp_path / UNIT.name
+    copy.write_text(text.replace(shipped.group(1), sys.executable, 1))
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    complaints = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if UNIT.name in line and "Failed to" not in line
+    ]
+    assert complaints == [], result.stderr
