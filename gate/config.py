@@ -24,6 +24,9 @@ Tokens = tuple[tuple[str, str], ...]
 Items = tuple[str, ...]
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _COOKIE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# deploy/systemd/fairgate.env ships "CHANGE-ME-…" tokens: a gate started with them would
+# take a bearer token that anyone who has read the repository knows.
+_PLACEHOLDER_RE = re.compile(r"change[-_]?me", re.IGNORECASE)
 # Asymmetric algorithms only: a shared-secret (HS*) token could be minted by anyone who
 # can read the JWKS, and "none" is no signature at all.
 JWT_ALGORITHMS = frozenset(
@@ -179,6 +182,11 @@ def _parse_tokens(name: str, raw: Any) -> Tokens:
             raise ConfigError(f"{name}: bad token name {label!r}")
         if len(token) < 16:
             raise ConfigError(f"{name}: token {label!r} is shorter than 16 characters")
+        if _PLACEHOLDER_RE.search(token):
+            raise ConfigError(
+                f"{name}: token {label!r} is a placeholder: set a random secret "
+                "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
         pairs.append((label, token))
     return tuple(pairs)
 

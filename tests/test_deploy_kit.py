@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 from gate.redis_checks import RedisSettings, problems, read_settings
 from gate.redis_client import connect
 from gate.redis_server import free_port
-from tests.helpers import redis_binaries, wait_for
+from tests.helpers import GateProcess, redis_binaries, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -175,3 +176,95 @@ def test_unit_has_no_unknown_or_bad_settings(tmp_path: Path) -> None:
         if UNIT.name in line and "Failed to" not in line
     ]
     assert complaints == [], result.stderr
+
+
+# -- the shipped env file's placeholders, and no admin tokens at all -------------------
+
+ENV_FILE = DEPLOY / "systemd" / "fairgate.env"
+
+
+def _env_file() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in ENV_FILE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+async def _started_or_exited(process: GateProcess) -> int | None:
+    """The exit code of a `gate serve` that stopped, or None once it serves /readyz."""
+    outcome: list[int | None] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def settled() -> bool:
+            assert process.process is not None
+            code = process.process.poll()
+            if code is not None:
+                outcome.append(code)
+                return True
+            try:
+                async with session.get(process.url + "/readyz") as r:
+                    if r.status == 200:
+                        outcome.append(None)
+                        return True
+            except aiohttp.ClientError:
+                pass
+            return False
+
+        await wait_for(settled, 30, "gate serve to exit or get ready", interval_s=0.05)
+    return outcome[0]
+
+
+@pytest.mark.parametrize("variable", ["GATE_ADMIN_TOKENS", "GATE_CORE_TOKENS"])
+async def test_gate_serve_refuses_the_env_files_placeholder_tokens(
+    variable: str, redis_url: str, keys_file: Path, tmp_path: Path
+) -> None:
+    shipped = _env_file()
+    assert "CHANGE-ME" in shipped[variable]
+    process = GateProcess(
+        redis_url, tmp_path / "gate", keys_file, extra_env={variable: shipped[variable]}
+    )
+    process.start()
+    try:
+        code = await _started_or_exited(process)
+    finally:
+        process.stop()
+    log = _read(process.log_path)
+    assert code == 2, f"gate serve started with the placeholder {variable}: {log[-1500:]}"
+    assert "Traceback" not in log
+    (line,) = log.strip().splitlines()
+    field = variable.removeprefix("GATE_").lower()
+    assert line.startswith(f"gate: error: bad_config: {field}: "), line
+    assert "placeholder" in line
+    # It names the token, never the value (a log line is no place for a secret).
+    first_token = shipped[variable].split(",")[0].partition(":")[2]
+    assert first_token not in line
+    assert not process.leftovers
+
+
+async def test_gate_serve_without_admin_tokens_warns_once_naming_what_is_refused(
+    redis_url: str, keys_file: Path, tmp_path: Path
+) -> None:
+    process = GateProcess(
+        redis_url, tmp_path / "gate", keys_file, workers=2, extra_env={"GATE_ADMIN_TOKENS": ""}
+    )
+    async with process, aiohttp.ClientSession() as session:
+        r = await session.get(process.admin_url + "/admin/campaigns")
+        assert r.status == 401
+    log = _read(process.log_path)
+    warnings = [line for line in log.splitlines() if "admin_tokens" in line.lower()]
+    assert len(warnings) == 1, log[-2000:]
+    (warning,) = warnings
+    assert "level=WARNING" in warning and "event=no_admin_tokens" in warning
+    assert f"admin=127.0.0.1:{process.admin_port}" in warning
+    assert "401" in warning and "GATE_ADMIN_TOKENS" in warning
+    # With tokens set it says nothing of the kind.
+    quiet = GateProcess(redis_url, tmp_path / "quiet", keys_file)
+    async with quiet:
+        pass
+    assert "no_admin_tokens" not in _read(quiet.log_path)
