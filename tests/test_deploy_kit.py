@@ -254,6 +254,7 @@ async def test_gate_serve_refuses_the_env_files_placeholder_tokens(
     assert not process.leftovers
 
 
+@pytest.mark.slow  # two gates, one with two workers: ~3-6 s on two cores
 async def test_gate_serve_without_admin_tokens_warns_once_naming_what_is_refused(
     redis_url: str, keys_file: Path, tmp_path: Path
 ) -> None:
