@@ -241,15 +241,6 @@ def _start_writes(path: Path) -> Iterator[None]:
 
 def serve(config: Config) -> int:
     setup_logging(config.log_level)
-    if not config.admin_tokens:
-        # Said once, by the parent: otherwise the first sign is an operator's 401 on the day.
-        log.warning(
-            'event=no_admin_tokens admin=%s:%d refuses="every /admin/ request (401 '
-            'bad_admin_token): no campaign can be created, paused, resumed or closed" '
-            'fix="set GATE_ADMIN_TOKENS=name:token (16+ characters) and restart"',
-            config.admin_host,
-            config.admin_port,
-        )
     lock_fd: int | None = None
     embedded: RedisServer | None = None
     if not config.redis_url:
@@ -287,6 +278,16 @@ def serve(config: Config) -> int:
             if embedded is not None
             else None
         )
+        if not config.admin_tokens:
+            # Said once, by the parent, once start-up went well: otherwise the first sign
+            # is an operator's 401 on the day.
+            log.warning(
+                'event=no_admin_tokens admin=%s:%d refuses="every /admin/ request (401 '
+                'bad_admin_token): no campaign can be created, paused, resumed or closed" '
+                'fix="set GATE_ADMIN_TOKENS=name:token (16+ characters) and restart"',
+                config.admin_host,
+                config.admin_port,
+            )
         if config.workers == 1:
             _install_uvloop()
             kept = asyncio.run(run_process(config, reuse_port=False, keeper=keeper))
