@@ -76,8 +76,10 @@ class CampaignCache:
         refresh_interval_s: float,
         stale_after_s: float,
         clock: Callable[[], float] = time.time,
+        redis_address: str = "",
     ):
         self.room = room
+        self.redis_address = redis_address  # named in the log when it does not answer
         self.refresh_interval_s = refresh_interval_s
         self.stale_after_s = stale_after_s
         self.campaigns: dict[str, LiveCampaign] = {}
@@ -281,7 +283,9 @@ class CampaignCache:
                 await self.refresh_once()
             except Unavailable:
                 if self.last_error <= self.last_ok:
-                    log.warning("event=redis_unreachable component=cache")
+                    log.warning(
+                        "event=redis_unreachable redis=%s component=cache", self.redis_address
+                    )
                 self.last_error = time.monotonic()
             except GateError as exc:
                 self.last_error = time.monotonic()

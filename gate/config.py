@@ -119,6 +119,8 @@ class Config:
     max_concurrent_requests: int = 1000
     cookie_secure: bool = True
     log_level: str = "INFO"
+    # One event per line: "logfmt" (key=value, quoted where needed) or "json".
+    log_format: str = "logfmt"
     # The audit log's sealer (gate/audit/sealer.py): a checkpoint at most this often while
     # there are new entries; the lease one process holds per campaign to seal it; how
     # many sealed entries stay in Redis before older ones move to segment files (0: all).
@@ -416,6 +418,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("receipt_cache_bytes: must be between 0 (no cache) and 17179869184")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level: must be DEBUG, INFO, WARNING or ERROR")
+    if cfg.log_format not in ("logfmt", "json"):
+        raise ConfigError("log_format: must be logfmt or json")
     _validate_identity(cfg)
     _validate_witnesses(cfg)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -205,6 +206,24 @@ class LivedBlockingPool(BlockingConnectionPool):
                         raise
         finally:
             self.loop_clock.leave()
+
+
+def redis_address(url: str) -> str:
+    """Where `url` points, for a log line: host:port (the default port filled in), the
+    socket's path, or the Sentinels and their service; never a password."""
+    parsed = urlparse(url)
+    if parsed.scheme == "unix":
+        return parsed.path
+    hosts = parsed.netloc.rpartition("@")[2]
+    default = 26379 if parsed.scheme == "redis+sentinel" else 6379
+    named = ",".join(
+        host if re.search(r":\d+$", host) else f"{host}:{default}"
+        for host in hosts.split(",")
+        if host
+    )
+    if parsed.scheme == "redis+sentinel":
+        return f"{named}/{parsed.path.strip('/')}"
+    return named
 
 
 def connect(

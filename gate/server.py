@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -187,10 +188,18 @@ async def run_process(
             loop.add_signal_handler(signum, stop.set)
     # The app starts the gate and the admin listener, and stops them in its cleanup.
     runner = ListenerRunner(create_app(config, reuse_port=reuse_port), config, listener="public")
-    await runner.setup()
+    try:
+        await runner.setup()  # the admin and core listeners start here
+    except OSError as exc:  # taken since check_ports looked
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        raise _listen_error(f"admin or core listener ({exc})", exc) from None
     try:
         site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=4096)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise _listen_error(f"public listener: {config.host}:{config.port}", exc) from None
         log.info(
             "event=listening public=%s:%d admin=%s:%d core=%s:%d identity=%s",
             config.host,
@@ -215,7 +224,7 @@ async def run_process(
 
 def _worker(config: Config, parent_pid: int) -> None:
     die_with_parent(parent_pid)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     _install_uvloop()
     asyncio.run(run_process(config, reuse_port=True))
 
@@ -239,8 +248,42 @@ def _start_writes(path: Path) -> Iterator[None]:
         ) from None
 
 
+def check_ports(config: Config) -> None:
+    """Every listener's address free, before an embedded Redis starts or a worker is
+    spawned: a port in use is one `port_in_use` line (exit 2), not a worker's traceback."""
+    for listener, host, port in (
+        ("public", config.host, config.port),
+        ("admin", config.admin_host, config.admin_port),
+        ("core", config.core_host, config.core_port),
+    ):
+        if port == 0:  # any free port
+            continue
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise GateError(
+                f"{listener} listener: {host}: {exc.strerror}", code="bad_address"
+            ) from None
+        for family, kind, proto, _, address in found:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(address)
+                except OSError as exc:
+                    raise _listen_error(f"{listener} listener: {host}:{port}", exc) from None
+
+
+def _listen_error(where: str, exc: OSError) -> GateError:
+    if exc.errno == errno.EADDRINUSE:
+        return GateError(
+            f"{where} is in use by another process: stop it, or give this gate another port",
+            code="port_in_use",
+        )
+    return GateError(f"{where}: cannot listen: {exc.strerror or exc}", code="cannot_listen")
+
+
 def serve(config: Config) -> int:
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     lock_fd: int | None = None
     embedded: RedisServer | None = None
     if not config.redis_url:
@@ -252,6 +295,7 @@ def serve(config: Config) -> int:
             load_or_create_keys(config.keys_path, create=config.signing_keys is None)
         with _start_writes(config.digest_keys_path):
             load_keys(config)
+        check_ports(config)
         if lock_fd is not None:
             embedded = RedisServer(
                 Path(config.data_dir) / "redis", die_with_parent=True, keep_fds=(lock_fd,)

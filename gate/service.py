@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from gate.admission import Admitter
@@ -23,7 +24,7 @@ from gate.health import CallbackHealth
 from gate.marks import Marks
 from gate.metrics import Metrics
 from gate.redis_checks import RedisSanity
-from gate.redis_client import connect
+from gate.redis_client import connect, redis_address
 from gate.room import Room
 from gate.room.durability import Durability
 from gate.room.scripts import Scripts
@@ -31,6 +32,9 @@ from gate.signing import SigningKeys, load_or_create_keys
 from gate.tokens import TokenSigner
 
 log = logging.getLogger("gate")
+
+# An unreachable Redis at start is said at once, naming its address, then at most this often.
+UNREACHABLE_LOG_S = 10.0
 
 
 class Gate:
@@ -76,6 +80,7 @@ class Gate:
             self.control_room,
             refresh_interval_s=config.refresh_interval_ms / 1000,
             stale_after_s=config.stale_after_ms / 1000,
+            redis_address=redis_address(config.redis_url),
         )
         self.receipts = ReceiptBook(
             self.redis,
@@ -137,6 +142,7 @@ class Gate:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _load_scripts(self) -> None:
+        failures, logged_at = 0, -UNREACHABLE_LOG_S
         while not self.scripts_loaded:
             try:
                 await self.scripts.load_all(self.redis)
@@ -149,7 +155,17 @@ class Gate:
             except Unavailable:
                 await asyncio.sleep(0.2)
             except Exception as exc:  # redis-py raises several kinds while Redis starts
-                log.warning("event=script_load_retry error=%s", exc.__class__.__name__)
+                failures += 1
+                if time.monotonic() - logged_at >= UNREACHABLE_LOG_S:
+                    logged_at = time.monotonic()
+                    log.warning(
+                        "event=redis_unreachable redis=%s component=scripts error=%s tries=%d "
+                        "retry_s=0.2 next_log_s=%.0f",
+                        redis_address(self.config.redis_url),
+                        exc.__class__.__name__,
+                        failures,
+                        UNREACHABLE_LOG_S,
+                    )
                 await asyncio.sleep(0.2)
 
     async def start(self, *, background: bool = True) -> None:
