@@ -40,6 +40,8 @@ class AdminClient:
                     written += len(chunk)
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc) from None
+        except BrokenPipeError:  # the sink's reader went away (`| head`): the CLI's to handle
+            raise
         except http.client.IncompleteRead:
             raise GateError(
                 f"the stream from {self.base_url} was cut short after {written} bytes",

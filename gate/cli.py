@@ -3,38 +3,170 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import os
 import sys
+import textwrap
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gate.admin_client import AdminClient
+from gate.cli_output import OUTPUTS, render
 from gate.config import load_config
 from gate.errors import ConfigError, GateError
+from gate.logs import FORMATS
 
 
-def _print(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+def _print(data: Any, output: str = "json") -> None:
+    print(render(data, output))
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gate", description="fairgate: a fair admission gate")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _confirm(args: argparse.Namespace, question: str) -> None:
+    """Go on only with --yes, or a `y` typed at a terminal: what cannot be undone is never
+    done by a script that forgot to say so."""
+    if getattr(args, "yes", False):
+        return
+    if not sys.stdin.isatty():
+        raise GateError(
+            f"{question}: this cannot be undone; add --yes to go ahead", code="confirmation_needed"
+        )
+    print(f"{question}? This cannot be undone. [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise GateError(f"{question}: not confirmed, nothing done", code="confirmation_needed")
 
-    serve = sub.add_parser("serve", help="run the gate")
-    serve.add_argument("--config", help="TOML configuration file")
-    serve.add_argument("--redis", help="Redis URL; none = embedded Redis")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--admin-port", type=int)
-    serve.add_argument("--core-port", type=int, help="the core system's confirm/release listener")
-    serve.add_argument("--workers", type=int)
-    serve.add_argument("--data-dir")
 
-    demo = sub.add_parser(
-        "demo", help="a seed incident replayed without the gate and with it (or: burst)"
+EXIT_CODES = """\
+exit codes:
+  0    done (also when the reader of the output went away: `gate ... | head -1`)
+  1    a check failed: `audit verify` found a bad entry, `audit dispute` a proof that
+       does not hold, `demo` a result not OK; `serve` stopped because its embedded Redis
+       could not be kept running; `witness run` could not complete a round
+  2    a usage error, or a clear refusal: one line `gate: error: CODE: message` on stderr
+       (a bad option or configuration, an error answer from the admin API, a data dir
+       or port in use, a confirmation not given)
+  3    `witness run`: the gate signed two different logs (equivocation; evidence written)
+  130  interrupted (Ctrl-C)
+"""
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    examples: str = "",
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary, its description and its examples."""
+    epilog = "examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  ")
+    description = kwargs.pop("description", summary[:1].upper() + summary[1:] + ".")
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, 88),
+        epilog=epilog if examples else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+
+
+def _output_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=OUTPUTS,
+        default="json",
+        help="json (default: the admin API's answer, for scripts) or table (for reading)",
+    )
+
+
+def _yes_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help=f"{what} without asking (needed when stdin is not a terminal)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gate",
+        description="fairgate: a fair admission gate for flash promotions.\n"
+        "`gate COMMAND --help` shows each command's options and examples.",
+        epilog=EXIT_CODES + "\ndocs/cli.md has every command with examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"gate (fairgate) {_version()}",
+        help="print the version and exit",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = _command(
+        sub,
+        "serve",
+        "run the gate (its public, admin and core listeners)",
+        """
+        gate serve                                   # embedded Redis in ./.gate-data
+        gate serve --config /etc/fairgate/fairgate.toml --workers 4
+        gate serve --redis redis://10.0.0.5:6379/0 --host 0.0.0.0 --port 8080 \\
+                   --admin-port 8081 --core-port 8082
+        gate serve --data-dir /var/lib/fairgate --log-format json
+        """,
+        description="Run the gate. Without --redis (or GATE_REDIS_URL) it starts an "
+        "embedded Redis with AOF in the data dir, which it locks: a second `gate serve` "
+        "on the same data dir stops with data_dir_in_use. A listener port in use stops it "
+        "with port_in_use. Logs go to stderr, one event per line.",
+    )
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration file ([gate] keys)")
+    serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="Redis URL (redis://, rediss://, redis+sentinel://, "
+        "redis+cluster://); none: the embedded Redis",
+    )
+    serve.add_argument("--host", help="the public listener's address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="the public listener's port (default 8080)")
+    serve.add_argument(
+        "--admin-port", type=int, metavar="PORT", help="the admin listener's port (default 8081)"
+    )
+    serve.add_argument(
+        "--core-port",
+        type=int,
+        metavar="PORT",
+        help="the core system's confirm/release listener (default 8082)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes sharing the ports (SO_REUSEPORT; default 1)",
+    )
+    serve.add_argument(
+        "--data-dir", metavar="DIR", help="the embedded Redis's AOF, keys (default ./.gate-data)"
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        help="logfmt (default: key=value, quoted where needed) or json, one event per line",
+    )
+
+    demo = _command(
+        sub,
+        "demo",
+        "a seed incident replayed without the gate and with it (or: burst)",
+        """
+        gate demo                                    # special-deposit, ~30 s
+        gate demo --scenario slow-bureau --no-baseline --out /tmp/demo
+        gate demo --scenario burst --customers 5000 --rate 800
+        gate demo --scenario ipo-rush --full         # the incident's sizes (slow)
+        """,
     )
     demo.add_argument(
         "--scenario",
@@ -50,30 +182,102 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the nginx limit_req row (the scenarios run it when nginx is installed)",
     )
-    demo.add_argument("--out", default="demo-out")
+    demo.add_argument(
+        "--out", default="demo-out", metavar="DIR", help="where the report goes (default demo-out)"
+    )
 
     # the two commands that talk to a running gate's admin API find it the same way
     admin_api = argparse.ArgumentParser(add_help=False)
-    admin_api.add_argument("--config")
-    admin_api.add_argument("--admin-url")
-    admin_api.add_argument("--token")
+    admin_api.add_argument(
+        "--config", metavar="FILE", help="TOML configuration file (admin_url, admin_token)"
+    )
+    admin_api.add_argument(
+        "--admin-url",
+        metavar="URL",
+        help="the admin API (GATE_ADMIN_URL; default http://127.0.0.1:8081)",
+    )
+    admin_api.add_argument(
+        "--token",
+        help="an admin token (GATE_ADMIN_TOKEN; prefer the variable: a command "
+        "line is visible to other users)",
+    )
 
-    campaign = sub.add_parser(
-        "campaign", parents=[admin_api], help="administer campaigns (through the admin API)"
+    campaign = _command(
+        sub,
+        "campaign",
+        "administer campaigns (through the admin API)",
+        parents=[admin_api],
+        description="Administer campaigns through a running gate's admin API "
+        "(GATE_ADMIN_URL, GATE_ADMIN_TOKEN). Options before the action: "
+        "`gate campaign --admin-url URL list`.",
     )
-    csub = campaign.add_subparsers(dest="action", required=True)
-    create = csub.add_parser("create", help="create from a JSON spec file ('-' = stdin)")
-    create.add_argument("file")
-    csub.add_parser("list")
-    for name in ("show", "pause", "resume", "close", "stats"):
-        csub.add_parser(name).add_argument("campaign")
-    setp = csub.add_parser(
+    campaign.epilog = (
+        "examples:\n  gate campaign list -o table\n"
+        "  gate campaign --admin-url http://10.0.0.5:8081 stats deposit-5pct"
+    )
+    csub = campaign.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = _command(
+        csub,
+        "create",
+        "create a campaign from a JSON spec file ('-' = stdin)",
+        """
+        gate campaign create examples/deposit.json
+        cat deposit.json | gate campaign create - --output table
+        """,
+    )
+    create.add_argument("file", help="the campaign spec (JSON; README 'Campaign spec')")
+    _output_option(create)
+    listing = _command(
+        csub,
+        "list",
+        "list the campaigns with their state and counts",
+        """
+        gate campaign list
+        gate campaign list --output table
+        """,
+    )
+    _output_option(listing)
+    for name, summary, example in (
+        ("show", "a campaign's spec, state and failover report", "show deposit-5pct -o table"),
+        ("pause", "pause admission; `resume` undoes it", "pause deposit-5pct"),
+        ("resume", "admit again after a pause or a failover hold", "resume deposit-5pct"),
+        ("stats", "a campaign's counts: joined, waiting, admitted, quota", "stats deposit-5pct"),
+    ):
+        action = _command(
+            csub,
+            name,
+            summary,
+            f"gate campaign {example}\ngate campaign {name} deposit-5pct --output "
+            + ("json" if "-o table" in example else "table"),
+        )
+        action.add_argument("campaign", help="the campaign id")
+        _output_option(action)
+    close = _command(
+        csub,
+        "close",
+        "close a campaign for good (cannot be undone)",
+        """
+        gate campaign close deposit-5pct             # asks first on a terminal
+        gate campaign close deposit-5pct --yes -o table
+        """,
+    )
+    close.add_argument("campaign", help="the campaign id")
+    _yes_option(close, "close")
+    _output_option(close)
+    setp = _command(
+        csub,
         "set",
-        help="change rate, burst, max_active, pass_ttl, closes_at, or the adaptive rate's "
+        "change rate, burst, max_active, pass_ttl, closes_at, or the adaptive rate's "
         "mode and bounds",
+        """
+        gate campaign set deposit-5pct --rate 200 --burst 50
+        gate campaign set deposit-5pct --max-active 288 --pass-ttl 600
+        gate campaign set deposit-5pct --closes-at 2026-12-01T03:00:00Z -o table
+        gate campaign set deposit-5pct --mode auto --rate-min 20 --rate-max 250
+        """,
     )
-    setp.add_argument("campaign")
-    setp.add_argument("--rate", type=float)
+    setp.add_argument("campaign", help="the campaign id")
+    setp.add_argument("--rate", type=float, help="admissions per second")
     setp.add_argument(
         "--mode",
         choices=("auto", "manual"),
@@ -81,36 +285,92 @@ def _parser() -> argparse.ArgumentParser:
     )
     setp.add_argument("--rate-min", type=float, help="adaptive rate: the lowest it goes")
     setp.add_argument("--rate-max", type=float, help="adaptive rate: the highest it goes")
-    setp.add_argument("--burst", type=int)
-    setp.add_argument("--max-active", type=int)
-    setp.add_argument("--pass-ttl", type=int)
-    setp.add_argument("--closes-at")
-    for name in ("block", "revoke"):
-        p = csub.add_parser(name)
-        p.add_argument("campaign")
-        p.add_argument("--customer", required=True)
-        p.add_argument("--reason", default="")
+    setp.add_argument("--burst", type=int, help="admissions allowed at once above the rate")
+    setp.add_argument("--max-active", type=int, help="admitted customers holding a pass at once")
+    setp.add_argument("--pass-ttl", type=int, metavar="SECONDS", help="how long a pass lasts")
+    setp.add_argument("--closes-at", metavar="TIME", help="ISO 8601 time the campaign closes")
+    _output_option(setp)
+    for name, summary in (
+        ("block", "block a customer: their ticket and pass stop working (cannot be undone)"),
+        ("revoke", "revoke a customer's pass (cannot be undone)"),
+    ):
+        action = _command(
+            csub,
+            name,
+            summary,
+            f"""
+            gate campaign {name} deposit-5pct --customer kim-0001 --reason "fraud case 1234"
+            gate campaign {name} deposit-5pct --customer kim-0001 --yes -o table
+            """,
+        )
+        action.add_argument("campaign", help="the campaign id")
+        action.add_argument(
+            "--customer", required=True, help="the customer id (the gate computes its digest)"
+        )
+        action.add_argument("--reason", default="", help="why, written into the audit log")
+        _yes_option(action, name)
+        _output_option(action)
 
-    audit = sub.add_parser(
-        "audit", parents=[admin_api], help="the audit log: query, export, verify, dispute"
+    audit = _command(
+        sub,
+        "audit",
+        "the audit log: query, export, verify, dispute",
+        parents=[admin_api],
+        description="The audit log: query and export through a running gate's admin API; "
+        "verify offline, with no gate.",
     )
-    asub = audit.add_subparsers(dest="action", required=True)
-    query = asub.add_parser("query", help="entries about a customer, seqs or a time range")
-    query.add_argument("campaign")
+    audit.epilog = (
+        "examples:\n  gate audit query deposit-5pct --customer kim-0001\n"
+        "  gate audit --admin-url http://10.0.0.5:8081 export deposit-5pct > log.jsonl"
+    )
+    asub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    query = _command(
+        asub,
+        "query",
+        "entries about a customer, seqs or a time range",
+        """
+        gate audit query deposit-5pct --customer kim-0001 -o table
+        gate audit query deposit-5pct --from-seq 100 --to-seq 200
+        gate audit query deposit-5pct --since 2026-12-01T00:00:00Z --until 2026-12-01T00:05:00Z
+        """,
+        description="Entries about a customer, seqs or a time range (every page). "
+        "A query by customer is itself written into the log (admin-query).",
+    )
+    query.add_argument("campaign", help="the campaign id")
     query.add_argument("--customer", help="the customer id (the gate computes its digest)")
-    query.add_argument("--from-seq", type=int)
-    query.add_argument("--to-seq", type=int)
+    query.add_argument("--from-seq", type=int, help="the lowest seq")
+    query.add_argument("--to-seq", type=int, help="the highest seq")
     query.add_argument("--since", help="ISO 8601 time, e.g. 2026-12-01T00:00:00Z")
     query.add_argument("--until", help="ISO 8601 time")
-    export = asub.add_parser("export", help="the whole log as JSON Lines, to stdout")
-    export.add_argument("campaign")
-    export.add_argument("--out", default="-", help="file to write (default: stdout)")
-    verify = asub.add_parser(
+    _output_option(query)
+    export = _command(
+        asub,
+        "export",
+        "the whole log as JSON Lines, to stdout",
+        """
+        gate audit export deposit-5pct > deposit-5pct.jsonl
+        gate audit export deposit-5pct --out deposit-5pct.jsonl
+        """,
+    )
+    export.add_argument("campaign", help="the campaign id")
+    export.add_argument(
+        "--out", default="-", metavar="FILE", help="file to write (default: stdout)"
+    )
+    verify = _command(
+        asub,
         "verify",
-        help="replay an export offline; exit 0 when it is clean, 1 naming the first problem",
+        "replay an export offline; exit 0 when it is clean, 1 naming the first problem",
+        """
+        gate audit verify log.jsonl --keys keys.json
+        gate audit verify - --allow-unsealed < log.jsonl
+        gate audit verify log.jsonl --sealed --allow-seal-gaps
+        gate audit verify log.jsonl --checkpoint held.json --receipt receipt-17.json
+        """,
     )
     verify.add_argument("file", help="the export ('-' = stdin)")
-    verify.add_argument("--keys", help="the public keys (JSON of /.well-known/fairgate/keys)")
+    verify.add_argument(
+        "--keys", metavar="FILE", help="the public keys (JSON of /.well-known/fairgate/keys)"
+    )
     sealing = verify.add_mutually_exclusive_group()
     sealing.add_argument(
         "--sealed",
@@ -146,39 +406,114 @@ def _parser() -> argparse.ArgumentParser:
         help="receipts to check (a join's receipt or GET /q/{c}/receipt/{seq}'s answer, "
         "whose checkpoint is checked as a held one)",
     )
-    dispute = asub.add_parser("dispute", help="a plain account of one customer, with proofs")
-    dispute.add_argument("campaign")
-    dispute.add_argument("--customer", required=True)
-    dispute.add_argument("--keys", help="check the proofs with these public keys")
-
-    witness = sub.add_parser(
-        "witness", help="witness a gate's checkpoints with your own key (docs/audit-format.md)"
+    dispute = _command(
+        asub,
+        "dispute",
+        "a plain account of one customer, with proofs",
+        """
+        gate audit dispute deposit-5pct --customer kim-0001
+        gate audit dispute deposit-5pct --customer kim-0001 --keys keys.json
+        """,
+        description="A plain account of one customer, with proofs checked here; exit 1 "
+        "when a proof does not hold. The lookup is written into the log (admin-query).",
     )
-    wsub = witness.add_subparsers(dest="action", required=True)
-    keygen = wsub.add_parser("keygen", help="write a new witness key; prints its vkey")
-    keygen.add_argument("--out", required=True, help="the key file to write (mode 0600)")
+    dispute.add_argument("campaign", help="the campaign id")
+    dispute.add_argument("--customer", required=True, help="the customer id")
+    dispute.add_argument(
+        "--keys", metavar="FILE", help="check the proofs with these public keys (JSON)"
+    )
+
+    witness = _command(
+        sub,
+        "witness",
+        "witness a gate's checkpoints with your own key (docs/audit-format.md)",
+    )
+    witness.epilog = (
+        "examples:\n  gate witness keygen --out witness.key\n"
+        "  gate witness run --key witness.key --state fss-state --gate https://q.bank.example "
+        "--campaign deposit-5pct --once"
+    )
+    wsub = witness.add_subparsers(dest="action", required=True, metavar="ACTION")
+    keygen = _command(
+        wsub,
+        "keygen",
+        "write a new witness key; prints its vkey",
+        """
+        gate witness keygen --out witness.key
+        gate witness keygen --out /etc/fss/witness.key --name witness.fss.example
+        """,
+    )
+    keygen.add_argument(
+        "--out", required=True, metavar="FILE", help="the key file to write (mode 0600)"
+    )
     keygen.add_argument("--name", help="the witness's name (default: witness.<host name>)")
-    wrun = wsub.add_parser("run", help="check and cosign the gate's latest checkpoints")
-    wrun.add_argument("--key", required=True, help="the witness key file")
-    wrun.add_argument("--state", required=True, help="directory for what the witness holds")
-    wrun.add_argument("--gate", required=True, help="the gate's public URL")
+    wrun = _command(
+        wsub,
+        "run",
+        "check and cosign the gate's latest checkpoints",
+        """
+        gate witness run --key witness.key --state fss-state --gate https://q.bank.example \\
+                         --campaign deposit-5pct --campaign ipo-7 --interval 30
+        gate witness run --key witness.key --state fss-state --gate https://q.bank.example \\
+                         --campaign deposit-5pct --keys gate-keys.json --once
+        """,
+    )
+    wrun.add_argument("--key", required=True, metavar="FILE", help="the witness key file")
+    wrun.add_argument(
+        "--state", required=True, metavar="DIR", help="directory for what the witness holds"
+    )
+    wrun.add_argument("--gate", required=True, metavar="URL", help="the gate's public URL")
     wrun.add_argument("--campaign", action="append", required=True, help="repeat for more")
-    wrun.add_argument("--keys", help="pin the gate's public keys (JSON) instead of fetching")
+    wrun.add_argument(
+        "--keys", metavar="FILE", help="pin the gate's public keys (JSON) instead of fetching"
+    )
     when = wrun.add_mutually_exclusive_group()
     when.add_argument("--once", action="store_true", help="one round, then exit")
     when.add_argument("--interval", type=float, default=10.0, help="seconds between rounds")
 
-    keys = sub.add_parser("keys", help="signing keys")
-    ksub = keys.add_subparsers(dest="action", required=True)
-    gen = ksub.add_parser("generate", help="write a new signing key file")
-    gen.add_argument("--out", default="-", help="file to write (default: stdout)")
-    digest = ksub.add_parser(
-        "generate-digest",
-        help="write a customer-digest key file, kept apart from the signing keys; on an "
-        "existing file, add a new current key (new campaigns use it, older ones keep theirs)",
+    keys = _command(sub, "keys", "signing and customer-digest keys")
+    keys.epilog = (
+        "examples:\n  gate keys generate --out /etc/fairgate/keys.json\n"
+        "  gate keys generate-digest --out /etc/fairgate/digest-keys.json"
     )
-    digest.add_argument("--out", default="-", help="file to write (default: stdout)")
+    ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    gen = _command(
+        ksub,
+        "generate",
+        "write a new signing key file",
+        """
+        gate keys generate --out /etc/fairgate/keys.json
+        gate keys generate --out keys.json --yes     # replace an existing key file
+        gate keys generate                           # to stdout
+        """,
+        description="Write a new signing key file (HMAC and Ed25519 keys). Replacing an "
+        "existing file loses its keys: asked first, or --yes.",
+    )
+    gen.add_argument("--out", default="-", metavar="FILE", help="file to write (default: stdout)")
+    _yes_option(gen, "replace an existing key file")
+    digest = _command(
+        ksub,
+        "generate-digest",
+        "write a customer-digest key file, kept apart from the signing keys; on an "
+        "existing file, add a new current key (new campaigns use it, older ones keep theirs)",
+        """
+        gate keys generate-digest --out /etc/fairgate/digest-keys.json
+        gate keys generate-digest --out /etc/fairgate/digest-keys.json   # again: rotate
+        """,
+    )
+    digest.add_argument(
+        "--out", default="-", metavar="FILE", help="file to write (default: stdout)"
+    )
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fairgate")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        from gate import __version__
+
+        return __version__
 
 
 def _digest_document(out: str) -> dict[str, Any]:
@@ -209,15 +544,17 @@ def _campaign_command(args: argparse.Namespace) -> int:
             raise GateError(f"{args.file}: {exc.strerror}", code="bad_file") from None
         except json.JSONDecodeError as exc:
             raise GateError(f"{args.file}: not JSON ({exc})", code="bad_file") from None
-        _print(client.call("POST", base, spec))
+        _print(client.call("POST", base, spec), args.output)
     elif action == "list":
-        _print(client.call("GET", base))
+        _print(client.call("GET", base), args.output)
     elif action == "show":
-        _print(client.call("GET", f"{base}/{args.campaign}"))
+        _print(client.call("GET", f"{base}/{args.campaign}"), args.output)
     elif action == "stats":
-        _print(client.call("GET", f"{base}/{args.campaign}/stats"))
+        _print(client.call("GET", f"{base}/{args.campaign}/stats"), args.output)
     elif action in ("pause", "resume", "close"):
-        _print(client.call("POST", f"{base}/{args.campaign}/{action}", {}))
+        if action == "close":
+            _confirm(args, f"close campaign {args.campaign}")
+        _print(client.call("POST", f"{base}/{args.campaign}/{action}", {}), args.output)
     elif action == "set":
         patch = {
             key: value
@@ -247,14 +584,16 @@ def _campaign_command(args: argparse.Namespace) -> int:
                 "--mode, --rate-min or --rate-max",
                 code="usage",
             )
-        _print(client.call("PATCH", f"{base}/{args.campaign}", patch))
+        _print(client.call("PATCH", f"{base}/{args.campaign}", patch), args.output)
     elif action in ("block", "revoke"):
+        _confirm(args, f"{action} customer {args.customer} in campaign {args.campaign}")
         _print(
             client.call(
                 "POST",
                 f"{base}/{args.campaign}/{action}",
                 {"customer": args.customer, "reason": args.reason},
-            )
+            ),
+            args.output,
         )
     return 0
 
@@ -374,7 +713,7 @@ def _audit_command(args: argparse.Namespace) -> int:
                 break
             after = page["next_after"]
         result.update(entries=entries, count=len(entries), next_after=None)
-        _print(result)
+        _print(result, args.output)
         return 0
     from gate.audit.dispute import check_account, render_text
     from gate.audit.format import load_public_keys
@@ -423,7 +762,22 @@ def _witness_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one command; its exit code (the parser's epilog and docs/cli.md list them)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`gate ... | head -1`): what it wanted, it has. Stop quietly,
+        # and keep the interpreter's own final flush from printing the same error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             from gate.server import serve
@@ -437,6 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 core_port=args.core_port,
                 workers=args.workers,
                 data_dir=args.data_dir,
+                log_format=args.log_format,
             )
             return serve(config)
         if args.command == "demo":
@@ -462,6 +817,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.action == "generate-digest":
                 document = _digest_document(args.out)
             else:
+                if args.out != "-" and Path(args.out).exists():
+                    _confirm(args, f"replace the signing keys in {args.out}")
                 document = generate_keys_document()
             if args.out == "-":
                 _print(document)

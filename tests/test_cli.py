@@ -71,7 +71,7 @@ async def test_campaign_commands(served: GateProcess, tmp_path: Path) -> None:
     assert body["id"] == "c1" and body["joined"] == 1 and body["state"] == "open"
     assert {"waiting", "admitted", "active", "cursor"} <= set(body)
 
-    closed = await gate_cli("campaign", "close", "c1", env=env)
+    closed = await gate_cli("campaign", "close", "c1", "--yes", env=env)
     assert closed.code == 0 and closed.json()["state"] == "closed"
     refused = await gate_cli("campaign", "pause", "c1", env=env)
     assert "closed" in assert_clean_error(refused, "bad_state")
