@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -659,7 +660,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise GateError(f"{args.file}: {exc.strerror}", code="bad_file") from None
     except VerificationFailed as exc:
-        print(f"FAILED {exc.failure.describe()}")
+        with contextlib.suppress(BrokenPipeError):  # no reader: the exit code still says it
+            print(f"FAILED {exc.failure.describe()}")
         print(f"gate: error: verify_failed: {exc.failure.describe()}", file=sys.stderr)
         return 1
     print("\n".join(report.lines()))
@@ -727,7 +729,8 @@ def _audit_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise GateError(f"public keys: {exc}", code="bad_keys") from None
     checks = check_account(account, public_keys)
-    sys.stdout.write(render_text(account, checks))
+    with contextlib.suppress(BrokenPipeError):  # no reader: the exit code still says it
+        sys.stdout.write(render_text(account, checks))
     return 0 if all(ok for _, ok in checks) else 1
 
 
@@ -763,16 +766,17 @@ def _witness_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit code (the parser's epilog and docs/cli.md list them)."""
+    code = 0
     try:
         code = _main(argv)
         sys.stdout.flush()
     except BrokenPipeError:
-        # The reader went away (`gate ... | head -1`): what it wanted, it has. Stop quietly,
-        # and keep the interpreter's own final flush from printing the same error.
+        # The reader went away (`gate ... | head -1`): what it wanted, it has. Stop quietly
+        # (with the command's own code if it had one: a failed verify stays 1), and keep the
+        # interpreter's own final flush from printing the same error.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-        return 0
     return code
 
 

@@ -438,6 +438,11 @@ async def test_a_closed_pipe_ends_the_command_quietly(served: GateProcess, tmp_p
     ):
         code, err = await asyncio.to_thread(closed_pipe_run, args, env)
         assert code == 0 and err == "", (args, code, err)
+    # a verdict is not lost with the reader: a failed verify stays exit 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    code, err = await asyncio.to_thread(closed_pipe_run, ["audit", "verify", str(bad)], env)
+    assert code == 1 and err.startswith("gate: error: verify_failed: line 1"), (code, err)
     # and through a shell, as an operator types it
     for command in ("audit query pipe", "audit export pipe", "campaign list -o table"):
         shell = await asyncio.create_subprocess_exec(
