@@ -189,19 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # the two commands that talk to a running gate's admin API find it the same way
     admin_api = argparse.ArgumentParser(add_help=False)
-    admin_api.add_argument(
-        "--config", metavar="FILE", help="TOML configuration file (admin_url, admin_token)"
-    )
-    admin_api.add_argument(
-        "--admin-url",
-        metavar="URL",
-        help="the admin API (GATE_ADMIN_URL; default http://127.0.0.1:8081)",
-    )
-    admin_api.add_argument(
-        "--token",
-        help="an admin token (GATE_ADMIN_TOKEN; prefer the variable: a command "
-        "line is visible to other users)",
-    )
+    _admin_options(admin_api)
 
     campaign = _command(
         sub,
@@ -209,12 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         "administer campaigns (through the admin API)",
         parents=[admin_api],
         description="Administer campaigns through a running gate's admin API "
-        "(GATE_ADMIN_URL, GATE_ADMIN_TOKEN). Options before the action: "
-        "`gate campaign --admin-url URL list`.",
+        "(GATE_ADMIN_URL, GATE_ADMIN_TOKEN, or --admin-url, --token, --config before or "
+        "after the action).",
     )
     campaign.epilog = (
         "examples:\n  gate campaign list -o table\n"
-        "  gate campaign --admin-url http://10.0.0.5:8081 stats deposit-5pct"
+        "  gate campaign stats deposit-5pct --admin-url http://10.0.0.5:8081\n"
+        '  gate campaign --config /etc/fairgate/fairgate.toml --token "$OPS_TOKEN" list'
     )
     csub = campaign.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = _command(
@@ -317,12 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
         "audit",
         "the audit log: query, export, verify, dispute",
         parents=[admin_api],
-        description="The audit log: query and export through a running gate's admin API; "
-        "verify offline, with no gate.",
+        description="The audit log: query, export and dispute through a running gate's "
+        "admin API (--admin-url, --token, --config before or after the action); verify "
+        "offline, with no gate.",
     )
     audit.epilog = (
         "examples:\n  gate audit query deposit-5pct --customer kim-0001\n"
-        "  gate audit --admin-url http://10.0.0.5:8081 export deposit-5pct > log.jsonl"
+        "  gate audit export deposit-5pct --admin-url http://10.0.0.5:8081 > log.jsonl\n"
+        '  gate audit --config /etc/fairgate/fairgate.toml --token "$OPS_TOKEN" '
+        "dispute deposit-5pct --customer kim-0001"
     )
     asub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
     query = _command(
@@ -505,7 +497,34 @@ def build_parser() -> argparse.ArgumentParser:
     digest.add_argument(
         "--out", default="-", metavar="FILE", help="file to write (default: stdout)"
     )
+    # kubectl's habit: the admin API's options after the action too
+    for leaf in [*csub.choices.values(), *asub.choices.values()]:
+        if leaf is not verify:
+            _admin_options(leaf, after_the_action=True)
     return parser
+
+
+def _admin_options(parser: argparse.ArgumentParser, after_the_action: bool = False) -> None:
+    # After the action, an option left out must not overwrite one given before it.
+    default = argparse.SUPPRESS if after_the_action else None
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default,
+        help="TOML configuration file (admin_url, admin_token)",
+    )
+    parser.add_argument(
+        "--admin-url",
+        metavar="URL",
+        default=default,
+        help="the admin API (GATE_ADMIN_URL; default http://127.0.0.1:8081)",
+    )
+    parser.add_argument(
+        "--token",
+        default=default,
+        help="an admin token (GATE_ADMIN_TOKEN; prefer the variable: a command "
+        "line is visible to other users)",
+    )
 
 
 def _version() -> str:

@@ -213,13 +213,13 @@ def test_a_log_record_with_awkward_values_is_one_logfmt_line() -> None:
 
 def walk(
     parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser, str]]:
-    """Every (command path, parser, the help its parent lists it with)."""
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser, str, argparse.ArgumentParser]]:
+    """Every (command path, parser, the help its parent lists it with, that parent)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             listed = {a.dest: a.help or "" for a in action._choices_actions}
             for name, child in action.choices.items():
-                yield (*path, name), child, listed.get(name, "")
+                yield (*path, name), child, listed.get(name, ""), parser
                 yield from walk(child, (*path, name))
 
 
@@ -228,7 +228,7 @@ def test_every_command_and_option_has_help_and_an_example() -> None:
     commands = list(walk(root))
     assert len(commands) > 20
     missing: list[str] = []
-    for path, parser, listed in commands:
+    for path, parser, listed, parent in commands:
         name = " ".join(path)
         if not listed.strip():
             missing.append(f"{name}: no help in its parent's list")
@@ -244,13 +244,15 @@ def test_every_command_and_option_has_help_and_an_example() -> None:
             what = "/".join(action.option_strings) or action.dest
             if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
                 missing.append(f"{name} {what}: no help")
-            # every option of a command is shown in one of its examples
+            # every option of a command is shown in one of its examples (the admin API's
+            # options, which every campaign and audit action takes, in the group's)
             if (
                 leaf
                 and action.option_strings
                 and not any(
-                    re.search(rf"{re.escape(option)}(?![\w-])", epilog)
+                    re.search(rf"{re.escape(option)}(?![\w-])", text)
                     for option in action.option_strings
+                    for text in (epilog, parent.epilog or "")
                 )
             ):
                 missing.append(f"{name} {what}: in no example")
@@ -264,7 +266,7 @@ def test_every_command_and_option_has_help_and_an_example() -> None:
 
 
 async def test_help_of_every_command_runs_and_shows_its_example() -> None:
-    paths = [path for path, _, _ in walk(build_parser())]
+    paths = [path for path, _, _, _ in walk(build_parser())]
     results = await asyncio.gather(*(run_gate(*path, "--help") for path in paths))
     for path, result in zip(paths, results, strict=True):
         assert result.code == 0 and not result.err, (path, result)
@@ -319,6 +321,21 @@ async def test_output_table_and_json(served: GateProcess, tmp_path: Path) -> Non
     assert re.search(r"^state\s+open$", stats.out, re.M), stats.out
     query = await run_gate("audit", "query", "tab-1", "-o", "table", env=env)
     assert query.code == 0 and query.out.splitlines()[0].split()[0] == "INDEX", query
+    # the admin API's options go after the action too (kubectl's habit), and one given
+    # before it is not undone by the action
+    after = await run_gate(
+        "campaign", "list", "--admin-url", served.admin_url, "--token", ADMIN_TOKEN
+    )
+    assert after.code == 0 and len(after.json()["campaigns"]) == 2, after
+    before = await run_gate(
+        "audit",
+        "--admin-url",
+        served.admin_url,
+        "query",
+        "tab-1",
+        env=clean_env(GATE_ADMIN_TOKEN=ADMIN_TOKEN),
+    )
+    assert before.code == 0 and before.json()["campaign"] == "tab-1", before
     bad = await run_gate("campaign", "list", "--output", "yaml", env=env)
     assert bad.code == 2 and "invalid choice: 'yaml'" in bad.err, bad
 
@@ -568,7 +585,8 @@ async def test_an_unreachable_redis_is_named_and_logged_at_a_bounded_rate(
 
             async def named() -> bool:
                 assert gate.process.poll() is None, gate.text()
-                return f"redis={address}" in gate.text()
+                text = gate.text()  # named, and listening (the gate starts before its socket)
+                return f"redis={address}" in text and "event=listening" in text
 
             await wait_for(named, 20, "a log line naming the Redis address")
             first_seen = time.monotonic()
