@@ -312,8 +312,9 @@ class Builder:
         started = time.monotonic()
         await self.room.scripts.load_all(self.redis)
         await self.room.create(parse_spec(campaign_spec()), ACTOR)
+        # the commitment (entry 1) signed before anyone joins, as the admin API does
+        checkpoints = await self.seal()
         per_customer = 1 / self.settings.join_batch + 1 + self.settings.claim_share * 2
-        checkpoints = 0
         seal_s = 0.0
         last_report = started
         while True:

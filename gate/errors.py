@@ -73,6 +73,19 @@ class Unavailable(GateError):
         self.retry_after_s = retry_after_s
 
 
+class NotPublished(Unavailable):
+    """The campaign's commitment checkpoint is not published yet (issue 13): joins wait."""
+
+    code = "campaign_not_published"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message, retry_after_s=1)
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+
 class RedisRefused(Unavailable):
     """Redis refused a command (OOM at maxmemory, MISCONF, BUSY, ...): a 503 like any
     outage, with a generic message; `reason` is for the count and the log, never the client."""

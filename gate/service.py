@@ -28,6 +28,7 @@ from gate.redis_client import connect, redis_address
 from gate.room import Room
 from gate.room.durability import Durability
 from gate.room.scripts import Scripts
+from gate.seeds import Seeds
 from gate.signing import SigningKeys, load_or_create_keys
 from gate.tokens import TokenSigner
 
@@ -57,10 +58,14 @@ class Gate:
         # What every acknowledgement waits for (gate/room/durability.py); one per process, so
         # the rooms and the sealer count into the same metrics.
         self.durability = Durability.from_config(config)
+        # The campaigns' seeds come from the signing key file (gate/seeds.py): every
+        # process of every host derives the same ones.
+        self.seeds = Seeds.from_keys(keys)
         self.room = Room(
             self.redis,
             self.scripts,
             durability=self.durability,
+            seeds=self.seeds,
         )
         # The cache (whose refresh is the gate's proof that Redis answers) and the
         # admission loop get their own connections: a burst of customer requests queueing
@@ -75,6 +80,7 @@ class Gate:
             self.control_redis,
             self.scripts,
             durability=self.durability,
+            seeds=self.seeds,
         )
         self.cache = CampaignCache(
             self.control_room,
@@ -136,6 +142,7 @@ class Gate:
             self.scripts,
             wait_replicas=config.redis_wait_replicas,
             wait_timeout_ms=config.redis_wait_timeout_ms,
+            seeds=self.seeds,
         )
         self.metrics.registry.register(FailoverCollector(self.failover))
         self.scripts_loaded = False

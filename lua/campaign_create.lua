@@ -13,13 +13,17 @@
     policy (first_come | ballot), unit                               strings
     q_total, q_min, q_max, q_step (the quota)                        amount strings
     partial (partial fill)                                           boolean
-    seed (revealed at opening with a shuffled pre-queue, else at a ballot's close),
-    seed_hash (published now)                                        64 hex digits
+    seed_hash, pq_seed_hash: the commitments to the ballot's seed (revealed at close) and
+      the pre-queue's (revealed at opening), published now            64 hex digits
+    seed_kid, seed_nonce: what the seeds are derived from with the signing key file's
+      secret (gate/seeds.py); the seeds themselves are never stored  strings
     pq_shuffle: joins before opens_at go into a set that is shuffled
       into seqs 1..P at opening (join.lua, prequeue_assign.lua)      boolean
-    pq_seed (revealed at opening), pq_seed_hash (published now)      64 hex digits
     mode (optional; auto | manual: who moves the rate of a campaign with an adaptive
       block, gate/controller.py; campaign_update.lua changes it)     string
+    commit_pending (optional, true): joins are refused (CAMPAIGN_NOT_PUBLISHED) until the
+      checkpoint covering this entry is published (checkpoint_add.lua, or the witnesses'
+      quorum: gate/audit/cosignatures.py)                            boolean
   Returns {OK, now_us} when created, {CAMPAIGN_EXISTS} when the id is taken, or
   {CAMPAIGN_LOST_IN_FAILOVER} when a failover lost a campaign of this id (creating it again
   would give its seqs 1..n to other customers).
@@ -33,8 +37,8 @@ if not ok or type(a) ~= 'table' then error('bad argument: one msgpack map') end
 local fields = {id = 1, spec = 1, actor = 1, opens_at_us = 1, closes_at_us = 1,
   prequeue_from_us = 1, pass_ttl_us = 1, res_ttl_us = 1, burst = 1, max_active = 1,
   rate = 1, overbook = 1, policy = 1, unit = 1, q_total = 1, q_min = 1, q_max = 1,
-  q_step = 1, partial = 1, seed = 1, seed_hash = 1, pq_shuffle = 1, pq_seed = 1,
-  pq_seed_hash = 1, mode = 1}
+  q_step = 1, partial = 1, seed_kid = 1, seed_nonce = 1, seed_hash = 1, pq_shuffle = 1,
+  pq_seed_hash = 1, mode = 1, commit_pending = 1}
 for name in pairs(a) do
   if fields[name] == nil then error('bad argument: unknown field ' .. tostring(name)) end
 end
@@ -74,9 +78,13 @@ end
 if money_cmp(high, low) < 0 or #step > 13 or #low > 13 then
   error('bad argument: quota bounds')
 end
-local seed, seed_hash = hex64('seed'), hex64('seed_hash')
+local seed_hash = hex64('seed_hash')
 -- The pre-queue has its own seed: revealing it at opening must not reveal the ballot's.
-local pq_seed, pq_seed_hash = hex64('pq_seed'), hex64('pq_seed_hash')
+local pq_seed_hash = hex64('pq_seed_hash')
+local seed_kid, seed_nonce = text('seed_kid'), text('seed_nonce')
+if seed_kid == '' or #seed_nonce < 16 then error('bad argument: seed_kid, seed_nonce') end
+local pending = a.commit_pending
+if pending ~= nil and pending ~= true then error('bad argument: commit_pending') end
 if closes <= opens or prequeue > opens then error('bad argument: window') end
 if id == '' then error('bad argument: id') end
 local mode = a.mode
@@ -94,10 +102,11 @@ rcall('HSET', KEYS[1],
   'policy', policy, 'unit', unit, 'q_total', total, 'q_min', low, 'q_max', high,
   'q_step', step, 'partial', partial, 'res_ttl_us', res_ttl, 'held', '0', 'confirmed', '0',
   'released', '0', 'expired_amount', '0', 'holding', 0, 'claims', 0, 'confirms', 0,
-  'releases', 0, 'reservations_expired', 0, 'seed', seed, 'seed_hash', seed_hash,
-  'overbook', overbook, 'pq_shuffle', pq_shuffle, 'pq_seed', pq_seed,
+  'releases', 0, 'reservations_expired', 0, 'seed_kid', seed_kid, 'seed_nonce', seed_nonce,
+  'seed_hash', seed_hash, 'overbook', overbook, 'pq_shuffle', pq_shuffle,
   'pq_seed_hash', pq_seed_hash)
 if mode ~= nil then rcall('HSET', KEYS[1], 'mode', mode) end
+if pending then rcall('HSET', KEYS[1], 'commit_pending', 1) end
 audit(KEYS[1], KEYS[2], now, {k = 'admin-create', a = actor, spec = spec, h = seed_hash,
   hq = pq_seed_hash})
 return {OK, int_str(now)}

@@ -8,6 +8,9 @@
   KEYS[4] meta hash       fg:{c}:meta
   ARGV[1] fencing token   ARGV[2] sealed size it continued from   ARGV[3] new size
   ARGV[4] serialized frontier at the new size   ARGV[5] checkpoint JSON
+  ARGV[6] '1': a signed checkpoint publishes the campaign's commitment (no witnesses are
+          required): meta commit_pending goes, and joins may come (join.lua); '0': the
+          witnesses' quorum publishes it (gate/audit/cosignatures.py)
   Returns {OK, new size} when published, or {REFUSED, reason}: FENCED (a newer sealer
   holds the lease), MOVED (the stored frontier is not where the caller started),
   NOT_GROWING, BEYOND_LOG.
@@ -28,4 +31,6 @@ if new_size > tonumber(rcall('HGET', KEYS[4], 'audit_n') or '0') then
 end
 rcall('HSET', KEYS[2], 'size', new_size, 'frontier', ARGV[4], 'fence', fence)
 rcall('RPUSH', KEYS[3], ARGV[5])
+-- every checkpoint covers entry 1, the admin-create entry with the rules and commitments
+if ARGV[6] == '1' then rcall('HDEL', KEYS[4], 'commit_pending') end
 return {OK, new_size}

@@ -5,10 +5,14 @@
   KEYS[3] blocked set    fg:{c}:blocked
   KEYS[4] audit list     fg:{c}:audit
   KEYS[5] pre-queue set  fg:{c}:prequeue  (used only when meta pq_shuffle is '1')
-  ARGV[1..n] customer digests, 16 raw bytes each
+  ARGV[1] the pre-queue's seed (64 hex digits) when the caller was asked for it, else ''
+  ARGV[2..n+1] customer digests, 16 raw bytes each
   Returns {OK, now_us, seq_1, created_1, ..., seq_n, created_n[, entry]},
-    {CAMPAIGN_CLOSED, now_us}, {NOT_OPEN_YET, now_us} (before prequeue_from), or
-    {UNKNOWN_CAMPAIGN}.
+    {CAMPAIGN_CLOSED, now_us}, {NOT_OPEN_YET, now_us} (before prequeue_from),
+    {CAMPAIGN_NOT_PUBLISHED, now_us} (meta commit_pending: the checkpoint that covers the
+    campaign's creation, its rules and commitments, is not published yet), {SEED_NEEDED} (this call
+    would freeze the pre-queue, which reveals its seed: call again with ARGV[1], the
+    seed, which Redis does not hold), or {UNKNOWN_CAMPAIGN}.
     entry (present only when a ticket was created) is the join audit entry's index.
     seq_i 0 with created_i 0 means customer i is blocked.
     seq_i -1 means customer i is in the pre-queue and gets a seq when it is shuffled
@@ -23,15 +27,17 @@
 --!include lib/common.lua
 --!include lib/prequeue.lua
 --!include lib/replies.lua
-for i = 1, #ARGV do
-  if string.len(ARGV[i]) ~= 16 then error('bad argument: digest ' .. i) end
+local seed = prequeue_seed(ARGV[1])
+for i = 2, #ARGV do
+  if string.len(ARGV[i]) ~= 16 then error('bad argument: digest ' .. (i - 1)) end
 end
 local m = rcall('HMGET', KEYS[1], 'state', 'prequeue_from_us', 'closes_at_us', 'opens_at_us',
-  'pq_shuffle', 'pq_state', 'seq', 'audit_n')
+  'pq_shuffle', 'pq_state', 'seq', 'audit_n', 'commit_pending')
 if not m[1] then return {UNKNOWN_CAMPAIGN} end
 local now = now_us()
 if m[1] == 'closed' or now >= tonumber(m[3]) then return {CAMPAIGN_CLOSED, int_str(now)} end
 if now < tonumber(m[2]) then return {NOT_OPEN_YET, int_str(now)} end
+if m[9] then return {CAMPAIGN_NOT_PUBLISHED, int_str(now)} end
 
 local reply = {OK, int_str(now)}
 local has_blocked = rcall('SCARD', KEYS[3]) > 0
@@ -40,7 +46,7 @@ if m[5] == '1' and not pq_state then
   if now < tonumber(m[4]) then
     -- Before opening: no seq yet, only a place in the set that is shuffled at opening.
     local added = {}
-    for i = 1, #ARGV do
+    for i = 2, #ARGV do
       local digest = ARGV[i]
       if has_blocked and rcall('SISMEMBER', KEYS[3], digest) == 1 then
         reply[#reply + 1] = 0
@@ -57,7 +63,8 @@ if m[5] == '1' and not pq_state then
     end
     return reply
   end
-  pq_state = prequeue_freeze(KEYS[1], KEYS[5], KEYS[4], now)
+  pq_state = prequeue_freeze(KEYS[1], KEYS[5], KEYS[4], now, seed)
+  if not pq_state then return {SEED_NEEDED} end
   local counters = rcall('HMGET', KEYS[1], 'seq', 'audit_n')  -- the freeze moved both
   m[7], m[8] = counters[1], counters[2]
 end
@@ -68,7 +75,7 @@ local assigning = pq_state == 'assigning'
 -- cost (bench/auditcost.py: a batch of 100 got ~30% cheaper, the audit write stays small).
 local last_seq = tonumber(m[7])
 local created = {}
-for i = 1, #ARGV do
+for i = 2, #ARGV do
   local digest = ARGV[i]
   -- a blocked customer is refused even when they already hold a ticket
   local blocked = has_blocked and rcall('SISMEMBER', KEYS[3], digest) == 1

@@ -565,6 +565,17 @@ async def seal_everything(
         await sealer.close()
 
 
+async def create_committed(
+    room: Room, keys: Any, spec: Any, actor: str = "ops", segments_dir: Path | None = None
+) -> int:
+    """Create a campaign through Room and sign its commitment (entry 1: its rules and seed
+    commitments) before anyone joins, as the admin API does (gate/audit/commitment.py):
+    otherwise verify refuses the log as late_commitment. Returns the creation time."""
+    created = await room.create(spec, actor)
+    await seal_everything(room.redis, room.scripts, keys, spec.id, segments_dir)
+    return created
+
+
 async def export_to_file(
     redis: Any, campaign: str, keys: Any, path: Path, segments_dir: Path | None = None
 ) -> Path:

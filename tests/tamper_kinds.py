@@ -271,6 +271,26 @@ def strip_checkpoints(rng: random.Random, case: Case, keys: SigningKeys) -> Expe
     return Expect(Target(what, (1,)), ("unsealed",), ALLOW_UNSEALED)
 
 
+def withhold_commitment(rng: random.Random, case: Case, keys: SigningKeys) -> Expect:
+    """The checkpoints signed before the first join left out (and, half the time, the
+    spec's max_active in admin-create raised, every later checkpoint re-signed with the key):
+    nothing shows the rules and seed commitments were fixed before anyone joined."""
+    export = case.export
+    export.receipts = {}
+    entries = entries_of(export)
+    first = next(p for p, e in enumerate(entries) if e[b"k"] in (b"join", b"prejoin")) + 1
+    export.checkpoints = [cp for cp in export.checkpoints if cp["size"] >= first]
+    what = "the commitment checkpoint withheld"
+    if rng.random() < 0.5:
+        spec = json.loads(entries[0][b"spec"])
+        spec["admission"]["max_active"] += rng.choice([1, 100, 99999])
+        entries[0][b"spec"] = json.dumps(spec).encode()
+        rewrite(export, entries, [])
+        resign(export, keys)
+        what += ", the rules changed and re-signed"
+    return Expect(Target(what, (first,)), ("late_commitment",))
+
+
 def rewrite_unsealed_tail(rng: random.Random, case: Case, keys: SigningKeys) -> Expect:
     """The checkpoints over the tail dropped (a sealer silenced), then the tail rewritten
     where no rule can see it: two customers swapped, money moved between two confirmed
@@ -607,6 +627,7 @@ KINDS: list[Kind] = [
             fork_with_held_checkpoint,
             equivocation_in_export,
             strip_checkpoints,
+            withhold_commitment,
             rewrite_unsealed_tail,
             rewrite_tail_under_batch_signatures,
             alter_batch_line,

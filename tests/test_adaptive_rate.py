@@ -34,6 +34,7 @@ from tests.helpers import (
     CORE_TOKEN,
     GateProcess,
     assert_clean_error,
+    create_committed,
     export_to_file,
     gate_cli,
     pack_like_redis,
@@ -543,7 +544,7 @@ async def controller_log(
     raw = adaptive_spec(campaign, [{"kind": "http", "url": "http://127.0.0.1:9/"}])
     raw["admission"].update(rate_per_s=1000, burst=1)
     raw["admission"]["adaptive"].update(rate_min=1, rate_max=1000)
-    await room.create(parse_spec(raw), "ops")
+    await create_committed(room, keys, parse_spec(raw), "ops")
     why = json.dumps({"source": "http", "latency_ms": 812.0, "target_latency_ms": 100})
     assert await room.controller_update(
         campaign, rate_in_force="1000.0", rate="900.0", why=why, actor="controller"
@@ -613,7 +614,7 @@ async def test_audit_verify_rejects_a_controller_change_while_pinned(
     """A log that says the controller moved a rate the operator had pinned (manual) is
     not one the scripts write: the verifier names it."""
     raw = adaptive_spec("pinned", [{"kind": "http", "url": "http://127.0.0.1:9/"}], mode="manual")
-    await room.create(parse_spec(raw), "ops")
+    await create_committed(room, keys, parse_spec(raw), "ops")
     why = json.dumps({"source": "http", "latency_ms": 812.0})
     # the script refuses the controller's change while pinned ...
     assert not await room.controller_update(

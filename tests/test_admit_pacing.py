@@ -24,6 +24,7 @@ from gate.tokens import PASS
 from tests.helpers import (
     as_customer,
     create_campaign,
+    create_committed,
     customer_digest,
     export_to_file,
     join,
@@ -50,8 +51,15 @@ async def redis_us(room: Room) -> int:
     return int(seconds) * 1_000_000 + int(micros)
 
 
-async def open_with(room: Room, campaign: str, customers: int) -> None:
-    await room.create(parse_spec(spec(campaign, rate_per_s=RATE, burst=BURST)), "ops")
+async def open_with(
+    room: Room, campaign: str, customers: int, keys: SigningKeys | None = None
+) -> None:
+    """`keys`: the commitment is signed before anyone joins (a log verify accepts)."""
+    created = parse_spec(spec(campaign, rate_per_s=RATE, burst=BURST))
+    if keys is None:
+        await room.create(created, "ops")
+    else:
+        await create_committed(room, keys, created)
     for i in range(0, customers, 2000):
         await room.join(campaign, [digest(j) for j in range(i, min(i + 2000, customers))])
 
@@ -104,7 +112,7 @@ async def test_passes_issued_at_once_are_paced_at_the_rate(
     first arrivals; a pass valid late enough carries its deadline past not_before."""
     campaign = "bunch"
     customers = 2500
-    await open_with(room, campaign, customers)
+    await open_with(room, campaign, customers, keys)
     while True:  # admitted over ~2.5 s, nobody asking for a pass meanwhile
         result = await room.admit(campaign)
         assert result is not None

@@ -180,9 +180,11 @@ async def test_export_reads_segment_files_and_redis(config: Config, tmp_path: Pa
     fast = dataclasses.replace(config, seal_interval_ms=20, audit_keep_in_redis=10)
     async with running_gate(fast) as gate:
         await gate.wait_ready()
+        from gate.audit import commitment
         from gate.campaign import parse_spec
 
-        await gate.room.create(parse_spec(spec("seg")), "ops")
+        await gate.room.create(parse_spec(spec("seg")), "ops", publish_first=True)
+        assert await commitment.publish(gate.room, gate.sealer, store_for(gate, "seg"), 10)
         for i in range(120):
             await gate.room.join("seg", [customer_digest(gate.keys, "seg", f"s{i}")])
         store = store_for(gate, "seg")

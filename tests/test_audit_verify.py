@@ -29,6 +29,7 @@ from gate.tokens import customer_digest
 from tests.helpers import (
     Export,
     amount_quota,
+    create_committed,
     export_to_file,
     pack_like_redis,
     seal_everything,
@@ -125,7 +126,7 @@ async def test_50k_campaign_exports_and_verifies_clean(
     c = "big"
     raw = amount_spec(c)
     raw["admission"]["reservation_ttl_s"] = 1  # those not confirmed or released expire
-    await room.create(parse_spec(raw), "ops")
+    await create_committed(room, keys, parse_spec(raw))
     digests = [customer_digest(keys, c, f"customer-{i}") for i in range(50_000)]
     for i in range(0, len(digests), 500):
         result = await room.join(c, digests[i : i + 500])
@@ -209,7 +210,9 @@ async def test_50k_campaign_exports_and_verifies_clean(
     assert report.reservations_expired == stats["reservations_expired"]
     assert report.expired_passes == 500
     assert report.state == "closed"
-    assert report.checkpoints == 3 and report.consistency_proofs == 2
+    # the commitment's (entry 1, before anyone joined) and three of the campaign's
+    assert report.checkpoints == 4 and report.consistency_proofs == 3
+    assert report.commitment_checkpoint == 1
     assert report.sealed == report.entries
     print("\n".join(report.lines()))
     text = "\n".join(report.lines())
@@ -230,7 +233,7 @@ async def test_ballot_recomputed_and_seed_checked(
     c = "lottery"
     raw = amount_spec(c, policy="ballot")
     raw["quota"]["total"] = 50_000_000
-    await room.create(parse_spec(raw), "ops")
+    await create_committed(room, keys, parse_spec(raw))
     digests = [customer_digest(keys, c, f"b{i}") for i in range(40)]
     await room.join(c, digests)
     await admit_all(room, c, 40)
@@ -284,7 +287,7 @@ async def test_prequeue_shuffle_reproducible(room: Room, keys: SigningKeys, tmp_
         opens_at=(now + timedelta(seconds=2)).isoformat(),
         prequeue={"window_s": 600, "shuffle": True},
     )
-    await room.create(parse_spec(raw), "ops")
+    await create_committed(room, keys, parse_spec(raw))
     digests = [customer_digest(keys, c, f"p{i}") for i in range(300)]
     for i in range(0, 250, 50):
         result = await room.join(c, digests[i : i + 50])
@@ -313,7 +316,7 @@ async def test_verify_names_a_real_rule_break(
     import msgpack
 
     c = "forged"
-    await room.create(parse_spec(amount_spec(c)), "ops")
+    await create_committed(room, keys, parse_spec(amount_spec(c)))
     digests = [customer_digest(keys, c, f"f{i}") for i in range(3)]
     await room.join(c, digests)
     k = CampaignKeys(c)

@@ -19,7 +19,7 @@ from gate.room import Room
 from gate.room.keys import CampaignKeys
 from gate.signing import SigningKeys, load_or_create_keys
 from gate.tokens import customer_digest
-from tests.helpers import assert_sealed_log, sealer_for, spec
+from tests.helpers import assert_sealed_log, create_committed, sealer_for, spec
 
 ACTOR = "ops"
 KEEP = 100
@@ -238,7 +238,7 @@ async def test_the_checkpoint_list_in_redis_is_bounded_and_the_export_has_every_
     keys = load_or_create_keys(config.keys_path, create=False)
     c = "manyrounds"
     k = CampaignKeys(c)
-    await room.create(parse_spec(spec(c)), ACTOR)
+    await create_committed(room, keys, parse_spec(spec(c)), ACTOR)
     sealer = sealer_for(room, config, keep_in_redis=KEEP)
     sealer.checkpoints_in_redis = 20
     longest = 0
@@ -250,13 +250,14 @@ async def test_the_checkpoint_list_in_redis_is_bounded_and_the_export_has_every_
     store = AuditStore(room.redis, c, segments_root(config))
     checkpoints = await store.checkpoints()
     # One per round: the first covers the campaign's creation and the first join.
-    assert [cp["size"] for cp in checkpoints] == list(range(2, 302))
+    # the commitment's (size 1, signed before anyone joined), then one per round
+    assert [cp["size"] for cp in checkpoints] == list(range(1, 302))
     entries = await all_entries(store)
     assert_sealed_log(entries, checkpoints, keys.public_keys())
     public = keys.public_keys()
     lines = b"".join([chunk async for chunk in export_chunks(store, public)]).splitlines()
     report = verify_lines(lines, public, require_sealed=True)
-    assert report.checkpoints == 300
+    assert report.checkpoints == 301
     latest = await store.latest_checkpoint()
     assert latest is not None and latest["size"] == 301
     await sealer.close()

@@ -21,7 +21,15 @@ from gate.campaign import parse_spec
 from gate.room import ClaimResult, Room
 from gate.signing import SigningKeys
 from gate.tokens import customer_digest
-from tests.helpers import amount_quota, as_customer, export_to_file, join, seal_everything, spec
+from tests.helpers import (
+    amount_quota,
+    as_customer,
+    create_committed,
+    export_to_file,
+    join,
+    seal_everything,
+    spec,
+)
 
 MIN, MAX, STEP = 1_000_000, 10_000_000, 10_000
 
@@ -34,7 +42,7 @@ async def _campaign(
         c, rate_per_s=100_000, burst=10_000, max_active=100_000, pass_ttl_s=300, overbook=overbook
     )
     raw["quota"] = amount_quota(total, MIN, MAX, STEP, partial_fill=True)
-    await room.create(parse_spec(raw), "ops")
+    await create_committed(room, keys, parse_spec(raw), "ops")
     digests = [customer_digest(keys, c, f"customer-{n}") for n in range(1, customers + 1)]
     await room.join(c, digests)
     return digests
@@ -110,7 +118,7 @@ async def test_admission_keeps_max_for_each_admitted_customer_who_has_not_claime
     c = "order-admit"
     raw = spec(c, rate_per_s=100_000, burst=10_000, max_active=100_000, pass_ttl_s=300)
     raw["quota"] = amount_quota(25_000_000, MIN, MAX, STEP, partial_fill=True)
-    await room.create(parse_spec(raw), "ops")
+    await create_committed(room, keys, parse_spec(raw), "ops")
     d = [customer_digest(keys, c, f"customer-{n}") for n in range(1, 9)]
     await room.join(c, d)
 

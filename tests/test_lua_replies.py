@@ -333,10 +333,10 @@ def _fields() -> dict[str, object]:
         "q_max": "5",
         "q_step": "1",
         "partial": False,
-        "seed": "a" * 64,
+        "seed_kid": "h1",
+        "seed_nonce": "e" * 32,
         "seed_hash": "b" * 64,
         "pq_shuffle": False,
-        "pq_seed": "c" * 64,
         "pq_seed_hash": "d" * 64,
     }
 

@@ -36,6 +36,7 @@ from tests.helpers import (
     admitted_pass,
     as_customer,
     create_campaign,
+    create_committed,
     export_to_file,
     sealer_for,
     spec,
@@ -80,7 +81,7 @@ async def test_a_sealer_120_s_behind_after_a_handover_keeps_the_log_verifiable(
     genuine log ("checkpoints must come in size and time order"). Now every checkpoint
     carries Redis's time: in order, within the Redis time of its round."""
     c = "clock-seal"
-    await room.create(parse_spec(spec(c)), "ops")
+    await create_committed(room, keys, parse_spec(spec(c)), "ops")
     digests = [customer_digest(keys, c, f"customer-{i}") for i in range(40)]
     await room.join(c, digests[:20])
     first = sealer_for(room, config)
@@ -101,12 +102,13 @@ async def test_a_sealer_120_s_behind_after_a_handover_keeps_the_log_verifiable(
     report = await asyncio.to_thread(
         verify_file, path, keys.public_keys(), keys_from="published", require_sealed=True
     )
-    assert report.checkpoints == 3  # verify raises on the first problem
+    # the commitment's, A's, B's two; verify raises on the first problem
+    assert report.checkpoints == 4
     k = CampaignKeys(c)
     checkpoints = [json.loads(x) for x in await room.redis.lrange(k.checkpoints, 0, -1)]
     times = [cp["time_ms"] for cp in checkpoints]
     assert times == sorted(times)
-    assert all(before <= t <= after for t in times[1:]), (before, times, after)
+    assert all(before <= t <= after for t in times[2:]), (before, times, after)
 
 
 async def test_checkpoint_times_never_go_back_even_when_redis_time_does(
@@ -115,7 +117,7 @@ async def test_checkpoint_times_never_go_back_even_when_redis_time_does(
     """A failover to a primary whose clock is behind the old one: the next checkpoint
     carries the previous checkpoint's time, not an earlier one, so the log verifies."""
     c = "clock-back"
-    await room.create(parse_spec(spec(c)), "ops")
+    await create_committed(room, keys, parse_spec(spec(c)), "ops")
     await room.join(c, [customer_digest(keys, c, "a")])
     sealer = sealer_for(room, config)
     await seal_all(sealer, room, c)
@@ -134,10 +136,11 @@ async def test_checkpoint_times_never_go_back_even_when_redis_time_does(
     await seal_all(sealer, room, c)
     await sealer.close()
     checkpoints = [json.loads(x) for x in await room.redis.lrange(k.checkpoints, 0, -1)]
-    assert [cp["time_ms"] for cp in checkpoints] == [ahead, ahead]
+    # after the commitment's: the forged one, then one that does not go back from it
+    assert [cp["time_ms"] for cp in checkpoints][1:] == [ahead, ahead]
     path = await export_to_file(room.redis, c, keys, tmp_path / f"{c}.jsonl")
     lines = path.read_text().splitlines()
-    assert verify_lines(lines, keys.public_keys(), require_sealed=True).checkpoints == 2
+    assert verify_lines(lines, keys.public_keys(), require_sealed=True).checkpoints == 3
 
 
 @pytest.mark.parametrize("offset_s", [-LAG_S, LAG_S])

@@ -126,12 +126,12 @@ async def test_shuffle_follows_the_committed_seed_not_arrival(rooms: tuple[Room,
     # The chunks are fenced on the position and checked before any write.
     scripts, keys = room.scripts, [k.meta, k.prequeue, k.tickets, k.blocked, k.revoked, k.audit]
     size_before = await redis.llen(k.audit)
-    stale = await scripts.call(redis, "prequeue_assign", keys, [5, arrival[1]])
+    stale = await scripts.call(redis, "prequeue_assign", keys, [5, "", arrival[1]])
     assert [int(stale[0]), int(stale[1]), int(stale[2])] == [0, 0, n]
     with pytest.raises(Exception, match="not in the pre-queue"):
-        await scripts.call(redis, "prequeue_assign", keys, [0, late2])
+        await scripts.call(redis, "prequeue_assign", keys, [0, "", late2])
     with pytest.raises(Exception, match="twice"):
-        await scripts.call(redis, "prequeue_assign", keys, [0, arrival[1], arrival[1]])
+        await scripts.call(redis, "prequeue_assign", keys, [0, "", arrival[1], arrival[1]])
     assert await redis.llen(k.audit) == size_before
     assert await redis.hlen(k.tickets) == 1
 

@@ -39,6 +39,7 @@ from gate.tokens import customer_digest
 from tests.helpers import (
     Export,
     amount_quota,
+    create_committed,
     export_to_file,
     pack_like_redis,
     seal_everything,
@@ -276,7 +277,7 @@ async def build_ballot_export(room: Room, keys: SigningKeys, tmp_path: Path) -> 
     raw = spec(c, rate_per_s=1000, burst=1000, max_active=1000, pass_ttl_s=300)
     raw["policy"] = "ballot"
     raw["quota"] = amount_quota(30_000_000, MIN, MAX, STEP)
-    await room.create(parse_spec(raw), "ops")
+    await create_committed(room, keys, parse_spec(raw))
     digests = [customer_digest(keys, c, f"b{i}") for i in range(12)]
     await room.join(c, digests)
     await admit_upto(room, c, 12)
@@ -413,7 +414,7 @@ async def test_an_insider_expires_a_competitors_reservation_early(
         raw["quota"] = amount_quota(100_000_000, MIN, MAX, STEP)
         raw["admission"]["reservation_ttl_s"] = 120
         raw["opens_at"] = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-        await room.create(parse_spec(raw), "ops")
+        await create_committed(room, keys, parse_spec(raw))
         digests = [customer_digest(keys, c, f"i{i}") for i in range(3)]
         await room.join(c, digests)
         await admit_upto(room, c, 3)

@@ -212,6 +212,8 @@ async def _paused_sealer_export(
                 await room.create(parse_spec({**body, "seal_bound_ms": 1000}), "ops")
             else:
                 await _create(gate, body)
+            # the commitment (entry 1) is signed before anyone joins
+            await wait_for(lambda: _sealed_to_end(redis, c), 10, "created", interval_s=0.02)
             await room.join(c, [customer_digest(keys, c, "early")])
             await wait_for(lambda: _sealed_to_end(redis, c), 10, "sealed", interval_s=0.02)
             os.kill(gate.process.pid, signal.SIGSTOP)

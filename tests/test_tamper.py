@@ -43,6 +43,7 @@ from tests.helpers import (
     Export,
     amount_quota,
     b64url,
+    create_committed,
     export_to_file,
     pack_like_redis,
     seal_everything,
@@ -95,7 +96,7 @@ async def build_clean_export(room: Room, keys: SigningKeys, tmp_path: Path) -> E
     raw["opens_at"] = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
     raw["quota"] = amount_quota(200_000_000, MIN, MAX, STEP, partial_fill=True)
     raw["prequeue"] = {"window_s": 600, "shuffle": True}
-    await room.create(parse_spec(raw), "ops")
+    await create_committed(room, keys, parse_spec(raw))
     digests = [customer_digest(keys, c, f"t{i}") for i in range(100)]
     for i in range(0, 60, 15):
         await room.join(c, digests[i : i + 15])

@@ -40,6 +40,7 @@ from tests.helpers import (
     Export,
     assert_clean_error,
     b64url,
+    create_committed,
     customer_digest,
     export_to_file,
     gate_cli,
@@ -57,7 +58,7 @@ async def joins_campaign(
 ) -> None:
     """`customers` join in batches (seq = their place in the list); the real sealer signs
     a checkpoint after every `seal_every` batches and at the end."""
-    await room.create(parse_spec(spec(CAMPAIGN)), "ops")
+    await create_committed(room, keys, parse_spec(spec(CAMPAIGN)))
     digests = [customer_digest(number) for number in customers]
     for number, start in enumerate(range(0, len(digests), batch), start=1):
         result = await room.join(CAMPAIGN, digests[start : start + batch])
@@ -222,7 +223,7 @@ async def test_the_same_campaign_run_twice_with_one_key_is_equivocation(
     verify(run_b, keys)
     sizes_a = {cp["size"]: cp for cp in run_a.checkpoints}
     sizes_b = {cp["size"]: cp for cp in run_b.checkpoints}
-    assert set(sizes_a) == set(sizes_b) == {4, 7}
+    assert set(sizes_a) == set(sizes_b) == {1, 4, 7}  # 1: the commitment, before any join
 
     for size in (4, 7):
         held = sizes_a[size]
@@ -353,7 +354,7 @@ async def test_the_cli_is_strict_and_reads_held_evidence(
     assert ok.code == 0, ok
     assert "campaign held: OK" in ok.out
     assert "checkpoints cover 1..7 of 7 entries" in ok.out
-    assert "held checkpoints: 4 consistent" in ok.out  # 2 + 1 + the receipt's
+    assert "held checkpoints: 5 consistent" in ok.out  # 3 + 1 + the receipt's
 
     stripped = tmp_path / "stripped.jsonl"
     clean.checkpoints = []

@@ -19,7 +19,7 @@ import asyncio
 import base64
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,21 @@ async def join(http: aiohttp.ClientSession, gate: GateProcess, campaign: str, wh
     return ticket
 
 
-async def create(http: aiohttp.ClientSession, gate: GateProcess, campaign: str) -> None:
+async def create(
+    http: aiohttp.ClientSession,
+    gate: GateProcess,
+    campaign: str,
+    publish_with: Sequence[tuple[Path, Path]] = (),
+) -> dict[str, Any]:
+    """Create the campaign; where the gate requires witnesses, the witnesses (key, state)
+    in `publish_with` cosign its commitment checkpoint, so that joins may come."""
     r = await http.post(gate.admin_url + "/admin/campaigns", json=spec(campaign), headers=ADMIN)
     assert r.status == 201, await r.text()
+    created: dict[str, Any] = await r.json()
+    for key, state in publish_with:
+        result = await witness(key, state, gate, campaign)
+        assert result.code == 0, result
+    return created
 
 
 async def sealed_note(http: aiohttp.ClientSession, gate: GateProcess, campaign: str) -> str:
@@ -119,13 +131,24 @@ async def test_a_witness_cosigns_two_sealing_rounds_and_two_of_two_publish(
     async with aiohttp.ClientSession() as http:
         r = await http.get(f"{served.url}{WELL_KNOWN}/checkpoint/wit")
         assert r.status == 404, await r.text()  # no campaign, no checkpoint
-        await create(http, served, "wit")
+        # The commitment (entry 1: the rules and the seed commitments) is signed at once,
+        # but with witnesses required nobody may join before K of N cosigned it.
+        state1, state2 = tmp_path / "w1-state", tmp_path / "w2-state"
+        created = await create(http, served, "wit")
+        assert created["commitment"]["checkpoint"]["size"] == 1
+        assert created["commitment"]["published"] is False
+        r = await http.post(f"{served.url}/q/wit/join", headers={"X-Customer-Id": "early"})
+        assert r.status == 503 and r.headers["Retry-After"] == "1", await r.text()
+        assert (await r.json())["error"]["code"] == "campaign_not_published"
+        assert (await witness(key1, state1, served, "wit")).code == 0  # 1 of 2: not yet
+        r = await http.post(f"{served.url}/q/wit/join", headers={"X-Customer-Id": "early"})
+        assert r.status == 503, await r.text()
+        assert (await witness(key2, state2, served, "wit")).code == 0  # 2 of 2: published
         tickets = {who: await join(http, served, "wit", who) for who in ("alice", "bob")}
         first = await sealed_note(http, served, "wit")
         assert first.startswith("fairgate.bank.test/wit\n")
         assert "\n\n— fairgate.bank.test/wit " in first
 
-        state1 = tmp_path / "w1-state"
         result = await witness(key1, state1, served, "wit")
         assert result.code == 0, result
         line = json.loads(result.out.splitlines()[-1])
@@ -151,7 +174,7 @@ async def test_a_witness_cosigns_two_sealing_rounds_and_two_of_two_publish(
         assert (line["outcome"], line["size"]) == ("cosigned", note_size(second))
         assert json.loads((state1 / "wit.json").read_text())["size"] == note_size(second)
 
-        result = await witness(key2, tmp_path / "w2-state", served, "wit")
+        result = await witness(key2, state2, served, "wit")
         assert result.code == 0, result
         line = json.loads(result.out.splitlines()[-1])
         assert line["published"] is True and line["witnessed_size"] == note_size(second)
@@ -196,7 +219,8 @@ async def test_a_witness_cosigns_two_sealing_rounds_and_two_of_two_publish(
         exported[note_size(first)] is not None
         and "— witness.test/w2" not in (exported[note_size(first)])
     )
-    assert all(note is None for size, note in exported.items() if size < note_size(first))
+    assert exported[1] is not None and "— witness.test/w2" in exported[1]  # the commitment
+    assert all(note is None for size, note in exported.items() if 1 < size < note_size(first))
 
     # What an outsider holds checks out with the published keys and the witnesses' vkeys.
     from gate.audit.format import load_public_keys
@@ -257,13 +281,13 @@ async def test_a_forked_log_is_refused_with_two_signed_heads_as_evidence(
 ) -> None:
     """The operator runs the same campaign again on a second gate and Redis, with the
     same key, and a friend first in line; the witness is then shown the second log."""
-    (key1, _), _ = witnesses
+    (key1, _), (key2, _) = witnesses
     state = tmp_path / "state"
     second_redis = RedisServer(tmp_path / "redis2")
     second_redis.start()
     try:
         async with aiohttp.ClientSession() as http:
-            await create(http, served, "fork")
+            await create(http, served, "fork", [(key1, state), (key2, tmp_path / "state2")])
             for who in ("alice", "bob", "carol"):
                 await join(http, served, "fork", who)
             honest = await sealed_note(http, served, "fork")
@@ -314,7 +338,12 @@ async def test_bad_input_to_the_transparency_endpoints_is_a_clear_4xx(
     served: GateProcess, witnesses: list[tuple[Path, str]], tmp_path: Path, redis_url: str
 ) -> None:
     async with aiohttp.ClientSession() as http:
-        await create(http, served, "bad")
+        await create(
+            http,
+            served,
+            "bad",
+            [(key, tmp_path / f"state{i}") for i, (key, _) in enumerate(witnesses)],
+        )
         await join(http, served, "bad", "alice")
         note = await sealed_note(http, served, "bad")
         note_kid_document = await (await http.get(f"{served.url}{WELL_KNOWN}/keys")).text()

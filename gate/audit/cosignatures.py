@@ -232,6 +232,9 @@ class Transparency:
             count = sum(1 for value in present if value is not None)
             if count >= self.quorum:
                 await redis.zadd(k.published, {str(size): size})
+                # The campaign's commitment (its admin-create entry, entry 1) is public
+                # now: joins may come (lua/join.lua refuses them while commit_pending).
+                await redis.hdel(k.meta, "commit_pending")
         witnessing = await self.witnessing(redis, campaign, size)
         return {
             "campaign": campaign,

@@ -93,6 +93,9 @@ class Report:
     seal_bound_ms: int | None = None  # the campaign's, as its log records it
     seal_delay_max_ms: int = 0  # the longest delay from an entry's time to its checkpoint
     seal_gaps: list[str] = field(default_factory=list)  # accepted (--allow-seal-gaps)
+    # the size of the checkpoint that covered the campaign's commitment (entry 1) before
+    # the first join (None: nobody joined, or nothing is sealed)
+    commitment_checkpoint: int | None = None
     join_batches: int = 0  # join and pre-queue entries
     batch_signatures: int = 0  # of them, with their batch signature in the export (all good)
 
@@ -128,6 +131,11 @@ class Report:
             )
         else:
             out.append("seal bound: none recorded (seal delays not checked)")
+        if self.commitment_checkpoint is not None:
+            out.append(
+                "commitment: rules and seed commitments (entry 1) signed before the first "
+                f"join, by the checkpoint of size {self.commitment_checkpoint}"
+            )
         out += self.seal_gaps
         if self.join_batches:
             out.append(

@@ -97,6 +97,9 @@ class _CampaignState:
     move_failing: bool = False  # the last move to segment files could not write a file
     next_move: float = 0.0
     move_reported: float = 0.0
+    # One step at a time per campaign in this process: the loop's, or one a request
+    # forces (a new campaign's commitment, gate/audit/commitment.py).
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -128,8 +131,12 @@ class Sealer:
         checkpoints_in_redis: int = CHECKPOINTS_IN_REDIS,
         durability: Durability | None = None,
         bound_ms: int = 0,
+        publishes: bool = True,
     ):
         self.redis = redis
+        # A signed checkpoint publishes a campaign's commitment (its creation) and lets
+        # joins in; False where witnesses are configured: their quorum publishes it.
+        self.publishes = publishes
         # Entries older than this when found unsealed get a seal-gap entry (0: no check).
         self.bound_ms = bound_ms
         # Seal only entries the configured replicas have (`_replicated_size`).
@@ -175,6 +182,7 @@ class Sealer:
             keep_in_redis=config.audit_keep_in_redis,
             durability=durability or Durability.from_config(config),
             bound_ms=config.seal_bound_ms,
+            publishes=not config.witness_keys,
         )
         sealer._owns_redis = True
         return sealer
@@ -333,6 +341,10 @@ class Sealer:
         """One look at a campaign: hold or take its lease, seal when due. True when a
         checkpoint was published."""
         state = self._campaigns.setdefault(campaign, _CampaignState())
+        async with state.lock:
+            return await self._step(campaign, state, force)
+
+    async def _step(self, campaign: str, state: _CampaignState, force: bool) -> bool:
         now = time.monotonic()
         if not state.fence and now < state.next_attempt and not force:
             return False
@@ -440,6 +452,7 @@ class Sealer:
                     target,
                     frontier.to_bytes(),
                     json.dumps(checkpoint, separators=(",", ":")),
+                    "1" if self.publishes else "0",
                 ],
             )
         self.stats.rounds += 1

@@ -661,6 +661,19 @@ class AuditStore:
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(_write_file, directory, path, body)
 
+    async def first_checkpoint(self) -> dict[str, Any] | None:
+        """The campaign's first checkpoint: the one that covers its commitment (entry 1,
+        gate/audit/commitment.py); from Redis while none moved to a file."""
+        async with guarded():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(self.keys.meta, "checkpoints_trimmed")
+            pipe.lindex(self.keys.checkpoints, 0)
+            trimmed, raw = await pipe.execute()
+        if not int(trimmed or 0):
+            return json.loads(raw) if raw else None
+        archived = await self._archived_checkpoints()
+        return min(archived, key=lambda checkpoint: int(checkpoint["size"])) if archived else None
+
     async def latest_checkpoint(self) -> dict[str, Any] | None:
         async with guarded():
             raw = await self.redis.lindex(self.keys.checkpoints, -1)

@@ -488,6 +488,45 @@ def check_seal_delays(
     return None, longest_us // 1000, accepted
 
 
+# The kinds of entry a customer's first step writes: every other customer entry follows one.
+FIRST_CUSTOMER_KINDS = frozenset(("join", "prejoin"))
+
+
+def check_commitment(
+    first_join: int | None,
+    first_join_t: int,
+    heads: Mapping[int, Head],
+    in_export: Sequence[Checkpoint],
+) -> tuple[Failure | None, int | None]:
+    """The campaign's commitment (entry 1, admin-create: its rules and seed commitments)
+    must have been signed before anyone joined: a good checkpoint (the export's or a held
+    one) covering entry 1 and not the first join; one from the export must also be dated
+    no later than that join. (first failure, the commitment checkpoint's size; None when
+    nobody joined, or nothing is sealed: then the log is not verified at all)."""
+    if first_join is None:
+        return None, None
+    early = sorted(size for size in heads if 1 <= size < first_join)
+    dated = {cp.data["size"]: cp.data["time_ms"] for cp in in_export}
+    for size in early:
+        time_ms = dated.get(size)
+        if time_ms is None or time_ms * 1000 <= first_join_t:
+            return None, size
+    if not heads:
+        return None, None  # nothing sealed at all: unsealed (or, allowed, NOT verified)
+    return (
+        Failure(
+            "late commitment: no checkpoint signed before the first join covers the "
+            "campaign's rules and seed commitments (entry 1, admin-create): they could "
+            "have been changed after seeing who joined (the gate answers joins only once "
+            "that checkpoint is published)",
+            index=first_join,
+            entries=(1, first_join),
+            kind="late_commitment",
+        ),
+        None,
+    )
+
+
 # -- the driver ----------------------------------------------------------------------
 
 
@@ -576,6 +615,8 @@ def verify_lines(
     batch_roots: dict[int, bytes] = {}  # join entry -> the root its batch signature signs
     batch_lines: list[tuple[int, dict[str, Any]]] = []
     gaps: list[SealGap] = []
+    first_join: int | None = None  # the first customer's entry, and its time
+    first_join_t = 0
     last_line = 0
     for raw_line in iterator:
         line_no += 1
@@ -641,6 +682,8 @@ def verify_lines(
                 batch_roots[index] = receipt_proofs.BatchReceipts(
                     campaign, index, int(entry["t"]), receipt_proofs.batch_pairs(entry)
                 ).root
+        if first_join is None and kind_text in FIRST_CUSTOMER_KINDS:
+            first_join, first_join_t = index, times[-1]
         if index in keep:
             kept[index] = raw
         if replay_failure is None:
@@ -694,6 +737,11 @@ def verify_lines(
     held_failure, held_covered = check_held(held, campaign, keys, store, heads)
     if held_failure is not None:
         raise VerificationFailed(held_failure)
+    commitment_failure, report.commitment_checkpoint = check_commitment(
+        first_join, first_join_t, heads, in_export
+    )
+    if commitment_failure is not None:
+        raise VerificationFailed(commitment_failure)
     for name, document in receipts:
         receipt = _receipt_of(document)
         try:

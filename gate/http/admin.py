@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gate.audit import commitment
 from gate.audit.cosignatures import Transparency
 from gate.audit.dispute import build_account
 from gate.audit.export import export_chunks
@@ -101,9 +102,19 @@ async def _view(gate: Gate, campaign: str) -> dict[str, Any]:
 async def create_campaign(request: web.Request) -> web.Response:
     gate = gate_of(request)
     spec = with_seal_bound(gate, with_digest_key(gate, parse_spec(await read_body(request))))
-    await gate.room.create(spec, request[ACTOR_KEY])
+    # Joins wait until the checkpoint that covers the creation (its rules and seed
+    # commitments) is published: signed now, or cosigned by the witnesses' quorum.
+    await gate.room.create(spec, request[ACTOR_KEY], publish_first=True)
+    await commitment.publish(
+        gate.room,
+        gate.sealer,
+        store_for(gate, spec.id),
+        timeout_s=max(3.0, 2 * gate.config.seal_bound_ms / 1000),
+    )
     await gate.cache.refresh_once()
-    return respond(request, await _view(gate, spec.id), 201)
+    view = await _view(gate, spec.id)
+    view["commitment"] = await commitment.view(store_for(gate, spec.id), await _meta(gate, spec.id))
+    return respond(request, view, 201)
 
 
 async def list_campaigns(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ checkpoints"; the witness itself is `gate witness`, gate/audit/witness.py).
     GET  /.well-known/fairgate/consistency/{campaign}?old=N&new=M  base64 hashes, a line each
     POST /.well-known/fairgate/cosign/{campaign}                the note + cosignature lines
     GET  /.well-known/fairgate/witnessed/{campaign}             JSON: K of N, published size
+    GET  /.well-known/fairgate/commitment/{campaign}            JSON: entry 1 and its proof
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from typing import Any
 
 from aiohttp import web
 
+from gate.audit.commitment import COMMITMENT_ENTRY
 from gate.audit.cosignatures import (
     Transparency,
     UnsignedCheckpoint,
     WitnessCollector,
     cosigned_note,
 )
+from gate.audit.format import decode_entry
 from gate.audit.note import MAX_NOTE_BYTES, b64, proof_lines
 from gate.audit.store import AuditGapError
 from gate.errors import BadRequest, GateError, NotFound, Unavailable
@@ -214,6 +217,41 @@ async def refresh_witnessed(request: web.Request) -> None:
                 await transparency.witnessed_size(gate.redis, campaign)
 
 
+async def commitment(request: web.Request) -> web.Response:
+    """The campaign's commitment (docs/audit-format.md, "Commitment before opening"):
+    entry 1 (admin-create: the rules and both seed commitments) as stored, the first
+    checkpoint, which covers it, as a signed note with the cosignatures it has, and the
+    inclusion proof of entry 1 in it: anyone checks, before joining, what the campaign
+    committed to, with nothing but the published keys."""
+    gate = gate_of(request)
+    campaign = campaign_id(request)
+    store = store_for(gate, campaign)
+    first = await store.first_checkpoint()
+    raw = await store.entry(COMMITMENT_ENTRY) if first is not None else None
+    if first is None or raw is None:
+        raise NotFound(f"campaign {campaign} has no signed commitment", code="unknown_checkpoint")
+    transparency = _transparency(request)
+    size = int(first["size"])
+    note = transparency.note(campaign, first)
+    cosignatures = await transparency.cosignatures(gate.redis, campaign, size)
+    entry = decode_entry(raw)
+    return respond(
+        request,
+        {
+            "campaign": campaign,
+            "entry": COMMITMENT_ENTRY,
+            "raw": b64(raw),
+            "spec": entry["spec"].decode(),
+            "seed_hash": entry["h"].decode(),
+            "pq_seed_hash": entry["hq"].decode(),
+            "checkpoint": first,
+            "note": cosigned_note(note, cosignatures).render(),
+            "inclusion": [b64(h) for h in await store.inclusion_proof(0, size)],
+            "published": not await gate.room.commitment_pending(campaign),
+        },
+    )
+
+
 def add_transparency_routes(app: web.Application) -> None:
     async def bind(app: web.Application) -> None:
         if GATE_KEY not in app:
@@ -229,6 +267,7 @@ def add_transparency_routes(app: web.Application) -> None:
     app.router.add_get(PREFIX + "/consistency/{campaign}", _log_errors(consistency))
     app.router.add_post(PREFIX + "/cosign/{campaign}", _log_errors(cosign))
     app.router.add_get(PREFIX + "/witnessed/{campaign}", _log_errors(witnessed))
+    app.router.add_get(PREFIX + "/commitment/{campaign}", _log_errors(commitment))
 
 
 __all__ = ["add_transparency_routes", "add_witnessed", "refresh_witnessed"]

@@ -9,6 +9,7 @@ refuses its arguments, or answers with a code that is not in the table, becomes
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +17,9 @@ from typing import Any
 import msgpack
 from redis.asyncio import Redis
 
+from gate import seeds
 from gate.campaign import CampaignSpec, to_us
+from gate.errors import ScriptError
 from gate.marks import Marks
 from gate.redis_client import guarded
 from gate.redis_nodes import is_cluster
@@ -31,6 +34,9 @@ from gate.room.results import (
     ReservationOutcome,
 )
 from gate.room.scripts import ScriptArg, Scripts
+from gate.seeds import Seeds
+
+log = logging.getLogger("gate.room")
 
 
 class ScriptCalls:
@@ -46,9 +52,12 @@ class ScriptCalls:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 200,
         durability: Durability | None = None,
+        seeds: Seeds | None = None,
     ):
         self.redis = redis
         self.scripts = scripts
+        # Where the campaigns' seeds come from (gate/seeds.py): never from Redis.
+        self.seeds = seeds or Seeds.of_this_process()
         # What an acknowledgement waits for (the gate shares one among its rooms and its
         # sealer, so their counts add up); `wait_replicas`/`wait_timeout_ms` alone make one.
         self.durability = durability or Durability(wait_replicas, wait_timeout_ms)
@@ -84,12 +93,17 @@ class ScriptCalls:
 
     # -- campaigns -------------------------------------------------------------------
 
-    async def create(self, spec: CampaignSpec, actor: str) -> int:
+    async def create(self, spec: CampaignSpec, actor: str, *, publish_first: bool = False) -> int:
+        """Create the campaign. `publish_first`: joins are refused (CAMPAIGN_NOT_PUBLISHED)
+        until the checkpoint covering the creation is published (signed by the sealer, or
+        cosigned by the witnesses' quorum where witnesses are configured)."""
         k = CampaignKeys(spec.id)
-        # Commit-reveal: the seed's hash is published now, the seed itself at close.
-        seed = secrets.token_bytes(32)
-        # The pre-queue's own seed, revealed at opening; the ballot's stays secret until close.
-        pq_seed = secrets.token_bytes(32)
+        # Commit-reveal: the seeds' hashes are published now, each seed at its reveal (the
+        # pre-queue's at opening, the ballot's at close). The seeds are derived from the
+        # signing key file's secret and never stored in Redis (gate/seeds.py).
+        kid, nonce = self.seeds.new_ref()
+        seed = self.seeds.derive(spec.id, kid, nonce, seeds.BALLOT)
+        pq_seed = self.seeds.derive(spec.id, kid, nonce, seeds.PREQUEUE)
         admission, quota = spec.admission, spec.quota
         opens_at = to_us(spec.opens_at)
         fields: dict[str, str | int | bool] = {
@@ -112,12 +126,14 @@ class ScriptCalls:
             "q_max": str(quota.max),
             "q_step": str(quota.step),
             "partial": quota.partial_fill,
-            "seed": seed.hex(),
+            "seed_kid": kid,
+            "seed_nonce": nonce,
             "seed_hash": hashlib.sha256(seed).hexdigest(),
             "pq_shuffle": spec.prequeue.shuffle and spec.prequeue.window_s > 0,
-            "pq_seed": pq_seed.hex(),
             "pq_seed_hash": hashlib.sha256(pq_seed).hexdigest(),
         }
+        if publish_first:
+            fields["commit_pending"] = True
         if admission.adaptive is not None:
             fields["mode"] = admission.adaptive.mode
         # Registered first (SADD is idempotent), then created: a create cut short between
@@ -135,6 +151,39 @@ class ScriptCalls:
         )
         status.expect(Reply.OK, campaign=spec.id)
         return int(reply[1])
+
+    async def seed_for(self, campaign: str, purpose: str) -> bytes:
+        """The campaign's seed for `purpose` (gate/seeds.py), for its reveal: derived from
+        the key file's secret, whatever Redis says. A commitment in Redis that differs from
+        the derived seed's is logged (someone with Redis access changed it; the log's
+        sealed admin-create entry holds the commitment verify opens) and ignored."""
+        async with guarded():
+            kid, nonce, committed = await self.redis.hmget(
+                CampaignKeys(campaign).meta,
+                ["seed_kid", "seed_nonce", seeds.COMMITMENT_FIELD[purpose]],
+            )
+        if kid is None or nonce is None:
+            raise ScriptError(
+                f"campaign {campaign} records no seed_kid and seed_nonce: its {purpose} seed "
+                "cannot be derived (created by a version that kept seeds in Redis, or changed)"
+            )
+        seed = self.seeds.derive(campaign, text(kid), text(nonce), purpose)
+        if committed is None or hashlib.sha256(seed).hexdigest() != text(committed):
+            log.error(
+                "campaign=%s the %s seed's commitment in Redis (%s) is not the derived "
+                "seed's: Redis was changed; revealing the derived seed, which the sealed "
+                "admin-create entry commits to",
+                campaign,
+                purpose,
+                text(committed) if committed is not None else "none",
+            )
+        return seed
+
+    async def commitment_pending(self, campaign: str) -> bool:
+        """True while joins wait for the checkpoint that covers the campaign's creation
+        (gate/audit/commitment.py)."""
+        async with guarded():
+            return bool(await self.redis.hexists(CampaignKeys(campaign).meta, "commit_pending"))
 
     async def _register(self, campaign: str) -> None:
         async with guarded():
@@ -191,17 +240,25 @@ class ScriptCalls:
 
     async def join(self, campaign: str, digests: Sequence[bytes]) -> JoinResult:
         k = CampaignKeys(campaign)
+        keys = [k.meta, k.tickets, k.blocked, k.audit, k.prequeue]
         # Every answer waits, a replayed ticket's (created:false) too: it may be one that
         # another call wrote a moment ago and no replica has yet.
-        status, reply = await self._durable_call(
-            "join",
-            [k.meta, k.tickets, k.blocked, k.audit, k.prequeue],
-            digests,
-            mark=k.durable_mark,
-        )
+        status, reply = await self._durable_call("join", keys, ["", *digests], mark=k.durable_mark)
+        if status is Reply.SEED_NEEDED:
+            # The first join after opening freezes a shuffled pre-queue and reveals its
+            # seed, which Redis does not hold: once per campaign, the call again with it.
+            seed = await self.seed_for(campaign, seeds.PREQUEUE)
+            status, reply = await self._durable_call(
+                "join", keys, [seed.hex(), *digests], mark=k.durable_mark
+            )
         if status is not Reply.OK:
             # the caller answers each customer: the codes are JoinResult.status's
-            status.expect(Reply.UNKNOWN_CAMPAIGN, Reply.CAMPAIGN_CLOSED, Reply.NOT_OPEN_YET)
+            status.expect(
+                Reply.UNKNOWN_CAMPAIGN,
+                Reply.CAMPAIGN_CLOSED,
+                Reply.NOT_OPEN_YET,
+                Reply.CAMPAIGN_NOT_PUBLISHED,
+            )
             return JoinResult(int(status.value), int(reply[1]) if len(reply) > 1 else 0, [])
         flat = reply[2:]
         entry = 0
@@ -222,11 +279,13 @@ class ScriptCalls:
         time). The step's status is OK, FROZEN or REFUSED, or the code that says why
         nothing applies (UNKNOWN_CAMPAIGN, NOT_OPEN_YET, NO_PREQUEUE)."""
         k = CampaignKeys(campaign)
-        status, reply = await self._call(
-            "prequeue_assign",
-            [k.meta, k.prequeue, k.tickets, k.blocked, k.revoked, k.audit],
-            [position, *digests],
-        )
+        keys = [k.meta, k.prequeue, k.tickets, k.blocked, k.revoked, k.audit]
+        status, reply = await self._call("prequeue_assign", keys, [position, "", *digests])
+        if status is Reply.SEED_NEEDED:  # this call freezes the pre-queue: the seed's reveal
+            seed = await self.seed_for(campaign, seeds.PREQUEUE)
+            status, reply = await self._call(
+                "prequeue_assign", keys, [position, seed.hex(), *digests]
+            )
         if status not in (Reply.OK, Reply.FROZEN, Reply.REFUSED):
             status.expect(Reply.UNKNOWN_CAMPAIGN, Reply.NOT_OPEN_YET, Reply.NO_PREQUEUE)
             return PrequeueStep(status, 0, 0, "")
@@ -395,13 +454,19 @@ class ScriptCalls:
         return await self._finish("release", campaign, reservation, [actor, reason])
 
     async def ballot_store(
-        self, campaign: str, index: int, last: bool, pairs: Sequence[tuple[int, int]]
+        self,
+        campaign: str,
+        index: int,
+        last: bool,
+        pairs: Sequence[tuple[int, int]],
+        seed: bytes = b"",
     ) -> tuple[Reply, str]:
         """Store chunk `index` of a closed ballot's allocation (seq, amount pairs): OK and
         the next chunk, REFUSED and the chunk expected instead ("done" after the last), or
-        the code that says why nothing applies (UNKNOWN_CAMPAIGN, NOT_CLOSED, NOT_BALLOT)."""
+        the code that says why nothing applies (UNKNOWN_CAMPAIGN, NOT_CLOSED, NOT_BALLOT).
+        `seed`: the ballot's, revealed with the last chunk (Redis does not hold it)."""
         k = CampaignKeys(campaign)
-        args: list[ScriptArg] = [index, "1" if last else "0"]
+        args: list[ScriptArg] = [index, "1" if last else "0", seed.hex() if last else ""]
         for seq, amount in pairs:
             args += [seq, str(amount)]
         status, reply = await self._call("ballot_store", [k.meta, k.allocations, k.audit], args)

@@ -3,12 +3,13 @@ call, fenced in the script so that any number of gate processes may run it at on
 
 from __future__ import annotations
 
+from gate import seeds
 from gate.ballot import allocate
 from gate.errors import ScriptError
 from gate.prequeue import prequeue_order
 from gate.room.calls import ScriptCalls
 from gate.room.reads import Reads
-from gate.room.replies import Reply, text
+from gate.room.replies import Reply
 
 
 class Flows(ScriptCalls, Reads):
@@ -20,7 +21,7 @@ class Flows(ScriptCalls, Reads):
         number of processes run this at once without a seq given twice. False while the
         campaign is not open yet (by Redis time).
         """
-        shuffle, state, total, done, seed_hex = await self.prequeue_progress(campaign)
+        shuffle, state, total, done = await self.prequeue_progress(campaign)
         if shuffle != b"1" or state == b"done":
             return True
         if state is None:
@@ -33,13 +34,12 @@ class Flows(ScriptCalls, Reads):
             position, size = step.position, step.total
         else:
             position, size = int(done or b"0"), int(total or b"0")
-        if seed_hex is None:
-            raise ScriptError(f"campaign {campaign} has no pre-queue seed")
+        seed = await self.seed_for(campaign, seeds.PREQUEUE)
         members = await self.prequeue_members(campaign)
         if len(members) != size:
             # the last chunk (another process's) dropped the set meanwhile
             return await self.prequeue_done(campaign)
-        order = prequeue_order(bytes.fromhex(text(seed_hex)), members)
+        order = prequeue_order(seed, members)
         while position < size:
             step = await self.prequeue_assign(
                 campaign, position, order[position : position + chunk_size]
@@ -64,15 +64,14 @@ class Flows(ScriptCalls, Reads):
         if meta.get("alloc_next") == "done":
             return True
         subs = await self.subscriptions(campaign)
-        result = allocate(
-            int(meta["q_total"]), int(meta["q_step"]), subs, bytes.fromhex(meta["seed"])
-        )
+        seed = await self.seed_for(campaign, seeds.BALLOT)
+        result = allocate(int(meta["q_total"]), int(meta["q_step"]), subs, seed)
         items = sorted(result.items())
         chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)] or [[]]
         start = int(meta.get("alloc_next") or 0)
         for index in range(start, len(chunks)):
             last = index == len(chunks) - 1
-            status, detail = await self.ballot_store(campaign, index, last, chunks[index])
+            status, detail = await self.ballot_store(campaign, index, last, chunks[index], seed)
             if status is not Reply.OK:
                 # another process stored this chunk first; done once it stored the last
                 done = status is Reply.REFUSED and detail == "done"

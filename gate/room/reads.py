@@ -144,11 +144,10 @@ class Reads:
         return int(seq) if seq is not None else None
 
     async def prequeue_progress(self, campaign: str) -> list[Any]:
-        """meta's pq_shuffle, pq_state, pq_total, pq_next and pq_seed, as Redis has them."""
+        """meta's pq_shuffle, pq_state, pq_total and pq_next, as Redis has them."""
         async with guarded():
             row: list[Any] = await self.redis.hmget(
-                CampaignKeys(campaign).meta,
-                ["pq_shuffle", "pq_state", "pq_total", "pq_next", "pq_seed"],
+                CampaignKeys(campaign).meta, ["pq_shuffle", "pq_state", "pq_total", "pq_next"]
             )
         return row
 

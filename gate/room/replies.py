@@ -12,7 +12,15 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from gate.errors import BadRequest, Conflict, Forbidden, GateError, NotFound, ScriptError
+from gate.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    GateError,
+    NotFound,
+    NotPublished,
+    ScriptError,
+)
 
 ErrorClass = type[GateError]
 
@@ -62,6 +70,16 @@ class Reply(Enum):
         "a Redis failover lost campaign {campaign} whole after it had given out seqs: "
         "its id is not free (the same seqs would go to other customers); create the "
         "campaign under another id, or restore Redis from a copy that holds it",
+    )
+    # Not an error a client sees: the script needs the seed Redis does not hold (its
+    # caller, the Room, gives it and calls again).
+    SEED_NEEDED = -13, ScriptError, 500, "the script needs campaign {campaign}'s seed"
+    CAMPAIGN_NOT_PUBLISHED = (
+        -14,
+        NotPublished,
+        503,
+        "campaign {campaign} is not published yet: the checkpoint that commits to its rules "
+        "and seeds is being signed and witnessed; keep trying",
     )
 
     # -- reasons of a refused claim or subscription -----------------------------------

@@ -31,6 +31,8 @@ local NO_TICKET = -9
 local BAD_STATE = -10
 local TICKET_UNKNOWN = -11
 local CAMPAIGN_LOST_IN_FAILOVER = -12
+local SEED_NEEDED = -13
+local CAMPAIGN_NOT_PUBLISHED = -14
 
 -- Reasons of a refused claim or subscription (claim.lua, subscribe.lua).
 local CLOSED = 'closed'

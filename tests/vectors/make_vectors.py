@@ -46,6 +46,7 @@ from gate.tokens import customer_digest
 from tests.helpers import (
     Export,
     amount_quota,
+    create_committed,
     export_to_file,
     redis_binaries,
     seal_everything,
@@ -70,6 +71,7 @@ FAILURE_KINDS = (
     "missing_receipt",
     "batch_signature",
     "seal_delay",
+    "late_commitment",
 )
 
 
@@ -111,7 +113,7 @@ async def run_campaign(room: Room, keys: SigningKeys, out: Path) -> tuple[Export
     )
     raw["quota"] = amount_quota(20_000_000, 1_000_000, 10_000_000, 10_000)
     raw["seal_bound_ms"] = 1000  # what the admin API records by default
-    await room.create(parse_spec(raw), "ops")
+    await create_committed(room, keys, parse_spec(raw))
     digests = [customer_digest(keys, CAMPAIGN, f"customer-{n}") for n in range(1, 9)]
     seal = lambda: seal_everything(room.redis, room.scripts, keys, CAMPAIGN)  # noqa: E731
     await room.join(CAMPAIGN, digests[:4])
@@ -132,7 +134,7 @@ async def run_campaign(room: Room, keys: SigningKeys, out: Path) -> tuple[Export
     await seal()
     due = await room.redis.zscore(CampaignKeys(CAMPAIGN).reservation_expiries, held[2])
     assert due is not None
-    # past the bound after the third checkpoint: withheld, its entries are sealed late
+    # past the bound after the fourth checkpoint: withheld, its entries are sealed late
     await wait_redis_time(room.redis, int(due) + 600_000)
     await room.admit(CAMPAIGN, max_per_call=0)  # logs r3's expiry
     await room.set_state(CAMPAIGN, "close", "ops")
@@ -451,20 +453,40 @@ def tampered(
 
     # a checkpoint withheld: its entries first covered by the next, past the seal bound
     export = copy.deepcopy(clean)
-    withheld = export.checkpoints.pop(2)
-    late = export.checkpoints[1]["size"] + 1
+    withheld = export.checkpoints.pop(3)
+    late = export.checkpoints[2]["size"] + 1
     write_export(export, directory / "checkpoint-withheld.jsonl", batches)
     vectors.append(
         Vector(
             "seal-delay",
-            f"checkpoint 3 (size {withheld['size']}) left out: entries {late}.. are first "
-            "covered by checkpoint 4, more than the campaign's seal bound (1000 ms) after "
+            f"checkpoint 4 (size {withheld['size']}) left out: entries {late}.. are first "
+            "covered by checkpoint 5, more than the campaign's seal bound (1000 ms) after "
             "they were written",
             "checkpoint-withheld.jsonl",
             keys_arg,
             "seal_delay",
             entry_at(late),
             "seal delay",
+        )
+    )
+
+    # the commitment checkpoint withheld: nothing signed the rules and seed commitments
+    # (entry 1) before the first join
+    export = copy.deepcopy(clean)
+    first_join = next(p for p in range(len(export.entries)) if export.kind(p) == b"join") + 1
+    export.checkpoints = [cp for cp in export.checkpoints if cp["size"] >= first_join]
+    write_export(export, directory / "commitment-withheld.jsonl", batches)
+    vectors.append(
+        Vector(
+            "late-commitment",
+            "every checkpoint signed before the first join left out: the campaign's rules "
+            "and seed commitments (entry 1) are first covered by a checkpoint that also "
+            f"covers the first join (entry {first_join})",
+            "commitment-withheld.jsonl",
+            keys_arg,
+            "late_commitment",
+            entry_at(first_join),
+            "late commitment",
         )
     )
 
