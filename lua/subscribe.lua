@@ -7,8 +7,10 @@
   KEYS[5] audit list        fg:{c}:audit
   KEYS[6] tickets hash      fg:{c}:tickets   digest -> seq
   ARGV[1] seq   ARGV[2] customer digest   ARGV[3] amount (decimal string)
-  Returns {OK, amount, replayed(0|1)[, entry]} (entry: the subscription's audit index, when
-  this call made it), {REFUSED, reason, detail}, {UNKNOWN_CAMPAIGN}, or
+  Returns {OK, amount, replayed(0|1), entry, t_us} (the subscription's audit entry index
+  and time, from which the gate signs the customer's receipt; a replay gives those of the
+  call that made it: the record is msgpack {amount, digest, entry, t}; 0, 0 for a record
+  of before they were kept), {REFUSED, reason, detail}, {UNKNOWN_CAMPAIGN}, or
   {TICKET_UNKNOWN} when Redis does not hold tickets[digest] == seq.
   Reasons: CLOSED, WRONG_POLICY, NOT_ADMITTED, BELOW_MINIMUM, BAD_STEP,
            OVER_CUSTOMER_LIMIT, ALREADY_SUBSCRIBED.
@@ -26,7 +28,7 @@ if not ticket_held(KEYS[6], digest, seq) then return {TICKET_UNKNOWN} end
 local previous = rcall('HGET', KEYS[4], seq)
 if previous then
   local sub = cmsgpack.unpack(previous)
-  if sub[1] == amount then return {OK, amount, 1} end
+  if sub[1] == amount then return {OK, amount, 1, sub[3] or 0, int_str(sub[4] or 0)} end
   return {REFUSED, ALREADY_SUBSCRIBED, sub[1]}
 end
 if m[1] == 'closed' then return {REFUSED, CLOSED, ''} end
@@ -39,9 +41,9 @@ end
 if money_cmp(amount, m[3]) < 0 then return {REFUSED, BELOW_MINIMUM, m[3]} end
 if money_mod(amount, tonumber(m[5])) ~= 0 then return {REFUSED, BAD_STEP, m[5]} end
 if money_cmp(amount, m[4]) > 0 then return {REFUSED, OVER_CUSTOMER_LIMIT, m[4]} end
-rcall('HSET', KEYS[4], seq, cmsgpack.pack({amount, digest}))
 rcall('HINCRBY', KEYS[1], 'subscriptions', 1)
 rcall('HSET', KEYS[1], 'subscribed', money_add(rcall('HGET', KEYS[1], 'subscribed') or '0', amount))
 rcall('ZREM', KEYS[2], seq)  -- done: the active slot goes to the next customer
 local entry = audit(KEYS[1], KEYS[5], now, {k = 'subscribe', s = seq, c = digest, m = amount})
-return {OK, amount, 0, entry}
+rcall('HSET', KEYS[4], seq, cmsgpack.pack({amount, digest, entry, now}))
+return {OK, amount, 0, entry, int_str(now)}

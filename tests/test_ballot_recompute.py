@@ -104,7 +104,7 @@ async def read_evidence(redis: Redis, campaign: str) -> Evidence:
     meta = await redis.hgetall(prefix + "meta")
     subscriptions = []
     for field, raw in (await redis.hgetall(prefix + "subs")).items():
-        amount, digest = msgpack.unpackb(raw, raw=True)
+        amount, digest, *_ = msgpack.unpackb(raw, raw=True)  # [entry, t] follow
         subscriptions.append(Subscription(int(field), digest, int(amount)))
     entries = [
         msgpack.unpackb(raw, raw=True, strict_map_key=False)

@@ -113,6 +113,55 @@ class BatchReceipts:
         return self._positions.get(seq)
 
 
+# A ballot customer's receipt of their subscription (docs/audit-format.md, "Receipts").
+SUBSCRIPTION = "subscription"
+SUBSCRIPTION_PREFIX = "fairgate-subscription/v1\n"
+
+
+def subscription_statement(
+    campaign: str, seq: int, t: int, digest: bytes, amount: int, entry: int
+) -> bytes:
+    return (
+        f"{SUBSCRIPTION_PREFIX}{campaign}\n{seq}\n{t}\n{digest.hex()}\n{amount}\n{entry}\n".encode()
+    )
+
+
+def subscription_receipt(
+    keys: SigningKeys, campaign: str, seq: int, t: int, digest: bytes, amount: int, entry: int
+) -> dict[str, Any]:
+    """What the customer holds of their subscription: signed over the `subscribe` entry's
+    fields, so a log whose entry `entry` says otherwise is caught (`gate audit verify
+    --receipt`), even one signed again by whoever holds the key."""
+    kid, sig = sign(keys, subscription_statement(campaign, seq, t, digest, amount, entry))
+    return {
+        "type": SUBSCRIPTION,
+        "campaign": campaign,
+        "seq": seq,
+        "t": t,
+        "digest": digest.hex(),
+        "amount": str(amount),
+        "entry": entry,
+        "kid": kid,
+        "sig": sig,
+    }
+
+
+def verify_subscription_receipt(receipt: Mapping[str, Any], public_keys: PublicKeys) -> bool:
+    try:
+        campaign, seq, t, entry = (receipt[k] for k in ("campaign", "seq", "t", "entry"))
+        amount, digest = receipt["amount"], parse_hex(receipt["digest"], 16)
+        if not isinstance(campaign, str) or digest is None or not isinstance(amount, str):
+            return False
+        if not all(is_int(n) for n in (seq, t, entry)):
+            return False
+        if not (amount.isascii() and amount.isdigit() and amount == str(int(amount))):
+            return False  # one spelling only
+        message = subscription_statement(campaign, seq, t, digest, int(amount), entry)
+        return verify_signature(public_keys, receipt["kid"], message, receipt["sig"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def verify_receipt(receipt: Mapping[str, Any], public_keys: PublicKeys) -> bool:
     """The receipt is signed (by the key it names) and its statement is in the batch."""
     try:

@@ -809,11 +809,13 @@ def check_receipt(
     sealed: int,
     size: int,
 ) -> str:
-    """A receipt must verify with the public keys and be the batch of its join entry.
-    EntryProblem: the receipt itself is bad; ReceiptProblem: a good receipt that the
-    export contradicts."""
+    """A receipt must verify with the public keys and be the batch of its join entry (a
+    subscription receipt: its subscribe entry). EntryProblem: the receipt itself is bad;
+    ReceiptProblem: a good receipt that the export contradicts."""
     if not isinstance(receipt, dict):
         raise EntryProblem("a receipt is a JSON object")
+    if receipt.get("type") == receipt_proofs.SUBSCRIPTION:
+        return _check_subscription(receipt, campaign, keys, entries, sealed, size)
     seq, index = receipt.get("seq"), receipt.get("entry")
     if not is_int(seq):
         raise EntryProblem("the receipt has no seq")
@@ -850,6 +852,48 @@ def check_receipt(
         raise ReceiptProblem(f"{altered} names (seq {seq} is not at its place)")
     where = f"sealed (checkpoint size {sealed})" if index <= sealed else "not sealed yet"
     return f"receipt seq {seq}: signed by {receipt.get('kid')}, join entry {index}, {where}"
+
+
+def _check_subscription(
+    receipt: dict[str, Any],
+    campaign: str,
+    keys: PublicKeys,
+    entries: Mapping[int, bytes],
+    sealed: int,
+    size: int,
+) -> str:
+    """A subscription receipt: signed, and the log's entry `entry` is that subscription."""
+    seq, index = receipt.get("seq"), receipt.get("entry")
+    if receipt.get("campaign") != campaign:
+        raise EntryProblem(f"the receipt is for campaign {receipt.get('campaign')!r}")
+    if not receipt_proofs.verify_subscription_receipt(receipt, keys):
+        raise EntryProblem(f"the subscription receipt for seq {seq} does not verify")
+    assert is_int(index) and is_int(seq)  # verify_subscription_receipt checked them
+    if index > size or index not in entries:
+        raise ReceiptProblem(
+            f"missing receipt: the signed subscription of seq {seq} is entry {index}, but "
+            f"the export ends at entry {size} (truncated or rolled back)",
+            kind="missing_receipt",
+        )
+    entry = decode_entry(entries[index])
+    held = (receipt["t"], seq, bytes.fromhex(receipt["digest"]), receipt["amount"])
+    logged = (entry.get("t"), entry.get("s"), entry.get("c"), entry.get("m"))
+    kind = _text(entry.get("k"))
+    if kind != "subscribe" or logged[:3] != held[:3] or _text(logged[3]) != held[3]:
+        says = f"a subscription of {_text(logged[3])}" if kind == "subscribe" else repr(kind)
+        raise ReceiptProblem(
+            f"altered: entry {index} is not the subscription the signed receipt of seq {seq} "
+            f"names ({receipt['amount']} at t {receipt['t']}): the log says {says}"
+        )
+    where = f"sealed (checkpoint size {sealed})" if index <= sealed else "not sealed yet"
+    return (
+        f"receipt seq {seq}: subscription of {receipt['amount']}, signed by "
+        f"{receipt.get('kid')}, subscribe entry {index}, {where}"
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def verify_file(path: Path | str, keys_document: Any | None = None, **options: Any) -> Report:

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gate.audit.receipts import subscription_receipt
 from gate.campaign import MAX_AMOUNT
 from gate.errors import BadRequest, Conflict, GateError, Unavailable
 from gate.http.checks import campaign_id, core_actor, reason_of, require_api_body, verified_pass
@@ -73,9 +74,28 @@ async def claim(request: web.Request) -> web.Response:
         result = await gate.room.subscribe(campaign, token.seq, token.digest, amount)
         if not result.ok:
             raise _refusal(result)
+        # The customer's evidence of what they subscribed (docs/audit-format.md, "Receipts").
+        receipt = (
+            subscription_receipt(
+                gate.keys,
+                campaign,
+                token.seq,
+                result.t_us,
+                token.digest,
+                result.amount,
+                result.entry,
+            )
+            if result.entry
+            else None
+        )
         return respond(
             request,
-            {"campaign": campaign, "subscribed": str(result.amount), "unit": unit},
+            {
+                "campaign": campaign,
+                "subscribed": str(result.amount),
+                "unit": unit,
+                "receipt": receipt,
+            },
             200 if result.replayed else 201,
         )
     result = await gate.room.claim(campaign, token.seq, token.digest, amount, key)

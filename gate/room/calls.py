@@ -416,9 +416,12 @@ class ScriptCalls:
         )
         if status.expect(Reply.OK, Reply.REFUSED, campaign=campaign) is Reply.REFUSED:
             return _refused(reply)
-        if self.marks is not None and len(reply) > 3:
-            self.marks.acknowledged(campaign, audit_n=int(reply[3]))
-        return ClaimResult(True, amount=int(reply[1]), replayed=bool(int(reply[2])))
+        entry, t_us = int(reply[3]), int(reply[4])
+        if self.marks is not None and entry:
+            self.marks.acknowledged(campaign, audit_n=entry)
+        return ClaimResult(
+            True, amount=int(reply[1]), replayed=bool(int(reply[2])), entry=entry, t_us=t_us
+        )
 
     async def _finish(
         self, script: str, campaign: str, reservation: str, args: list[ScriptArg]

@@ -167,8 +167,8 @@ class Reads:
         out: list[Subscription] = []
         async with guarded():
             async for field, value in self.redis.hscan_iter(k.subscriptions, count=1000):
-                amount, digest = msgpack.unpackb(value, raw=True)
-                out.append(Subscription(int(field), digest, int(amount)))
+                record = msgpack.unpackb(value, raw=True)  # amount, digest[, entry, t]
+                out.append(Subscription(int(field), record[1], int(record[0])))
         return out
 
     async def allocation(self, campaign: str, seq: int) -> tuple[int | None, int | None]:

@@ -44,6 +44,9 @@ class ClaimResult:
     amount: int = 0
     expires_us: int = 0
     replayed: bool = False
+    # a subscription: its audit entry and time, for the customer's signed receipt (0: none)
+    entry: int = 0
+    t_us: int = 0
 
     @property
     def refusal(self) -> Reply:
