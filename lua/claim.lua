@@ -46,7 +46,7 @@ if suffix == nil or #suffix ~= 8 or string.find(suffix, '[^%w_%-]') then
 end
 
 local m = rcall('HMGET', KEYS[1], 'state', 'policy', 'q_total', 'q_min', 'q_max', 'q_step',
-  'partial', 'held', 'confirmed', 'res_ttl_us', 'res_n', 'overbook')
+  'partial', 'held', 'confirmed', 'res_ttl_us', 'res_n', 'overbook', 'closes_at_us')
 if not m[1] then return {UNKNOWN_CAMPAIGN} end
 if not ticket_held(KEYS[10], digest, seq) then return {TICKET_UNKNOWN} end
 local idem_field = seq .. ':' .. key
@@ -56,9 +56,10 @@ if previous then
   if r[6] ~= amount then return {REFUSED, IDEMPOTENCY_KEY_REUSED, r[6]} end
   return {OK, previous, r[2], r[4], 1}
 end
-if m[1] == 'closed' then return {REFUSED, CLOSED, ''} end
-if m[2] ~= 'first_come' then return {REFUSED, WRONG_POLICY, m[2]} end
 local now = now_us()
+-- closed by its state, or by the clock before admit.lua has logged the close
+if m[1] == 'closed' or now >= tonumber(m[13]) then return {REFUSED, CLOSED, ''} end
+if m[2] ~= 'first_come' then return {REFUSED, WRONG_POLICY, m[2]} end
 local deadline = rcall('ZSCORE', KEYS[2], seq)
 if not deadline or tonumber(deadline) <= now or rcall('SISMEMBER', KEYS[3], seq) == 1 then
   return {REFUSED, NOT_ADMITTED, ''}

@@ -33,10 +33,12 @@
 local seq = int_arg(ARGV[1], 1, 'seq')
 if string.len(ARGV[2] or '') ~= 16 then error('bad argument: digest') end
 local m = rcall('HMGET', KEYS[1], 'state', 'cursor', 'rate', 'burst', 'pass_ttl_us',
-  'arrive_us')
+  'arrive_us', 'closes_at_us')
 if not m[1] then return {UNKNOWN_CAMPAIGN} end
 if not ticket_held(KEYS[9], ARGV[2], seq) then return {TICKET_UNKNOWN} end
-if m[1] == 'closed' then return {OK, CLOSED} end
+local now = now_us()
+-- closed by its state, or by the clock before admit.lua has logged the close
+if m[1] == 'closed' or now >= tonumber(m[7]) then return {OK, CLOSED} end
 if rcall('SISMEMBER', KEYS[3], seq) == 1 then return {OK, REVOKED} end
 if seq > tonumber(m[2]) then return {OK, WAITING, m[2]} end
 local spent = rcall('HGET', KEYS[7], seq)
@@ -46,7 +48,6 @@ end
 local sub = rcall('HGET', KEYS[8], seq)
 if sub then return {OK, CLAIMED, cmsgpack.unpack(sub)[1]} end
 local deadline = rcall('ZSCORE', KEYS[2], seq)
-local now = now_us()
 if not deadline or tonumber(deadline) <= now then return {OK, EXPIRED} end
 if rcall('SADD', KEYS[4], seq) == 1 then
   local rate, burst = tonumber(m[3]), tonumber(m[4])

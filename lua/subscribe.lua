@@ -22,7 +22,8 @@ local seq = int_arg(ARGV[1], 1, 'seq')
 local digest, amount = ARGV[2], ARGV[3]
 if string.len(digest or '') ~= 16 then error('bad argument: digest') end
 if not money_ok(amount) then error('bad argument: amount') end
-local m = rcall('HMGET', KEYS[1], 'state', 'policy', 'q_min', 'q_max', 'q_step')
+local m = rcall('HMGET', KEYS[1], 'state', 'policy', 'q_min', 'q_max', 'q_step',
+  'closes_at_us')
 if not m[1] then return {UNKNOWN_CAMPAIGN} end
 if not ticket_held(KEYS[6], digest, seq) then return {TICKET_UNKNOWN} end
 local previous = rcall('HGET', KEYS[4], seq)
@@ -31,9 +32,10 @@ if previous then
   if sub[1] == amount then return {OK, amount, 1, sub[3] or 0, int_str(sub[4] or 0)} end
   return {REFUSED, ALREADY_SUBSCRIBED, sub[1]}
 end
-if m[1] == 'closed' then return {REFUSED, CLOSED, ''} end
-if m[2] ~= 'ballot' then return {REFUSED, WRONG_POLICY, m[2]} end
 local now = now_us()
+-- closed by its state, or by the clock before admit.lua has logged the close
+if m[1] == 'closed' or now >= tonumber(m[6]) then return {REFUSED, CLOSED, ''} end
+if m[2] ~= 'ballot' then return {REFUSED, WRONG_POLICY, m[2]} end
 local deadline = rcall('ZSCORE', KEYS[2], seq)
 if not deadline or tonumber(deadline) <= now or rcall('SISMEMBER', KEYS[3], seq) == 1 then
   return {REFUSED, NOT_ADMITTED, ''}

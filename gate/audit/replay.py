@@ -756,10 +756,15 @@ class Replay:
     # -- quota -------------------------------------------------------------------------
 
     def _opened(self, t: int, what: str) -> None:
+        """Passes, claims and subscriptions: from opens_at and before closes_at (the
+        scripts refuse them by Redis time from closes_at, before the close is logged)."""
         if t < self.opens_at_us:
             raise EntryProblem(
                 f"{what} dated {_when(t)}, before the campaign opened ({_when(self.opens_at_us)})"
             )
+        closes = int(self.settings["closes_at_us"])
+        if t >= closes:
+            raise EntryProblem(f"{what} dated {_when(t)}, at or after closes_at ({_when(closes)})")
 
     def _may_claim(self, t: int, seq: int) -> None:
         if self.state == "closed":
