@@ -81,6 +81,32 @@ def metric_names(expression: str) -> set[str]:
     return names
 
 
+_MATCHER_LABEL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
+# Labels Prometheus adds to every series it scrapes.
+TARGET_LABELS = {"instance", "job"}
+
+
+def label_names(expression: str) -> set[str]:
+    """The label names an expression relies on: in selectors' matchers and in
+    by/without/on/ignoring/group_left/group_right lists (`__name__` aside)."""
+    text = re.sub(r"\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*", "", expression)
+    text = _STRING.sub('""', text)
+    found: set[str] = set()
+    for matchers in re.findall(r"\{([^{}]*)\}", text):
+        found.update(_MATCHER_LABEL.findall(matchers))
+    for listed in _GROUPING.findall(text):
+        found.update(word.strip() for word in listed.split(",") if word.strip())
+    return found - {"__name__"}
+
+
+def test_label_names_are_read_from_promql() -> None:
+    expression = (
+        'sum by (campaign, le) (rate(x_bucket{route!~"/q/{campaign}/.*", status=~"5.."}[1m]))'
+        ' / on (campaign) group_left(state) y{__name__="y"}'
+    )
+    assert label_names(expression) == {"campaign", "le", "route", "status", "state"}
+
+
 @pytest.mark.parametrize(
     ("expression", "names"),
     [
@@ -281,6 +307,22 @@ def exported_names(exposition: str) -> set[str]:
     return names
 
 
+def exported_labels(exposition: str) -> dict[str, set[str]]:
+    """sample name -> the label names its samples carry."""
+    labels: dict[str, set[str]] = {}
+    for line in exposition.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, rest = line.partition("{")
+        if not rest:
+            name = line.split()[0]
+        found = labels.setdefault(name, set())
+        if rest:
+            body = rest.rsplit("}", 1)[0]
+            found.update(re.findall(r'(?:^|,)\s*([A-Za-z_][A-Za-z0-9_]*)="(?:[^"\\]|\\.)*"', body))
+    return labels
+
+
 CAMPAIGN = "obs"
 
 
@@ -379,6 +421,21 @@ async def test_every_alert_and_panel_names_a_metric_the_gate_exports(
     missing = {name: sorted(where) for name, where in used.items() if name not in exported}
     assert missing == {}, f"names the gate does not export: {missing}"
     assert len(used) >= 10
+    # The labels an expression filters or groups by are on its metrics' samples (where
+    # the scrape has samples of them: a family with none, such as Redis refusals on a
+    # healthy Redis, only declares its name).
+    carried = exported_labels(exposition)
+    unknown: dict[str, set[str]] = {}
+    for where, expression in {**alert_expressions(), **dashboard_expressions()}.items():
+        if where.startswith("variable "):
+            continue
+        names = [name for name in metric_names(expression) if name in carried]
+        if not names:
+            continue
+        available = TARGET_LABELS.union(*(carried[name] for name in names))
+        if label_names(expression) - available:
+            unknown[where] = label_names(expression) - available
+    assert unknown == {}, f"labels the gate's samples do not carry: {unknown}"
 
 
 # -- compose -------------------------------------------------------------------------
