@@ -121,6 +121,9 @@ class Config:
     log_level: str = "INFO"
     # One event per line: "logfmt" (key=value, quoted where needed) or "json".
     log_format: str = "logfmt"
+    # Metrics recording (gate/metrics.py); false: /metrics shows only what is read at
+    # scrape time (campaign state from Redis), nothing is counted on the request path.
+    metrics: bool = True
     # The audit log's sealer (gate/audit/sealer.py): a checkpoint at most this often while
     # there are new entries; the lease one process holds per campaign to seal it; how
     # many sealed entries stay in Redis before older ones move to segment files (0: all).

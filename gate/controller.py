@@ -304,11 +304,7 @@ class ControllerCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         controller = self.controller
-        rate = GaugeMetricFamily(
-            "fairgate_admission_rate", "admission rate in force (per second)", labels=["campaign"]
-        )
-        for name, live in list(controller.cache.campaigns.items()):
-            rate.add_metric([name], live.state.rate)
+        # The rate in force is fairgate_campaign_admission_rate_configured (gate/metrics.py).
         changes = CounterMetricFamily(
             "fairgate_controller_changes",
             "rate changes made by this process's controller",
@@ -322,7 +318,7 @@ class ControllerCollector(Collector):
             labels=["campaign"],
         )
         latency = GaugeMetricFamily(
-            "fairgate_controller_signal_latency_ms",
+            "fairgate_controller_signal_latency_seconds",
             "the core's latency in the last window the controller judged",
             labels=["campaign", "source"],
         )
@@ -336,7 +332,7 @@ class ControllerCollector(Collector):
         for campaign, signals in list(controller.signals.items()):
             for signal in signals:
                 if signal.latency_ms is not None:
-                    latency.add_metric([campaign, signal.source], signal.latency_ms)
+                    latency.add_metric([campaign, signal.source], signal.latency_ms / 1000)
                 if signal.error_ratio is not None:
                     errors.add_metric([campaign, signal.source], signal.error_ratio)
-        yield from (rate, changes, leading, latency, errors)
+        yield from (changes, leading, latency, errors)

@@ -44,6 +44,7 @@ from gate.errors import GateError
 from gate.http.app import create_app
 from gate.http.listener import ListenerRunner
 from gate.logs import setup_logging
+from gate.metrics import METRICS_DIR_ENV, prepare_folder
 from gate.redis_server import RedisServer, die_with_parent, lock_data_dir
 from gate.service import load_keys
 from gate.signing import load_or_create_keys
@@ -347,15 +348,48 @@ def serve(config: Config) -> int:
 
 def _run_workers(config: Config, keeper: RedisKeeper | None) -> int:
     ctx = multiprocessing.get_context("spawn")
-    workers = [
-        ctx.Process(target=_worker, args=(config, os.getpid()), name=f"gate-worker-{i}")
-        for i in range(config.workers)
-    ]
-    for process in workers:
+    # The workers add up each other's metrics through this folder (gate/metrics.py); the
+    # spawned workers inherit the variable. Emptied first: an earlier run's counts are not
+    # this one's.
+    folder = Path(config.data_dir) / "metrics"
+    with _start_writes(folder):
+        os.environ[METRICS_DIR_ENV] = str(prepare_folder(folder))
+
+    def spawn(i: int) -> multiprocessing.process.BaseProcess:
+        process = ctx.Process(target=_worker, args=(config, os.getpid()), name=f"gate-worker-{i}")
         process.start()
         log.info("event=worker_started name=%s pid=%s", process.name, process.pid)
+        return process
+
+    workers = [spawn(i) for i in range(config.workers)]
+    stopping = False
+    # Workers killed by a signal (the OOM killer, an operator's kill -9) are replaced, at
+    # most MAX_RESTARTS times within RESTART_WINDOW_S; one that exits by itself is not.
+    deaths: deque[float] = deque()
+
+    def replace_killed() -> None:
+        for i, process in enumerate(workers):
+            code = process.exitcode
+            if stopping or code is None or code >= 0:
+                continue
+            now = time.monotonic()
+            while deaths and now - deaths[0] > RESTART_WINDOW_S:
+                deaths.popleft()
+            if len(deaths) >= MAX_RESTARTS:
+                return
+            deaths.append(now)
+            log.error(
+                "event=worker_killed name=%s pid=%s signal=%d: replaced",
+                process.name,
+                process.pid,
+                -code,
+            )
+            process.join()
+            workers[i] = spawn(i)
 
     def stop_workers() -> None:
+        nonlocal stopping
+        stopping = True
         for process in workers:
             if process.is_alive() and process.pid is not None:
                 process.terminate()
@@ -368,6 +402,7 @@ def _run_workers(config: Config, keeper: RedisKeeper | None) -> int:
     kept = True
     while any(process.is_alive() for process in workers):
         wait_any([process.sentinel for process in workers], timeout=WATCH_INTERVAL_S)
+        replace_killed()
         if kept and keeper is not None and keeper.probe_due():
             keeper.answered(keeper.server.answering())
         if kept and keeper is not None and not keeper.tick():

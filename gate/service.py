@@ -119,7 +119,16 @@ class Gate:
             wait_replicas=config.redis_wait_replicas,
             check_persistence=config.redis_check_persistence,
         )
-        self.metrics = Metrics(self.cache, self.admitter, self.sanity, self.durability)
+        self.metrics = Metrics(
+            self.cache,
+            self.admitter,
+            self.sanity,
+            self.durability,
+            room=self.control_room,
+            enabled=config.metrics,
+        )
+        if config.metrics:
+            self.scripts.observe = self.metrics.redis_call
         self.metrics.registry.register(SealerCollector(self.sealer))
         self.metrics.registry.register(ControllerCollector(self.controller))
         # Its own connection, not subject to the identity check it serves.
@@ -185,6 +194,7 @@ class Gate:
             self._tasks.append(asyncio.create_task(self.callback_health.run()))
             self._tasks.append(asyncio.create_task(self.sealer.run()))
             self._tasks.append(asyncio.create_task(self.failover.run()))
+            self._tasks.append(asyncio.create_task(self.metrics.run()))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -388,7 +388,7 @@ async def test_two_gate_processes_one_controller(
         }
         assert sorted(leading.values()) == [0.0, 1.0], leading
         for process in (first, second):
-            rates = await metric_values(process.url, "fairgate_admission_rate")
+            rates = await metric_values(process.url, "fairgate_campaign_admission_rate_configured")
             assert rates['{campaign="duo"}'] == 10
         leader = first if leading[first.url] == 1.0 else second
         other = second if leader is first else first

@@ -318,7 +318,7 @@ async def test_health_ready_metrics_and_keys(public: Any, admin: Any, gate: Gate
 
     async def counted() -> bool:
         text = await (await public.get("/metrics")).text()
-        return 'fairgate_campaign_joined{campaign="c1"} 2.0' in text
+        return 'fairgate_campaign_joined_total{campaign="c1"} 2.0' in text
 
     await wait_for(counted, 2, "joined gauge at 2")
     r = await public.get("/metrics")
@@ -326,10 +326,11 @@ async def test_health_ready_metrics_and_keys(public: Any, admin: Any, gate: Gate
     text = await r.text()
     for name in (
         "fairgate_http_requests_total",
-        "fairgate_http_seconds_bucket",
+        "fairgate_http_request_duration_seconds_bucket",
         "fairgate_campaign_cursor",
         "fairgate_campaign_waiting",
-        "fairgate_campaign_admission_rate",
+        "fairgate_campaign_admission_rate_configured",
+        "fairgate_campaign_admission_rate_effective",
         "fairgate_campaign_open",
         "fairgate_redis_fresh 1.0",
     ):

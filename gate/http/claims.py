@@ -51,6 +51,27 @@ def _refusal(result: ClaimResult) -> GateError:
 
 
 async def claim(request: web.Request) -> web.Response:
+    """A claim (or a ballot's subscription), counted by outcome for the metrics: a campaign
+    this process does not know is counted as "unknown" (no label per made-up name)."""
+    gate = gate_of(request)
+    live = gate.cache.peek(request.match_info.get("campaign", ""))
+    known = live.spec.id if live is not None else "unknown"
+    try:
+        response = await _claim(request)
+    except GateError as exc:
+        gate.metrics.claim(known, exc.code)
+        raise
+    if response.status != 201:
+        outcome = "replayed"
+    elif live is not None and live.spec.policy == "ballot":
+        outcome = "subscribed"
+    else:
+        outcome = "granted"
+    gate.metrics.claim(known, outcome)
+    return response
+
+
+async def _claim(request: web.Request) -> web.Response:
     gate = gate_of(request)
     campaign = campaign_id(request)
     fresh = await gate.cache.wait_fresh()

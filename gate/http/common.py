@@ -177,8 +177,8 @@ def make_error_middleware(listener: str) -> Any:
         route = resource.canonical if resource is not None else "unmatched"
         bound = gate.config.max_concurrent_requests if listener != "admin" else 0
         if bound and in_flight >= bound:
-            gate.metrics.refused.labels(listener, "overload").inc()
-            gate.metrics.requests.labels(listener, route, "503").inc()
+            gate.metrics.refusal(listener, "overload")
+            gate.metrics.answered(listener, route, 503, 0.0)
             return error_response(
                 request,
                 503,
@@ -192,12 +192,11 @@ def make_error_middleware(listener: str) -> Any:
             response = await _answer(request, handler, route)
         finally:
             in_flight -= 1
-        gate.metrics.requests.labels(listener, route, str(response.status)).inc()
-        gate.metrics.latency.labels(listener, route).observe(time.perf_counter() - started)
+        gate.metrics.answered(listener, route, response.status, time.perf_counter() - started)
         if response.status == 408:
             # What still comes of the body is no request: answer, then close at once
             # rather than linger reading it.
-            gate.metrics.refused.labels(listener, "body_timeout").inc()
+            gate.metrics.refusal(listener, "body_timeout")
             response.force_close()
             with contextlib.suppress(ConnectionError):  # the client may be gone already
                 await response.prepare(request)

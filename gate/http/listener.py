@@ -38,7 +38,7 @@ def counter_of(app: web.Application, listener: str) -> Refused:
     def refused(reason: str) -> None:
         gate = app.get(GATE_KEY)
         if gate is not None:
-            gate.metrics.refused.labels(listener, reason).inc()
+            gate.metrics.refusal(listener, reason)
 
     return refused
 

@@ -17,7 +17,7 @@ from aiohttp import hdrs, web
 
 from gate.cache import LiveCampaign
 from gate.config import Config
-from gate.errors import BadRequest, Forbidden, GateError, NotFound, Unavailable
+from gate.errors import BadRequest, Forbidden, GateError, NotFound, NotYet, Unavailable
 from gate.http.checks import (
     CAMPAIGN_HEADER,
     CUSTOMER_DIGEST_HEADER,
@@ -346,7 +346,22 @@ async def auth(request: web.Request) -> web.Response:
     """For nginx auth_request, Envoy ext_authz and Traefik ForwardAuth: 200, 401 or 403.
     A pass's first use is the customer's arrival at the core: metered (gate/arrivals.py).
     A cache that is only old (this process's event loop ran late) is waited for first, so
-    that a starved process delays the check instead of refusing a good pass."""
+    that a starved process delays the check instead of refusing a good pass. Each answer
+    is counted by decision and reason (fairgate_auth_decisions_total)."""
+    gate = gate_of(request)
+    try:
+        response = await _auth(request)
+    except NotYet as exc:
+        gate.metrics.decision("wait", exc.code)
+        raise
+    except GateError as exc:
+        gate.metrics.decision("deny", exc.code)
+        raise
+    gate.metrics.decision("allow", "ok")
+    return response
+
+
+async def _auth(request: web.Request) -> web.Response:
     gate = gate_of(request)
     fresh = await gate.cache.wait_fresh()
     token, _ = verified_pass(request, fresh=fresh)
@@ -451,7 +466,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     await refresh_witnessed(request)
     return web.Response(
-        body=gate_of(request).metrics.render(),
+        body=await gate_of(request).metrics.render(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
@@ -125,6 +126,8 @@ class Scripts:
         read = reader(tree)
         self._scripts: dict[str, Script] = {}
         self._flagged: dict[str, Script] = {}
+        # Told each call's name and duration (the Redis call latency metric), when set.
+        self.observe: Callable[[str, float], None] | None = None
         for name in script_names(tree):
             source = render(name, read)
             self._scripts[name] = _script(name, source)
@@ -150,12 +153,16 @@ class Scripts:
         self, redis: Redis, name: str, keys: Sequence[str], args: Sequence[ScriptArg]
     ) -> Any:
         script = self._scripts[name]
+        started = time.perf_counter()
         try:
             return await redis.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             # After a restart or a failover the script cache is empty: load and retry once.
             await redis.script_load(script.source)
             return await redis.evalsha(script.sha, len(keys), *keys, *args)
+        finally:
+            if self.observe is not None:
+                self.observe(name, time.perf_counter() - started)
 
 
 def _script(name: str, source: str) -> Script:
