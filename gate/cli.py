@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         action.add_argument("campaign", help="the campaign id")
         _output_option(action)
+    _watch_options(csub.choices["stats"])
     close = _command(
         csub,
         "close",
@@ -416,6 +417,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--keys", metavar="FILE", help="check the proofs with these public keys (JSON)"
     )
 
+    top = _command(
+        sub,
+        "top",
+        "a live view of the campaigns: queue, admitted/s, rates, quota, core health, "
+        "sealing; keys to pause, resume and change the rate",
+        """
+        gate top                                     # every campaign, every second
+        gate top deposit-5pct ipo-7 --interval 2
+        gate top --once                              # one frame, for scripts
+        gate top --admin-url http://10.0.0.5:8081 --token "$OPS_TOKEN"
+        gate top --config /etc/fairgate/fairgate.toml --once --interval 5
+        """,
+        parents=[admin_api],
+        description="A live view of the campaigns through a running gate's admin API "
+        "(like kubectl top): per campaign the queue, admitted/s measured between two "
+        "samples against the configured rate and the rate in force, active passes, the "
+        "quota (held, confirmed, remaining), the core's health as the adaptive controller "
+        "judged it, sealing lag, and the admin calls that failed. Keys: p pause, r resume, "
+        "e set the rate, +/- move it; each asks y/N in the view first and goes through the "
+        "admin API, which writes it into the audit log with your token's name.",
+    )
+    top.add_argument("campaign", nargs="*", help="the campaigns to show (default: every campaign)")
+    top.add_argument(
+        "--interval",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between samples (default 1)",
+    )
+    top.add_argument(
+        "--once",
+        action="store_true",
+        help="print one frame and exit (two samples --interval apart, for admitted/s)",
+    )
+
     witness = _command(
         sub,
         "witness",
@@ -504,6 +540,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds from 0.05 to 3600")
+    return value
+
+
+def _watch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="print again every --interval until Ctrl-C (-o json: one JSON object a line)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between prints with --watch (default 2)",
+    )
+    parser.epilog = (parser.epilog or "") + (
+        "\n  gate campaign stats deposit-5pct --watch -o json | jq -c '{waiting, admitted}'"
+        "\n  gate campaign stats deposit-5pct -w --interval 5 -o table"
+    )
+
+
 def _admin_options(parser: argparse.ArgumentParser, after_the_action: bool = False) -> None:
     # After the action, an option left out must not overwrite one given before it.
     default = argparse.SUPPRESS if after_the_action else None
@@ -570,7 +636,12 @@ def _campaign_command(args: argparse.Namespace) -> int:
     elif action == "show":
         _print(client.call("GET", f"{base}/{args.campaign}"), args.output)
     elif action == "stats":
-        _print(client.call("GET", f"{base}/{args.campaign}/stats"), args.output)
+        path = f"{base}/{urllib.parse.quote(args.campaign, safe='')}/stats"
+        if args.watch:
+            from gate.top import watch
+
+            return watch(lambda: client.call("GET", path), args.output, args.interval)
+        _print(client.call("GET", path), args.output)
     elif action in ("pause", "resume", "close"):
         if action == "close":
             _confirm(args, f"close campaign {args.campaign}")
@@ -834,6 +905,12 @@ def _main(argv: Sequence[str] | None) -> int:
             return _audit_command(args)
         if args.command == "witness":
             return _witness_command(args)
+        if args.command == "top":
+            from gate.top import run_top
+
+            config = load_config(args.config, admin_url=args.admin_url, admin_token=args.token)
+            client = AdminClient(config.admin_url, config.admin_token)
+            return run_top(client, args.campaign, interval_s=args.interval, once=args.once)
         if args.command == "keys":
             from gate.signing import generate_keys_document, write_keys
 
