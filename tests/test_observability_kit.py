@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 import yaml
 
+from gate.redis_server import free_port
 from tests.helpers import (
     ADMIN_TOKEN,
     CORE_TOKEN,
@@ -179,6 +180,20 @@ def dashboard_expressions() -> dict[str, str]:
     return found
 
 
+def panel_expressions(campaign: str, rate_interval: str) -> dict[str, str]:
+    """The panels' expressions as Grafana sends them, its variables filled in."""
+    filled: dict[str, str] = {}
+    for where, expression in dashboard_expressions().items():
+        if where.startswith("variable "):
+            continue
+        text = expression.replace("$__rate_interval", rate_interval)
+        text = text.replace("$__interval", "15s").replace("$__range", "1h")
+        text = text.replace("${campaign}", campaign).replace("$campaign", campaign)
+        assert "$" not in text, expression
+        filled[where] = text
+    return filled
+
+
 # -- promtool ------------------------------------------------------------------------
 
 
@@ -217,14 +232,8 @@ def test_dashboard_expressions_parse(tmp_path: Path) -> None:
     """Every panel's expression, with Grafana's variables filled in, is PromQL that
     promtool accepts (as a recording rule)."""
     rules = []
-    for index, expression in enumerate(dashboard_expressions().values()):
-        if expression.lstrip().startswith(("label_values(", "query_result(")):
-            continue
-        filled = expression.replace("$__rate_interval", "1m").replace("$__interval", "15s")
-        filled = filled.replace("$__range", "1h").replace("$campaign", "c1")
-        filled = filled.replace("${campaign}", "c1").replace("$instance", "i")
-        assert "$" not in filled, expression
-        rules.append({"record": f"dashboard:expr_{index}", "expr": filled})
+    for index, expression in enumerate(panel_expressions("c1", "1m").values()):
+        rules.append({"record": f"dashboard:expr_{index}", "expr": expression})
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = _promtool("check", "rules", str(path))
@@ -326,16 +335,20 @@ def exported_labels(exposition: str) -> dict[str, set[str]]:
 CAMPAIGN = "obs"
 
 
-def _adaptive_spec() -> dict[str, Any]:
-    """amount_spec with a controller fed by the core's callbacks, so that the controller
-    and the core's health export their per-campaign series."""
+def _adaptive_spec(health_url: str) -> dict[str, Any]:
+    """amount_spec with a controller fed by the core's callbacks and by a health endpoint
+    (polled every window, so the core-health series always have a figure), so that the
+    controller and the core's health export their per-campaign series."""
     spec = amount_spec(CAMPAIGN)
     spec["admission"]["adaptive"] = {
         "rate_min": 10,
         "rate_max": 2000,
         "interval_s": 0.2,
         "targets": {"latency_ms": 30000, "error_ratio": 0.5},
-        "sources": [{"kind": "callbacks", "error_reasons": ["core_error"]}],
+        "sources": [
+            {"kind": "callbacks", "error_reasons": ["core_error"]},
+            {"kind": "http", "url": health_url, "timeout_ms": 1000},
+        ],
     }
     return spec
 
@@ -348,7 +361,9 @@ async def _busy_gate_metrics(served: GateProcess) -> str:
     core = {"Authorization": f"Bearer {CORE_TOKEN}"}
     async with aiohttp.ClientSession() as http:
         async with http.post(
-            f"{served.admin_url}/admin/campaigns", json=_adaptive_spec(), headers=admin
+            f"{served.admin_url}/admin/campaigns",
+            json=_adaptive_spec(served.core_url + "/healthz"),
+            headers=admin,
         ) as r:
             assert r.status == 201, await r.text()
         reservations = []
@@ -407,6 +422,8 @@ async def test_every_alert_and_panel_names_a_metric_the_gate_exports(
 ) -> None:
     async with GateProcess(redis_url, tmp_path / "gate", keys_file, workers=2) as served:
         exposition = await _busy_gate_metrics(served)
+        if PROMETHEUS is not None:
+            await _prometheus_reads(served, tmp_path)
     exported = exported_names(exposition) | SYNTHETIC
     used: dict[str, set[str]] = {}
     for where, expression in {**alert_expressions(), **dashboard_expressions()}.items():
@@ -429,13 +446,91 @@ async def test_every_alert_and_panel_names_a_metric_the_gate_exports(
     for where, expression in {**alert_expressions(), **dashboard_expressions()}.items():
         if where.startswith("variable "):
             continue
-        names = [name for name in metric_names(expression) if name in carried]
-        if not names:
+        present = [name for name in metric_names(expression) if name in carried]
+        if not present:
             continue
-        available = TARGET_LABELS.union(*(carried[name] for name in names))
+        available = TARGET_LABELS.union(*(carried[name] for name in present))
         if label_names(expression) - available:
             unknown[where] = label_names(expression) - available
     assert unknown == {}, f"labels the gate's samples do not carry: {unknown}"
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+def _start_prometheus(
+    config: dict[str, Any], workdir: Path, port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    assert PROMETHEUS is not None
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _prometheus_reads(served: GateProcess, tmp_path: Path) -> None:
+    """A real Prometheus scrapes the gate every second with the shipped rules: every rule
+    evaluates without error and none is pending or firing on this healthy gate, and
+    every panel shows data (at least one of its expressions returns series)."""
+    assert PROMETHEUS is not None
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {
+                "job_name": "fairgate",
+                "static_configs": [{"targets": [served.url.removeprefix("http://")]}],
+            }
+        ],
+    }
+    log = tmp_path / "prometheus.log"
+    process = _start_prometheus(config, tmp_path, port, log)
+    api = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def query(expression: str) -> list[Any]:
+                async with http.get(api + "/query", params={"query": expression}) as r:
+                    body = await r.json()
+                assert body["status"] == "success", (expression, body)
+                result: list[Any] = body["data"]["result"]
+                return result
+
+            async def scraped_enough() -> bool:
+                assert process.poll() is None, log.read_text()[-2000:]
+                try:
+                    # rate() over 5 s needs a few samples; the rules ran more than once.
+                    found = await query("count_over_time(fairgate_redis_fresh[1m]) >= 6")
+                except aiohttp.ClientError:
+                    return False
+                return bool(found)
+
+            await wait_for(scraped_enough, 30, "Prometheus scraping the gate", interval_s=0.2)
+            async with http.get(api + "/rules") as r:
+                groups = (await r.json())["data"]["groups"]
+            rules = [rule for group in groups for rule in group["rules"]]
+            assert len(rules) == len(_alert_rules())
+            for rule in rules:
+                assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
+                assert rule["state"] == "inactive", (rule["name"], rule["alerts"])
+            by_panel: dict[str, int] = {}
+            for where, expression in panel_expressions(CAMPAIGN, "5s").items():
+                panel = where.rsplit(" ", 1)[0]
+                by_panel[panel] = by_panel.get(panel, 0) + len(await query(expression))
+            empty = [panel for panel, series in by_panel.items() if series == 0]
+            assert empty == [], f"panels without data on a busy gate: {empty}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 # -- compose -------------------------------------------------------------------------
