@@ -1,8 +1,11 @@
 """`gate top`: a live view of the campaigns through the admin API, and `gate campaign stats
 --watch`.
 
-Each sample is one `GET /admin/campaigns/{c}` (state, spec and stats in one answer) and one
-`GET /admin/campaigns/{c}/checkpoints` per campaign. What the view shows is read from them:
+Each sample is one `GET /admin/campaigns/{c}` per campaign (state, spec and stats in one
+answer), and `GET /admin/campaigns/{c}/checkpoints` at most every CHECKPOINTS_EVERY_S
+(it answers every checkpoint, up to 1,000 from Redis and the older ones from their files:
+read each second it would cost the gate more than everything else `top` asks). What the
+view shows is read from them:
 
 - admitted/s is measured here: the admitted counter's difference between two samples over
   the time between them (the first frame has none; `--once` takes two samples
@@ -14,7 +17,9 @@ Each sample is one `GET /admin/campaigns/{c}` (state, spec and stats in one answ
   well, so a rate in force below the configured one says the core was judged unhealthy;
   `at floor` is the rate down at `rate_min`; a campaign held after a Redis failover says so;
 - sealing: the audit entries no checkpoint covers yet and, while there are any, how long
-  ago the latest checkpoint was signed (the sealing lag);
+  ago the latest checkpoint was signed (the sealing lag), as of the last read of the
+  checkpoints (said when older than a second; a read that finds every entry covered needs
+  no new one);
 - errors: the admin API calls about the campaign that failed in this session.
 
 Keys act through the admin API, so each action is an audit entry with the operator's
@@ -47,6 +52,7 @@ from gate.cli_output import render
 from gate.errors import GateError
 
 BAR_WIDTH = 30
+CHECKPOINTS_EVERY_S = 5.0
 # A rate key (+/-) moves the rate by this factor; `e` sets any rate.
 RATE_STEP = 1.25
 KEYS_HELP = "↑/↓ or j/k select   p pause   r resume   e set rate   +/- rate ×/÷1.25   q quit"
@@ -57,6 +63,16 @@ def _quote(campaign: str) -> str:
 
 
 @dataclass(frozen=True)
+class Sealing:
+    """The latest checkpoint and the log's length, read together."""
+
+    checkpoint: dict[str, Any] | None  # None while none is published
+    entries: int  # the audit entries then
+    read_ms: int
+    read_at: float  # time.monotonic()
+
+
+@dataclass(frozen=True)
 class Sample:
     """What the admin API said about one campaign at one moment."""
 
@@ -64,7 +80,7 @@ class Sample:
     at: float  # time.monotonic() when the answer came
     wall_ms: int
     view: dict[str, Any] | None  # GET /admin/campaigns/{c}, None when it failed
-    checkpoint: dict[str, Any] | None  # the latest published, None when none (or failed)
+    sealing: Sealing | None
     error: str | None = None
 
     @property
@@ -139,6 +155,7 @@ class Sampler:
         self.named = campaigns
         self.errors: dict[str, int] = {}
         self.last_error = ""
+        self.sealing: dict[str, Sealing] = {}
 
     def campaigns(self) -> list[str]:
         if self.named:
@@ -150,24 +167,36 @@ class Sampler:
         base = f"/admin/campaigns/{_quote(campaign)}"
         try:
             view = self.client.call("GET", base)
-            checkpoints = (
-                self.client.call("GET", f"{base}/checkpoints").get("checkpoints") or []
-                if view.get("stats") is not None  # a campaign lost whole has no log here
-                else []
-            )
+            sealing = self._sealing(campaign, view)
         except GateError as exc:
             if exc.code == "unreachable":
                 raise  # the whole view says it, not one campaign
             self.errors[campaign] = self.errors.get(campaign, 0) + 1
             self.last_error = f"{campaign}: {exc.code}: {exc.message}"
             return Sample(campaign, time.monotonic(), _now_ms(), None, None, self.last_error)
-        return Sample(
-            campaign,
-            time.monotonic(),
-            _now_ms(),
-            view,
-            checkpoints[-1] if checkpoints else None,
-        )
+        return Sample(campaign, time.monotonic(), _now_ms(), view, sealing)
+
+    def _sealing(self, campaign: str, view: dict[str, Any]) -> Sealing | None:
+        stats = view.get("stats")
+        if not isinstance(stats, dict):
+            return None  # a campaign a failover lost whole has no log here
+        entries = _int(stats.get("audit_entries"))
+        now, cached = time.monotonic(), self.sealing.get(campaign)
+        if (
+            cached is not None
+            and cached.checkpoint is not None
+            and _int(cached.checkpoint.get("size")) == entries
+        ):  # every entry there is now is covered: no need to read the checkpoints again
+            cached = Sealing(cached.checkpoint, entries, _now_ms(), now)
+            self.sealing[campaign] = cached
+            return cached
+        if cached is not None and now - cached.read_at < CHECKPOINTS_EVERY_S:
+            return cached
+        path = f"/admin/campaigns/{_quote(campaign)}/checkpoints"
+        checkpoints = self.client.call("GET", path).get("checkpoints") or []
+        fresh = Sealing(checkpoints[-1] if checkpoints else None, entries, _now_ms(), now)
+        self.sealing[campaign] = fresh
+        return fresh
 
     def sample(self) -> dict[str, Sample]:
         return {campaign: self.sample_one(campaign) for campaign in self.campaigns()}
@@ -253,16 +282,21 @@ def campaign_panel(
 
 
 def sealing_text(sample: Sample) -> str:
-    entries = _int(sample.stats.get("audit_entries"))
-    checkpoint = sample.checkpoint
+    sealing = sample.sealing
+    if sealing is None:
+        return "-"
+    read_age_s = max(sample.wall_ms - sealing.read_ms, 0) / 1000
+    as_of = f"   (as of {read_age_s:.0f}s ago)" if read_age_s >= 1 else ""
+    checkpoint = sealing.checkpoint
     if checkpoint is None:
-        return f"unsealed {entries}   no checkpoint yet"
-    unsealed = max(entries - _int(checkpoint.get("size")), 0)
-    age_s = max(sample.wall_ms - _int(checkpoint.get("time_ms")), 0) / 1000
-    lag = f"lag {age_s:.1f}s" if unsealed else "lag 0.0s"
+        return f"unsealed {sealing.entries}   no checkpoint yet{as_of}"
+    size = _int(checkpoint.get("size"))
+    unsealed = max(sealing.entries - size, 0)
+    age_s = max(sealing.read_ms - _int(checkpoint.get("time_ms")), 0) / 1000
+    lag = age_s if unsealed else 0.0
     return (
-        f"unsealed {unsealed}   {lag}   "
-        f"last checkpoint size {_int(checkpoint.get('size'))}, {age_s:.1f}s ago"
+        f"unsealed {unsealed}   lag {lag:.1f}s   last checkpoint size {size}, "
+        f"signed {age_s:.1f}s before{as_of}"
     )
 
 

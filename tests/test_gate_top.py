@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 from rich.console import Console
 
-from gate.top import Sample, admitted_per_s, campaign_panel, core_health, sealing_text
+from gate.top import Sample, Sealing, admitted_per_s, campaign_panel, core_health, sealing_text
 from tests.helpers import ADMIN_TOKEN, GateProcess, spec, wait_for
 from tests.test_cli_ops import GATE, admin_env, clean_env, run_gate
 
@@ -119,9 +119,13 @@ def test_admitted_per_second_of_two_samples() -> None:
 
 
 def test_core_health_and_sealing_of_a_sample() -> None:
-    def sample(stats: dict[str, Any], admission: dict[str, Any], **view: Any) -> Sample:
+    def sample(
+        stats: dict[str, Any], admission: dict[str, Any], read_ms: int = 10_000, **view: Any
+    ) -> Sample:
         document = {"stats": stats, "spec": {"admission": admission}, **view}
-        return Sample("c", 0.0, 10_000, document, {"size": 40, "time_ms": 8_500})
+        entries = int(stats.get("audit_entries", 0))
+        sealing = Sealing({"size": 40, "time_ms": 8_500}, entries, read_ms, 0.0)
+        return Sample("c", 0.0, 10_000, document, sealing)
 
     adaptive = {"mode": "auto", "rate_min": 10, "rate_max": 200}
     auto = {"rate_per_s": 100, "adaptive": adaptive}
@@ -136,6 +140,13 @@ def test_core_health_and_sealing_of_a_sample() -> None:
     # 3 entries past the latest checkpoint, signed 1.5 s before the sample
     assert sealing_text(sample({"audit_entries": 43}, auto)).startswith("unsealed 3   lag 1.5s")
     assert sealing_text(sample({"audit_entries": 40}, auto)).startswith("unsealed 0   lag 0.0s")
+    # the checkpoints read 3 s before this sample: said
+    assert sealing_text(sample({"audit_entries": 43}, auto, read_ms=9_000)).startswith(
+        "unsealed 3   lag 0.5s"
+    )
+    assert sealing_text(sample({"audit_entries": 43}, auto, read_ms=7_000)).endswith(
+        "(as of 3s ago)"
+    )
     # an amount past 2**53, as the admin API sends it (a string), is shown exactly
     big = str(2**60 + 1)
     panel = campaign_panel(
