@@ -37,6 +37,7 @@ from gate.http.common import (
     read_body,
     respond,
 )
+from gate.http.openapi import admin_document
 from gate.room import Reply
 from gate.service import Gate, store_for
 
@@ -48,7 +49,7 @@ log = logging.getLogger("gate.http")
 
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path == "/healthz":
+    if request.path in ("/healthz", "/openapi.json"):  # neither says anything secret
         return await handler(request)
     request[ACTOR_KEY] = admin_actor(request)
     return await handler(request)
@@ -329,6 +330,11 @@ async def audit_checkpoints(request: web.Request) -> web.Response:
     )
 
 
+async def openapi(request: web.Request) -> web.Response:
+    """This listener's OpenAPI document (gate/http/openapi.py), admin paths included."""
+    return respond(request, admin_document(gate_of(request).config))
+
+
 def create_admin_app(gate: Gate) -> web.Application:
     app = web.Application(
         client_max_size=gate.config.max_body_bytes,
@@ -336,6 +342,7 @@ def create_admin_app(gate: Gate) -> web.Application:
     )
     app[GATE_KEY] = gate
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/admin/campaigns", create_campaign)
     app.router.add_get("/admin/campaigns", list_campaigns)
     app.router.add_get("/admin/campaigns/{campaign}", show_campaign)

@@ -23,6 +23,7 @@ from gate.campaign import MAX_AMOUNT
 from gate.errors import BadRequest, Conflict, GateError, Unavailable
 from gate.http.checks import campaign_id, core_actor, reason_of, require_api_body, verified_pass
 from gate.http.common import GATE_KEY, gate_of, healthz, make_error_middleware, read_body, respond
+from gate.http.openapi import core_document
 from gate.room import ClaimResult, ReservationOutcome
 from gate.service import Gate
 
@@ -190,6 +191,11 @@ def add_claim_routes(app: web.Application) -> None:
     app.router.add_post("/q/{campaign}/claim", claim)
 
 
+async def openapi(request: web.Request) -> web.Response:
+    """This listener's OpenAPI document (gate/http/openapi.py): confirm and release."""
+    return respond(request, core_document(gate_of(request).config))
+
+
 def create_core_app(gate: Gate) -> web.Application:
     """The core listener: the core system's confirm and release, with its bearer token."""
     app = web.Application(
@@ -199,4 +205,5 @@ def create_core_app(gate: Gate) -> web.Application:
     app.router.add_post("/q/{campaign}/reservations/{reservation}/confirm", confirm)
     app.router.add_post("/q/{campaign}/reservations/{reservation}/release", release)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.json", openapi)
     return app

@@ -14,13 +14,14 @@ The head deadline needs aiohttp's request handler to say whether it waits for a 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -130,7 +131,22 @@ class _GuardedRequestHandler(RequestHandler):
         # scanner) at DEBUG, not through log_exception: counted here, not logged.
         if self._request_count == 1 and isinstance(exc, BadHttpMethod):
             self._refused("malformed")
-        return super().handle_error(request, status, exc, message)
+        super().handle_error(request, status, exc, message)  # logs; raises if answered
+        # aiohttp's own answer is text/plain with its words and the request's bytes in it:
+        # the gate's error shape instead (the documents promise it on every route).
+        if status >= 500:
+            code, text = "internal", "internal error"
+        elif isinstance(exc, LineTooLong):
+            code, text = "line_too_long", "the request line or a header is too long"
+        else:
+            code, text = "malformed_request", "the request is not valid HTTP/1.1"
+        response = web.Response(
+            status=status,
+            text=json.dumps({"error": {"code": code, "message": text}}),
+            content_type="application/json",
+        )
+        response.force_close()
+        return response
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         """aiohttp's report of a request it could not parse (answered 400) or a body it

@@ -17,7 +17,15 @@ from aiohttp import hdrs, web
 
 from gate.cache import LiveCampaign
 from gate.config import Config
-from gate.errors import BadRequest, Forbidden, GateError, NotFound, NotYet, Unavailable
+from gate.errors import (
+    BadRequest,
+    Forbidden,
+    GateError,
+    NotFound,
+    NotYet,
+    Unauthorized,
+    Unavailable,
+)
 from gate.http.checks import (
     CAMPAIGN_HEADER,
     CUSTOMER_DIGEST_HEADER,
@@ -35,7 +43,7 @@ from gate.http.checks import (
 )
 from gate.http.claims import add_claim_routes
 from gate.http.common import GATE_KEY, gate_of, healthz, make_error_middleware, read_body, respond
-from gate.http.openapi import openapi_document
+from gate.http.openapi import public_document
 from gate.http.page import (
     STATIC_PREFIX,
     after_form_join,
@@ -364,7 +372,12 @@ async def auth(request: web.Request) -> web.Response:
 async def _auth(request: web.Request) -> web.Response:
     gate = gate_of(request)
     fresh = await gate.cache.wait_fresh()
-    token, _ = verified_pass(request, fresh=fresh)
+    try:
+        token, _ = verified_pass(request, fresh=fresh)
+    except BadRequest as exc:
+        # A malformed customer id: refused as one that names nobody. nginx's
+        # auth_request turns any status but 2xx, 401 and 403 into a 500 for the customer.
+        raise Unauthorized(exc.message, code=exc.code) from None
     await gate.arrivals.enter(token, gate.cache.redis_now())
     # The customer as the campaign's keyed digest: the core may key its records on it,
     # and never sees the raw id or the pass (proxies drop both upstream).
@@ -443,8 +456,9 @@ async def static_file(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    """The JSON flow for banks' own apps: join, status polling, pass, claim."""
-    return respond(request, openapi_document())
+    """This listener's OpenAPI document (gate/http/openapi.py): join, status polling,
+    pass, claim, the page, the proxies' check, the transparency log; no admin path."""
+    return respond(request, public_document(gate_of(request).config))
 
 
 async def readyz(request: web.Request) -> web.Response:
