@@ -144,6 +144,13 @@ async def test_an_insider_who_overwrites_the_lease_and_rewrites_the_tail_is_name
                 await room.confirm(c, claim.reservation, "core")
             if hold_ms:
                 await wait_redis_time(redis, (await _redis_us(redis)) + hold_ms * 1000)
+
+                # and until the sealer has looked at its lease while the insider's token was
+                # in it (on a loaded machine its tick may come later than hold_ms)
+                async def looked() -> bool:
+                    return await redis.get(k.sealer) != b"insider-0123456789abcdef"
+
+                await wait_for(looked, 10, "the sealer to see the foreign token", interval_s=0.02)
             # 3. rewrite them while unsealed: alice 5,000,000, bob 15,000,000 (same total)
             raws = await redis.lrange(k.audit, first - 1, first + 2)
             kinds = [unpack(raw)[b"k"] for raw in raws]
