@@ -51,8 +51,8 @@ from tests.helpers import (
     seal_everything,
     spec,
     unpack,
-    wait_for,
 )
+from tests.test_prequeue import wait_open
 
 ACTOR = "ops"
 
@@ -72,20 +72,6 @@ def pq_spec(campaign: str, opens_in_s: float, policy: str = "first_come") -> dic
 
 def digest_of(name: str) -> bytes:
     return hashlib.sha256(name.encode()).digest()[:16]
-
-
-async def redis_now_us(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1_000_000 + int(micros)
-
-
-async def wait_open(redis: Redis, campaign: str) -> None:
-    opens = int(await redis.hget(CampaignKeys(campaign).meta, "opens_at_us") or 0)
-
-    async def opened() -> bool:
-        return await redis_now_us(redis) >= opens
-
-    await wait_for(opened, 15, f"{campaign} open by Redis time", interval_s=0.02)
 
 
 async def everything_in_redis(redis: Redis) -> bytes:

@@ -827,13 +827,7 @@ def check_receipt(
         )
     if not is_int(index) or index < 1:
         raise EntryProblem(f"the receipt names entry {index!r}, which is no entry")
-    if index > size or index not in entries:
-        raise ReceiptProblem(
-            f"missing receipt: the signed receipt for seq {seq} is in join entry {index}, but "
-            f"the export ends at entry {size} (truncated or rolled back)",
-            kind="missing_receipt",
-        )
-    entry = decode_entry(entries[index])
+    entry = _receipt_entry(f"receipt for seq {seq} is in join", index, size, entries)
     kind = entry.get("k")
     altered = f"altered: join entry {index} is not the batch the signed receipt for seq {seq}"
     if kind not in receipt_proofs.RECEIPT_KINDS:
@@ -869,13 +863,7 @@ def _check_subscription(
     if not receipt_proofs.verify_subscription_receipt(receipt, keys):
         raise EntryProblem(f"the subscription receipt for seq {seq} does not verify")
     assert is_int(index) and is_int(seq)  # verify_subscription_receipt checked them
-    if index > size or index not in entries:
-        raise ReceiptProblem(
-            f"missing receipt: the signed subscription of seq {seq} is entry {index}, but "
-            f"the export ends at entry {size} (truncated or rolled back)",
-            kind="missing_receipt",
-        )
-    entry = decode_entry(entries[index])
+    entry = _receipt_entry(f"subscription of seq {seq} is", index, size, entries)
     held = (receipt["t"], seq, bytes.fromhex(receipt["digest"]), receipt["amount"])
     logged = (entry.get("t"), entry.get("s"), entry.get("c"), entry.get("m"))
     kind = _text(entry.get("k"))
@@ -890,6 +878,17 @@ def _check_subscription(
         f"receipt seq {seq}: subscription of {receipt['amount']}, signed by "
         f"{receipt.get('kid')}, subscribe entry {index}, {where}"
     )
+
+
+def _receipt_entry(names: str, index: int, size: int, entries: Mapping[int, bytes]) -> Any:
+    """The entry a good receipt names, decoded; beyond the export: a missing receipt."""
+    if index > size or index not in entries:
+        raise ReceiptProblem(
+            f"missing receipt: the signed {names} entry {index}, but the export ends at "
+            f"entry {size} (truncated or rolled back)",
+            kind="missing_receipt",
+        )
+    return decode_entry(entries[index])
 
 
 def _text(value: Any) -> str:
