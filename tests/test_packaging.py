@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import uuid
 import zipfile
@@ -122,9 +123,19 @@ def _run(
     return done
 
 
-def _fresh_venv(path: Path) -> Path:
+def _fresh_venv(path: Path, *, our_dependencies: bool = False) -> Path:
+    """A new venv; `our_dependencies`: it also sees this venv's installed packages (a
+    path line in a .pth file: their own .pth files, such as this repository's editable
+    finder, are not run), for a test about something else than dependency resolution."""
     _run([sys.executable, "-m", "venv", path], cwd=path.parent)
-    return path / "bin" / "python"
+    python = path / "bin" / "python"
+    if our_dependencies:
+        site = _run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], path
+        )
+        ours = sysconfig.get_paths()["purelib"]
+        (Path(site.stdout.strip()) / "fairgate-test-dependencies.pth").write_text(ours + "\n")
+    return python
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +194,10 @@ def test_an_editable_install_sees_an_edit_in_lua_without_a_reinstall(tmp_path: P
     source = tmp_path / "src"
     source.mkdir()
     _source_copy(source)
-    python = _fresh_venv(tmp_path / "venv")
-    _run([python, "-m", "pip", "install", "-q", "-e", source], cwd=tmp_path)
+    # the dependencies are this venv's (test_a_fresh_venv_with_the_wheel_runs_the_demo
+    # resolves them from the index): only the editable install itself is made here
+    python = _fresh_venv(tmp_path / "venv", our_dependencies=True)
+    _run([python, "-m", "pip", "install", "-q", "--no-deps", "-e", source], cwd=tmp_path)
     run = tmp_path / "run"
     run.mkdir()
     probe = f"-- edited {uuid.uuid4().hex}"
