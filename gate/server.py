@@ -363,14 +363,16 @@ def _run_workers(config: Config, keeper: RedisKeeper | None) -> int:
 
     workers = [spawn(i) for i in range(config.workers)]
     stopping = False
-    # Workers killed by a signal (the OOM killer, an operator's kill -9) are replaced, at
-    # most MAX_RESTARTS times within RESTART_WINDOW_S; one that exits by itself is not.
+    # Workers killed by a signal (the OOM killer, an operator's kill -9, a crash) are
+    # replaced, at most MAX_RESTARTS times within RESTART_WINDOW_S; one that exits by itself
+    # or on SIGTERM/SIGINT (asked to stop) is not.
     deaths: deque[float] = deque()
+    asked_to_stop = (-signal.SIGTERM, -signal.SIGINT)
 
     def replace_killed() -> None:
         for i, process in enumerate(workers):
             code = process.exitcode
-            if stopping or code is None or code >= 0:
+            if stopping or code is None or code >= 0 or code in asked_to_stop:
                 continue
             now = time.monotonic()
             while deaths and now - deaths[0] > RESTART_WINDOW_S:
