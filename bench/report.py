@@ -83,6 +83,24 @@ def _http_table(passes: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _metrics_cost_table(passes: dict[str, Any]) -> list[str]:
+    """The poll with metrics recorded ÷ the same gate with `metrics = false`."""
+    lines = [
+        "| workers | poll, metrics on req/s | metrics off req/s | throughput on/off "
+        "| CPU per request off/on |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for result in passes.values():
+        row = result.get("poll_metrics")
+        if row is None:
+            continue
+        lines.append(
+            f"| {result['workers']} | {_num(row['gate_rps'])} | {_num(row['hello_rps'])} "
+            f"| {_ratio(row, 'throughput_ratio', 3)} | {_ratio(row, 'cpu_ratio', 3)} |"
+        )
+    return lines
+
+
 def _batch_table(passes: dict[str, Any]) -> list[str]:
     lines = [
         "| workers | load | joins answered 2xx | tickets created | join audit entries "
@@ -172,6 +190,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         "lower is better (1.0 = as fast as hello-world).",
         "",
         *_http_table(results["passes"]),
+        "",
+        "## Metrics cost: the poll with metrics on ÷ off (`metrics = false`), same run",
+        "",
+        *_metrics_cost_table(results["passes"]),
         "",
         "## Join batching (tickets created ÷ join audit entries = customers per Redis call)",
         "",

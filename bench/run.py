@@ -393,15 +393,18 @@ class Runner:
         self.counter += 1
         return target.with_prefix(f"b{self.run_id}-{self.counter}")
 
-    async def closed(self, target: Target, duration_s: int) -> LoadResult:
+    async def closed(
+        self, target: Target, duration_s: int, *, connections: int | None = None
+    ) -> LoadResult:
         s = self.settings
         target = self.fresh(target)
+        connections = connections or s.connections
         if self.wrk is not None:
             return await run_wrk(
                 self.wrk,
                 target,
                 duration_s=duration_s,
-                connections=s.connections,
+                connections=connections,
                 threads=s.threads,
                 script_dir=self.work_dir,
             )
@@ -409,7 +412,7 @@ class Runner:
             target,
             rate=None,
             duration_s=duration_s,
-            connections=s.connections,
+            connections=connections,
             procs=s.gen_procs,
             work_dir=self.work_dir,
         )
@@ -605,6 +608,24 @@ async def run_pass(
             open_loop=full or not s.quick,  # --quick: the scale-out pass is throughput only
         )
         if full:
+            # The cost of recording metrics on the poll: the same gate with metrics off is
+            # the reference (docs/metrics.md); the ratio is on ÷ off, in this run.
+            # Two fresh gates started together, alike but for `metrics`: neither holds the
+            # sealing or controller leases that the first gate took, neither is older.
+            counted = GateServer(redis_server.url, data_dir, keys_file, workers, apart=True)
+            quiet = GateServer(
+                redis_server.url, data_dir, keys_file, workers, metrics=False, apart=True
+            )
+            try:
+                await asyncio.gather(counted.start(), quiet.start())
+                results["poll_metrics"] = await metrics_cost(
+                    runner,
+                    (counted, Target(counted.url + poll_path, headers=poll_headers)),
+                    (quiet, Target(quiet.url + poll_path, headers=poll_headers)),
+                )
+            finally:
+                counted.stop()
+                quiet.stop()
             results["auth"] = await runner.compare(
                 "auth",
                 Target(gate.url + "/gate/auth", headers=auth_headers(fixture)),
@@ -623,6 +644,95 @@ async def run_pass(
     finally:
         gate.stop()
         hello.stop()
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children (`gate serve`'s workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def metrics_cost(
+    runner: Runner, on: tuple[GateServer, Target], off: tuple[GateServer, Target]
+) -> dict[str, Any]:
+    """The poll on a gate that records metrics ÷ the same gate with `metrics = false`, both
+    loaded at the same time (half the connections each), at least 5 times: whatever else
+    the machine does then disturbs both alike. Closed-loop throughput, and the servers' own
+    CPU time per answered request (user + system of every worker). Both as on ÷ off where
+    higher is better: throughput on/off, and CPU per request off/on."""
+    s = runner.settings
+    if s.warmup_s:
+        await runner.closed(on[1], s.warmup_s)
+        await runner.closed(off[1], s.warmup_s)
+    # What each server spends with no request at all (cache refresh, admission, sealing):
+    # taken out of its CPU time under load, so that a round with fewer requests does not
+    # look dearer per request for it.
+    idle_s = max(2.0, s.duration_s / 2)
+    idle_before = {"on": tree_cpu_s(on[0].pid), "off": tree_cpu_s(off[0].pid)}
+    await asyncio.sleep(idle_s)
+    idle_rate = {
+        "on": (tree_cpu_s(on[0].pid) - idle_before["on"]) / idle_s,
+        "off": (tree_cpu_s(off[0].pid) - idle_before["off"]) / idle_s,
+    }
+    runs: list[dict[str, Any]] = []
+    for rep in range(max(5, s.repeat)):
+        print(f"  poll metrics on/off: closed loop {rep + 1} ({s.duration_s}s)", flush=True)
+        measured: dict[str, dict[str, Any]] = {}
+        cpu_before = {"on": tree_cpu_s(on[0].pid), "off": tree_cpu_s(off[0].pid)}
+        loads = await asyncio.gather(
+            runner.closed(on[1], s.duration_s, connections=max(1, s.connections // 2)),
+            runner.closed(off[1], s.duration_s, connections=max(1, s.connections // 2)),
+        )
+        for side, (server, _), result in zip(("on", "off"), (on, off), loads, strict=True):
+            cpu = tree_cpu_s(server.pid) - cpu_before[side]
+            busy = max(0.0, cpu - idle_rate[side] * result.duration_s)
+            measured[side] = {
+                **result.to_json(),
+                "cpu_s": cpu,
+                "idle_cpu_s_per_s": idle_rate[side],
+                "cpu_us_per_request": busy / result.ok * 1e6 if result.ok else None,
+            }
+        runs.append(
+            {
+                "on": measured["on"],
+                "off": measured["off"],
+                "throughput_ratio": _ratio(
+                    measured["on"]["throughput_rps"], measured["off"]["throughput_rps"]
+                ),
+                "cpu_ratio": _ratio(
+                    measured["off"]["cpu_us_per_request"], measured["on"]["cpu_us_per_request"]
+                ),
+            }
+        )
+        last = runs[-1]
+        print(
+            f"    on {measured['on']['throughput_rps']:,.0f}/s "
+            f"{measured['on']['cpu_us_per_request'] or 0:,.0f} µs CPU/req  "
+            f"off {measured['off']['throughput_rps']:,.0f}/s "
+            f"{measured['off']['cpu_us_per_request'] or 0:,.0f} µs CPU/req  "
+            f"ratios {last['throughput_ratio']} (throughput) {last['cpu_ratio']} (CPU)",
+            flush=True,
+        )
+    return {
+        "runs": runs,
+        "gate_rps": _median([run["on"]["throughput_rps"] for run in runs]),
+        "hello_rps": _median([run["off"]["throughput_rps"] for run in runs]),
+        "throughput_ratio": _median([run["throughput_ratio"] for run in runs]),
+        "throughput_ratio_range": _spread([run["throughput_ratio"] for run in runs]),
+        "cpu_ratio": _median([run["cpu_ratio"] for run in runs]),
+        "cpu_ratio_range": _spread([run["cpu_ratio"] for run in runs]),
+        "errors": {side: sum(run[side]["errors"] for run in runs) for side in ("on", "off")},
+    }
 
 
 async def run_lua(settings: Settings, redis_server: RedisServer, redis: Redis) -> dict[str, Any]:

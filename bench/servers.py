@@ -116,8 +116,25 @@ async def _wait_http_ok(url: str, timeout_s: float, child: _Child) -> None:
 class GateServer(_Child):
     """`gate serve --workers N` against the benchmark's own Redis."""
 
-    def __init__(self, redis_url: str, data_dir: Path, keys_file: Path, workers: int) -> None:
-        super().__init__(f"gate(workers={workers})", data_dir / f"gate-w{workers}.log")
+    def __init__(
+        self,
+        redis_url: str,
+        data_dir: Path,
+        keys_file: Path,
+        workers: int,
+        *,
+        metrics: bool = True,
+        apart: bool = False,
+    ) -> None:
+        # metrics=False: request-path metrics off (config `metrics`), the reference of the
+        # metrics-cost row. apart: a data dir of its own (each gate has a metrics folder).
+        suffix = ("-metrics-on" if metrics else "-metrics-off") if apart else ""
+        if apart:
+            data_dir = data_dir / suffix.lstrip("-")
+            data_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            f"gate(workers={workers}{suffix})", data_dir / f"gate-w{workers}{suffix}.log"
+        )
         self.workers = workers
         self.port = free_port()
         self.admin_port = free_port()
@@ -141,6 +158,7 @@ class GateServer(_Child):
                 "GATE_DATA_DIR": str(data_dir),
                 "GATE_WORKERS": str(workers),
                 "GATE_COOKIE_SECURE": "false",
+                "GATE_METRICS": "true" if metrics else "false",
             }
         )
 
