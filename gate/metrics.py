@@ -254,13 +254,17 @@ class CampaignFigures(Collector):
     async def refresh(self) -> None:
         if self.room is None:
             return
-        with contextlib.suppress(Exception):  # Redis away: the last figures read stay
+        with contextlib.suppress(TimeoutError):  # Redis slow: the last figures read stay
             async with asyncio.timeout(REDIS_READ_TIMEOUT_S):
                 for campaign in list(self.cache.campaigns):
-                    self.stats[campaign] = await self.room.stats(campaign)
-                    raw = await self.room.redis.lindex(CampaignKeys(campaign).checkpoints, -1)
-                    if raw:
-                        self.checkpoints[campaign] = json.loads(raw)
+                    # One campaign's failure (Redis away, a campaign gone) leaves its last
+                    # figures, not the others'.
+                    with contextlib.suppress(Exception):
+                        self.stats[campaign] = await self.room.stats(campaign)
+                        key = CampaignKeys(campaign).checkpoints
+                        raw = await self.room.redis.lindex(key, -1)
+                        if raw:
+                            self.checkpoints[campaign] = json.loads(raw)
         for gone in set(self.stats) - set(self.cache.campaigns):
             self.stats.pop(gone, None)
             self.checkpoints.pop(gone, None)
