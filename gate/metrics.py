@@ -591,10 +591,12 @@ class Metrics:
 
     # -- the request path: one dict addition each ----------------------------------------
 
-    def answered(self, listener: str, route: str, status: int, seconds: float) -> None:
+    def answered(self, listener: str, route: str, status: int, seconds: float | None) -> None:
+        """A request answered; `seconds` None: refused before any handling (not timed)."""
         if self.enabled:
             self.requests.inc((listener, route, self._status.get(status) or str(status)))
-            self.latency.observe((listener, route), seconds)
+            if seconds is not None:
+                self.latency.observe((listener, route), seconds)
 
     def refusal(self, listener: str, reason: str) -> None:
         if self.enabled:

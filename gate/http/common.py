@@ -178,7 +178,7 @@ def make_error_middleware(listener: str) -> Any:
         bound = gate.config.max_concurrent_requests if listener != "admin" else 0
         if bound and in_flight >= bound:
             gate.metrics.refusal(listener, "overload")
-            gate.metrics.answered(listener, route, 503, 0.0)
+            gate.metrics.answered(listener, route, 503, None)
             return error_response(
                 request,
                 503,
