@@ -7,6 +7,7 @@ while a campaign is paused, the configured rate unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -17,7 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gate.service import Gate
+from gate.config import Config
+from gate.http.admin import create_admin_app
+from gate.http.public import create_public_app
+from gate.service import Gate, running_gate
 from tests.helpers import ADMIN_TOKEN, GateProcess, as_customer, spec, wait_for
 
 CAMPAIGN = "mw"
@@ -204,6 +208,12 @@ async def test_totals_exact_on_every_scrape_with_4_workers(served: GateProcess) 
         return workers[0] not in now and len(now) == 4
 
     await wait_for(replaced, 20, "the killed worker replaced")
+
+    async def four_answering() -> bool:
+        return labelled(await scrape(served.url), "fairgate_workers") == 4
+
+    # The new worker answers scrapes too: four live workers, the killed one's counts once.
+    await wait_for(four_answering, 30, "four workers answering scrapes")
     for n in range(SCRAPES):
         check(await scrape(served.url), SCRAPES + n)
 
@@ -229,3 +239,28 @@ async def test_effective_rate_is_zero_while_paused(public: Any, admin: Any, gate
     await wait_for(lambda: effective(50.0), 5, "effective rate 50 once resumed")
     assert (await admin.post("/admin/campaigns/pz/close")).status == 200
     await wait_for(lambda: effective(0.0), 5, "effective rate 0 once closed")
+
+
+async def test_metrics_off_counts_nothing_on_the_request_path(
+    config: Config, aiohttp_client: Any
+) -> None:
+    """`metrics = false`: no request counted or timed; the campaign figures remain."""
+    async with running_gate(dataclasses.replace(config, metrics=False)) as gate:
+        await gate.wait_ready()
+        admin = await aiohttp_client(
+            create_admin_app(gate), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        public = await aiohttp_client(create_public_app(gate))
+        assert (await admin.post("/admin/campaigns", json=spec("off"))).status == 201
+        r = await public.post("/q/off/join", headers=as_customer("o1"))
+        assert r.status == 201, await r.text()
+
+        async def joined() -> bool:
+            found = samples(await (await public.get("/metrics")).text())
+            return labelled(found, "fairgate_campaign_joined_total", campaign="off") == 1
+
+        await wait_for(joined, 5, "the campaign figures read from Redis")
+        found = samples(await (await public.get("/metrics")).text())
+        assert labelled(found, "fairgate_http_requests_total") is None
+        assert labelled(found, "fairgate_http_request_duration_seconds_count") is None
+        assert labelled(found, "fairgate_redis_call_duration_seconds_count") is None
