@@ -178,7 +178,9 @@ async def test_three_gates_admit_in_seq_order_within_rate_and_active_cap(
         elapsed = time.monotonic() - started
 
         entries = await room.audit_entries(CAMPAIGN)
-        per_gate = [await _metric(session, gate, "fairgate_admit_customers_total") for gate in gates]
+        per_gate = [
+            await _metric(session, gate, "fairgate_admit_customers_total") for gate in gates
+        ]
     finally:
         await session.close()
         await redis.aclose()
