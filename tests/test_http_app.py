@@ -112,9 +112,10 @@ async def test_the_app_serves_both_listeners_and_closes_everything(
 
     tasks = list(gate._tasks)
     # scripts loader, Redis sanity, cache, admission, the adaptive rate's controller and
-    # its callbacks counter, sealer, failover watch
-    assert len(tasks) == 8
-    assert sum(not task.done() for task in tasks) == 7  # all but the finished loader
+    # its callbacks counter, sealer, failover watch, the metrics' (event-loop lag, the
+    # workers' figures)
+    assert len(tasks) == 9
+    assert sum(not task.done() for task in tasks) == 8  # all but the finished loader
     assert await _clients(observer) > before
 
     await public.close()  # the app's cleanup
