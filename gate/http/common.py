@@ -45,6 +45,10 @@ def wants_msgpack(request: web.Request) -> bool:
     return MSGPACK in request.headers.get("Accept", "")
 
 
+# json.dumps with any argument builds a new encoder per call: one, built once.
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def respond(
     request: web.Request, data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -53,7 +57,7 @@ def respond(
             body=msgpack.packb(data), status=status, content_type=MSGPACK, headers=headers
         )
     return web.Response(
-        text=json.dumps(data, separators=(",", ":")),
+        text=_JSON.encode(data),
         status=status,
         content_type="application/json",
         headers=headers,
