@@ -48,6 +48,7 @@ JWKS_FETCH_TIMEOUT_S = 5.0
 LEEWAY_S = 30  # clock skew allowed on exp / nbf / iat
 VERIFIED_FOR_S = 60.0  # a verified token is believed again without a check this long
 VERIFIED_CACHE_SIZE = 100_000  # tokens remembered (by sha256), about 20 MB
+PEER_CACHE_SIZE = 4096  # peer addresses whose trust is remembered (HeaderIdentity)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -81,16 +82,30 @@ class HeaderIdentity:
         )
         self.secret = config.proxy_secret.encode()
         self.secret_header = config.proxy_secret_header
+        self._peers: dict[str, bool] = {}
+
+    def _in_networks(self, peer: str) -> bool:
+        """The peer address is in one of the trusted networks."""
+        try:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
 
     def trusted(self, credentials: Credentials) -> bool:
         if self.networks:
-            try:
-                address = ipaddress.ip_address((credentials.peer or "").split("%", 1)[0])
-            except ValueError:
-                return False
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped
-            if not any(address in network for network in self.networks):
+            # The proxies are a few peers, each sending many requests: their verdict is
+            # remembered per peer address (the networks never change in this process).
+            peer = credentials.peer or ""
+            inside = self._peers.get(peer)
+            if inside is None:
+                inside = self._in_networks(peer)
+                if len(self._peers) >= PEER_CACHE_SIZE:
+                    del self._peers[next(iter(self._peers))]  # the oldest entry
+                self._peers[peer] = inside
+            if not inside:
                 return False
         if self.secret:
             presented = credentials.headers.get(self.secret_header, "")

@@ -42,6 +42,15 @@ class Token:
     not_before: int = 0  # unix microseconds (Redis time) a pass is valid from; 0 = now
 
 
+# Bounded per-process caches of work a poll or an auth check would otherwise redo on every
+# request of the same customer: the customer digest (an HMAC) and a token's verification
+# (base64 + msgpack + HMAC). Both are keyed on everything their answer depends on (the key
+# bytes themselves included), so that a hit is the answer the full computation would give.
+DIGEST_CACHE_SIZE = 16384
+VERIFIED_CACHE_SIZE = 16384
+_digests: dict[tuple[bytes, str, str], bytes] = {}
+
+
 def customer_digest(
     keys: SigningKeys, campaign: str, customer_id: str, digest_kid: str | None = None
 ) -> bytes:
@@ -49,13 +58,24 @@ def customer_digest(
 
     `digest_kid`: the digest key the campaign recorded at creation (its spec's
     `digest_key`); None for a campaign that recorded none (`SigningKeys.digest_key_for`)."""
+    key = keys.digest_key_for(digest_kid)
+    found = _digests.get((key, campaign, customer_id))
+    if found is not None:
+        return found
     message = campaign.encode() + b"\x00" + customer_id.encode()
-    return hmac.new(keys.digest_key_for(digest_kid), message, hashlib.sha256).digest()[:16]
+    digest = hmac.new(key, message, hashlib.sha256).digest()[:16]
+    if len(_digests) >= DIGEST_CACHE_SIZE:
+        del _digests[next(iter(_digests))]  # the oldest entry
+    _digests[(key, campaign, customer_id)] = digest
+    return digest
 
 
 class TokenSigner:
     def __init__(self, keys: SigningKeys):
         self._keys = keys
+        # token text -> (the key that verified it, the token): tokens that passed every
+        # check of `verify`; the kind asked for is checked again on each use.
+        self._verified: dict[str, tuple[bytes, Token]] = {}
 
     def sign(self, token: Token) -> str:
         key = self._keys.hmac_keys[token.kid]
@@ -84,6 +104,29 @@ class TokenSigner:
 
         The token must be of `kind` (or one of `other_kinds`).
         """
+        cached = self._verified.get(text)
+        if cached is not None:
+            key, token = cached
+            # Only while the key that verified it is still the one loaded under its kid.
+            if self._keys.hmac_keys.get(token.kid) is key:
+                if token.kind != kind and token.kind not in other_kinds:
+                    raise TokenError("wrong kind of token")
+                return token
+            del self._verified[text]
+        key, token = self._verify(text)
+        if token.kind != kind and token.kind not in other_kinds:
+            raise TokenError("wrong kind of token")
+        if (token.seq != 0 if token.kind == PREQUEUE_TICKET else token.seq < 1) or len(
+            token.digest
+        ) != 16:
+            raise TokenError("malformed token")
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]  # the oldest entry
+        self._verified[text] = (key, token)  # a token that passed every check
+        return token
+
+    def _verify(self, text: str) -> tuple[bytes, Token]:
+        """The shape and the MAC; the key that verified the token, and the token."""
         if not text or len(text) > MAX_TOKEN_CHARS or text.count(".") != 1:
             raise TokenError("malformed token")
         payload_text, mac_text = text.split(".")
@@ -131,8 +174,4 @@ class TokenSigner:
         expected = hmac.new(key, payload, hashlib.sha256).digest()
         if not hmac.compare_digest(expected, mac):
             raise TokenError("bad token signature")
-        if token_kind != kind and token_kind not in other_kinds:
-            raise TokenError("wrong kind of token")
-        if (seq != 0 if token_kind == PREQUEUE_TICKET else seq < 1) or len(digest) != 16:
-            raise TokenError("malformed token")
-        return Token(token_kind, kid, campaign, seq, digest, exp, not_before)
+        return key, Token(token_kind, kid, campaign, seq, digest, exp, not_before)
