@@ -103,7 +103,7 @@ class HeaderIdentity:
             if inside is None:
                 inside = self._in_networks(peer)
                 if len(self._peers) >= PEER_CACHE_SIZE:
-                    del self._peers[next(iter(self._peers))]  # the oldest entry
+                    self._peers.clear()  # full: start again
                 self._peers[peer] = inside
             if not inside:
                 return False

@@ -65,7 +65,9 @@ def customer_digest(
     message = campaign.encode() + b"\x00" + customer_id.encode()
     digest = hmac.new(key, message, hashlib.sha256).digest()[:16]
     if len(_digests) >= DIGEST_CACHE_SIZE:
-        del _digests[next(iter(_digests))]  # the oldest entry
+        # Full: emptied at once. Deleting the oldest entry one at a time would make each
+        # next(iter(...)) scan the dict's deleted slots (~14 us a join at this size).
+        _digests.clear()
     _digests[(key, campaign, customer_id)] = digest
     return digest
 
@@ -121,7 +123,7 @@ class TokenSigner:
         ) != 16:
             raise TokenError("malformed token")
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
-            del self._verified[next(iter(self._verified))]  # the oldest entry
+            self._verified.clear()  # full: start again (see customer_digest)
         self._verified[text] = (key, token)  # a token that passed every check
         return token
 

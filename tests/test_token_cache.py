@@ -85,6 +85,25 @@ def test_cached_digests_are_per_key_campaign_and_customer(keys: SigningKeys) -> 
     assert customer_digest(keys, "c1", "alice") != customer_digest(keys, "c2", "alice")
 
 
+def test_the_caches_stay_bounded_and_right_when_full(
+    keys: SigningKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gate.tokens
+
+    monkeypatch.setattr(gate.tokens, "VERIFIED_CACHE_SIZE", 4)
+    monkeypatch.setattr(gate.tokens, "DIGEST_CACHE_SIZE", 4)
+    signer = TokenSigner(keys)
+    customers = [f"customer-{n}" for n in range(11)]
+    for _ in range(2):
+        for seq, customer in enumerate(customers, start=1):
+            digest = customer_digest(keys, "c1", customer)
+            assert digest == _fresh_digest(keys, "c1", customer)
+            token = signer.verify(signer.issue(TICKET, "c1", seq, digest), TICKET)
+            assert (token.seq, token.digest) == (seq, digest)
+            assert len(gate.tokens._digests) <= 4
+            assert len(signer._verified) <= 4
+
+
 def test_remembered_peer_trust_is_per_address() -> None:
     identity = HeaderIdentity(Config(trusted_proxies=("10.0.0.0/8",)))
 
