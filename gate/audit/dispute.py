@@ -32,6 +32,7 @@ from gate.audit.format import (
     entry_base64,
     entry_from_base64,
     parse_hex,
+    text_of,
 )
 from gate.audit.query import CustomerTracker, entry_view, iso_us, kind_of
 from gate.audit.receipts import ReceiptBook, verify_receipt, verify_receipt_proof
@@ -64,7 +65,7 @@ def shared_view(
         view["pairs"] = len(pairs)
         for first, second in pairs:
             if second == digest or (kind == "allot" and seq is not None and first == seq):
-                view["s"] = [first, second.hex() if isinstance(second, bytes) else _text(second)]
+                view["s"] = [first, second.hex() if isinstance(second, bytes) else text_of(second)]
         if kind == "allot":
             view["n"] = entry.get("n")
         if kind == "prequeue":
@@ -78,7 +79,7 @@ def shared_view(
             if name in entry:
                 view[name] = entry[name]
         if "o" in entry:  # what each admitted customer may take: one number for all
-            view["o"] = _text(entry["o"])
+            view["o"] = text_of(entry["o"])
         skipped = list(entry.get("x") or [])
         view["skipped"] = len(skipped)
         view["x"] = [x for x in skipped if seq is not None and x == seq]
@@ -93,20 +94,14 @@ def shared_view(
         for name in ("r", "s", "m"):
             values = list(entry.get(name) or [])
             view[name] = [
-                _text(values[n]) if name != "s" else values[n] for n in mine if n < len(values)
+                text_of(values[n]) if name != "s" else values[n] for n in mine if n < len(values)
             ]
     return view
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
 def _money(value: Any) -> int:
     try:
-        return int(_text(value))
+        return int(text_of(value))
     except ValueError:
         return 0
 
@@ -133,7 +128,7 @@ class Story:
     def campaign_entry(self, kind: str, entry: Mapping[str, Any]) -> None:
         if kind == "admin-create":
             try:
-                spec = load_stored_spec(_text(entry.get("spec", b"")))
+                spec = load_stored_spec(text_of(entry.get("spec", b"")))
             except Exception:  # a broken spec is for `verify` to report
                 return
             self.spec = spec.to_json()
@@ -188,10 +183,10 @@ class Story:
             self.note(index, t, "admission expired unused (no claim before the deadline)")
         elif kind in ("block", "revoke"):
             facts[f"{kind}ed_at"] = iso_us(t)
-            reason = _text(entry.get("r", b"")) or "no reason given"
-            self.note(index, t, f"{kind}ed by operator {_text(entry.get('a'))}: {reason}")
+            reason = text_of(entry.get("r", b"")) or "no reason given"
+            self.note(index, t, f"{kind}ed by operator {text_of(entry.get('a'))}: {reason}")
         elif kind == "claim":
-            rid = _text(entry.get("r"))
+            rid = text_of(entry.get("r"))
             claim = {
                 "reservation": rid,
                 "asked": str(_money(entry.get("q"))),
@@ -209,19 +204,19 @@ class Story:
                 f"({rid}, held until {claim['expires_at']})",
             )
         elif kind in ("confirm", "release"):
-            rid = _text(entry.get("r"))
+            rid = text_of(entry.get("r"))
             outcome = "confirmed" if kind == "confirm" else "released"
             if rid in self.reservations:
                 self.reservations[rid].update(outcome=outcome, outcome_at=iso_us(t))
-            extra = f" ({_text(entry.get('x'))})" if kind == "release" and entry.get("x") else ""
+            extra = f" ({text_of(entry.get('x'))})" if kind == "release" and entry.get("x") else ""
             self.note(
                 index,
                 t,
-                f"reservation {rid} {outcome} by {_text(entry.get('a'))} for "
+                f"reservation {rid} {outcome} by {text_of(entry.get('a'))} for "
                 f"{_money(entry.get('m'))} {self.unit}{extra}",
             )
         elif kind == "expire-res":
-            rids = [_text(r) for r in entry.get("r") or []]
+            rids = [text_of(r) for r in entry.get("r") or []]
             seqs = list(entry.get("s") or [])
             amounts = list(entry.get("m") or [])
             for rid, s, amount in zip(rids, seqs, amounts, strict=False):

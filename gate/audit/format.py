@@ -51,6 +51,14 @@ class MalformedEntry(ValueError):
     """The bytes are not an audit entry: a msgpack map whose field names are strings."""
 
 
+def text_of(value: Any) -> str:
+    """A field of an entry or a Redis reply as text (bytes decoded; never raises on bytes
+    that are not UTF-8: an export may hold anything)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
 def decode_entry(raw: bytes) -> dict[str, Any]:
     """The msgpack map of one entry: field names as text, strings left as bytes."""
     try:

@@ -57,7 +57,7 @@ from redis.asyncio import Redis
 
 from gate.audit import merkle
 from gate.audit.checkpoints import make_checkpoint
-from gate.audit.format import decode_entry
+from gate.audit.format import decode_entry, text_of
 from gate.audit.receipts import RECEIPT_KINDS, BatchReceipts, ReceiptBook, batch_pairs
 from gate.audit.store import NODE_MIN_LEVEL, AuditGapError, AuditStore, node_field
 from gate.config import Config
@@ -254,9 +254,9 @@ class Sealer:
         sent = time.monotonic()
         async with guarded():
             reply = await self.scripts.call(self.redis, "sealer_lease", keys, args)
-        state = _text(reply[2])
+        state = text_of(reply[2])
         fence, size, sealed = int(reply[0]), int(reply[1]), int(reply[3])
-        holder, gap = _text(reply[4]), int(reply[5])
+        holder, gap = text_of(reply[4]), int(reply[5])
         if gap:
             self._gap_logged(campaign, fence, sealed, size, stolen=mode == "reclaim")
         # Lost before it could have lapsed: Redis ran this call before its answer came, and
@@ -685,10 +685,6 @@ def lease_token_valid(keys: SigningKeys, token: str, ttl_ms: int = 0, lease_ms: 
         return ttl_ms >= 0 and (not lease_ms or ttl_ms <= 2 * lease_ms)
     expected = hmac.new(key, LEASE_TOKEN_CONTEXT + nonce.encode(), "sha256").hexdigest()[:32]
     return hmac.compare_digest(expected, mac)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class SealerCollector(Collector):

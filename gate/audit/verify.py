@@ -44,6 +44,7 @@ from gate.audit.format import (
     load_public_keys,
     parse_checkpoint,
     signed_by,
+    text_of,
     verify_signature,
 )
 from gate.audit.merkle import LeafStore
@@ -866,9 +867,9 @@ def _check_subscription(
     entry = _receipt_entry(f"subscription of seq {seq} is", index, size, entries)
     held = (receipt["t"], seq, bytes.fromhex(receipt["digest"]), receipt["amount"])
     logged = (entry.get("t"), entry.get("s"), entry.get("c"), entry.get("m"))
-    kind = _text(entry.get("k"))
-    if kind != "subscribe" or logged[:3] != held[:3] or _text(logged[3]) != held[3]:
-        says = f"a subscription of {_text(logged[3])}" if kind == "subscribe" else repr(kind)
+    kind = text_of(entry.get("k"))
+    if kind != "subscribe" or logged[:3] != held[:3] or text_of(logged[3]) != held[3]:
+        says = f"a subscription of {text_of(logged[3])}" if kind == "subscribe" else repr(kind)
         raise ReceiptProblem(
             f"altered: entry {index} is not the subscription the signed receipt of seq {seq} "
             f"names ({receipt['amount']} at t {receipt['t']}): the log says {says}"
@@ -889,10 +890,6 @@ def _receipt_entry(names: str, index: int, size: int, entries: Mapping[int, byte
             kind="missing_receipt",
         )
     return decode_entry(entries[index])
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def verify_file(path: Path | str, keys_document: Any | None = None, **options: Any) -> Report:
