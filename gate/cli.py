@@ -533,6 +533,27 @@ def build_parser() -> argparse.ArgumentParser:
     digest.add_argument(
         "--out", default="-", metavar="FILE", help="file to write (default: stdout)"
     )
+    edge = _command(
+        ksub,
+        "edge",
+        "write the key file of a proxy that checks passes itself (nginx njs, HAProxy Lua): "
+        "the pass and digest keys, from the gate's key files",
+        """
+        gate keys edge --out /etc/fairgate/edge-keys.json
+        gate keys edge --signing-keys keys.json --digest-keys digest-keys.json --out edge.json
+        """,
+        description="Write the key file a proxy needs to check passes with no call to the "
+        "gate (docs/proxy.md, the edge check): every HMAC key of the signing key file and "
+        "every customer-digest key, by kid; no Ed25519 key. The files are those of --config "
+        "(signing_keys, digest_keys) unless given. Deploy the output (mode 0600) to the "
+        "proxy's host yourself, and again after each key rotation; never serve it.",
+    )
+    edge.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    edge.add_argument("--signing-keys", metavar="FILE", help="the signing key file")
+    edge.add_argument("--digest-keys", metavar="FILE", help="the digest key file")
+    edge.add_argument(
+        "--out", default="-", metavar="FILE", help="file to write (default: stdout)"
+    )
     # kubectl's habit: the admin API's options after the action too
     for leaf in [*csub.choices.values(), *asub.choices.values()]:
         if leaf is not verify:
@@ -615,6 +636,22 @@ def _digest_document(out: str) -> dict[str, Any]:
     except ConfigError as exc:
         raise GateError(str(exc), code="bad_keys") from None
     return generate_digest_document(previous)
+
+
+def _edge_document(args: argparse.Namespace) -> dict[str, Any]:
+    """The edge key file from the gate's signing and digest key files (never created)."""
+    from gate.signing import edge_keys_document, load_or_create_keys
+
+    config = load_config(args.config)
+    signing = Path(args.signing_keys) if args.signing_keys else config.keys_path
+    digest = Path(args.digest_keys) if args.digest_keys else config.digest_keys_path
+    try:
+        keys = load_or_create_keys(signing, create=False, digest_path=digest)
+    except ConfigError as exc:
+        raise GateError(str(exc), code="bad_keys") from None
+    if not keys.digest_keys:
+        raise GateError(f"{digest}: no digest key to export", code="bad_keys")
+    return edge_keys_document(keys)
 
 
 def _campaign_command(args: argparse.Namespace) -> int:
@@ -916,6 +953,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
             if args.action == "generate-digest":
                 document = _digest_document(args.out)
+            elif args.action == "edge":
+                document = _edge_document(args)
             else:
                 if args.out != "-" and Path(args.out).exists():
                     _confirm(args, f"replace the signing keys in {args.out}")

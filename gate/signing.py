@@ -120,6 +120,20 @@ def generate_digest_document(previous: dict[str, Any] | None = None) -> dict[str
     return {"version": 1, "current": kid, "keys": keys}
 
 
+def edge_keys_document(keys: SigningKeys) -> dict[str, Any]:
+    """The key file of a proxy that checks passes itself (`gate keys edge`; docs/proxy.md):
+    every HMAC key a pass may be signed with and every digest key a campaign may use, by
+    kid. No Ed25519 key: a proxy signs nothing the public verifies."""
+    return {
+        "version": 1,
+        "kind": "fairgate-edge-keys",
+        "pass_keys": {kid: base64url.encode(key) for kid, key in sorted(keys.hmac_keys.items())},
+        "digest_keys": {
+            kid: base64url.encode(key) for kid, key in sorted(keys.digest_keys.items())
+        },
+    }
+
+
 def write_keys(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -405,21 +406,41 @@ NGINX_LOGIN_CHECK = """
 NGINX_NO_LOGIN_CHECK = """
         location = /_bank_session { internal; return 204; }
 """
+NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"
 HAPROXY_TLS_BIND = "bind :443 ssl crt /etc/haproxy/tls/promo.pem alpn h2,http/1.1"
 
 
 def nginx_conf(
-    root: Path, port: int, campaign: str, upstreams: dict[str, int], *, jwt: bool
+    root: Path,
+    port: int,
+    campaign: str,
+    upstreams: dict[str, int],
+    *,
+    jwt: bool,
+    edge_keys: Path | None = None,
 ) -> str:
     """deploy/nginx/nginx.conf with test ports, no TLS, the login page a local path, and
-    the shipped maps and locations included as they are."""
+    the shipped maps and locations included as they are; with `edge_keys` (the key file
+    of `gate keys edge`), nginx-edge.conf: the pass checked in nginx (njs)."""
     user = "user root;" if os.geteuid() == 0 else ""
+    edge_main = edge_http = edge_server = ""
+    if edge_keys is not None:
+        edge_main = f"load_module {NJS_MODULE};"
+        edge_http = f"""
+    js_import fairgate_edge from {DEPLOY}/nginx/fairgate-edge.js;
+    js_preload_object fairgate_edge_keys from {edge_keys};
+    include {DEPLOY}/nginx/fairgate-edge-maps.conf;"""
+        (root / "edge").mkdir(exist_ok=True)
+        edge_server = f"""
+        set $fairgate_edge_dir {root}/edge;
+        include {DEPLOY}/nginx/fairgate-edge.conf;"""
     servers = "\n".join(
         f"    upstream {name} {{ server 127.0.0.1:{port}; keepalive 8; }}"
         for name, port in upstreams.items()
     )
     login_check = NGINX_NO_LOGIN_CHECK if jwt else NGINX_LOGIN_CHECK
     return f"""
+{edge_main}
 {user}
 worker_processes 1;
 pid {root}/nginx.pid;
@@ -433,7 +454,7 @@ http {{
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
 {servers}
-    include {DEPLOY}/nginx/fairgate-maps.conf;
+    include {DEPLOY}/nginx/fairgate-maps.conf;{edge_http}
     server {{
         listen 127.0.0.1:{port};
         set $fairgate_campaign "{campaign}";
@@ -442,7 +463,7 @@ http {{
         location @bank_login {{
             return 302 /login?return=$fairgate_return;
         }}
-        include {DEPLOY}/nginx/fairgate-locations.conf;
+        include {DEPLOY}/nginx/fairgate-locations.conf;{edge_server}
     }}
 }}
 """
@@ -455,6 +476,21 @@ def haproxy_conf(port: int) -> str:
     return shipped.replace(HAPROXY_TLS_BIND, f"bind 127.0.0.1:{port}")
 
 
+def edge_key_file(keys_file: Path, root: Path) -> Path:
+    """The proxy's key file, as an operator makes it: `gate keys edge`."""
+    out = root / "edge-keys.json"
+    gate = Path(sys.executable).parent / "gate"
+    env = {**os.environ, "GATE_DATA_DIR": str(root / "no-data")}
+    made = subprocess.run(
+        [str(gate), "keys", "edge", "--signing-keys", str(keys_file), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert made.returncode == 0, made.stderr
+    return out
+
+
 @contextmanager
 def proxied_gate(
     proxy: str,
@@ -465,13 +501,16 @@ def proxied_gate(
     campaign: str,
     jwt: bool = False,
     campaign_spec: dict[str, Any] | None = None,
+    edge: bool = False,
 ) -> Iterator[Front]:
     """A real `gate serve` with `campaign`, the stand-in login, core (and, with `jwt`,
     token issuer), and in front of them the shipped config of `proxy` ("nginx" or
-    "haproxy") run by the real binary on a free port."""
+    "haproxy") run by the real binary on a free port; with `edge`, its variant that
+    checks passes itself (the key file written by `gate keys edge`)."""
     binary = {"nginx": NGINX, "haproxy": HAPROXY}[proxy]
     assert binary is not None, f"{proxy} is not installed"
     root.mkdir(parents=True, exist_ok=True)
+    edge_keys = edge_key_file(keys_file, root) if edge else None
     servers = BackgroundServers()
     login, core, issuer = StandInLogin(), StandInCore(), StandInIssuer()
     gate: GateProcess | None = None
@@ -492,7 +531,9 @@ def proxied_gate(
         if proxy == "nginx":
             conf = root / "nginx.conf"
             upstreams = {"fairgate": gate.port, "core_bank": core_port, "bank_login": login_port}
-            conf.write_text(nginx_conf(root, port, campaign, upstreams, jwt=jwt))
+            conf.write_text(
+                nginx_conf(root, port, campaign, upstreams, jwt=jwt, edge_keys=edge_keys)
+            )
             base = [binary, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")]
             check = subprocess.run([*base, "-t"], capture_output=True, text=True)
             assert check.returncode == 0, check.stderr

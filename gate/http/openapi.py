@@ -850,6 +850,26 @@ def public_document(config: Config) -> dict[str, Any]:
         method: {**copy.deepcopy(auth_operation), "operationId": f"auth{method.title()}"}
         for method in ("get", "post")
     }
+    paths["/gate/revoked"] = {
+        "get": {
+            "operationId": "revoked",
+            "summary": "A campaign's revocation list for a proxy that checks passes itself "
+            "(docs/proxy.md, the edge check): plain text, one `name value` a line; to a "
+            "trusted proxy only",
+            "security": [],
+            "parameters": [_query("campaign", {"type": "string"}, required=True)],
+            "responses": {
+                "200": {
+                    "description": "fairgate-revoked 1, campaign, state, digest_key, version, "
+                    "time_ms (Redis time), stale_after_ms, revoked (seqs)",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "401": _error("untrusted_proxy"),
+                "404": _error("unknown_campaign"),
+                "503": busy,
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {

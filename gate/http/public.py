@@ -43,6 +43,7 @@ from gate.http.checks import (
 )
 from gate.http.claims import add_claim_routes
 from gate.http.common import GATE_KEY, gate_of, healthz, make_error_middleware, read_body, respond
+from gate.http.edge import add_edge_routes
 from gate.http.openapi import public_document
 from gate.http.page import (
     STATIC_PREFIX,
@@ -581,6 +582,7 @@ def public_app(config: Config) -> web.Application:
     # Any method: Envoy's ext_authz asks with the client's own (a POST to the core is
     # checked with a POST); nginx, HAProxy's Lua and Traefik ask with GET. No body is read.
     app.router.add_route("*", "/gate/auth", auth)
+    add_edge_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -1,0 +1,433 @@
+// fairgate: the pass checked at the edge, for nginx with njs 0.7.9 or later (Debian's
+// libnginx-mod-http-js). fairgate-edge.conf runs `check` as the auth_request of the core
+// system: the pass is verified here, as /gate/auth would (gate/tokens.py and
+// gate/http/checks.py), with no call to the gate per request:
+//   - `<payload>.<mac>` in canonical unpadded base64url; the payload a msgpack list
+//     [kind, kid, campaign, seq, digest, exp(, not_before)]; HMAC-SHA256 under the key
+//     named by kid (the edge key file, `gate keys edge`, preloaded as fairgate_edge_keys);
+//   - a pass (kind "p"), not expired, not before its not_before (by the gate's clock:
+//     Redis time, as the revocation list carries it), for this location's campaign,
+//     of the customer the bank's login named (the keyed digest of campaign + id), the
+//     campaign not closed, the seq not revoked;
+//   - the revocation list (GET /gate/revoked on the gate, through the internal location
+//     /_fairgate_revoked) is kept in a file of $fairgate_edge_dir shared by the workers,
+//     fetched again by one request once it is REFRESH_MS old; older than the gate's own
+//     stale limit (stale_after_ms) it proves nothing and every pass is refused (401, to
+//     the waiting page, which says busy), as /gate/auth refuses with a stale cache.
+// The door (gate/arrivals.py): a pass's first use is the customer's arrival at the core,
+// metered by the gate; so the first request with a pass goes to /gate/auth once
+// (/_fairgate_auth), and on 200 the customer gets the cookie fg_arrived, a MAC of the
+// pass under its own key; a request that shows it is checked here alone.
+// Answers: 200 with X-Gate-Campaign, X-Gate-Seq, X-Gate-Customer (and X-Fairgate-Arrived
+// on a first use) for auth_request_set; 401 (no identity or pass, a bad, expired or early
+// pass, no fresh list, the door says wait); 403 (another campaign or customer, closed,
+// revoked); 500 when the gate cannot be asked (the busy page).
+
+import crypto from 'crypto';
+import fs from 'fs';
+
+const PASS_KIND = 'p';
+const MAX_TOKEN_CHARS = 512;
+const MAX_CUSTOMER_ID = 256;
+const MAX_INT = 9007199254740991; // 2^53 - 1: beyond it the gate issues nothing
+const REFRESH_MS = 250; // a list this old is fetched again (revocations within ~1 s)
+const LOCK_MS = 2000; // a refresh lock older than this was left by a stopped worker
+const ARRIVED_COOKIE = 'fg_arrived';
+const ARRIVED_LABEL = 'fairgate-arrived\u0000';
+
+function Refusal(status, code) {
+    this.status = status;
+    this.code = code;
+}
+
+function refuse(status, code) {
+    throw new Refusal(status, code);
+}
+
+// -- the token -------------------------------------------------------------------------
+
+const B64URL = /^[A-Za-z0-9_-]*$/;
+
+// The bytes of canonical unpadded base64url, else null (gate/base64url.py).
+function b64urlDecode(text) {
+    if (!B64URL.test(text) || text.length % 4 === 1) {
+        return null;
+    }
+    const data = Buffer.from(text, 'base64url');
+    return data.toString('base64url') === text ? data : null;
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+// The msgpack list of a token's payload: every field a string, an integer or bytes,
+// else null (what Python's msgpack and gate/tokens.py refuse, this refuses too).
+function unpack(data) {
+    let pos = 0;
+    const need = (n) => {
+        if (pos + n > data.length) {
+            throw new Refusal(401, 'bad_pass');
+        }
+    };
+    const uint = (n) => {
+        need(n);
+        let value = 0;
+        for (let i = 0; i < n; i++) {
+            value = value * 256 + data[pos++];
+        }
+        return value;
+    };
+    const sint = (n) => {
+        const value = uint(n);
+        const top = Math.pow(2, 8 * n);
+        return value >= top / 2 ? value - top : value;
+    };
+    const bytes = (n) => {
+        need(n);
+        const out = data.slice(pos, pos + n);
+        pos += n;
+        return out;
+    };
+    const text = (n) => {
+        if (n > 128) {
+            return undefined;
+        }
+        try {
+            return UTF8.decode(bytes(n));
+        } catch (e) {
+            if (e instanceof Refusal) {
+                throw e;
+            }
+            return undefined;
+        }
+    };
+    const item = () => {
+        need(1);
+        const b = data[pos++];
+        if (b <= 0x7f) return b;
+        if (b >= 0xe0) return b - 256;
+        if (b >= 0xa0 && b <= 0xbf) return text(b - 0xa0);
+        switch (b) {
+            case 0xcc: return uint(1);
+            case 0xcd: return uint(2);
+            case 0xce: return uint(4);
+            case 0xcf: return uint(8);
+            case 0xd0: return sint(1);
+            case 0xd1: return sint(2);
+            case 0xd2: return sint(4);
+            case 0xd3: return sint(8);
+            case 0xd9: return text(uint(1));
+            case 0xda: return text(uint(2));
+            case 0xdb: return text(uint(4));
+            case 0xc4: case 0xc5: case 0xc6: {
+                const n = uint(b === 0xc4 ? 1 : b === 0xc5 ? 2 : 4);
+                return n > 64 ? undefined : { bin: bytes(n) };
+            }
+        }
+        return undefined; // nil, bool, float, array, map, ext: no field of a token
+    };
+    need(1);
+    const head = data[pos++];
+    let count;
+    if (head >= 0x90 && head <= 0x9f) {
+        count = head - 0x90;
+    } else if (head === 0xdc) {
+        count = uint(2);
+    } else if (head === 0xdd) {
+        count = uint(4);
+    } else {
+        return null;
+    }
+    if (count !== 6 && count !== 7) {
+        return null;
+    }
+    const fields = [];
+    for (let i = 0; i < count; i++) {
+        const value = item();
+        if (value === undefined) {
+            return null;
+        }
+        fields.push(value);
+    }
+    return pos === data.length ? fields : null;
+}
+
+const isInt = (v) => typeof v === 'number' && Math.abs(v) <= MAX_INT;
+const isText = (v) => typeof v === 'string';
+const isBin = (v) => v !== null && typeof v === 'object' && v.bin !== undefined;
+
+function hmac(key, parts) {
+    const h = crypto.createHmac('sha256', key);
+    for (let i = 0; i < parts.length; i++) {
+        h.update(parts[i]);
+    }
+    return h.digest();
+}
+
+function sameBytes(a, b) {
+    if (a.length !== b.length) {
+        return false;
+    }
+    let diff = 0;
+    for (let i = 0; i < a.length; i++) {
+        diff |= a[i] ^ b[i];
+    }
+    return diff === 0;
+}
+
+function keyOf(section, kid) {
+    const keys = fairgate_edge_keys[section];
+    if (typeof kid !== 'string' || !Object.prototype.hasOwnProperty.call(keys, kid)) {
+        return null;
+    }
+    return Buffer.from(keys[kid], 'base64url');
+}
+
+// The pass's fields when its shape and MAC are good, else a 401 bad_pass.
+function verify(text) {
+    const parts = text.split('.');
+    if (!text || text.length > MAX_TOKEN_CHARS || parts.length !== 2) {
+        refuse(401, 'bad_pass');
+    }
+    const payload = b64urlDecode(parts[0]);
+    const mac = b64urlDecode(parts[1]);
+    if (payload === null || mac === null) {
+        refuse(401, 'bad_pass');
+    }
+    const fields = unpack(payload);
+    if (fields === null) {
+        refuse(401, 'bad_pass');
+    }
+    const kind = fields[0];
+    const kid = fields[1];
+    const campaign = fields[2];
+    const seq = fields[3];
+    const digest = fields[4];
+    const exp = fields[5];
+    const notBefore = fields.length === 7 ? fields[6] : 0;
+    if (!isInt(notBefore) || notBefore < 0 || (fields.length === 7 && !(kind === PASS_KIND && notBefore > 0))) {
+        refuse(401, 'bad_pass');
+    }
+    if (!(isText(kind) && isText(kid) && isText(campaign) && isInt(seq) && isBin(digest) && isInt(exp))) {
+        refuse(401, 'bad_pass');
+    }
+    const key = keyOf('pass_keys', kid);
+    if (key === null || !sameBytes(hmac(key, [payload]), mac)) {
+        refuse(401, 'bad_pass');
+    }
+    if (kind !== PASS_KIND || seq < 1 || digest.bin.length !== 16) {
+        refuse(401, 'bad_pass');
+    }
+    return { kid, key, campaign, seq, digest: digest.bin, exp, notBefore };
+}
+
+// -- the revocation list ---------------------------------------------------------------
+
+function parseList(text, campaign) {
+    const list = {};
+    const lines = text.split('\n');
+    if (lines[0] !== 'fairgate-revoked 1') {
+        return null;
+    }
+    for (let i = 1; i < lines.length; i++) {
+        const space = lines[i].indexOf(' ');
+        if (space > 0) {
+            list[lines[i].slice(0, space)] = lines[i].slice(space + 1);
+        }
+    }
+    const numbers = ['time_ms', 'stale_after_ms', 'fetched_ms'];
+    for (let i = 0; i < numbers.length; i++) {
+        const name = numbers[i];
+        list[name] = Number(list[name]);
+        if (!(list[name] > 0)) {
+            return null;
+        }
+    }
+    if (list.campaign !== campaign || !list.digest_key || !list.state || list.revoked === undefined) {
+        return null;
+    }
+    list.revokedSet = ' ' + list.revoked + ' ';
+    return list;
+}
+
+function readList(path, campaign) {
+    try {
+        return parseList(fs.readFileSync(path, 'utf8'), campaign);
+    } catch (e) {
+        return null; // none yet
+    }
+}
+
+function takeLock(lock, now) {
+    for (let tries = 0; tries < 2; tries++) {
+        try {
+            fs.writeFileSync(lock, String(now), { flag: 'wx' });
+            return true;
+        } catch (e) {
+            let since = 0;
+            try {
+                since = Number(fs.readFileSync(lock, 'utf8'));
+            } catch (gone) {
+                continue;
+            }
+            if (!(now - since > LOCK_MS)) {
+                return false;
+            }
+            try {
+                fs.unlinkSync(lock);
+            } catch (gone) {
+                // another worker took it away first
+            }
+        }
+    }
+    return false;
+}
+
+async function fetchList(r, path, campaign) {
+    const started = Date.now();
+    let reply;
+    try {
+        reply = await r.subrequest('/_fairgate_revoked');
+    } catch (e) {
+        r.error(`fairgate edge: revocation list: ${e}`);
+        return null;
+    }
+    if (reply.status !== 200) {
+        r.warn(`fairgate edge: revocation list: the gate answered ${reply.status}`);
+        return null;
+    }
+    const body = reply.responseText;
+    const received = Date.now();
+    // The gate's clock as of the middle of the round trip.
+    const text = body + `fetched_ms ${Math.round((started + received) / 2)}\n`;
+    const list = parseList(text, campaign);
+    if (list === null) {
+        r.error('fairgate edge: revocation list: not a list for this campaign');
+        return null;
+    }
+    try {
+        const tmp = `${path}.${process.pid}`;
+        fs.writeFileSync(tmp, text);
+        fs.renameSync(tmp, path);
+    } catch (e) {
+        r.error(`fairgate edge: cannot keep the revocation list in ${path}: ${e}`);
+    }
+    return list;
+}
+
+// The campaign's list, refreshed when due; null when none is fresh enough to use.
+async function currentList(r, campaign) {
+    const dir = r.variables.fairgate_edge_dir || '/run/fairgate-edge';
+    const path = `${dir}/${campaign}.revoked`;
+    const now = Date.now();
+    let list = readList(path, campaign);
+    const usable = (l) => l !== null && Date.now() - l.fetched_ms <= l.stale_after_ms;
+    if (list === null || now - list.fetched_ms > REFRESH_MS) {
+        const lock = `${path}.lock`;
+        if (takeLock(lock, now)) {
+            try {
+                list = (await fetchList(r, path, campaign)) || list;
+            } finally {
+                try {
+                    fs.unlinkSync(lock);
+                } catch (e) {
+                    // taken away as stale: the list was written all the same
+                }
+            }
+        } else if (!usable(list)) {
+            // Another worker is refreshing, and what is here is too old to use.
+            list = (await fetchList(r, path, campaign)) || list;
+        }
+    }
+    return usable(list) ? list : null;
+}
+
+// -- the check -------------------------------------------------------------------------
+
+function customerOf(r) {
+    const customer = (r.variables.fairgate_customer || '').trim();
+    if (!customer) {
+        refuse(401, 'no_identity');
+    }
+    if (customer.length > MAX_CUSTOMER_ID || /[\u0000-\u001f\u007f-\u009f]/.test(customer)) {
+        refuse(401, 'bad_customer');
+    }
+    return customer;
+}
+
+function arrivalStamp(pass, text) {
+    return hmac(pass.key, [ARRIVED_LABEL, text]).slice(0, 16).toString('base64url');
+}
+
+async function decide(r) {
+    const campaign = r.variables.fairgate_campaign;
+    const customer = customerOf(r);
+    const text = r.variables.http_x_gate_pass || r.variables.cookie_fg_pass || '';
+    if (!text) {
+        refuse(401, 'no_pass');
+    }
+    const pass = verify(text);
+    const list = await currentList(r, campaign);
+    // Expiry and not_before by the gate's clock (Redis time), as the list measured it.
+    const now = list !== null ? Date.now() + (list.time_ms - list.fetched_ms) : Date.now();
+    if (pass.exp * 1000 <= now) {
+        refuse(401, 'pass_expired');
+    }
+    if (pass.notBefore > now * 1000) {
+        refuse(401, 'pass_not_yet');
+    }
+    if (pass.campaign !== campaign) {
+        refuse(403, 'wrong_campaign');
+    }
+    if (list === null) {
+        refuse(401, 'unavailable'); // fail closed: nothing proves the pass not revoked
+    }
+    const digestKey = keyOf('digest_keys', list.digest_key);
+    if (digestKey === null) {
+        r.error(`fairgate edge: digest key ${list.digest_key} is not in the edge key file`);
+        refuse(401, 'unavailable');
+    }
+    if (!sameBytes(hmac(digestKey, [campaign, '\u0000', customer]).slice(0, 16), pass.digest)) {
+        refuse(403, 'wrong_customer');
+    }
+    if (list.state === 'closed') {
+        refuse(403, 'campaign_closed');
+    }
+    if (list.revokedSet.indexOf(` ${pass.seq} `) >= 0) {
+        refuse(403, 'revoked');
+    }
+    r.headersOut['X-Gate-Campaign'] = campaign;
+    r.headersOut['X-Gate-Seq'] = String(pass.seq);
+    r.headersOut['X-Gate-Customer'] = pass.digest.toString('hex');
+    const stamp = arrivalStamp(pass, text);
+    if (r.variables[`cookie_${ARRIVED_COOKIE}`] === stamp) {
+        return 200;
+    }
+    // The first use: the gate's door meters it (and checks the pass once more).
+    const door = await r.subrequest('/_fairgate_auth');
+    if (door.status === 200) {
+        r.headersOut['X-Fairgate-Arrived'] = stamp;
+        return 200;
+    }
+    if (door.status === 401 || door.status === 403) {
+        refuse(door.status, 'door');
+    }
+    refuse(500, 'gate_unreachable');
+}
+
+async function check(r) {
+    let status;
+    try {
+        status = await decide(r);
+    } catch (e) {
+        if (!(e instanceof Refusal)) {
+            r.error(`fairgate edge: ${e}`);
+            r.return(500);
+            return;
+        }
+        status = e.status;
+        r.headersOut['X-Fairgate-Refused'] = e.code;
+    }
+    r.return(status);
+}
+
+export default { check };
