@@ -553,6 +553,8 @@ def proxied_gate(
                 "FAIRGATE_LOGIN_PAGE": "/login",
                 "FAIRGATE_BUSY_PAGE": str(DEPLOY / "haproxy" / "fairgate-busy.html"),
                 "FAIRGATE_PROXY_SECRET": PROXY_SECRET,
+                "FAIRGATE_PASS_CHECK": "edge" if edge else "gate",
+                "FAIRGATE_EDGE_KEYS": str(edge_keys),
             }
             check = subprocess.run(
                 [binary, "-c", "-f", str(conf)], capture_output=True, text=True, env=proxy_env

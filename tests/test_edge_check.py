@@ -58,7 +58,10 @@ needs_nginx = pytest.mark.skipif(
 needs_haproxy = pytest.mark.skipif(
     HAPROXY is None, reason="haproxy is not installed (.ci/run installs it)"
 )
-PROXIES = [pytest.param("nginx", marks=needs_nginx)]
+PROXIES = [
+    pytest.param("nginx", marks=needs_nginx),
+    pytest.param("haproxy", marks=needs_haproxy),
+]
 
 
 @pytest.fixture(scope="module", params=PROXIES)
