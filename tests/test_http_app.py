@@ -160,3 +160,16 @@ async def test_a_side_port_in_use_stops_the_gate_it_started(
         return await _clients(observer) == before
 
     await wait_for(all_closed, 5, "the gate's Redis connections to close")
+
+
+def test_answers_encode_what_orjson_refuses_as_before() -> None:
+    # orjson refuses a lone surrogate (a path segment or header can carry one into an
+    # error message) and ints past 64 bits; those answers fall back to the standard
+    # library's escaped JSON instead of failing the request.
+    import json
+
+    from gate.http.common import encode_json
+
+    for value in ({"m": "no campaign '\ud800'"}, {"n": 2**70}, {"a": "한글", "b": [1, None]}):
+        assert json.loads(encode_json(value)) == value
+    assert encode_json({"a": 1, "b": "x"}) == b'{"a":1,"b":"x"}'

@@ -33,12 +33,11 @@ from gate.http.checks import (
     PASS_COOKIE,
     PASS_HEADER,
     SEQ_HEADER,
-    browser_write_middleware,
     campaign_digest,
     campaign_id,
     check_customer,
     identity,
-    identity_middleware,
+    public_checks,
     verified_pass,
 )
 from gate.http.claims import add_claim_routes
@@ -552,11 +551,7 @@ def public_app(config: Config) -> web.Application:
     context of `gate.http.app.create_app`)."""
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[
-            make_error_middleware("public"),
-            browser_write_middleware,
-            identity_middleware,
-        ],
+        middlewares=[make_error_middleware("public", before=public_checks)],
     )
     app[RNG_KEY] = random.Random()
     app[IDENTITY_KEY] = Identity(config)
