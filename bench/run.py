@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from bench import admit_rate, verify_scale
+from bench import admit_rate, redis_memory, verify_scale
 from bench.auditcost import measure_audit_cost
 from bench.load import LoadResult, Target
 from bench.luacost import benchmark_binary, measure_lua
@@ -69,6 +69,7 @@ class Settings:
     audit_calls: dict[int, int] = field(default_factory=dict)
     admit_rate: bool = True
     verify_scale: bool = True
+    redis_memory: bool = True
 
 
 def cores() -> int:
@@ -130,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="skip `gate audit verify` on 1,000,000 entries (100,000 with --quick; "
         "bench/verify_scale)",
     )
+    parser.add_argument(
+        "--no-redis-memory",
+        action="store_true",
+        help="skip Redis bytes per waiting customer and the join's cost at 1,000,000 "
+        "waiting (100,000 with --quick; bench/redis_memory)",
+    )
     args = parser.parse_args(argv)
 
     n_cores = cores()
@@ -176,6 +183,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         audit_calls={1: 2000, 100: 60} if args.quick else {1: 3000, 100: 100},
         admit_rate=not args.no_admit_rate,
         verify_scale=not args.no_verify_scale,
+        redis_memory=not args.no_redis_memory,
     )
 
 
@@ -873,6 +881,18 @@ async def main_async(settings: Settings) -> dict[str, Any]:
                 except Exception as exc:
                     failures.append(f"verify scale: {exc!r}")
                     print(f"FAILED verify scale: {exc!r}", flush=True)
+            if settings.redis_memory:
+                print("Redis per waiting customer, join cost vs queue length ...", flush=True)
+                try:
+                    results["redis_memory"] = await redis_memory.measure(
+                        100_000 if settings.quick else 1_000_000,
+                        10_000,
+                        512,
+                        work / "redis-memory",
+                    )
+                except Exception as exc:
+                    failures.append(f"redis memory: {exc!r}")
+                    print(f"FAILED redis memory: {exc!r}", flush=True)
             results["failures"] = failures
             results["conditions"]["loadavg_end"] = list(os.getloadavg())
             results["conditions"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
