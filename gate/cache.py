@@ -37,6 +37,12 @@ ANSWERING_LIMIT_S = 30.0
 # refresh when the cache is only old (the event loop ran late; measured beside a CPU hog:
 # refreshes 1.3-2.7 s apart).
 FRESH_WAIT_STALE_TIMES = 5
+# Campaign ids found not to exist are remembered this long (the specs' reload period), so
+# that requests for them do not each read Redis; a campaign created meanwhile by another
+# process is seen at the next reload, by this one at once (Room.on_change).
+MISSING_TTL_S = SPEC_RELOAD_S
+# At most this many are remembered: a flood of random ids empties the memory, never grows it.
+MISSING_MAX = 10_000
 # Redis's clock is read once a second: a clock drifts by microseconds in that time.
 CLOCK_MEASURE_S = 1.0
 # A measurement whose round trip took longer than this says little; the last good one stays.
@@ -101,6 +107,11 @@ class CampaignCache:
         self._refreshed = asyncio.Event()
         # Loads of a campaign not cached yet, in flight: the requests that miss it share one.
         self._loading: dict[str, asyncio.Future[LiveCampaign | None]] = {}
+        # Ids found not to exist, with when (monotonic) to look again: a request for one
+        # costs no Redis read meanwhile. Emptied when full (a flood of random ids).
+        self._missing: dict[str, float] = {}
+        self._created: set[str] = set()  # created here while a load of theirs was in flight
+        self.missing_max = MISSING_MAX
 
     def redis_now(self) -> float:
         """Redis's time (unix seconds) as this process knows it: its monotonic clock plus
@@ -209,6 +220,11 @@ class CampaignCache:
         live = self.campaigns.get(campaign)
         if live is not None or not valid_campaign_id(campaign):
             return live
+        until = self._missing.get(campaign)
+        if until is not None:
+            if time.monotonic() < until:
+                return None
+            del self._missing[campaign]
         loading = self._loading.get(campaign)
         if loading is None:
             loading = asyncio.ensure_future(self._load(campaign))
@@ -220,21 +236,44 @@ class CampaignCache:
     def _loaded(self, campaign: str, done: asyncio.Future[LiveCampaign | None]) -> None:
         if self._loading.get(campaign) is done:
             del self._loading[campaign]
+            self._created.discard(campaign)
         if not done.cancelled():
             done.exception()  # retrieved here: every waiter may have gone
 
     async def _load(self, campaign: str) -> LiveCampaign | None:
+        asked_at = time.monotonic()
         meta = await self.room.meta(campaign)
         if meta is None:
+            self._remember_missing(campaign, asked_at)
             return None
         snapshot = (await self.room.snapshot([campaign]))[campaign]
         if snapshot is None:
+            self._remember_missing(campaign, asked_at)
             return None
         live = LiveCampaign(load_stored_spec(meta["spec"]), snapshot)
         if snapshot.rev:
             live.revoked = await self.room.revoked(campaign)
         self.campaigns[campaign] = live
+        self._missing.pop(campaign, None)
         return live
+
+    def _remember_missing(self, campaign: str, asked_at: float) -> None:
+        if campaign in self._created:  # created here while Redis was being asked
+            self._created.discard(campaign)
+            return
+        if len(self._missing) >= self.missing_max:
+            self._missing.clear()
+        self._missing[campaign] = asked_at + MISSING_TTL_S
+
+    def forget_missing(self, campaign: str) -> None:
+        """This process changed (or created) `campaign`: a miss remembered is dropped, and
+        a load in flight that started before the creation does not remember one."""
+        self._missing.pop(campaign, None)
+        if campaign in self._loading:
+            self._created.add(campaign)
+
+    def missing_count(self) -> int:
+        return len(self._missing)
 
     async def _reload_specs(self) -> None:
         for campaign in await self.room.list_ids():

@@ -23,6 +23,7 @@ from gate.failover import FailoverCollector, FailoverWatch, PrimaryIdentity, con
 from gate.health import CallbackHealth
 from gate.marks import Marks
 from gate.metrics import Metrics
+from gate.pass_cache import PassCache
 from gate.redis_checks import RedisSanity
 from gate.redis_client import connect, redis_address
 from gate.room import Room
@@ -88,6 +89,10 @@ class Gate:
             stale_after_s=config.stale_after_ms / 1000,
             redis_address=redis_address(config.redis_url),
         )
+        # The passes this process issued: an admitted customer's polls run pass.lua once.
+        self.passes = PassCache()
+        for room in (self.room, self.control_room):
+            room.on_change += [self.passes.changed, self.cache.forget_missing]
         self.receipts = ReceiptBook(
             self.redis,
             keys,
@@ -145,7 +150,11 @@ class Gate:
             # One campaign's master reconciled: the cache and admission leave it alone and
             # stay fresh for the others (on one primary, everything waits).
             self.cache.skip = self.failover.is_reconciling
-        self.failover.forget = [self.receipts.forget, self.sealer.book.forget]
+        self.failover.forget = [
+            self.receipts.forget,
+            self.sealer.book.forget,
+            self.passes.changed,
+        ]
         self.failover.room = Room(
             self.failover.redis,
             self.scripts,

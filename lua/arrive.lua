@@ -21,7 +21,7 @@
   answer shows it as not_before (pass.lua) for the waiting page the proxy sends them to.
   Nothing here changes a customer's place, pass or quota, so nothing is logged: the log
   holds the pass's schedule (nb); this door only delays a customer who came late.
-  KEYS[1] meta hash      fg:{c}:meta      rate, burst, in_us (the door's clock)
+  KEYS[1] meta hash      fg:{c}:meta      rate, burst, in_us (the door's clock), door_n (waits told)
   KEYS[2] arrived zset   fg:{c}:arrived   seq -> when it arrived (us), trimmed here
   KEYS[3] door zset      fg:{c}:door      seq -> when it was told to come back (us)
   ARGV[1] seq
@@ -52,5 +52,8 @@ if told <= now then
   local ahead = rcall('ZCOUNT', KEYS[3], '(' .. int_str(now), '+inf')
   told = slot + ahead * math.ceil(interval)
   rcall('ZADD', KEYS[3], told, seq)
+  -- pass.lua now answers this seq with `told` as not_before: the count tells the gates'
+  -- remembered passes (gate/pass_cache.py) to ask again
+  rcall('HINCRBY', KEYS[1], 'door_n', 1)
 end
 return {OK, math.ceil((told - now) / 1000)}

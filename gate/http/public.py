@@ -297,7 +297,9 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
         # A pass grants access: it is issued only on state proven just now (I7); a cache
         # that is only old (the event loop ran late) is waited for, not failed.
         raise Unavailable()
-    state, value, not_before = await gate.room.pass_status(campaign, token.seq, token.digest)
+    state, value, not_before = await gate.passes.status(
+        gate.room, live, campaign, token.seq, token.digest, redis_now_us(request)
+    )
     if state == "revoked":
         raise Forbidden("this customer's admission was revoked", code="revoked")
     if state == "waiting":  # another process's cache ran ahead of ours; keep waiting

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -63,6 +63,14 @@ class ScriptCalls:
         self.durability = durability or Durability(wait_replicas, wait_timeout_ms)
         self.wait_replicas = self.durability.replicas
         self.wait_timeout_ms = self.durability.timeout_ms
+        # Told the campaign's id after each call of this room that may change what this
+        # process remembers about it (a pass it issued, a campaign it found missing):
+        # gate/pass_cache.py, gate/cache.py. Other processes' changes come with the refresh.
+        self.on_change: list[Callable[[str], None]] = []
+
+    def _changed(self, campaign: str) -> None:
+        for forget in self.on_change:
+            forget(campaign)
 
     async def _call(
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]
@@ -149,6 +157,7 @@ class ScriptCalls:
             [msgpack.packb(fields)],
             mark=None,
         )
+        self._changed(spec.id)
         status.expect(Reply.OK, campaign=spec.id)
         return int(reply[1])
 
@@ -201,6 +210,7 @@ class ScriptCalls:
         for name, value in fields.items():
             args += [name, value]
         status, _ = await self._durable_call("campaign_update", [k.meta, k.audit], args, mark=None)
+        self._changed(campaign)  # closes_at may have moved
         status.expect(Reply.OK, campaign=campaign)
 
     async def controller_update(
@@ -233,6 +243,7 @@ class ScriptCalls:
             "campaign_state", [k.meta, k.audit], [action, actor], mark=None
         )
         state = text(reply[1]) if len(reply) > 1 else ""
+        self._changed(campaign)
         status.expect(Reply.OK, campaign=campaign, action=action, state=state)
         return state
 
@@ -325,6 +336,8 @@ class ScriptCalls:
         status, reply = await self._call("arrive", [k.meta, k.arrived, k.door], [seq])
         if status.expect(Reply.OK, Reply.UNKNOWN_CAMPAIGN) is Reply.UNKNOWN_CAMPAIGN:
             return None
+        if int(reply[1]):  # told to come back: pass.lua answers that time as not_before
+            self._changed(campaign)
         return int(reply[1])
 
     async def pass_check(self, campaign: str, seq: int, digest: bytes) -> tuple[str, int]:
@@ -391,6 +404,7 @@ class ScriptCalls:
             [seq, digest, str(amount), idempotency_key, reservation_suffix()],
             mark=k.durable_mark,
         )
+        self._changed(campaign)
         if status.expect(Reply.OK, Reply.REFUSED, campaign=campaign) is Reply.REFUSED:
             return _refused(reply)
         result = ClaimResult(
@@ -414,6 +428,7 @@ class ScriptCalls:
             [seq, digest, str(amount)],
             mark=k.durable_mark,
         )
+        self._changed(campaign)
         if status.expect(Reply.OK, Reply.REFUSED, campaign=campaign) is Reply.REFUSED:
             return _refused(reply)
         entry, t_us = int(reply[3]), int(reply[4])
@@ -487,6 +502,7 @@ class ScriptCalls:
             [digest, actor, reason],
             mark=None,
         )
+        self._changed(campaign)
         status.expect(Reply.OK, campaign=campaign)
         return int(reply[2])
 
@@ -498,6 +514,7 @@ class ScriptCalls:
             [digest, actor, reason],
             mark=None,  # an OK answer always wrote
         )
+        self._changed(campaign)
         status.expect(Reply.OK, campaign=campaign)
         return int(reply[2])
 

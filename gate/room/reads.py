@@ -34,6 +34,9 @@ _SNAPSHOT_FIELDS = (
     b"confirmed",
     b"pq_shuffle",
     b"pq_state",
+    b"claims",
+    b"subscriptions",
+    b"door_n",
 )
 
 
@@ -83,6 +86,9 @@ class Reads:
                 minimum=_int(row[11]),
                 prequeue_shuffle=row[14] == b"1",
                 prequeue_state=text(row[15] or b""),
+                claims=_int(row[16]),
+                subscriptions=_int(row[17]),
+                door=_int(row[18]),
             )
         return out
 

@@ -94,6 +94,11 @@ class CampaignState:
     minimum: int = 1
     prequeue_shuffle: bool = False  # joins before opening are shuffled at opening
     prequeue_state: str = ""  # "" collecting, "assigning" (frozen), "done"
+    # Counters that move whenever an admitted customer's pass.lua answer may change
+    # (gate/pass_cache.py): claims, subscriptions, the door's waits (rev covers revoke/block).
+    claims: int = 0
+    subscriptions: int = 0
+    door: int = 0
 
     @property
     def prequeue_pending(self) -> bool:
