@@ -1,7 +1,6 @@
 // fairgate: the pass checked at the edge, for nginx with njs 0.7.9 or later (Debian's
-// libnginx-mod-http-js). fairgate-edge.conf runs `check` as the auth_request of the core
-// system: the pass is verified here, as /gate/auth would (gate/tokens.py and
-// gate/http/checks.py), with no call to the gate per request:
+// libnginx-mod-http-js). The pass is verified here, as /gate/auth would (gate/tokens.py
+// and gate/http/checks.py), with no call to the gate per request:
 //   - `<payload>.<mac>` in canonical unpadded base64url; the payload a msgpack list
 //     [kind, kid, campaign, seq, digest, exp(, not_before)]; HMAC-SHA256 under the key
 //     named by kid (the edge key file, `gate keys edge`, preloaded as fairgate_edge_keys);
@@ -18,10 +17,14 @@
 // metered by the gate; so the first request with a pass goes to /gate/auth once
 // (/_fairgate_auth), and on 200 the customer gets the cookie fg_arrived, a MAC of the
 // pass under its own key; a request that shows it is checked here alone.
-// Answers: 200 with X-Gate-Campaign, X-Gate-Seq, X-Gate-Customer (and X-Fairgate-Arrived
-// on a first use) for auth_request_set; 401 (no identity or pass, a bad, expired or early
-// pass, no fresh list, the door says wait); 403 (another campaign or customer, closed,
-// revoked); 500 when the gate cannot be asked (the busy page).
+// Two entry points (fairgate-edge.conf): `verdict` (js_set, in the request itself: most
+// requests end there) and `check` (js_content under auth_request: the list due for a
+// refresh, or a first use; it may wait for the gate). `check` answers 200 with
+// X-Gate-Campaign, X-Gate-Seq, X-Gate-Customer (and X-Fairgate-Arrived on a first use)
+// for auth_request_set; 401 (no identity or pass, a bad, expired or early pass, no fresh
+// list, the door says wait); 403 (another campaign or customer, closed, revoked); 500
+// when the gate cannot be asked (the busy page). Written for njs 0.7.9: no classes, no
+// destructuring, no shared dictionary (a file instead), no periodic task.
 
 import crypto from 'crypto';
 import fs from 'fs';
@@ -174,12 +177,24 @@ function sameBytes(a, b) {
     return diff === 0;
 }
 
+// The keys as bytes, decoded once when nginx loads this file (every request's VM is a
+// copy of that one).
+function decodeKeys(section) {
+    const keys = {};
+    const given = fairgate_edge_keys[section];
+    for (const kid in given) {
+        keys[kid] = Buffer.from(given[kid], 'base64url');
+    }
+    return keys;
+}
+const KEYS = { pass_keys: decodeKeys('pass_keys'), digest_keys: decodeKeys('digest_keys') };
+
 function keyOf(section, kid) {
-    const keys = fairgate_edge_keys[section];
+    const keys = KEYS[section];
     if (typeof kid !== 'string' || !Object.prototype.hasOwnProperty.call(keys, kid)) {
         return null;
     }
-    return Buffer.from(keys[kid], 'base64url');
+    return keys[kid];
 }
 
 // The pass's fields when its shape and MAC are good, else a 401 bad_pass.
@@ -222,36 +237,40 @@ function verify(text) {
 
 // -- the revocation list ---------------------------------------------------------------
 
-function parseList(text, campaign) {
-    const list = {};
+// The gate's answer (`name value` lines), as kept in the file: a JSON object, which every
+// request reads back with the native JSON.parse.
+function parseList(text, campaign, fetched) {
     const lines = text.split('\n');
     if (lines[0] !== 'fairgate-revoked 1') {
         return null;
     }
+    const found = {};
     for (let i = 1; i < lines.length; i++) {
         const space = lines[i].indexOf(' ');
         if (space > 0) {
-            list[lines[i].slice(0, space)] = lines[i].slice(space + 1);
+            found[lines[i].slice(0, space)] = lines[i].slice(space + 1);
         }
     }
-    const numbers = ['time_ms', 'stale_after_ms', 'fetched_ms'];
-    for (let i = 0; i < numbers.length; i++) {
-        const name = numbers[i];
-        list[name] = Number(list[name]);
-        if (!(list[name] > 0)) {
-            return null;
-        }
-    }
-    if (list.campaign !== campaign || !list.digest_key || !list.state || list.revoked === undefined) {
+    const list = {
+        campaign: found.campaign,
+        state: found.state,
+        digest_key: found.digest_key,
+        time_ms: Number(found.time_ms),
+        stale_after_ms: Number(found.stale_after_ms),
+        fetched_ms: fetched,
+        revoked: ` ${found.revoked} `,
+    };
+    if (list.campaign !== campaign || !list.state || !list.digest_key || found.revoked === undefined
+        || !(list.time_ms > 0) || !(list.stale_after_ms > 0)) {
         return null;
     }
-    list.revokedSet = ' ' + list.revoked + ' ';
     return list;
 }
 
 function readList(path, campaign) {
     try {
-        return parseList(fs.readFileSync(path, 'utf8'), campaign);
+        const list = JSON.parse(fs.readFileSync(path));
+        return list.campaign === campaign ? list : null;
     } catch (e) {
         return null; // none yet
     }
@@ -295,18 +314,15 @@ async function fetchList(r, path, campaign) {
         r.warn(`fairgate edge: revocation list: the gate answered ${reply.status}`);
         return null;
     }
-    const body = reply.responseText;
-    const received = Date.now();
     // The gate's clock as of the middle of the round trip.
-    const text = body + `fetched_ms ${Math.round((started + received) / 2)}\n`;
-    const list = parseList(text, campaign);
+    const list = parseList(reply.responseText, campaign, Math.round((started + Date.now()) / 2));
     if (list === null) {
         r.error('fairgate edge: revocation list: not a list for this campaign');
         return null;
     }
     try {
         const tmp = `${path}.${process.pid}`;
-        fs.writeFileSync(tmp, text);
+        fs.writeFileSync(tmp, JSON.stringify(list));
         fs.renameSync(tmp, path);
     } catch (e) {
         r.error(`fairgate edge: cannot keep the revocation list in ${path}: ${e}`);
@@ -315,9 +331,12 @@ async function fetchList(r, path, campaign) {
 }
 
 // The campaign's list, refreshed when due; null when none is fresh enough to use.
+function listPath(r, campaign) {
+    return `${r.variables.fairgate_edge_dir || '/run/fairgate-edge'}/${campaign}.revoked`;
+}
+
 async function currentList(r, campaign) {
-    const dir = r.variables.fairgate_edge_dir || '/run/fairgate-edge';
-    const path = `${dir}/${campaign}.revoked`;
+    const path = listPath(r, campaign);
     const now = Date.now();
     let list = readList(path, campaign);
     const usable = (l) => l !== null && Date.now() - l.fetched_ms <= l.stale_after_ms;
@@ -358,15 +377,17 @@ function arrivalStamp(pass, text) {
     return hmac(pass.key, [ARRIVED_LABEL, text]).slice(0, 16).toString('base64url');
 }
 
-async function decide(r) {
-    const campaign = r.variables.fairgate_campaign;
-    const customer = customerOf(r);
+function passText(r) {
     const text = r.variables.http_x_gate_pass || r.variables.cookie_fg_pass || '';
     if (!text) {
         refuse(401, 'no_pass');
     }
-    const pass = verify(text);
-    const list = await currentList(r, campaign);
+    return text;
+}
+
+// What /gate/auth checks after the signature, in its order, against the list (null when
+// none is fresh enough): a Refusal, or nothing when the pass is good.
+function judge(r, campaign, customer, pass, list) {
     // Expiry and not_before by the gate's clock (Redis time), as the list measured it.
     const now = list !== null ? Date.now() + (list.time_ms - list.fetched_ms) : Date.now();
     if (pass.exp * 1000 <= now) {
@@ -392,9 +413,47 @@ async function decide(r) {
     if (list.state === 'closed') {
         refuse(403, 'campaign_closed');
     }
-    if (list.revokedSet.indexOf(` ${pass.seq} `) >= 0) {
+    if (list.revoked.indexOf(` ${pass.seq} `) >= 0) {
         refuse(403, 'revoked');
     }
+}
+
+// js_set $fairgate_edge_verdict: the check with no wait, in the request itself (no
+// subrequest): "200 <seq> <digest hex>", "401 <code>", "403 <code>", or "ask" when only
+// `check` can tell (the list is due for a refresh, or the pass's first use).
+function verdict(r) {
+    try {
+        const campaign = r.variables.fairgate_campaign;
+        const customer = customerOf(r);
+        const text = passText(r);
+        const pass = verify(text);
+        const list = readList(listPath(r, campaign), campaign);
+        if (list === null || Date.now() - list.fetched_ms > REFRESH_MS) {
+            return 'ask';
+        }
+        judge(r, campaign, customer, pass, list);
+        if (r.variables[`cookie_${ARRIVED_COOKIE}`] !== arrivalStamp(pass, text)) {
+            return 'ask';
+        }
+        return `200 ${pass.seq} ${pass.digest.toString('hex')}`;
+    } catch (e) {
+        if (e instanceof Refusal) {
+            return `${e.status} ${e.code}`;
+        }
+        r.error(`fairgate edge: ${e}`);
+        return 'ask';
+    }
+}
+
+// The auth_request of @fairgate_edge_ask: the same check, which may wait for the list and
+// for the gate's door.
+async function decide(r) {
+    const campaign = r.variables.fairgate_campaign;
+    const customer = customerOf(r);
+    const text = passText(r);
+    const pass = verify(text);
+    const list = await currentList(r, campaign);
+    judge(r, campaign, customer, pass, list);
     r.headersOut['X-Gate-Campaign'] = campaign;
     r.headersOut['X-Gate-Seq'] = String(pass.seq);
     r.headersOut['X-Gate-Customer'] = pass.digest.toString('hex');
@@ -430,4 +489,4 @@ async function check(r) {
     r.return(status);
 }
 
-export default { check };
+export default { check, verdict };
