@@ -2,6 +2,9 @@
 
 Requests that arrive within `window_s` of each other (a millisecond by default) share
 one `join` script call; while a call is in flight, new arrivals form the next batch.
+The call also writes the receipt records of the batches signed before it (ReceiptBook's
+`carry`): a batch's signature is recorded by the next call, so a batch costs one round
+trip (issue 15).
 """
 
 from __future__ import annotations
@@ -72,13 +75,19 @@ class JoinBatcher:
     async def _run(
         self, campaign: str, batch: list[tuple[bytes, asyncio.Future[JoinOutcome]]]
     ) -> None:
+        records = self.receipts.carry(campaign) if self.receipts is not None else []
         try:
-            result = await self.room.join(campaign, [digest for digest, _ in batch])
+            result = await self.room.join(campaign, [digest for digest, _ in batch], records)
         except Exception as exc:  # every waiter gets the failure, none hangs
+            if self.receipts is not None:
+                self.receipts.record_later(campaign, records)  # for the next call
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
+        if self.receipts is not None:
+            # written by the call, or the campaign is gone (UNKNOWN_CAMPAIGN): done either way
+            self.receipts.recorded(campaign, records)
         self.batches += 1
         receipts: dict[int, dict[str, Any]] = {}
         if self.receipts is not None and result.status == JOIN_OK:
@@ -103,7 +112,8 @@ class JoinBatcher:
         result: JoinResult,
     ) -> dict[int, dict[str, Any]]:
         """New tickets: one signature for the whole batch (its join entry), right after
-        the script. Tickets that existed: the receipt they were given then."""
+        the script, its record left for the next call. Tickets that existed: the receipt
+        they were given then."""
         assert self.receipts is not None
         created = [
             (seq, digest)
@@ -116,7 +126,7 @@ class JoinBatcher:
         if created and result.entry:
             issued, item = self.receipts.sign_batch(campaign, result.entry, result.now_us, created)
             out.update((r["seq"], r) for r in issued)
-            work.append(self.receipts.record(campaign, [item]))
+            self.receipts.record_later(campaign, [item])
         if retried:
             work.append(self.receipts.receipts_for(campaign, retried))
         for done in await asyncio.gather(*work, return_exceptions=True):
@@ -131,3 +141,5 @@ class JoinBatcher:
             self._flush(campaign)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.receipts is not None:
+            await self.receipts.flush()

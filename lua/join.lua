@@ -5,8 +5,16 @@
   KEYS[3] blocked set    fg:{c}:blocked
   KEYS[4] audit list     fg:{c}:audit
   KEYS[5] pre-queue set  fg:{c}:prequeue  (used only when meta pq_shuffle is '1')
+  KEYS[6] signatures     fg:{c}:rsig      hash: join entry index -> "kid:sig"
+  KEYS[7] join entries   fg:{c}:rjoin     zset: join entry index scored by its first seq
   ARGV[1] the pre-queue's seed (64 hex digits) when the caller was asked for it, else ''
-  ARGV[2..n+1] customer digests, 16 raw bytes each
+  ARGV[2] r, how many receipt records of earlier batches this call carries (issue 15: the
+    receipt of a batch is signed after its call and recorded by the next one, so a
+    batch costs one round trip); ARGV[3..2+3r] r triples (entry index, its first seq,
+    "kid:sig"), each written as receipts.py's record() does (HSETNX, ZADD NX: the
+    first signature recorded for an entry stays) whatever this call's answer, unless
+    the campaign does not exist
+  ARGV[3+3r..] customer digests, 16 raw bytes each
   Returns {OK, now_us, seq_1, created_1, ..., seq_n, created_n[, entry]},
     {CAMPAIGN_CLOSED, now_us}, {NOT_OPEN_YET, now_us} (before prequeue_from),
     {CAMPAIGN_NOT_PUBLISHED, now_us} (meta commit_pending: the checkpoint that covers the
@@ -28,12 +36,23 @@
 --!include lib/prequeue.lua
 --!include lib/replies.lua
 local seed = prequeue_seed(ARGV[1])
-for i = 2, #ARGV do
-  if string.len(ARGV[i]) ~= 16 then error('bad argument: digest ' .. (i - 1)) end
+local records = int_arg(ARGV[2], 0, 'records')
+local first = 3 + 3 * records  -- the first digest's ARGV index
+for i = 3, first - 1, 3 do
+  int_arg(ARGV[i], 1, 'record entry')
+  int_arg(ARGV[i + 1], 1, 'record seq')
+  if not string.find(ARGV[i + 2] or '', ':', 1, true) then error('bad argument: record sig') end
+end
+for i = first, #ARGV do
+  if string.len(ARGV[i]) ~= 16 then error('bad argument: digest ' .. (i - first + 1)) end
 end
 local m = rcall('HMGET', KEYS[1], 'state', 'prequeue_from_us', 'closes_at_us', 'opens_at_us',
   'pq_shuffle', 'pq_state', 'seq', 'audit_n', 'commit_pending')
 if not m[1] then return {UNKNOWN_CAMPAIGN} end
+for i = 3, first - 1, 3 do
+  rcall('HSETNX', KEYS[6], ARGV[i], ARGV[i + 2])
+  rcall('ZADD', KEYS[7], 'NX', ARGV[i + 1], ARGV[i])
+end
 local now = now_us()
 if m[1] == 'closed' or now >= tonumber(m[3]) then return {CAMPAIGN_CLOSED, int_str(now)} end
 if now < tonumber(m[2]) then return {NOT_OPEN_YET, int_str(now)} end
@@ -46,7 +65,7 @@ if m[5] == '1' and not pq_state then
   if now < tonumber(m[4]) then
     -- Before opening: no seq yet, only a place in the set that is shuffled at opening.
     local added = {}
-    for i = 2, #ARGV do
+    for i = first, #ARGV do
       local digest = ARGV[i]
       if has_blocked and rcall('SISMEMBER', KEYS[3], digest) == 1 then
         reply[#reply + 1] = 0
@@ -75,7 +94,7 @@ local assigning = pq_state == 'assigning'
 -- cost (bench/auditcost.py: a batch of 100 got ~30% cheaper, the audit write stays small).
 local last_seq = tonumber(m[7])
 local created = {}
-for i = 2, #ARGV do
+for i = first, #ARGV do
   local digest = ARGV[i]
   -- a blocked customer is refused even when they already hold a ticket
   local blocked = has_blocked and rcall('SISMEMBER', KEYS[3], digest) == 1

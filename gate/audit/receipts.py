@@ -5,15 +5,21 @@ At join time the gate signs the batch right after the join script returns and an
 each new customer with their receipt; it records the signature per join entry
 (``fg:{c}:rsig``: entry index -> "kid:sig") and the entry's first seq
 (``fg:{c}:rjoin``), so a retried join, or ``GET /q/{c}/receipt/{seq}``, rebuilds the
-same receipt later from the log. When the sealer moves entries to segment files, their
-index records move to a ``receipts-*.fgr`` file beside them (store.py). The sealer fills
-both for any join entry that was not recorded (a process that died in between, pre-queue
-assignments). Ed25519 is deterministic, so signing a batch again with the same key gives
-the same signature.
+same receipt later from the log. The record rides on the campaign's next join call
+(join.lua writes it), so a batch costs one round trip; with no next batch within
+RECORD_LATER_S it is written on its own, off any customer's answer (issue 15). Until
+then this process answers its receipts from memory. When the sealer moves entries to
+segment files, their index records move to a ``receipts-*.fgr`` file beside them
+(store.py). The sealer fills both for any join entry that was not recorded (a process
+that died in between, pre-queue assignments). Ed25519 is deterministic, so signing a
+batch again with the same key gives the same signature.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,7 +46,16 @@ from gate.room.keys import CampaignKeys
 from gate.room.scripts import Scripts
 from gate.signing import SigningKeys
 
+log = logging.getLogger("gate.receipts")
+
 RECEIPT_PREFIX = "fairgate-receipt/v1\n"
+# A batch's receipt record waits at most this long for the campaign's next join call to
+# carry it; then it is written by itself (well before the sealer, which signs and records
+# any join entry it seals unrecorded, reaches it: seal_bound_ms / 4, 250 ms by default).
+RECORD_LATER_S = 0.02
+# After a write that failed (Redis away), the next try by itself waits this long.
+RECORD_RETRY_S = 1.0
+Record = tuple[int, int, str, str]  # join entry index, its first seq, kid, sig
 # Entries whose `s` = [seq, digest, ...] hands out seqs: each gets one batch signature.
 RECEIPT_KINDS = (b"join", b"prequeue")
 # Bytes of batches kept in memory to answer retried joins and receipt reads.
@@ -263,6 +278,11 @@ class ReceiptBook:
         self._cache: OrderedDict[tuple[str, int], BatchReceipts] = OrderedDict()
         self.cached_bytes = 0
         self.issued_batches = 0
+        # Records of batches signed here and not written yet, per campaign, by entry.
+        self._unrecorded: dict[str, dict[int, Record]] = {}
+        self._record_timers: dict[str, asyncio.TimerHandle] = {}
+        self._record_tasks: set[asyncio.Task[None]] = set()
+        self.record_later_s = RECORD_LATER_S
 
     def store(self, campaign: str) -> AuditStore:
         return AuditStore(self.redis, campaign, self.segments_dir)
@@ -285,6 +305,84 @@ class ReceiptBook:
         primary gives their indexes to other entries (gate/failover.py)."""
         for key in [key for key in self._cache if key[0] == campaign]:
             self.cached_bytes -= self._cache.pop(key).size_bytes
+        self.carry(campaign)
+        self._unrecorded.pop(campaign, None)
+
+    # -- records carried by the next join call -------------------------------------
+
+    def record_later(
+        self, campaign: str, items: Sequence[Record], delay_s: float | None = None
+    ) -> None:
+        """Keep these records for the campaign's next join call (`carry`); written by
+        themselves after RECORD_LATER_S if no call carries them."""
+        if not items:
+            return
+        self._unrecorded.setdefault(campaign, {}).update((item[0], item) for item in items)
+        if campaign not in self._record_timers:
+            loop = asyncio.get_running_loop()
+            delay = self.record_later_s if delay_s is None else delay_s
+            self._record_timers[campaign] = loop.call_later(delay, self._record_now, campaign)
+
+    def carry(self, campaign: str) -> list[Record]:
+        """The campaign's records not written yet, for a join call to write: it says
+        `recorded` once it has, or `record_later` again if it failed. They stay here
+        meanwhile (this process's receipts are answered from them)."""
+        timer = self._record_timers.pop(campaign, None)
+        if timer is not None:
+            timer.cancel()
+        return list(self._unrecorded.get(campaign, {}).values())
+
+    def recorded(self, campaign: str, items: Sequence[Record]) -> None:
+        kept = self._unrecorded.get(campaign)
+        if kept is None:
+            return
+        for item in items:
+            if kept.get(item[0]) == item:
+                del kept[item[0]]
+        if not kept:
+            del self._unrecorded[campaign]
+
+    def _record_now(self, campaign: str) -> None:
+        self._record_timers.pop(campaign, None)
+        task = asyncio.get_running_loop().create_task(self._write_unrecorded(campaign))
+        self._record_tasks.add(task)
+        task.add_done_callback(self._record_tasks.discard)
+
+    async def _write_unrecorded(self, campaign: str) -> None:
+        items = self.carry(campaign)
+        try:
+            await self.record(campaign, items)
+        except Exception as exc:  # kept for the next call or try; the sealer fills it too
+            log.warning("event=receipt_record_failed campaign=%s error=%s", campaign, exc)
+            self.record_later(campaign, items, RECORD_RETRY_S)
+            return
+        self.recorded(campaign, items)
+
+    async def flush(self) -> None:
+        """Write every record still kept (at shutdown)."""
+        for campaign in list(self._unrecorded):
+            items = self.carry(campaign)
+            with contextlib.suppress(Exception):
+                await self.record(campaign, items)
+                self.recorded(campaign, items)
+        for timer in self._record_timers.values():
+            timer.cancel()
+        self._record_timers.clear()
+        if self._record_tasks:
+            await asyncio.gather(*self._record_tasks, return_exceptions=True)
+
+    def _from_unrecorded(self, campaign: str, seqs: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Receipts of batches signed here whose records are not written yet."""
+        out: dict[int, dict[str, Any]] = {}
+        for entry, _, kid, sig in self._unrecorded.get(campaign, {}).values():
+            batch = self._cache.get((campaign, entry))
+            if batch is None:
+                continue
+            for seq in seqs:
+                position = batch.position_of(seq)
+                if position is not None:
+                    out[seq] = batch.receipt(position, kid, sig)
+        return out
 
     def sign_batch(
         self, campaign: str, entry: int, t: int, created: Sequence[tuple[int, bytes]]
@@ -336,6 +434,10 @@ class ReceiptBook:
         wanted = sorted({s for s in seqs if s > 0})
         if not wanted:
             return {}
+        out = self._from_unrecorded(campaign, wanted)
+        wanted = [seq for seq in wanted if seq not in out]
+        if not wanted:
+            return out
         k = CampaignKeys(campaign)
         async with guarded():
             reply = await self.scripts.call(
@@ -367,7 +469,6 @@ class ReceiptBook:
                     loaded = BatchReceipts(campaign, index, int(logged["t"]), batch_pairs(logged))
                     batches[index] = loaded
                     self._remember(loaded)
-        out: dict[int, dict[str, Any]] = {}
         to_record: dict[int, tuple[int, int, str, str]] = {}
         for seq, (entry, signature) in located.items():
             batch = batches.get(entry)

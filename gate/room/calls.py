@@ -249,18 +249,39 @@ class ScriptCalls:
 
     # -- customers -------------------------------------------------------------------
 
-    async def join(self, campaign: str, digests: Sequence[bytes]) -> JoinResult:
+    async def join(
+        self,
+        campaign: str,
+        digests: Sequence[bytes],
+        records: Sequence[tuple[int, int, str, str]] = (),
+    ) -> JoinResult:
+        """Join the digests (one batch). `records`: receipt records of earlier batches,
+        (entry index, first seq, kid, sig) each, written by the same call (ReceiptBook's
+        record(), without a round trip of its own)."""
         k = CampaignKeys(campaign)
-        keys = [k.meta, k.tickets, k.blocked, k.audit, k.prequeue]
+        keys = [
+            k.meta,
+            k.tickets,
+            k.blocked,
+            k.audit,
+            k.prequeue,
+            k.receipt_signatures,
+            k.join_entries,
+        ]
+        carried: list[ScriptArg] = [len(records)]
+        for entry, first_seq, kid, sig in records:
+            carried += [entry, first_seq, f"{kid}:{sig}"]
         # Every answer waits, a replayed ticket's (created:false) too: it may be one that
         # another call wrote a moment ago and no replica has yet.
-        status, reply = await self._durable_call("join", keys, ["", *digests], mark=k.durable_mark)
+        status, reply = await self._durable_call(
+            "join", keys, ["", *carried, *digests], mark=k.durable_mark
+        )
         if status is Reply.SEED_NEEDED:
             # The first join after opening freezes a shuffled pre-queue and reveals its
             # seed, which Redis does not hold: once per campaign, the call again with it.
             seed = await self.seed_for(campaign, seeds.PREQUEUE)
             status, reply = await self._durable_call(
-                "join", keys, [seed.hex(), *digests], mark=k.durable_mark
+                "join", keys, [seed.hex(), *carried, *digests], mark=k.durable_mark
             )
         if status is not Reply.OK:
             # the caller answers each customer: the codes are JoinResult.status's
