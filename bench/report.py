@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import admit_rate, redis_memory, verify_scale
+from bench import admit_rate, edge, redis_memory, verify_scale
 from bench.auditcost import render_markdown as auditcost_markdown
 
 
@@ -240,6 +240,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             verify_scale.table(results["verify_scale"]),
             "",
         ]
+    if "edge" in results:
+        parts += ["", edge.markdown(results["edge"]), ""]
     if "redis_memory" in results:
         parts += ["", redis_memory.table(results["redis_memory"]), ""]
     return "\n".join(parts)

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from bench import admit_rate, redis_memory, verify_scale
+from bench import admit_rate, edge, redis_memory, verify_scale
 from bench.auditcost import measure_audit_cost
 from bench.load import LoadResult, Target
 from bench.luacost import benchmark_binary, measure_lua
@@ -70,6 +70,7 @@ class Settings:
     admit_rate: bool = True
     verify_scale: bool = True
     redis_memory: bool = True
+    edge: bool = False
 
 
 def cores() -> int:
@@ -132,6 +133,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "bench/verify_scale)",
     )
     parser.add_argument(
+        "--edge",
+        action="store_true",
+        help="also the pass checked at the edge: nginx + njs ÷ nginx with no check, and the "
+        "gate's calls per request (bench/edge.py; needs nginx's njs module and wrk)",
+    )
+    parser.add_argument(
         "--no-redis-memory",
         action="store_true",
         help="skip Redis bytes per waiting customer and the join's cost at 1,000,000 "
@@ -184,6 +191,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         admit_rate=not args.no_admit_rate,
         verify_scale=not args.no_verify_scale,
         redis_memory=not args.no_redis_memory,
+        edge=args.edge,
     )
 
 
@@ -893,6 +901,13 @@ async def main_async(settings: Settings) -> dict[str, Any]:
                 except Exception as exc:
                     failures.append(f"redis memory: {exc!r}")
                     print(f"FAILED redis memory: {exc!r}", flush=True)
+            if settings.edge:
+                print("the pass checked at the edge (bench/edge.py) ...")
+                try:
+                    results["edge"] = await edge.run(settings.quick, work / "edge")
+                except Exception as exc:
+                    failures.append(f"edge: {exc!r}")
+                    print(f"FAILED edge: {exc!r}", flush=True)
             results["failures"] = failures
             results["conditions"]["loadavg_end"] = list(os.getloadavg())
             results["conditions"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
