@@ -15,6 +15,7 @@ from gate.audit.sealer import Sealer, SealerCollector
 from gate.audit.store import AuditStore, segments_root
 from gate.batcher import JoinBatcher
 from gate.cache import CampaignCache
+from gate.claim_batcher import ClaimBatcher
 from gate.cluster_failover import ClusterFailoverWatch
 from gate.config import Config
 from gate.controller import ControllerCollector, RateController
@@ -105,6 +106,12 @@ class Gate:
             window_s=config.join_batch_window_ms / 1000,
             max_batch=config.join_batch_max,
             receipts=self.receipts,
+        )
+        # Claims too: one script call per campaign and tick (the join batch's settings).
+        self.claims = ClaimBatcher(
+            self.room,
+            window_s=config.join_batch_window_ms / 1000,
+            max_batch=config.join_batch_max,
         )
         self.sealer = Sealer.from_config(
             config, self.scripts, keys, segments_root(config), durability=self.durability
@@ -220,6 +227,7 @@ class Gate:
                 await task
         self._tasks.clear()
         await self.batcher.close()
+        await self.claims.close()
         await self.sealer.close()
         await self.redis.aclose()
         await self.control_redis.aclose()

@@ -180,3 +180,48 @@ def test_each_file_includes_exactly_the_libs_it_uses(relative: str) -> None:
     needed = {lib for lib, names in libs.items() if lib != relative and used & names}
     assert set(_INCLUDE_RE.findall(text)) == needed
     assert len(_INCLUDE_RE.findall(text)) == len(needed)
+
+
+def test_a_script_taken_whole_as_a_function(tmp_path: Path) -> None:
+    """`--!function NAME FILE.lua`: FILE's includes at that line (each file once), the rest
+    of FILE as the body of `local function NAME(KEYS, ARGV)`."""
+    root = tree(
+        tmp_path,
+        {
+            "one.lua": (
+                "--[[ one ]]\n--!include lib/base.lua\nlocal x = base(ARGV[1])\nreturn {x}\n"
+            ),
+            "many.lua": (
+                "--!include lib/base.lua\n--!function one_of one.lua\nreturn one_of(KEYS, ARGV)\n"
+            ),
+            "bad.lua": "--!function One one.lua\n",
+            "loop.lua": "--!function f loop2.lua\n",
+            "loop2.lua": "--!function g loop.lua\n",
+            "gone.lua": "--!function f nothing.lua\n",
+            "lib/base.lua": "local function base(v) return v end\n",
+        },
+    )
+    text = render_in(root, "many")
+    assert text.count("local function base") == 1
+    start = text.index("local function one_of(KEYS, ARGV)\n")
+    assert text.index("local function base") < start
+    assert text[start:].startswith(
+        "local function one_of(KEYS, ARGV)\n--[[ one ]]\nlocal x = base(ARGV[1])\nreturn {x}\nend\n"
+    )
+    with pytest.raises(LuaSourceError, match="bad function line"):
+        render_in(root, "bad")
+    with pytest.raises(LuaSourceError, match="function of a function"):
+        render_in(root, "loop")
+    with pytest.raises(LuaSourceError, match="no such Lua file"):
+        render_in(root, "gone")
+
+
+def test_claim_batch_runs_claim_lua_s_own_text() -> None:
+    claim = [
+        line for line in read_lua("claim.lua").splitlines(keepends=True) if "--!include" not in line
+    ]
+    text = render("claim_batch")
+    start = text.index("local function claim_one(KEYS, ARGV)\n") + len(
+        "local function claim_one(KEYS, ARGV)\n"
+    )
+    assert text[start:].startswith("".join(claim) + "end\n")

@@ -120,7 +120,7 @@ async def _claim(request: web.Request) -> web.Response:
             },
             200 if result.replayed else 201,
         )
-    result = await gate.room.claim(campaign, token.seq, token.digest, amount, key)
+    result = await gate.claims.claim(campaign, token.seq, token.digest, amount, key)
     if not result.ok:
         raise _refusal(result)
     return respond(

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from gate import seeds
 from gate.campaign import CampaignSpec, to_us
-from gate.errors import ScriptError
+from gate.errors import GateError, ScriptError
 from gate.marks import Marks
 from gate.redis_client import guarded
 from gate.redis_nodes import is_cluster
@@ -408,24 +408,47 @@ class ScriptCalls:
         k = CampaignKeys(campaign)
         status, reply = await self._durable_call(
             "claim",
-            [
-                k.meta,
-                k.active,
-                k.revoked,
-                k.reservations,
-                k.reservation_expiries,
-                k.spent,
-                k.holds,
-                k.idempotency,
-                k.audit,
-                k.tickets,
-            ],
+            _claim_keys(k),
             # the id's random part keeps ids unique even when a failover sets the
             # reservation counter back (claim.lua)
             [seq, digest, str(amount), idempotency_key, reservation_suffix()],
             mark=k.durable_mark,
         )
         self._changed(campaign)
+        return self._claimed(campaign, status, reply)
+
+    async def claim_batch(
+        self, campaign: str, claims: Sequence[tuple[int, bytes, int, str]]
+    ) -> list[ClaimResult | GateError]:
+        """Several claims (seq, digest, amount, idempotency key) in one call
+        (claim_batch.lua), each made exactly as `claim` alone would, in this order: its
+        result, or the error `claim` would raise. A claim the batch could not make (its run
+        raised in Lua, nothing written) is made alone afterwards."""
+        k = CampaignKeys(campaign)
+        args: list[ScriptArg] = []
+        for seq, digest, amount, key in claims:
+            args += [seq, digest, str(amount), key, reservation_suffix()]
+        status, reply = await self._durable_call(
+            "claim_batch", _claim_keys(k), args, mark=k.durable_mark
+        )
+        self._changed(campaign)
+        status.expect(Reply.OK, campaign=campaign)
+        items = reply[1:]
+        if len(items) != len(claims):
+            raise ScriptError(f"claim_batch answered {len(items)} claims of {len(claims)}")
+        out: list[ClaimResult | GateError] = []
+        for (seq, digest, amount, key), item in zip(claims, items, strict=True):
+            try:
+                if item:
+                    out.append(self._claimed(campaign, status_of(item), item))
+                else:
+                    out.append(await self.claim(campaign, seq, digest, amount, key))
+            except GateError as exc:
+                out.append(exc)
+        return out
+
+    def _claimed(self, campaign: str, status: Reply, reply: list[Any]) -> ClaimResult:
+        """claim.lua's reply, decoded (a refusal as a result; another code raised)."""
         if status.expect(Reply.OK, Reply.REFUSED, campaign=campaign) is Reply.REFUSED:
             return _refused(reply)
         result = ClaimResult(
@@ -550,6 +573,22 @@ class ScriptCalls:
         )
         status.expect(Reply.OK, campaign=campaign)
         return int(reply[1])
+
+
+def _claim_keys(k: CampaignKeys) -> list[str]:
+    """claim.lua's KEYS (claim_batch.lua's too)."""
+    return [
+        k.meta,
+        k.active,
+        k.revoked,
+        k.reservations,
+        k.reservation_expiries,
+        k.spent,
+        k.holds,
+        k.idempotency,
+        k.audit,
+        k.tickets,
+    ]
 
 
 def reservation_suffix() -> str:

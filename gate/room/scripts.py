@@ -7,6 +7,12 @@ as well as a script. The loader splices each needed file in at its include line,
 recursively: a file appears once per script, where it is first needed, before the text of
 the file that needs it; an include cycle, a missing file or a malformed include line is
 refused with the chain of files that led to it.
+
+A script may also take another script whole as a local function: ``--!function NAME
+FILE.lua`` puts FILE's includes at that line and the rest of FILE inside ``local function
+NAME(KEYS, ARGV) ... end`` (its `return`s return from the function). So a script that does
+several of another's operations in one call (claim_batch.lua: claims) runs that very text,
+never a copy.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from redis.exceptions import NoScriptError, ResponseError
 
 INCLUDE_PREFIX = "--!include"
 _INCLUDE_RE = re.compile(r"--!include (lib/[a-z0-9_]+\.lua)\s*")
+FUNCTION_PREFIX = "--!function"
+_FUNCTION_RE = re.compile(r"--!function ([a-z_][a-z0-9_]*) ([a-z0-9_]+\.lua)\s*")
 
 ScriptArg = str | bytes | int | float
 Read = Callable[[str], str]
@@ -84,6 +92,9 @@ def _expand(path: str, read: Read, chain: tuple[str, ...], done: set[str]) -> st
         raise LuaSourceError(f"no such Lua file: {trail}") from None
     parts: list[str] = []
     for line in text.splitlines(keepends=True):
+        if line.startswith(FUNCTION_PREFIX):
+            parts.append(_as_function(line, read, (*chain, path), done))
+            continue
         if not line.startswith(INCLUDE_PREFIX):
             parts.append(line)
             continue
@@ -97,6 +108,40 @@ def _expand(path: str, read: Read, chain: tuple[str, ...], done: set[str]) -> st
         parts.append(_expand(match.group(1), read, (*chain, path), done))
         parts.append(line[len(line.rstrip("\r\n")) :])
     return "".join(parts)
+
+
+def _as_function(line: str, read: Read, chain: tuple[str, ...], done: set[str]) -> str:
+    """A `--!function NAME FILE.lua` line: FILE's includes, then FILE's other lines as the
+    body of `local function NAME(KEYS, ARGV)`."""
+    trail = " -> ".join(chain)
+    match = _FUNCTION_RE.fullmatch(line)
+    if match is None:
+        raise LuaSourceError(
+            f"bad function line in {trail}: {line.rstrip()!r} (want '--!function NAME FILE.lua')"
+        )
+    name, path = match.groups()
+    if path in chain:
+        raise LuaSourceError(f"include cycle: {trail} -> {path}")
+    try:
+        text = read(path)
+    except FileNotFoundError:
+        raise LuaSourceError(f"no such Lua file: {trail} -> {path}") from None
+    head: list[str] = []
+    body: list[str] = []
+    for part in text.splitlines(keepends=True):
+        if part.startswith(FUNCTION_PREFIX):
+            raise LuaSourceError(f"a function of a function: {trail} -> {path}")
+        if part.startswith(INCLUDE_PREFIX):
+            include = _INCLUDE_RE.fullmatch(part)
+            if include is None:
+                raise LuaSourceError(f"bad include line in {trail} -> {path}: {part.rstrip()!r}")
+            head.append(_expand(include.group(1), read, (*chain, path), done))
+            head.append("\n")
+        else:
+            body.append(part)
+    if body and not body[-1].endswith("\n"):
+        body.append("\n")
+    return "".join([*head, f"local function {name}(KEYS, ARGV)\n", *body, "end\n"])
 
 
 # Scripts an operator must be able to run while Redis is at its maxmemory under
