@@ -20,6 +20,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import random
 import re
 import secrets
@@ -48,6 +49,7 @@ from tests.proxy_support import (
     SCENARIOS,
     Front,
     edge_key_file,
+    haproxy_conf,
     proxied_gate,
     unique,
 )
@@ -436,3 +438,34 @@ def test_the_shipped_edge_example_passes_nginx_t(tmp_path: Path, keys_file: Path
         text=True,
     )
     assert check.returncode == 0, check.stderr
+
+
+@needs_haproxy
+def test_haproxy_edge_refuses_to_start_without_what_it_needs(
+    tmp_path: Path, keys_file: Path
+) -> None:
+    """FAIRGATE_PASS_CHECK=edge with no key file, or with identity = "jwt" (the customer is
+    in a token only the gate checks): HAProxy does not start, and says why."""
+    assert HAPROXY is not None
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(haproxy_conf(free_port()))
+    base = {
+        **os.environ,
+        "FAIRGATE_LUA": str(DEPLOY / "haproxy" / "fairgate.lua"),
+        "FAIRGATE_BUSY_PAGE": str(DEPLOY / "haproxy" / "fairgate-busy.html"),
+        "FAIRGATE_PROXY_SECRET": PROXY_SECRET,
+        "FAIRGATE_PASS_CHECK": "edge",
+        "FAIRGATE_EDGE_KEYS": str(edge_key_file(keys_file, tmp_path)),
+    }
+    for env, why in (
+        ({}, None),
+        ({"FAIRGATE_EDGE_KEYS": str(tmp_path / "none.json")}, "cannot read the key file"),
+        ({"FAIRGATE_IDENTITY": "jwt"}, "needs FAIRGATE_IDENTITY=header"),
+    ):
+        check = subprocess.run(
+            [HAPROXY, "-c", "-f", str(conf)], capture_output=True, text=True, env={**base, **env}
+        )
+        if why is None:
+            assert check.returncode == 0, check.stdout + check.stderr
+        else:
+            assert check.returncode != 0 and why in check.stdout + check.stderr, why

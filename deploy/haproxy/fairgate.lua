@@ -380,6 +380,10 @@ local function parse_list(body, campaign, fetched)
 end
 
 if EDGE then
+  if os.getenv("FAIRGATE_IDENTITY") == "jwt" then
+    -- the customer is then in the bank's token, which only the gate checks
+    error("fairgate edge: FAIRGATE_PASS_CHECK=edge needs FAIRGATE_IDENTITY=header")
+  end
   KEYS = load_edge_keys(os.getenv("FAIRGATE_EDGE_KEYS"))
   local campaign = os.getenv("FAIRGATE_CAMPAIGN") or ""
   local url = "http://" .. (os.getenv("FAIRGATE_GATE") or "127.0.0.1:8080")
