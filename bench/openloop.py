@@ -117,6 +117,7 @@ class _Generator:
     def __init__(self, spec: GeneratorSpec) -> None:
         self.spec = spec
         self.latencies = array.array("d")
+        self.codes = array.array("H")  # each latency's status; 0: unanswered
         self.lags = array.array("d")
         self.statuses: dict[int, int] = {}
         self.socket_errors = 0
@@ -197,6 +198,7 @@ class _Generator:
                 while scheduled < end:
                     self.unfinished += 1
                     self.latencies.append(hard - scheduled)
+                    self.codes.append(0)
                     k += 1
                     scheduled = first + k * interval
                 return
@@ -208,6 +210,7 @@ class _Generator:
                 if clock() >= hard:
                     self.unfinished += 1
                     self.latencies.append(hard - scheduled)
+                    self.codes.append(0)
                     k += 1
                     continue
                 self.socket_errors += 1
@@ -219,6 +222,7 @@ class _Generator:
                 continue
             self._count(status)
             self.latencies.append(done - (scheduled if held_back else now))
+            self.codes.append(status)
             if not held_back:
                 self.lags.append(max(0.0, now - scheduled))
             previous_done = done
@@ -249,6 +253,7 @@ class _Generator:
             if done <= end:
                 self._count(status)
                 self.latencies.append(done - sent)
+                self.codes.append(status)
             k += 1
 
 
@@ -270,6 +275,8 @@ def generator_main(spec_path: Path) -> int:
         generator.latencies.tofile(handle)
     with open(f"{spec_path}.lag", "wb") as handle:
         generator.lags.tofile(handle)
+    with open(f"{spec_path}.st", "wb") as handle:
+        generator.codes.tofile(handle)
     summary = {
         "sent": generator.sent,
         "statuses": {str(k): v for k, v in generator.statuses.items()},
@@ -279,6 +286,31 @@ def generator_main(spec_path: Path) -> int:
     }
     Path(f"{spec_path}.out").write_text(json.dumps(summary))
     return 0
+
+
+def _read_codes(path: Path) -> list[int]:
+    values = array.array("H")
+    if path.exists():
+        with open(path, "rb") as handle:
+            values.frombytes(handle.read())
+    return values.tolist()
+
+
+def by_status(latencies: list[float], codes: list[int]) -> dict[str, dict[str, float]]:
+    """Latency percentiles per kind of answer: 2xx, 503, other (4xx, other 5xx), and
+    unanswered (0: counted at the hard deadline)."""
+    groups: dict[str, list[float]] = {}
+    for latency, code in zip(latencies, codes, strict=False):
+        if 200 <= code < 300:
+            kind = "2xx"
+        elif code == 503:
+            kind = "503"
+        elif code == 0:
+            kind = "unanswered"
+        else:
+            kind = "other"
+        groups.setdefault(kind, []).append(latency)
+    return {kind: percentiles(values) for kind, values in sorted(groups.items())}
 
 
 def _read_doubles(path: Path) -> list[float]:
@@ -321,7 +353,7 @@ def _write_specs(
         )
         first += share
         path = work_dir / f"gen-{target.port}-{os.getpid()}-{p}.json"
-        for suffix in (".out", ".lat", ".lag"):
+        for suffix in (".out", ".lat", ".lag", ".st"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         path.write_text(json.dumps(asdict(spec)))
         paths.append(path)
@@ -332,6 +364,7 @@ def _collect(
     paths: list[Path], *, rate: float | None, duration_s: float, connections: int
 ) -> LoadResult:
     latencies: list[float] = []
+    codes: list[int] = []
     lags: list[float] = []
     statuses: dict[str, int] = {}
     sent = socket_errors = unfinished = 0
@@ -339,6 +372,7 @@ def _collect(
     for path in paths:
         summary: dict[str, Any] = json.loads(Path(f"{path}.out").read_text())
         latencies += _read_doubles(Path(f"{path}.lat"))
+        codes += _read_codes(Path(f"{path}.st"))
         lags += _read_doubles(Path(f"{path}.lag"))
         for code, count in summary["statuses"].items():
             statuses[code] = statuses.get(code, 0) + count
@@ -346,7 +380,7 @@ def _collect(
         socket_errors += summary["socket_errors"]
         unfinished += summary["unfinished"]
         late_start = max(late_start, summary["late_start_s"])
-        for suffix in ("", ".out", ".lat", ".lag"):
+        for suffix in ("", ".out", ".lat", ".lag", ".st"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
     ok = sum(count for code, count in statuses.items() if code.startswith("2"))
     answered = sum(statuses.values())
@@ -367,6 +401,7 @@ def _collect(
             "sent": sent,
             "statuses": statuses,
             "late_start_s": late_start,
+            "latency_by_status_ms": by_status(latencies, codes) if rate else {},
         },
     )
 

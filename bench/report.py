@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import admit_rate, edge, redis_memory, verify_scale
+from bench import admit_rate, edge, overload, redis_memory, verify_scale
 from bench.auditcost import render_markdown as auditcost_markdown
 
 
@@ -244,6 +244,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         parts += ["", edge.markdown(results["edge"]), ""]
     if "redis_memory" in results:
         parts += ["", redis_memory.table(results["redis_memory"]), ""]
+    if "overload" in results:
+        parts += ["", overload.table(results["overload"]), ""]
     return "\n".join(parts)
 
 

@@ -125,6 +125,7 @@ class GateServer(_Child):
         *,
         metrics: bool = True,
         apart: bool = False,
+        shed_lag_ms: int = 0,
     ) -> None:
         # metrics=False: request-path metrics off (config `metrics`), the reference of the
         # metrics-cost row. apart: a data dir of its own (each gate has a metrics folder).
@@ -159,6 +160,7 @@ class GateServer(_Child):
                 "GATE_WORKERS": str(workers),
                 "GATE_COOKIE_SECURE": "false",
                 "GATE_METRICS": "true" if metrics else "false",
+                "GATE_SHED_LAG_MS": str(shed_lag_ms),
             }
         )
 

@@ -117,6 +117,11 @@ class Config:
     # more is answered 503 with Retry-After at once (0: no bound). The admin listener has
     # no bound, so that operators can pause or close under any load.
     max_concurrent_requests: int = 1000
+    # While this process's event loop runs more than this late, new joins, status polls
+    # and waiting pages are answered 503 + Retry-After at once (gate/overload.py); 0: off.
+    # Off by default (a laptop or a shared test machine lags for reasons of its own); the
+    # shipped production settings (deploy/) turn it on at 20 ms.
+    shed_lag_ms: int = 0
     cookie_secure: bool = True
     log_level: str = "INFO"
     # One event per line: "logfmt" (key=value, quoted where needed) or "json".
@@ -402,6 +407,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{name}: must be between 100 and 600000")
     if cfg.keepalive_timeout_s < 1 or cfg.keepalive_timeout_s > 3600:
         raise ConfigError("keepalive_timeout_s: must be between 1 and 3600")
+    if not 0 <= cfg.shed_lag_ms <= 60_000:
+        raise ConfigError("shed_lag_ms: must be 0 (off) to 60000")
     if cfg.max_concurrent_requests > 1_000_000:
         raise ConfigError("max_concurrent_requests: must be 0 (no bound) or at most 1000000")
     if cfg.redis_timeout_ms < 10:

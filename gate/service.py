@@ -24,6 +24,7 @@ from gate.failover import FailoverCollector, FailoverWatch, PrimaryIdentity, con
 from gate.health import CallbackHealth
 from gate.marks import Marks
 from gate.metrics import Metrics
+from gate.overload import Shedder
 from gate.pass_cache import PassCache
 from gate.redis_checks import RedisSanity
 from gate.redis_client import connect, redis_address
@@ -121,6 +122,9 @@ class Gate:
         )
         # The door to the core: a pass's first use at /gate/auth, metered (issue 12).
         self.arrivals = Arrivals(self.room)
+        # Graceful overload: waiting-room work shed while the event loop runs late.
+        self.shedder = Shedder(config.shed_lag_ms)
+        self.in_flight: dict[str, int] = {}  # requests under way, per listener
         # The adaptive rate (gate/controller.py): one process per campaign drives it, on
         # the control connection; every process counts its callbacks for it.
         self.controller = RateController(self.control_room, self.cache, self.control_redis)
@@ -211,6 +215,8 @@ class Gate:
             self._tasks.append(asyncio.create_task(self.sealer.run()))
             self._tasks.append(asyncio.create_task(self.failover.run()))
             self._tasks.append(asyncio.create_task(self.metrics.run()))
+            if self.config.shed_lag_ms:
+                self._tasks.append(asyncio.create_task(self.shedder.run()))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from gate.errors import BadRequest, GateError, NotYet, RedisRefused, Unavailable
 from gate.failover import CampaignHeld, Reconciling
 from gate.http.page import error_page, prefers_html
+from gate.overload import SHED_MIN_IN_FLIGHT, SHED_ROUTES
 from gate.service import Gate
 
 log = logging.getLogger("gate.http")
@@ -188,32 +189,40 @@ def make_error_middleware(
     config.max_concurrent_requests in flight in this process (503 at once above it).
 
     `before`: the listener's own checks, run ahead of every handler; what they raise is
-    answered like a handler's error."""
-    in_flight = 0
+    answered like a handler's error.
+
+    On the public listener, while the process's event loop runs late with requests of
+    its own piled up (gate/overload.py), new joins, polls and waiting pages are answered
+    503 at once, before any work."""
+    sheds = SHED_ROUTES if listener == "public" else frozenset()
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal in_flight
         gate = request.app[GATE_KEY]
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         bound = gate.config.max_concurrent_requests if listener != "admin" else 0
-        if bound and in_flight >= bound:
-            gate.metrics.refusal(listener, "overload")
+        flights = gate.in_flight  # this process's requests under way, per listener
+        in_flight = flights.get(listener, 0)
+        shed = route in sheds and in_flight >= SHED_MIN_IN_FLIGHT and gate.shedder.shedding()
+        if (bound and in_flight >= bound) or shed:
+            gate.metrics.refusal(listener, "loop_lag" if shed else "overload")
             gate.metrics.answered(listener, route, 503, None)
             return error_response(
                 request,
                 503,
                 "unavailable",  # the busy page for a browser, as when Redis is away
-                "the gate is at its limit of requests in flight; retry shortly",
+                "the gate is busier than it can answer now; retry shortly"
+                if shed
+                else "the gate is at its limit of requests in flight; retry shortly",
                 {"Retry-After": "1"},
             )
         started = time.perf_counter()
-        in_flight += 1
+        flights[listener] = in_flight + 1
         try:
             response = await _answer(request, handler, route, before)
         finally:
-            in_flight -= 1
+            flights[listener] -= 1
         gate.metrics.answered(listener, route, response.status, time.perf_counter() - started)
         if response.status == 408:
             # What still comes of the body is no request: answer, then close at once
