@@ -62,6 +62,13 @@ from gate.service import Gate
 from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, Token, TokenError
 
 
+def _cached_campaign(request: web.Request, campaign: str) -> LiveCampaign | None:
+    """The campaign from this process's cache while it answers: the poll's usual case, with
+    no coroutine; None when `_campaign` must decide (load it, wait, or refuse)."""
+    cache = gate_of(request).cache
+    return cache.peek(campaign) if cache.answering() else None
+
+
 async def _campaign(request: web.Request, campaign: str) -> LiveCampaign:
     gate = gate_of(request)
     # answering() first: the usual case costs no coroutine on the poll's hot path
@@ -168,7 +175,7 @@ async def join(request: web.Request) -> web.StreamResponse:
             raise BadRequest("the body could not be decoded", code="bad_body_encoding") from None
     else:
         await read_body(request)  # no fields yet, but a malformed body is still refused
-    live = await _campaign(request, campaign)
+    live = _cached_campaign(request, campaign) or await _campaign(request, campaign)
     gate.refuse_writes_if_unsafe(campaign, allocates=False)
     digest = campaign_digest(gate, campaign, customer, live.spec)
     outcome = await gate.batcher.join(campaign, digest)
@@ -263,7 +270,7 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
     if token.campaign != campaign:
         raise Forbidden("this ticket is for another campaign", code="wrong_campaign")
     check_customer(request, token)
-    live = await _campaign(request, campaign)
+    live = _cached_campaign(request, campaign) or await _campaign(request, campaign)
     base: dict[str, Any] = {"campaign": campaign, "seq": token.seq}
     if token.kind == PREQUEUE_TICKET:
         if live.state.prequeue_pending:  # answered from the cache, like a waiting poll
@@ -373,7 +380,7 @@ async def auth(request: web.Request) -> web.Response:
 
 async def _auth(request: web.Request) -> web.Response:
     gate = gate_of(request)
-    fresh = await gate.cache.wait_fresh()
+    fresh = gate.cache.fresh() or await gate.cache.wait_fresh()
     try:
         token, _ = verified_pass(request, fresh=fresh)
     except BadRequest as exc:
@@ -421,7 +428,7 @@ async def page(request: web.Request) -> web.StreamResponse:
     a status poll, rendered; once admitted, a 303 to the target with the pass cookie."""
     gate = gate_of(request)
     campaign = campaign_id(request)
-    live = await _campaign(request, campaign)
+    live = _cached_campaign(request, campaign) or await _campaign(request, campaign)
     ticket = page_ticket(request)
     view: dict[str, Any] | None = None
     if ticket is not None:
