@@ -1,7 +1,8 @@
 """The pass checked at the edge (issue 15): protected requests per second through nginx
 that checks the pass itself (deploy/nginx/fairgate-edge.*, njs), as a ratio to the same
-nginx proxying to the same upstream with no check at all, in the same run; and the calls
-to the gate per protected request (its own count of /gate/auth answers), which must be 0.
+nginx proxying to the same upstream with no check at all, in the same run; the same for
+HAProxy (deploy/haproxy, fairgate.lua's fairgate_edge); and the calls to the gate per
+protected request (its own count of /gate/auth answers), which must be 0.
 
 `python -m bench.edge [--quick]`, or `python -m bench.run --edge` (an optional part).
 
@@ -15,8 +16,15 @@ rounds, the figure the median:
   fairgate-locations.conf and fairgate-edge.conf): the figure of the issue;
 - **gate**: the login check and the pass checked by the gate (auth_request to a real
   `gate serve`, 1 process): what the edge check replaces.
-The customer has arrived (one request through the edge first, which asks the gate once
+And one HAProxy (`nbthread 1`: the shipped haproxy.cfg, its Lua, FAIRGATE_PASS_CHECK=edge)
+in front of the same upstream, three frontends:
+- **haproxy-plain**: `default_backend core_bank`, no check at all (its reference);
+- **haproxy-login**: the shipped login check (fairgate.lua's fairgate_login) only;
+- **haproxy-edge**: the shipped frontend: login + the pass checked in Lua (fairgate_edge).
+The customer has arrived (one request through each edge first, which asks the gate once
 and sets the fg_arrived mark); wrk then sends the pass and the mark on every request.
+Each row also gives the front's CPU per request (the nginx worker's, HAProxy's: from
+/proc, over the wrk run), which the machine's noise moves less than the rate.
 """
 
 from __future__ import annotations
@@ -45,11 +53,17 @@ from gate.redis_server import RedisServer, free_port
 from gate.signing import generate_keys_document, write_keys
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nginx"
+DEPLOY_HAPROXY = DEPLOY.parent / "haproxy"
+HAPROXY_TLS_BIND = "bind :443 ssl crt /etc/haproxy/tls/promo.pem alpn h2,http/1.1"
 NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"
 CAMPAIGN = "bench-edge"
 CUSTOMER = "bench-edge-customer"
 TARGET = 0.5  # the issue's bar: edge >= 0.5 x plain
 CONFIGS = ("plain", "login", "edge", "gate")
+HAPROXY_CONFIGS = ("haproxy-plain", "haproxy-login", "haproxy-edge")
+REFERENCE = {"plain": "plain", "login": "plain", "edge": "plain", "gate": "plain"} | {
+    name: "haproxy-plain" for name in HAPROXY_CONFIGS
+}
 
 
 def nginx_binary() -> str | None:
@@ -60,6 +74,18 @@ def nginx_binary() -> str | None:
 
 def njs_installed() -> bool:
     return os.path.exists(NJS_MODULE)
+
+
+def haproxy_binary() -> str | None:
+    return shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _common(root: Path, name: str) -> str:
@@ -167,6 +193,29 @@ http {{
 """
 
 
+def haproxy_conf(ports: dict[str, int]) -> str:
+    """deploy/haproxy/haproxy.cfg as shipped (its frontend: haproxy-edge), with one thread
+    as nginx has one worker, a loopback port for its TLS bind, and two frontends beside it
+    in front of the same core: no check (haproxy-plain), the login check only."""
+    shipped = (DEPLOY_HAPROXY / "haproxy.cfg").read_text()
+    if shipped.count(HAPROXY_TLS_BIND) != 1 or shipped.count("\nglobal\n") != 1:
+        raise RuntimeError("deploy/haproxy/haproxy.cfg: no single TLS bind or global section")
+    conf = shipped.replace(HAPROXY_TLS_BIND, f"bind 127.0.0.1:{ports['haproxy-edge']}")
+    conf = conf.replace("\nglobal\n", "\nglobal\n    nbthread 1\n")
+    return f"""{conf}
+frontend bench_plain
+    bind 127.0.0.1:{ports["haproxy-plain"]}
+    default_backend core_bank
+
+frontend bench_login
+    bind 127.0.0.1:{ports["haproxy-login"]}
+    http-request lua.fairgate_login "http://${{FAIRGATE_LOGIN}}/session"
+    http-request redirect location /login code 302 if !{{ var(txn.fairgate_customer) -m found }}
+    http-request set-header X-Customer-Id %[var(txn.fairgate_customer)]
+    default_backend core_bank
+"""
+
+
 class Nginx:
     def __init__(self, binary: str, root: Path, name: str, conf: str, port: int) -> None:
         self.path = root / f"{name}.conf"
@@ -180,16 +229,36 @@ class Nginx:
             "-e",
             str(root / f"{name}-error.log"),
         ]
+        self.check = [*self.base, "-t"]
+        self.argv = [*self.base, "-g", "daemon off;"]
+        self.env: dict[str, str] | None = None
+        self.log: Path | None = None
         self.port = port
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        check = subprocess.run([*self.base, "-t"], capture_output=True, text=True)
+        check = subprocess.run(self.check, capture_output=True, text=True, env=self.env)
         if check.returncode != 0:
-            raise RuntimeError(f"nginx -t: {check.stderr}")
-        self.process = subprocess.Popen(
-            [*self.base, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+            raise RuntimeError(f"{self.path.name} check: {check.stdout}{check.stderr}")
+        out = open(self.log, "wb") if self.log is not None else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(self.argv, stdout=out, stderr=out, env=self.env)
+        finally:
+            if self.log is not None:
+                out.close()  # type: ignore[union-attr]
+
+    def worker_pid(self) -> int:
+        """The process that serves (nginx: the master's one worker)."""
+        assert self.process is not None
+        pid = self.process.pid
+        deadline = time.monotonic() + 5
+        while True:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if children:
+                return int(children[0])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.path.name}: no worker")
+            time.sleep(0.02)
 
     async def wait(self) -> None:
         deadline = time.monotonic() + 10
@@ -202,7 +271,7 @@ class Nginx:
                 if time.monotonic() > deadline or (
                     self.process and self.process.poll() is not None
                 ):
-                    raise RuntimeError(f"nginx {self.path.name} did not start") from None
+                    raise RuntimeError(f"{self.path.name} did not start") from None
                 await asyncio.sleep(0.05)
 
     def stop(self) -> None:
@@ -213,6 +282,21 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class HAProxy(Nginx):
+    """HAProxy in the foreground (-db): one process, which serves."""
+
+    def __init__(self, binary: str, root: Path, conf: str, port: int, env: dict[str, str]):
+        super().__init__(binary, root, "haproxy", conf, port)
+        self.check = [binary, "-c", "-f", str(self.path)]
+        self.argv = [binary, "-f", str(self.path), "-db"]
+        self.env = env
+        self.log = root / "haproxy.out"
+
+    def worker_pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
 
 def campaign_spec() -> dict[str, Any]:
@@ -252,15 +336,45 @@ async def auth_calls(session: aiohttp.ClientSession, gate: GateServer) -> int:
     return sum(int(float(value)) for value in found)
 
 
+async def arrive(session: aiohttp.ClientSession, url: str, cookies: dict[str, str]) -> str:
+    """The customer's first protected request through an edge (it asks the gate once and
+    sets the fg_arrived mark): the mark. Until the edge holds a revocation list it refuses
+    (401 unavailable): asked again until the deadline."""
+    deadline = time.monotonic() + 10
+    while True:
+        async with session.get(url, cookies=cookies, allow_redirects=False) as r:
+            if r.status == 200:
+                return r.cookies["fg_arrived"].value
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the first protected request: {r.status} {await r.text()}")
+        await asyncio.sleep(0.05)
+
+
 async def run(
-    quick: bool, work: Path, *, connections: int = 32, threads: int = 1
+    quick: bool,
+    work: Path,
+    *,
+    connections: int = 32,
+    threads: int = 1,
+    configs: tuple[str, ...] | None = None,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
-    """The figures: requests/s per config (median of the rounds), the ratios to plain,
-    and the gate's /gate/auth calls per request through the edge."""
-    nginx, wrk = nginx_binary(), wrk_binary()
+    """The figures: requests/s and the front's CPU per request per config (median of the
+    rounds), the ratios to each proxy's no-check row, and the gate's /gate/auth calls per
+    request through each edge. `configs`: a subset of CONFIGS + HAPROXY_CONFIGS (default
+    all; the HAProxy rows only where haproxy is installed)."""
+    nginx, wrk, haproxy = nginx_binary(), wrk_binary(), haproxy_binary()
     if nginx is None or wrk is None or not njs_installed():
         return {"skipped": "needs nginx, its njs module (libnginx-mod-http-js) and wrk"}
-    duration, rounds = (2, 1) if quick else (5, 3)
+    names = configs or (CONFIGS + (HAPROXY_CONFIGS if haproxy is not None else ()))
+    for name in names:
+        if REFERENCE.get(name) not in names:
+            raise ValueError(f"config {name!r}: unknown, or without its reference row")
+    with_haproxy = any(name in HAPROXY_CONFIGS for name in names)
+    if with_haproxy and haproxy is None:
+        raise RuntimeError("the HAProxy rows need haproxy")
+    duration, default_rounds = (2, 1) if quick else (5, 3)
+    rounds = rounds or default_rounds
     os.makedirs(work, exist_ok=True)
     loadavg_start = list(os.getloadavg())
     redis = RedisServer(work / "redis")
@@ -291,50 +405,71 @@ async def run(
         if made.returncode != 0:
             raise RuntimeError(f"gate keys edge: {made.stderr}")
         upstream_port = free_port()
-        ports = {name: free_port() for name in CONFIGS}
+        ports = {name: free_port() for name in CONFIGS + HAPROXY_CONFIGS}
+        front = Nginx(
+            nginx,
+            work,
+            "front",
+            front_conf(work, ports, upstream_port, gate.port, edge_keys),
+            ports["plain"],
+        )
         servers = [
             Nginx(nginx, work, "upstream", upstream_conf(work, upstream_port), upstream_port),
-            Nginx(
-                nginx,
-                work,
-                "front",
-                front_conf(work, ports, upstream_port, gate.port, edge_keys),
-                ports["plain"],
-            ),
+            front,
         ]
+        process = {name: front for name in CONFIGS}
+        if with_haproxy:
+            assert haproxy is not None
+            env = {
+                **os.environ,
+                "FAIRGATE_IDENTITY": "header",
+                "FAIRGATE_LUA": str(DEPLOY_HAPROXY / "fairgate.lua"),
+                "FAIRGATE_GATE": f"127.0.0.1:{gate.port}",
+                "FAIRGATE_CORE": f"127.0.0.1:{upstream_port}",
+                "FAIRGATE_LOGIN": f"127.0.0.1:{upstream_port}",
+                "FAIRGATE_CAMPAIGN": CAMPAIGN,
+                "FAIRGATE_LOGIN_PAGE": "/login",
+                "FAIRGATE_BUSY_PAGE": str(DEPLOY_HAPROXY / "fairgate-busy.html"),
+                # The bench's gate trusts its loopback peer and sets no secret: any value
+                # does (HAProxy takes no empty header value in its config).
+                "FAIRGATE_PROXY_SECRET": "bench-gate-sets-no-secret",
+                "FAIRGATE_PASS_CHECK": "edge",
+                "FAIRGATE_EDGE_KEYS": str(edge_keys),
+            }
+            balancer = HAProxy(haproxy, work, haproxy_conf(ports), ports["haproxy-edge"], env)
+            servers.append(balancer)
+            process |= {name: balancer for name in HAPROXY_CONFIGS}
         for server in servers:
             server.start()
         for server in servers:
             await server.wait()
+        pids = {name: server.worker_pid() for name, server in process.items()}
         async with aiohttp.ClientSession() as session:
             await Admin(session, gate).create(campaign_spec())
             pass_token = await admitted_pass(session, gate)
             cookies = {"bank_session": "bench", "fg_pass": pass_token}
-            # The arrival: once through the edge, which asks the gate and sets the mark.
-            async with session.get(
-                f"http://127.0.0.1:{ports['edge']}/core/first",
-                cookies=cookies,
-                allow_redirects=False,
-            ) as r:
-                if r.status != 200:
-                    raise RuntimeError(f"the first protected request: {r.status} {await r.text()}")
-                mark = r.cookies["fg_arrived"].value
+            marks = {
+                name: await arrive(session, f"http://127.0.0.1:{ports[name]}/core/first", cookies)
+                for name in ("edge", "haproxy-edge")
+                if name in names
+            }
+            # Both edges make the same mark (a MAC of the pass under its key).
+            mark = next(iter(marks.values()), "")
             cookie = f"bank_session=bench; fg_pass={pass_token}; fg_arrived={mark}"
-            rates: dict[str, list[float]] = {name: [] for name in CONFIGS}
-            errors: dict[str, int] = {name: 0 for name in CONFIGS}
-            edge_requests = 0
-            calls_before = await auth_calls(session, gate)
-            edge_calls = 0
+            rates: dict[str, list[float]] = {name: [] for name in names}
+            cpu: dict[str, list[float]] = {name: [] for name in names}
+            errors: dict[str, int] = {name: 0 for name in names}
+            requests: dict[str, int] = {name: 0 for name in names}
+            calls: dict[str, int] = {name: 0 for name in names}
             for round_index in range(rounds):
-                order = (
-                    CONFIGS[round_index % len(CONFIGS) :] + CONFIGS[: round_index % len(CONFIGS)]
-                )
-                for name in order:
+                shift = round_index % len(names)
+                for name in names[shift:] + names[:shift]:
                     target = Target(
                         f"http://127.0.0.1:{ports[name]}/core/deposit",
                         headers=(("Cookie", cookie),),
                     )
                     before = await auth_calls(session, gate)
+                    cpu_before = cpu_seconds(pids[name])
                     result = await run_wrk(
                         wrk,
                         target,
@@ -343,32 +478,47 @@ async def run(
                         threads=threads,
                         script_dir=work / "wrk",
                     )
+                    cpu_after = cpu_seconds(pids[name])
                     after = await auth_calls(session, gate)
                     rates[name].append(result.ok / result.duration_s)
+                    cpu[name].append((cpu_after - cpu_before) / max(result.requests, 1) * 1e6)
                     errors[name] += result.errors
-                    if name == "edge":
-                        edge_requests += result.requests
-                        edge_calls += after - before
-            del calls_before
+                    requests[name] += result.requests
+                    calls[name] += after - before
         median = {name: statistics.median(values) for name, values in rates.items()}
-        ratio = {name: round(median[name] / median["plain"], 3) for name in CONFIGS}
+        ratio = {name: round(median[name] / median[REFERENCE[name]], 3) for name in names}
+        edges = [name for name in ("edge", "haproxy-edge") if name in names]
         return {
             "requests_per_s": {name: round(value) for name, value in median.items()},
             "rounds": {name: [round(v) for v in values] for name, values in rates.items()},
             "ratio_to_plain": ratio,
-            "edge_over_login": round(median["edge"] / median["login"], 3),
+            "reference": {name: REFERENCE[name] for name in names},
+            "front_cpu_us_per_request": {
+                name: round(statistics.median(values), 1) for name, values in cpu.items()
+            },
+            "edge_over_login": {
+                name: round(median[name] / median[name.replace("edge", "login")], 3)
+                for name in edges
+                if name.replace("edge", "login") in names
+            },
             "target": TARGET,
-            "ok": ratio["edge"] >= TARGET and edge_calls == 0 and errors["edge"] == 0,
-            "edge_requests": edge_requests,
-            "gate_auth_calls_during_edge": edge_calls,
-            "gate_calls_per_request": edge_calls / edge_requests if edge_requests else None,
+            "ok": all(
+                ratio[name] >= TARGET and calls[name] == 0 and errors[name] == 0 for name in edges
+            ),
+            "requests": requests,
+            "gate_auth_calls": {name: calls[name] for name in edges},
+            "gate_calls_per_request": {
+                name: calls[name] / requests[name] if requests[name] else None for name in edges
+            },
             "errors": errors,
             "conditions": {
                 "cores": len(os.sched_getaffinity(0)),
                 "loadavg_start": [round(x, 2) for x in loadavg_start],
                 "loadavg_end": [round(x, 2) for x in os.getloadavg()],
                 "wrk": f"-t{threads} -c{connections} -d{duration}s x {rounds} rounds",
-                "nginx": "front 1 worker, upstream 1 worker; gate 1 process",
+                "nginx": "front 1 worker, upstream 1 worker; gate 1 process"
+                + ("; HAProxy nbthread 1" if with_haproxy else ""),
+                "versions": versions(nginx, haproxy if with_haproxy else None),
             },
         }
     finally:
@@ -378,49 +528,106 @@ async def run(
         redis.stop()
 
 
+def versions(nginx: str, haproxy: str | None) -> str:
+    """nginx's, njs's and HAProxy's versions, as the binaries and packages say."""
+    said = []
+    out = subprocess.run([nginx, "-v"], capture_output=True, text=True)
+    said.append((out.stderr or out.stdout).strip().replace("nginx version: ", ""))
+    njs = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-http-js"],
+        capture_output=True,
+        text=True,
+    )
+    if njs.returncode == 0:
+        said.append(f"njs {njs.stdout.strip()}")
+    if haproxy is not None:
+        out = subprocess.run([haproxy, "-v"], capture_output=True, text=True)
+        said.append(" ".join(out.stdout.split()[:3]))
+    return ", ".join(said)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.edge", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="one short round")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 1)")
+    parser.add_argument(
+        "--configs",
+        help="a comma-separated subset of "
+        + ",".join(CONFIGS + HAPROXY_CONFIGS)
+        + " (each with its no-check row)",
+    )
+    parser.add_argument("--markdown", action="store_true", help="the report's section too")
     args = parser.parse_args(argv)
+    configs = None
+    if args.configs:
+        configs = tuple(name.strip() for name in args.configs.split(",") if name.strip())
+        unknown = [n for n in configs if n not in REFERENCE or REFERENCE[n] not in configs]
+        if unknown:
+            parser.error(f"--configs: unknown or without its no-check row: {unknown}")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds: at least 1")
     with tempfile.TemporaryDirectory(prefix="fairgate-edge-") as tmp:
-        result = asyncio.run(run(args.quick, Path(tmp), connections=args.connections))
+        result = asyncio.run(
+            run(
+                args.quick,
+                Path(tmp),
+                connections=args.connections,
+                configs=configs,
+                rounds=args.rounds,
+            )
+        )
     print(json.dumps(result, indent=2))
+    if args.markdown:
+        print(markdown(result))
     return 0 if result.get("ok", True) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The section of bench/out/results.md."""
-    title = "## The pass checked at the edge: nginx + njs ÷ nginx with no check (same run)"
+    title = "## The pass checked at the edge: the proxy's check ÷ the same proxy with no check"
     if "skipped" in result:
         return f"{title}\n\nskipped: {result['skipped']}"
     rates, ratio, cond = result["requests_per_s"], result["ratio_to_plain"], result["conditions"]
+    cpu = result["front_cpu_us_per_request"]
     rows = [
-        "| server | requests/s | ÷ plain |",
-        "| --- | --- | --- |",
-        *(f"| {name} | {rates[name]} | {ratio[name]} |" for name in CONFIGS),
+        "| server | requests/s | ÷ its no-check row | front CPU per request (µs) |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {name} | {rates[name]} | {ratio[name]} | {cpu[name]} |"
+            for name in CONFIGS + HAPROXY_CONFIGS
+            if name in rates
+        ),
+    ]
+    edges = [
+        f"{name} ÷ {result['reference'][name]} {ratio[name]} (target ≥ {result['target']}); "
+        f"÷ its login row {result['edge_over_login'].get(name)}; /gate/auth calls per request: "
+        f"{result['gate_calls_per_request'][name]} ({result['gate_auth_calls'][name]} over "
+        f"{result['requests'][name]})."
+        for name in result["gate_auth_calls"]
     ]
     return "\n".join(
         [
             title,
             "",
-            "plain: proxy_pass, no check; login: the bank's login check only; edge: login + "
-            "the pass checked in nginx (fairgate-edge.conf); gate: login + auth_request to "
-            "/gate/auth (bench/edge.py).",
+            "nginx (1 worker): plain: proxy_pass, no check; login: the bank's login check "
+            "only; edge: login + the pass checked in nginx (fairgate-edge.conf, njs); gate: "
+            "login + auth_request to /gate/auth. HAProxy (nbthread 1): haproxy-plain: no "
+            "check; haproxy-login: the login check (fairgate_login) only; haproxy-edge: the "
+            "shipped frontend with FAIRGATE_PASS_CHECK=edge (bench/edge.py).",
             "",
             *rows,
             "",
-            f"edge ÷ plain {ratio['edge']} (target ≥ {result['target']}); edge ÷ login "
-            f"{result['edge_over_login']}; /gate/auth calls per request through the edge: "
-            f"{result['gate_calls_per_request']} ({result['gate_auth_calls_during_edge']} over "
-            f"{result['edge_requests']}); errors {result['errors']}.",
+            *edges,
+            f"Errors {result['errors']}.",
             f"Conditions: {cond['cores']} cores, load average {cond['loadavg_start']} at the "
-            f"start, {cond['loadavg_end']} at the end; wrk {cond['wrk']}; {cond['nginx']}.",
+            f"start, {cond['loadavg_end']} at the end; wrk {cond['wrk']}; {cond['nginx']}; "
+            f"{cond.get('versions', '')}.",
         ]
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
