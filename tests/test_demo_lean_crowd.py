@@ -78,6 +78,7 @@ async def test_three_crowd_processes_merged_lose_no_customer(tmp_path: Path) -> 
     assert seen[-1] == count  # the progress count reached every customer
     # at rest a customer is a few columns, not a dict: ~70 bytes
     assert crowd["bytes_per_customer"] <= 80
+    assert crowd["live"] == spec.live and crowd["cpu_s"] > 0
 
 
 def test_an_answered_customer_is_kept_as_columns_and_read_back_whole() -> None:
@@ -150,5 +151,6 @@ async def test_the_lean_crowd_and_the_aiohttp_crowd_give_the_same_ipo_rush_row(
     assert lean["results"] == {"booked": count}
     assert lean["sold_krw"] == scenario.total and lean["inversions"] == 0
     for row in (reference, lean):
+        assert row["crowd_cpu_s"] > 0 and row["core_cpu_s"] > 0 and row["gate_cpu_s"] > 0
         assert row["audit"]["verified"] is True
         assert row["audit"]["admitted"] == count and row["core_errors"] == 0

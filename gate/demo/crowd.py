@@ -577,6 +577,7 @@ async def run_slice(
         "errors": {str(k): v for k, v in records.errors.items()},
         "customers": len(indices),
         "bytes_per_customer": records.nbytes() / max(1, len(indices)),
+        "cpu_s": time.process_time(),  # this process's own CPU (user + system), all of it
     }
 
 
@@ -674,6 +675,9 @@ def merge(
         if outcomes
         else 0.0,
         "bytes_per_customer": max(float(s["bytes_per_customer"]) for s in summaries),
+        "live": spec.live,
+        # the crowd's processes' CPU: what its customers cost the machine it shares
+        "cpu_s": round(sum(float(s["cpu_s"]) for s in summaries) + time.process_time(), 2),
         "outcomes": outcomes,
     }
 

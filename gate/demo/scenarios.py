@@ -229,6 +229,7 @@ async def run_crowd(
     progress = work / f"crowd-{tag}.progress"
     spec_path.write_text(json.dumps(dataclasses.asdict(spec)))
     launched = time.monotonic()
+    cpu = time.process_time()
     pending = sorted(at_times, key=lambda a: a[0])
     async with child(
         "-m",
@@ -260,7 +261,10 @@ async def run_crowd(
         on_progress(spec.customers)  # every customer has an outcome (the bar ends full)
     if code != 0 or not result_path.exists():
         raise GateError(f"the customers' process failed (exit code {code})", code="demo")
+    # This process's CPU while the customers ran (behind the gate: the gate's, it serves here)
+    spent = time.process_time() - cpu
     data: dict[str, Any] = orjson.loads(result_path.read_bytes())  # ~350 MB at 1,000,000
+    data["parent_cpu_s"] = round(spent, 2)
     return data
 
 
@@ -482,6 +486,11 @@ def analyse_row(
         # over a second after their arrival time (a busy machine, or `live` under way).
         "arrivals_span_s": crowd.get("arrivals_span_s"),
         "late_starts": crowd.get("late", 0),
+        "crowd_workers": crowd.get("workers", 1),
+        "crowd_live": crowd.get("live"),
+        # CPU seconds of the crowd's processes and of the core's, for the whole row
+        "crowd_cpu_s": crowd.get("cpu_s"),
+        "core_cpu_s": core.get("cpu_s"),
         "bureau_changes": [[round(t - t0, 2), ms] for t, ms in core["bureau_changes"]],
         "per_second": seconds,
         "wait_by_arrival": _wait_by_arrival(outcomes, with_gate),
@@ -886,6 +895,7 @@ async def run_with(
         )
         verified = await _verify_audit(admin, f"http://{admin_host}:{admin_port}", gate_url)
     row = analyse_row(scenario, True, crowd, core, audit)
+    row["gate_cpu_s"] = crowd["parent_cpu_s"]  # the gate serves from this process
     add_slowdown(scenario, row, crowd, core, audit)
     row["audit"] = verified
     # What a failover lost (the gate holds the campaign and says so); None: nothing.
@@ -934,8 +944,11 @@ def summary_text(report: dict[str, Any]) -> str:
             lines.append(
                 f"    the crowd started its customers over {row['arrivals_span_s']:g} s (not "
                 f"the scenario's {report.get('spread_s', 0):g} s): {row['late_starts']} over "
-                "a second after their arrival time (one process sends them all)"
+                f"a second after their arrival time ({row.get('crowd_workers', 1)} crowd "
+                f"processes, at most {row.get('crowd_live')} customers under way)"
             )
+        if row.get("crowd_cpu_s") is not None:
+            lines.append(f"    {cpu_text(row)}")
         if row.get("slowdown"):
             lines.append(f"    {slowdown.describe(row)}")
     gated = report["with_gate"]
@@ -977,6 +990,23 @@ def summary_text(report: dict[str, Any]) -> str:
     lines += ["", f"result {'OK' if report['ok'] else 'FAILED'}"]
     lines += [f"  failed: {name}" for name in failed]
     return "\n".join(lines)
+
+
+def cpu_text(row: dict[str, Any]) -> str:
+    """What the row's processes cost in CPU: the crowd's (the load generator's own share of
+    the machine), the core's and, with the gate, the gate's (while its customers ran)."""
+    customers = max(1, int(row["customers"]))
+    parts = [
+        f"crowd {row['crowd_cpu_s']:g} s ({row['crowd_cpu_s'] / customers * 1e6:.0f} µs a customer)"
+    ]
+    if row.get("core_cpu_s") is not None:
+        parts.append(f"core {row['core_cpu_s']:g} s")
+    if row.get("gate_cpu_s") is not None:
+        parts.append(
+            f"gate {row['gate_cpu_s']:g} s ({row['gate_cpu_s'] / customers * 1e6:.0f} µs a "
+            "customer)"
+        )
+    return "CPU: " + ", ".join(parts)
 
 
 def _rate_text(report: dict[str, Any]) -> str:

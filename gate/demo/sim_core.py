@@ -419,6 +419,7 @@ class SimCore:
     async def stats(self, request: web.Request) -> web.Response:
         summary: dict[str, Any] = {
             "answered": len(self.served),
+            "cpu_s": round(time.process_time(), 2),  # the core process's own CPU so far
             "sold": self.sold,
             "bookings": self.bookings,
             "errors": sum(1 for s in self.served if s.status >= 500),
