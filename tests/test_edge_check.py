@@ -177,6 +177,15 @@ async def test_refusals_one_by_one(edge: Front, keys_file: Path) -> None:
 
     good = pass_of()
     forged = good[:-2] + ("AA" if not good.endswith("AA") else "BA")
+
+    def not_utf8(bad: bytes) -> str:
+        """A pass signed by the right key whose campaign is 4 bytes that are not UTF-8."""
+        campaign = msgpack.packb(edge.campaign)
+        fields = msgpack.packb(["p", kid, NOT_UTF8, 1, mine, now + 300])
+        payload = fields.replace(msgpack.packb(NOT_UTF8), msgpack.packb(NOT_UTF8)[:1] + bad)
+        assert campaign not in payload and len(payload) == len(fields)
+        return sign(key, payload)
+
     cases = {
         "forged MAC": (forged, 302, "bad_pass"),
         "unknown kid": (pass_of(kid="hunknown1"), 302, "bad_pass"),
@@ -189,6 +198,11 @@ async def test_refusals_one_by_one(edge: Front, keys_file: Path) -> None:
             "pass_not_yet",
         ),
         "another campaign": (pass_of(campaign="another-campaign"), 403, "wrong_campaign"),
+        "a campaign beyond ASCII": (pass_of(campaign="kampány-ü"), 403, "wrong_campaign"),
+        # read as text with replacement characters these would be "another campaign"
+        "a campaign with a stray byte": (not_utf8(b"\xffZZZ"), 302, "bad_pass"),
+        "a campaign with a surrogate": (not_utf8(b"\xed\xa0\x80Z"), 302, "bad_pass"),
+        "a campaign with an overlong NUL": (not_utf8(b"\xc0\x80ZZ"), 302, "bad_pass"),
         "another customer": (
             pass_of(digest=digest_of(digest_key, edge.campaign, "someone-else")),
             403,
@@ -217,6 +231,7 @@ async def test_refusals_one_by_one(edge: Front, keys_file: Path) -> None:
 # -- the edge agrees with the gate -----------------------------------------------------
 
 GATE_TO_EDGE = {200: 200, 401: 302, 403: 403}  # /gate/auth's answer -> what auth_request does
+NOT_UTF8 = "ZZZZ"  # a marker of 4 bytes, replaced by 4 that are not UTF-8 once packed
 
 
 def random_token(
@@ -244,12 +259,23 @@ def random_token(
         lambda: fields.__setitem__(slice(6, None), [rng.choice([0, -1, (now + 90) * 10**6])]),
         lambda: fields.extend(["extra", 1][: rng.randint(1, 2)] if len(fields) == 7 else [1, 2]),
         lambda: fields.pop(rng.randrange(len(fields))),
+        # text beyond ASCII: valid UTF-8, or (the marker, replaced below) not UTF-8
+        lambda: put(rng.choice([1, 2]), rng.choice(["kampány-ü", "€€€", NOT_UTF8])),
     ]
     for _ in range(rng.choice([0, 0, 1, 1, 2])):
         index = rng.randrange(len(structural))
         structural[index]()
         done.append(f"field change {index}")
     payload = msgpack.packb(fields)
+    if NOT_UTF8.encode() in payload:
+        # a surrogate, an overlong NUL, a stray byte, a cut sequence: msgpack refuses each
+        bad = rng.choice([b"\xed\xa0\x80Z", b"\xc0\x80ZZ", b"\xffZZZ", b"Z\xe2\x82Z"])
+        payload = payload.replace(NOT_UTF8.encode(), bad)
+        done.append(f"not UTF-8 {bad!r}")
+    if rng.random() < 0.1 and 0x90 <= payload[0] <= 0x9F:
+        # the list's length in an array 16 header: not the shortest form, read all the same
+        payload = b"\xdc\x00" + bytes([payload[0] - 0x90]) + payload[1:]
+        done.append("array 16")
     if rng.random() < 0.05:
         payload = rng.choice(
             [payload + b"\x00", msgpack.packb({"k": fields}), msgpack.packb([fields])]
