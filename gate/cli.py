@@ -551,9 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--config", metavar="FILE", help="TOML configuration file")
     edge.add_argument("--signing-keys", metavar="FILE", help="the signing key file")
     edge.add_argument("--digest-keys", metavar="FILE", help="the digest key file")
-    edge.add_argument(
-        "--out", default="-", metavar="FILE", help="file to write (default: stdout)"
-    )
+    edge.add_argument("--out", default="-", metavar="FILE", help="file to write (default: stdout)")
     # kubectl's habit: the admin API's options after the action too
     for leaf in [*csub.choices.values(), *asub.choices.values()]:
         if leaf is not verify:

@@ -22,8 +22,9 @@ async def test_redis_memory_bench_fills_the_queue_and_measures_both_windows(
         assert window["redis_us_per_join"] > 0 and window["wall_us_per_join"] > 0
     assert result["join_large_queue"]["waiting_before"] == 2000
     assert result["join_small_queue"]["waiting_before"] == 0
-    ratio = result["join_large_queue"]["redis_us_per_join"] / (
-        result["join_small_queue"]["redis_us_per_join"]
+    ratio = (
+        result["join_large_queue"]["redis_us_per_join"]
+        / (result["join_small_queue"]["redis_us_per_join"])
     )
     assert abs(result["redis_cost_ratio_large_over_small"] - ratio) < 0.01
     assert "| bytes per waiting customer" in redis_memory.table(result)

@@ -40,9 +40,7 @@ async def test_a_join_batch_is_one_round_trip_and_its_receipts_hold(
         outcomes: list[JoinOutcome] = []
         with CommandLog(any_redis.url) as log:
             for b in range(BATCHES):
-                digests = [
-                    customer_digest(gate.keys, "rt", f"b{b}-{n}") for n in range(PER_BATCH)
-                ]
+                digests = [customer_digest(gate.keys, "rt", f"b{b}-{n}") for n in range(PER_BATCH)]
                 outcomes += await asyncio.gather(*(gate.batcher.join("rt", d) for d in digests))
             commands = [c for c in log.commands() if c[0].upper() not in OWN]
         join_sha = gate.scripts["join"].sha.encode()
