@@ -423,6 +423,86 @@ local function hex(data)
   return (data:gsub(".", function(c) return string.format("%02x", c:byte()) end))
 end
 
+-- Passes that passed every check of their own (canonical text, msgpack shape, MAC under
+-- the key their kid names, kind, seq, digest length), by their text, as the gate keeps
+-- them (gate/tokens.py): what a customer's next requests would verify again. Each entry
+-- also keeps what the pass's later requests use: its arrival mark and digest in hex.
+-- The keys never change in this Lua state (a reload starts a new one). Bounded: emptied
+-- when full, as the gate's caches are.
+local CACHE_SIZE = 16384
+local verified, verified_count = {}, 0
+-- The keyed digest of (digest key id, campaign, customer): an HMAC per customer.
+local digests, digests_count = {}, 0
+
+-- The pass's fields when its shape and MAC are good (cached), else nil.
+local function verified_pass(txn, text)
+  local found = verified[text]
+  if found ~= nil then
+    return found
+  end
+  local body, mac_text = text:match("^([^.]*)%.([^.]*)$")
+  if #text > MAX_TOKEN_CHARS or body == nil then
+    return nil
+  end
+  local payload, mac = b64url_decode(body), b64url_decode(mac_text)
+  if payload == nil or mac == nil then
+    return nil
+  end
+  local fields = unpack_token(payload)
+  if fields == nil then
+    return nil
+  end
+  local kind, kid, token_campaign = fields[1].text, fields[2].text, fields[3].text
+  local seq, digest, exp = fields[4].int, fields[5].bin, fields[6].int
+  local not_before = 0
+  if #fields == 7 then
+    not_before = fields[7].int
+    if not_before == nil or not (kind == "p" and not_before > 0) then
+      return nil
+    end
+  end
+  if kind == nil or kid == nil or token_campaign == nil or seq == nil or digest == nil
+      or exp == nil then
+    return nil
+  end
+  local key = KEYS.pass_keys[kid]
+  if key == nil or txn.c:hmac(payload, "sha256", key) ~= mac then
+    return nil
+  end
+  if kind ~= "p" or seq < 1 or #digest ~= 16 then
+    return nil
+  end
+  found = {
+    campaign = token_campaign,
+    seq = seq,
+    digest = digest,
+    exp = exp,
+    not_before = not_before,
+    digest_hex = hex(digest),
+    stamp = b64url_encode(txn.c:hmac(ARRIVED_LABEL .. text, "sha256", key):sub(1, 16)),
+  }
+  if verified_count >= CACHE_SIZE then
+    verified, verified_count = {}, 0
+  end
+  verified[text] = found
+  verified_count = verified_count + 1
+  return found
+end
+
+local function customer_digest(txn, kid, key, campaign, customer)
+  local name = kid .. "\0" .. campaign .. "\0" .. customer
+  local found = digests[name]
+  if found == nil then
+    found = txn.c:hmac(campaign .. "\0" .. customer, "sha256", key):sub(1, 16)
+    if digests_count >= CACHE_SIZE then
+      digests, digests_count = {}, 0
+    end
+    digests[name] = found
+    digests_count = digests_count + 1
+  end
+  return found
+end
+
 -- The verdict: "200" with the pass's fields, or the status ("401", "403") and the code.
 local function edge_verdict(txn, campaign, request, cookies)
   local customer = txn:get_var("txn.fairgate_customer")
@@ -440,49 +520,21 @@ local function edge_verdict(txn, campaign, request, cookies)
   if text == "" then
     return "401", "no_pass"
   end
-  local body, mac_text = text:match("^([^.]*)%.([^.]*)$")
-  if #text > MAX_TOKEN_CHARS or body == nil then
-    return "401", "bad_pass"
-  end
-  local payload, mac = b64url_decode(body), b64url_decode(mac_text)
-  if payload == nil or mac == nil then
-    return "401", "bad_pass"
-  end
-  local fields = unpack_token(payload)
-  if fields == nil then
-    return "401", "bad_pass"
-  end
-  local kind, kid, token_campaign = fields[1].text, fields[2].text, fields[3].text
-  local seq, digest, exp = fields[4].int, fields[5].bin, fields[6].int
-  local not_before = 0
-  if #fields == 7 then
-    not_before = fields[7].int
-    if not_before == nil or not (kind == "p" and not_before > 0) then
-      return "401", "bad_pass"
-    end
-  end
-  if kind == nil or kid == nil or token_campaign == nil or seq == nil or digest == nil
-      or exp == nil then
-    return "401", "bad_pass"
-  end
-  local key = KEYS.pass_keys[kid]
-  if key == nil or txn.c:hmac(payload, "sha256", key) ~= mac then
-    return "401", "bad_pass"
-  end
-  if kind ~= "p" or seq < 1 or #digest ~= 16 then
+  local pass = verified_pass(txn, text)
+  if pass == nil then
     return "401", "bad_pass"
   end
   local list = LIST
   local local_ms = now_ms()
   -- Expiry and not_before by the gate's clock (Redis time), as the list measured it.
   local now = local_ms + ((list and list.offset_ms) or 0)
-  if exp * 1000 <= now then
+  if pass.exp * 1000 <= now then
     return "401", "pass_expired"
   end
-  if not_before > now * 1000 then
+  if pass.not_before > now * 1000 then
     return "401", "pass_not_yet"
   end
-  if token_campaign ~= campaign then
+  if pass.campaign ~= campaign then
     return "403", "wrong_campaign"
   end
   if list == nil or local_ms - list.fetched_ms > list.stale_after_ms then
@@ -493,18 +545,16 @@ local function edge_verdict(txn, campaign, request, cookies)
     core.Alert("fairgate edge: digest key " .. list.digest_key .. " is not in the key file")
     return "401", "unavailable"
   end
-  local mine = txn.c:hmac(campaign .. "\0" .. customer, "sha256", digest_key):sub(1, 16)
-  if mine ~= digest then
+  if customer_digest(txn, list.digest_key, digest_key, campaign, customer) ~= pass.digest then
     return "403", "wrong_customer"
   end
   if list.state == "closed" then
     return "403", "campaign_closed"
   end
-  if list.revoked[seq] then
+  if list.revoked[pass.seq] then
     return "403", "revoked"
   end
-  local stamp = b64url_encode(txn.c:hmac(ARRIVED_LABEL .. text, "sha256", key):sub(1, 16))
-  return "200", nil, seq, hex(digest), stamp
+  return "200", nil, pass.seq, pass.digest_hex, pass.stamp
 end
 
 core.register_action("fairgate_edge", { "http-req" }, function(txn, url)
