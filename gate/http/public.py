@@ -179,13 +179,15 @@ async def join(request: web.Request) -> web.StreamResponse:
     gate.refuse_writes_if_unsafe(campaign, allocates=False)
     digest = campaign_digest(gate, campaign, customer, live.spec)
     outcome = await gate.batcher.join(campaign, digest)
-    # unknown_campaign, campaign_closed or not_open_yet, as the reply table words them
-    Reply.of(outcome.status).expect(
-        Reply.OK,
-        campaign=campaign,
-        window_s=live.spec.prequeue.window_s,
-        opens_at=live.spec.to_json()["opens_at"],
-    )
+    reply = Reply.of(outcome.status)
+    if reply is not Reply.OK:  # the spec's words only for a refusal (to_json: ~5 us a join)
+        # unknown_campaign, campaign_closed or not_open_yet, as the reply table words them
+        reply.expect(
+            Reply.OK,
+            campaign=campaign,
+            window_s=live.spec.prequeue.window_s,
+            opens_at=live.spec.to_json()["opens_at"],
+        )
     if outcome.seq == 0:
         raise Forbidden("this customer may not join this campaign", code="blocked")
     if outcome.seq == PREQUEUED:
