@@ -125,8 +125,11 @@ async def read_body(request: web.Request) -> dict[str, Any]:
             f"the body is larger than {max_size} bytes", code="body_too_large", status=413
         )
     try:
-        async with asyncio.timeout(gate_of(request).config.body_timeout_ms / 1000):
+        if request.content.is_eof():  # all here (or none sent): no wait to bound (~3 us)
             raw = await request.read()
+        else:
+            async with asyncio.timeout(gate_of(request).config.body_timeout_ms / 1000):
+                raw = await request.read()
     except TimeoutError:
         raise GateError(
             "the body did not arrive in time", code="body_timeout", status=408
