@@ -10,7 +10,6 @@ A poll or an auth check verifies a token with no Redis round trip.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -63,7 +62,7 @@ def customer_digest(
     if found is not None:
         return found
     message = campaign.encode() + b"\x00" + customer_id.encode()
-    digest = hmac.new(key, message, hashlib.sha256).digest()[:16]
+    digest = hmac.digest(key, message, "sha256")[:16]  # one-shot: ~1.5 us less than hmac.new
     if len(_digests) >= DIGEST_CACHE_SIZE:
         # Full: emptied at once. Deleting the oldest entry one at a time would make each
         # next(iter(...)) scan the dict's deleted slots (~14 us a join at this size).
@@ -85,7 +84,7 @@ class TokenSigner:
         if token.not_before > 0:  # only then: a pass without a wait keeps its old form
             fields.append(token.not_before)
         payload = msgpack.packb(fields)
-        mac = hmac.new(key, payload, hashlib.sha256).digest()
+        mac = hmac.digest(key, payload, "sha256")
         return f"{base64url.encode(payload)}.{base64url.encode(mac)}"
 
     def issue(
@@ -173,7 +172,7 @@ class TokenSigner:
         key = self._keys.hmac_keys.get(kid)
         if key is None:
             raise TokenError("token signed by an unknown key")
-        expected = hmac.new(key, payload, hashlib.sha256).digest()
+        expected = hmac.digest(key, payload, "sha256")
         if not hmac.compare_digest(expected, mac):
             raise TokenError("bad token signature")
         return key, Token(token_kind, kid, campaign, seq, digest, exp, not_before)
