@@ -26,6 +26,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from gate.audit.format import decode_entry
 from gate.campaign import parse_spec
 from gate.errors import Conflict, NotFound
 from gate.redis_server import RedisServer
@@ -301,7 +302,26 @@ class LuaModelMachine(ScriptsMachine):
             "expired",
             "max_active",
         )
-        meta = dict(zip(fields, self.sync.hmget(KEYS.meta, fields), strict=True))
+        # Every read in one round trip (a pipeline, nothing else writes between the steps).
+        pipe = self.sync.pipeline(transaction=False)
+        pipe.hmget(KEYS.meta, fields)
+        pipe.hgetall(KEYS.tickets)
+        pipe.zrange(KEYS.active, 0, -1)
+        for key in (KEYS.revoked, KEYS.blocked, KEYS.passed):
+            pipe.smembers(key)
+        pipe.lrange(KEYS.audit, 0, -1)
+        pipe.hget(KEYS.meta, "audit_n")
+        (
+            meta_values,
+            tickets_hash,
+            active_members,
+            revoked_members,
+            blocked_members,
+            passed_members,
+            raw_audit,
+            audit_n,
+        ) = pipe.execute()
+        meta = dict(zip(fields, meta_values, strict=True))
         assert meta["state"] == m.state.encode()
         assert int(meta["seq"]) == m.last_seq
         assert int(meta["cursor"]) == m.cursor
@@ -309,14 +329,18 @@ class LuaModelMachine(ScriptsMachine):
         assert int(meta["skipped"]) == m.skipped
         assert int(meta["expired"]) == 0
         assert int(meta["max_active"]) == m.max_active
-        tickets = {d: int(s) for d, s in self.sync.hgetall(KEYS.tickets).items()}
+        tickets = {d: int(s) for d, s in tickets_hash.items()}
         assert tickets == m.seq_of
-        assert {int(s) for s in self.sync.zrange(KEYS.active, 0, -1)} == m.active
+        assert {int(s) for s in active_members} == m.active
         assert len(m.active) <= 6  # the largest max_active ever set
-        assert {int(s) for s in self.sync.smembers(KEYS.revoked)} == m.revoked
-        assert set(self.sync.smembers(KEYS.blocked)) == m.blocked
-        assert {int(s) for s in self.sync.smembers(KEYS.passed)} == m.passed
-        assert [project(e) for e in self.audit_log(KEYS)] == m.log
+        assert {int(s) for s in revoked_members} == m.revoked
+        assert set(blocked_members) == m.blocked
+        assert {int(s) for s in passed_members} == m.passed
+        # the audit log numbered 1..n without a gap, audit_n saying n (as audit_log checks)
+        entries = [decode_entry(raw) for raw in raw_audit]
+        assert [e["i"] for e in entries] == list(range(1, len(entries) + 1))
+        assert int(audit_n or 0) == len(entries)
+        assert [project(e) for e in entries] == m.log
 
 
 SETTINGS = settings(
