@@ -57,18 +57,25 @@ def _assert_gate_row_clean_and_other_not(report: dict[str, object]) -> None:
     assert gated["core_max_queue"] <= SMALL_CORE.queue_max
 
 
+# 400 customers within 0.5 s (800/s) at a core that serves ~160/s and holds 24; the
+# stock serves about 60 of them, so it sells out while the core is swamped.
+BURST = dataclasses.replace(
+    SCENARIOS["special-deposit"], spread_s=0.5, total=330_000_000, rate=100.0, core=SMALL_CORE
+)
+
+
+@pytest.fixture(scope="module")
+def burst_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The burst's three rows (without the gate, nginx limit_req when installed, with the
+    gate), run once for the two tests that read them: the rows are independent runs."""
+    return compare(BURST, 400, tmp_path_factory.mktemp("burst"))
+
+
 @pytest.mark.slow
-def test_special_deposit_without_the_gate_fails_and_with_it_holds(tmp_path: Path) -> None:
-    # 400 customers within 0.5 s (800/s) at a core that serves ~160/s and holds 24; the
-    # stock serves about 60 of them, so it sells out while the core is swamped.
-    scenario = dataclasses.replace(
-        SCENARIOS["special-deposit"],
-        spread_s=0.5,
-        total=330_000_000,
-        rate=100.0,
-        core=SMALL_CORE,
-    )
-    report = compare(scenario, 400, tmp_path, baseline=False)
+def test_special_deposit_without_the_gate_fails_and_with_it_holds(
+    burst_report: dict[str, Any],
+) -> None:
+    scenario, report = BURST, burst_report
     _assert_gate_row_clean_and_other_not(report)
     without, gated = report["without_gate"], report["with_gate"]
     assert without["core_errors"] > 0
@@ -81,15 +88,13 @@ def test_special_deposit_without_the_gate_fails_and_with_it_holds(tmp_path: Path
 
 @pytest.mark.slow
 @pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
-def test_nginx_limit_req_baseline_serves_out_of_order_the_gate_does_not(tmp_path: Path) -> None:
+def test_nginx_limit_req_baseline_serves_out_of_order_the_gate_does_not(
+    burst_report: dict[str, Any],
+) -> None:
     # The same burst as above; the third row is nginx limit_req in front of the core at the
     # gate's rate and burst (nodelay, 503 beyond): customers it refused press again later,
     # so later arrivals book before earlier ones, and early arrivals get nothing.
-    scenario = dataclasses.replace(
-        SCENARIOS["special-deposit"], spread_s=0.5, total=330_000_000, rate=100.0,
-        core=SMALL_CORE,
-    )  # fmt: skip
-    report = compare(scenario, 400, tmp_path)
+    report = burst_report
     nginx, gated = report["nginx_limit_req"], report["with_gate"]
     assert nginx["row"] == "nginx limit_req" and "missing" not in nginx
     assert nginx["limit_req"] == {"rate_per_s": 100, "burst": 10}
