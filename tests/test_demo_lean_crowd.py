@@ -154,3 +154,33 @@ async def test_the_lean_crowd_and_the_aiohttp_crowd_give_the_same_ipo_rush_row(
         assert row["crowd_cpu_s"] > 0 and row["core_cpu_s"] > 0 and row["gate_cpu_s"] > 0
         assert row["audit"]["verified"] is True
         assert row["audit"]["admitted"] == count and row["core_errors"] == 0
+
+
+@pytest.mark.slow
+async def test_a_crowd_process_grows_by_a_few_columns_per_customer(tmp_path: Path) -> None:
+    # The same crowd process at 2,000 and at 20,000 customers (64 under way at once, each
+    # booking at once at a core that takes them all): its peak RSS grows by what the extra
+    # 18,000 customers keep at rest (~70 bytes of columns and 24 of arrival each): ~110
+    # bytes a customer here, under 512. Kept as an Outcome object and a dict each, as
+    # before, they took ~1,060 bytes (this test then fails).
+    peaks: dict[int, int] = {}
+    for count in (2000, 20_000):
+        scenario = dataclasses.replace(
+            sized(SCENARIOS["special-deposit"], count, False),
+            spread_s=1.0,
+            core=ROOMY_CORE,
+            total=10**13,
+        )
+        async with sim_core(_core_params(scenario), tmp_path) as core_url:
+            spec = dataclasses.replace(
+                _crowd_spec(scenario, count, "direct", core_url),
+                workers=1,
+                live=64,
+                connections=64,
+                deadline_s=60,
+            )
+            crowd = await run_crowd(spec, tmp_path, lambda _done: None)
+        assert Counter(o["result"] for o in crowd["outcomes"]) == {"booked": count}
+        peaks[count] = int(crowd["worker_max_rss_kb"])
+    per_customer = (peaks[20_000] - peaks[2000]) * 1024 / 18_000
+    assert per_customer < 512, (peaks, per_customer)

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import math
 import random
+import resource
 import shutil
 import sys
 import tempfile
@@ -578,6 +579,7 @@ async def run_slice(
         "customers": len(indices),
         "bytes_per_customer": records.nbytes() / max(1, len(indices)),
         "cpu_s": time.process_time(),  # this process's own CPU (user + system), all of it
+        "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
 
 
@@ -676,6 +678,7 @@ def merge(
         else 0.0,
         "bytes_per_customer": max(float(s["bytes_per_customer"]) for s in summaries),
         "live": spec.live,
+        "worker_max_rss_kb": max(int(s["max_rss_kb"]) for s in summaries),
         # the crowd's processes' CPU: what its customers cost the machine it shares
         "cpu_s": round(sum(float(s["cpu_s"]) for s in summaries) + time.process_time(), 2),
         "outcomes": outcomes,
