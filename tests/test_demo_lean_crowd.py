@@ -152,6 +152,8 @@ async def test_the_lean_crowd_and_the_aiohttp_crowd_give_the_same_ipo_rush_row(
     assert lean["sold_krw"] == scenario.total and lean["inversions"] == 0
     for row in (reference, lean):
         assert row["crowd_cpu_s"] > 0 and row["core_cpu_s"] > 0 and row["gate_cpu_s"] > 0
+        # at least a join, a poll that brings the pass and the subscription each
+        assert row["crowd_gate_requests"] >= 3 * count
         assert row["audit"]["verified"] is True
         assert row["audit"]["admitted"] == count and row["core_errors"] == 0
 

@@ -580,6 +580,9 @@ async def run_slice(
         "bytes_per_customer": records.nbytes() / max(1, len(indices)),
         "cpu_s": time.process_time(),  # this process's own CPU (user + system), all of it
         "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        # requests sent (each retry counted): the gate's and the core's
+        "gate_requests": crowd.gate.requests if crowd.gate is not crowd.core else 0,
+        "core_requests": crowd.core.requests,
     }
 
 
@@ -679,6 +682,8 @@ def merge(
         "bytes_per_customer": max(float(s["bytes_per_customer"]) for s in summaries),
         "live": spec.live,
         "worker_max_rss_kb": max(int(s["max_rss_kb"]) for s in summaries),
+        "gate_requests": sum(int(s["gate_requests"]) for s in summaries),
+        "core_requests_sent": sum(int(s["core_requests"]) for s in summaries),
         # the crowd's processes' CPU: what its customers cost the machine it shares
         "cpu_s": round(sum(float(s["cpu_s"]) for s in summaries) + time.process_time(), 2),
         "outcomes": outcomes,

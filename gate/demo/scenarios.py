@@ -490,6 +490,7 @@ def analyse_row(
         "crowd_live": crowd.get("live"),
         # CPU seconds of the crowd's processes and of the core's, for the whole row
         "crowd_cpu_s": crowd.get("cpu_s"),
+        "crowd_gate_requests": crowd.get("gate_requests"),
         "core_cpu_s": core.get("cpu_s"),
         "bureau_changes": [[round(t - t0, 2), ms] for t, ms in core["bureau_changes"]],
         "per_second": seconds,
@@ -1005,6 +1006,11 @@ def cpu_text(row: dict[str, Any]) -> str:
         parts.append(
             f"gate {row['gate_cpu_s']:g} s ({row['gate_cpu_s'] / customers * 1e6:.0f} µs a "
             "customer)"
+        )
+    if row.get("crowd_gate_requests"):
+        parts.append(
+            f"{row['crowd_gate_requests'] / customers:.1f} gate requests a customer (and the "
+            "core's pass check each)"
         )
     return "CPU: " + ", ".join(parts)
 
