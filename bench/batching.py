@@ -8,7 +8,10 @@ each figure is the median of the rounds' gate/hello ratios, with their range and
 average. Join: a new customer per request. Claim: a customer admitted beforehand (joined,
 admitted, its pass issued through pass.lua, as a status poll would) per request, each
 claiming once (1 item of a quota that cannot sell out); the hello-world gets the same
-requests. Results as JSON on stdout and in --out.
+requests. Each row also gives the CPU each server spent per request (user + system from
+/proc over the wrk run; the gate's less what it spends idle, measured before the rounds),
+and for the gate what Redis spent per request (its own CPU, and EVALSHA calls: requests
+per call is the batch size). Results as JSON on stdout and in --out.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.admit_rate import process_cpu_s
 from bench.servers import Admin, GateServer, HelloServer
 from bench.wrk import _DONE, MARKER, wrk_binary
 from gate.campaign import load_stored_spec
@@ -175,6 +179,39 @@ async def admitted_customers(
         await redis.aclose()
 
 
+async def redis_counters(url: str) -> tuple[float, int]:
+    """Redis's CPU seconds so far (user + system, its INFO) and its EVALSHA calls."""
+    redis = connect(url, timeout_s=10, max_connections=1)
+    try:
+        cpu = await redis.info("cpu")
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    calls = int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls
+
+
+async def measured(
+    run: Any, pid: int, idle_cpu_per_s: float, redis_url: str | None
+) -> dict[str, Any]:
+    """`run()` (a wrk run) with the CPU per request of process `pid` around it, and of
+    Redis when `redis_url` is given."""
+    counters = await redis_counters(redis_url) if redis_url else None
+    cpu0, t0 = process_cpu_s(pid), time.monotonic()
+    result: dict[str, Any] = await run()
+    cpu1, t1 = process_cpu_s(pid), time.monotonic()
+    n = max(result["requests"], 1)
+    result["cpu_us_per_request"] = round((cpu1 - cpu0) / n * 1e6, 1)
+    result["cpu_us_per_request_net"] = round(
+        (cpu1 - cpu0 - idle_cpu_per_s * (t1 - t0)) / n * 1e6, 1
+    )
+    if redis_url and counters:
+        redis_cpu, calls = await redis_counters(redis_url)
+        result["redis_cpu_us_per_request"] = round((redis_cpu - counters[0]) / n * 1e6, 1)
+        result["requests_per_script_call"] = round(n / max(calls - counters[1], 1), 1)
+    return result
+
+
 def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     ratios = [r["gate"]["rps"] / r["hello"]["rps"] for r in rounds if r["hello"]["rps"]]
     return {
@@ -183,6 +220,18 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "gate_rps": statistics.median(r["gate"]["rps"] for r in rounds),
         "hello_rps": statistics.median(r["hello"]["rps"] for r in rounds),
         "gate_errors": sum(r["gate"]["errors"] for r in rounds),
+        "gate_cpu_us_per_request": statistics.median(
+            r["gate"]["cpu_us_per_request_net"] for r in rounds
+        ),
+        "hello_cpu_us_per_request": statistics.median(
+            r["hello"]["cpu_us_per_request"] for r in rounds
+        ),
+        "redis_cpu_us_per_request": statistics.median(
+            r["gate"]["redis_cpu_us_per_request"] for r in rounds
+        ),
+        "requests_per_script_call": statistics.median(
+            r["gate"]["requests_per_script_call"] for r in rounds
+        ),
         "rounds": rounds,
     }
 
@@ -207,26 +256,41 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         claims_file = work / "claimers.tsv"
         lines = await admitted_customers(redis_server.url, keys_file, "bc", per_round * args.rounds)
         claims_file.write_text("\n".join(lines) + "\n")
+        # What the gate spends with no request (its refresh, admission and sealing loops)
+        idle0, idle_t0 = process_cpu_s(gate.pid), time.monotonic()
+        await asyncio.sleep(2)
+        idle_cpu = (process_cpu_s(gate.pid) - idle0) / (time.monotonic() - idle_t0)
+        results["gate_idle_cpu_per_s"] = round(idle_cpu, 4)
         joins: list[dict[str, Any]] = []
         claims: list[dict[str, Any]] = []
         for n in range(args.rounds):
             one: dict[str, Any] = {}
             for side, server in (("gate", gate), ("hello", hello)):
                 script = f'PREFIX = "r{n}-{side}"\n' + _UNIQUE_JOIN
-                one[side] = await wrk(
-                    server.url + "/q/bj/join", script, [], args.duration, args.connections, work
+                one[side] = await measured(
+                    lambda url=server.url, script=script: wrk(
+                        url + "/q/bj/join", script, [], args.duration, args.connections, work
+                    ),
+                    server.pid,
+                    idle_cpu if server is gate else 0.0,
+                    redis_server.url if server is gate else None,
                 )
             joins.append(one)
             one = {}
             for side, server in (("gate", gate), ("hello", hello)):
                 offset = str(n * per_round)
-                one[side] = await wrk(
-                    server.url + "/q/bc/claim",
-                    _CLAIMS,
-                    [str(claims_file), offset],
-                    args.duration,
-                    args.connections,
-                    work,
+                one[side] = await measured(
+                    lambda url=server.url, offset=offset: wrk(
+                        url + "/q/bc/claim",
+                        _CLAIMS,
+                        [str(claims_file), offset],
+                        args.duration,
+                        args.connections,
+                        work,
+                    ),
+                    server.pid,
+                    idle_cpu if server is gate else 0.0,
+                    redis_server.url if server is gate else None,
                 )
             claims.append(one)
             print(f"round {n + 1}: join {joins[-1]}  claim {claims[-1]}", flush=True)
@@ -261,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         r = results[row]
         print(
             f"{row}: gate/hello {r['gate_hello']} {r['range']}  gate {r['gate_rps']}/s "
-            f"hello {r['hello_rps']}/s  gate non-2xx {r['gate_errors']}"
+            f"hello {r['hello_rps']}/s  gate non-2xx {r['gate_errors']}; CPU per request: "
+            f"gate {r['gate_cpu_us_per_request']} us (idle less), hello "
+            f"{r['hello_cpu_us_per_request']} us, Redis {r['redis_cpu_us_per_request']} us; "
+            f"{r['requests_per_script_call']} requests per script call"
         )
     print(f"load average {results['loadavg_start']} -> {results['loadavg_end']}")
     return 0
