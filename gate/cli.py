@@ -539,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
         "write the key file of a proxy that checks passes itself (nginx njs, HAProxy Lua): "
         "the pass and digest keys, from the gate's key files",
         """
-        gate keys edge --out /etc/fairgate/edge-keys.json
+        gate keys edge --config /etc/fairgate/fairgate.toml --out /etc/fairgate/edge-keys.json
         gate keys edge --signing-keys keys.json --digest-keys digest-keys.json --out edge.json
         """,
         description="Write the key file a proxy needs to check passes with no call to the "
