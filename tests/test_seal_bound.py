@@ -437,7 +437,10 @@ async def test_the_lease_script_records_a_stolen_lease_and_a_late_seal_on_each_r
         interval_s=0.0,
         lease_ms=30000,
         keep_in_redis=0,
-        bound_ms=200,
+        # a bound no step below comes near however loaded the machine (at 200 ms, a step
+        # 200 ms after its join under load 16 recorded that entry late first); lowered to
+        # 200 ms for the late look at the end
+        bound_ms=60_000,
     )
     try:
         assert await sealer.step(c, force=True)  # admin-create sealed, lease held
@@ -459,6 +462,7 @@ async def test_the_lease_script_records_a_stolen_lease_and_a_late_seal_on_each_r
         gap = unpack((await redis.lrange(k.audit, -1, -1))[0])
         assert (gap[b"k"], gap[b"w"], gap[b"h"]) == (b"seal-gap", b"lease-lost", b""), gap
         assert sealer.stats.lease_stolen == 2
+        sealer.bound_ms = 200
         joined = await room.join(c, [customer_digest(keys, c, "late")])
         await wait_redis_time(redis, joined.now_us + 300_000)
         n = int(await redis.hget(k.meta, "audit_n") or 0)
