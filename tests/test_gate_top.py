@@ -278,6 +278,17 @@ async def test_keys_act_only_once_confirmed_and_are_audited(served: GateProcess)
     assert b"Traceback" not in term.seen
 
 
+async def _ended(process: asyncio.subprocess.Process, limit_s: float = 20) -> int:
+    """The exit status of a process told to stop; killed (and the test failed) if it does
+    not end in time, so that its pipes do not outlive the test."""
+    try:
+        return await asyncio.wait_for(process.wait(), limit_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"the process did not end within {limit_s} s of SIGINT") from None
+
+
 @pytest.mark.slow
 async def test_campaign_stats_watch_prints_a_json_object_a_line(served: GateProcess) -> None:
     await create_with_joins(served, "top-watch", 3)
@@ -303,7 +314,7 @@ async def test_campaign_stats_watch_prints_a_json_object_a_line(served: GateProc
             assert stats["id"] == "top-watch" and stats["joined"] == 3, line
     finally:
         process.send_signal(signal.SIGINT)
-        code = await asyncio.wait_for(process.wait(), 20)
+        code = await _ended(process)
     err = (await process.stderr.read()).decode()
     assert code == 130 and "Traceback" not in err, (code, err)
     # `gate top` into a pipe: one frame after another (a live view only on a terminal)
@@ -325,7 +336,7 @@ async def test_campaign_stats_watch_prints_a_json_object_a_line(served: GateProc
             headers += line.startswith(b"gate top ")
     finally:
         top.send_signal(signal.SIGINT)
-        code = await asyncio.wait_for(top.wait(), 20)
+        code = await _ended(top)
     err = (await top.stderr.read()).decode()
     assert code == 130 and "Traceback" not in err, (code, err)
 
