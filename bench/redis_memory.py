@@ -29,10 +29,10 @@ import os
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.luacost import bench_spec
 from gate.campaign import parse_spec
 from gate.config import load_config
 from gate.redis_server import RedisServer
@@ -47,15 +47,8 @@ BOUND_RATIO = 1.1
 
 
 def _spec(campaign: str) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    return {
-        "id": campaign,
-        "opens_at": (now - timedelta(seconds=1)).isoformat(),
-        "closes_at": (now + timedelta(hours=6)).isoformat(),
-        "quota": {"unit": "item", "total": 10**12},
-        # admission paused by a tiny rate: everyone stays waiting
-        "admission": {"rate_per_s": 0.001, "burst": 1, "max_active": 10_000_000},
-    }
+    """Open now, a quota nobody exhausts, and a rate that keeps everyone waiting."""
+    return bench_spec(campaign, 0.001, 1)
 
 
 def _digest(i: int) -> bytes:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
@@ -845,6 +846,22 @@ def scale_out(passes: dict[str, Any], many: int) -> dict[str, Any]:
     return out
 
 
+async def _part(
+    results: dict[str, Any], failures: list[str], key: str, measure: Awaitable[Any]
+) -> None:
+    """One optional part of the run: its figures under `key`, or its failure named (what
+    the other parts measured is kept either way); the part's own `failures` carried over."""
+    label = key.replace("_", " ")
+    try:
+        results[key] = await measure
+    except Exception as exc:
+        failures.append(f"{label}: {exc!r}")
+        print(f"FAILED {label}: {exc!r}", flush=True)
+        return
+    if isinstance(results[key], dict):
+        failures += [f"{label}: {f}" for f in results[key].get("failures", [])]
+
+
 async def main_async(settings: Settings) -> dict[str, Any]:
     out = settings.out
     with tempfile.TemporaryDirectory(prefix="fairgate-bench-") as tmp:
@@ -875,65 +892,40 @@ async def main_async(settings: Settings) -> dict[str, Any]:
             results["passes"] = passes
             results["scale_out"] = scale_out(passes, settings.workers)
             if settings.lua:
-                try:
-                    results["lua"] = await run_lua(settings, redis_server, redis)
-                except Exception as exc:
-                    failures.append(f"lua: {exc!r}")
-                    print(f"FAILED lua: {exc!r}", flush=True)
+                await _part(results, failures, "lua", run_lua(settings, redis_server, redis))
             if settings.audit_cost:
-                try:
-                    results["audit_cost"] = await run_audit_cost(settings, redis_server, redis)
-                except Exception as exc:
-                    failures.append(f"audit cost: {exc!r}")
-                    print(f"FAILED audit cost: {exc!r}", flush=True)
+                await _part(
+                    results, failures, "audit_cost", run_audit_cost(settings, redis_server, redis)
+                )
             if settings.admit_rate:
                 print("admission rate and the core's arrivals (bench/admit_rate.py) ...")
-                try:
-                    results["admit_rate"] = await admit_rate.run(
-                        admit_rate.plan(settings.quick), work / "admit-rate"
-                    )
-                    failures += [f"admit rate: {f}" for f in results["admit_rate"]["failures"]]
-                except Exception as exc:
-                    failures.append(f"admit rate: {exc!r}")
-                    print(f"FAILED admit rate: {exc!r}", flush=True)
+                plan = admit_rate.plan(settings.quick)
+                await _part(
+                    results, failures, "admit_rate", admit_rate.run(plan, work / "admit-rate")
+                )
             if settings.verify_scale:
                 print("gate audit verify on a real export (bench/verify_scale.py) ...")
-                try:
-                    results["verify_scale"] = await verify_scale.run(
-                        verify_scale.plan(settings.quick), work / "verify-scale"
-                    )
-                    failures += [f"verify scale: {f}" for f in results["verify_scale"]["failures"]]
-                except Exception as exc:
-                    failures.append(f"verify scale: {exc!r}")
-                    print(f"FAILED verify scale: {exc!r}", flush=True)
+                scale = verify_scale.plan(settings.quick)
+                await _part(
+                    results,
+                    failures,
+                    "verify_scale",
+                    verify_scale.run(scale, work / "verify-scale"),
+                )
             if settings.redis_memory:
                 print("Redis per waiting customer, join cost vs queue length ...", flush=True)
-                try:
-                    results["redis_memory"] = await redis_memory.measure(
-                        100_000 if settings.quick else 1_000_000,
-                        10_000,
-                        512,
-                        work / "redis-memory",
-                    )
-                except Exception as exc:
-                    failures.append(f"redis memory: {exc!r}")
-                    print(f"FAILED redis memory: {exc!r}", flush=True)
+                customers = 100_000 if settings.quick else 1_000_000
+                memory = redis_memory.measure(customers, 10_000, 512, work / "redis-memory")
+                await _part(results, failures, "redis_memory", memory)
             if settings.edge:
                 print("the pass checked at the edge (bench/edge.py) ...")
-                try:
-                    results["edge"] = await edge.run(settings.quick, work / "edge")
-                except Exception as exc:
-                    failures.append(f"edge: {exc!r}")
-                    print(f"FAILED edge: {exc!r}", flush=True)
+                await _part(results, failures, "edge", edge.run(settings.quick, work / "edge"))
             if settings.overload:
                 print("overload: 3x capacity, shedding off and on ...", flush=True)
-                try:
-                    results["overload"] = await overload.measure(
-                        work / "overload", 3.0 if settings.quick else 10.0
-                    )
-                except Exception as exc:
-                    failures.append(f"overload: {exc!r}")
-                    print(f"FAILED overload: {exc!r}", flush=True)
+                seconds = 3.0 if settings.quick else 10.0
+                await _part(
+                    results, failures, "overload", overload.measure(work / "overload", seconds)
+                )
             results["failures"] = failures
             results["conditions"]["loadavg_end"] = list(os.getloadavg())
             results["conditions"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
