@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from gate.room import JOIN_OK, JoinResult, Room
 
@@ -30,30 +30,27 @@ class JoinOutcome(NamedTuple):  # one per join: a frozen dataclass cost ~1 us mo
     receipt: dict[str, Any] | None = None  # the signed receipt of a new ticket's batch
 
 
-class JoinBatcher:
-    def __init__(
-        self,
-        room: Room,
-        *,
-        window_s: float,
-        max_batch: int,
-        receipts: ReceiptBook | None = None,
-    ):
-        self.room = room
-        self.receipts = receipts
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
+
+
+class TickBatches(Generic[Item, Outcome]):
+    """Requests for one campaign gathered for `window_s` (or until `max_batch` of them),
+    then made together by `_run`, which settles each request's future; while a batch is in
+    flight, new arrivals form the next one. JoinBatcher and gate/claim_batcher.py."""
+
+    def __init__(self, *, window_s: float, max_batch: int) -> None:
         self.window_s = window_s
         self.max_batch = max_batch
-        self._pending: dict[str, list[tuple[bytes, asyncio.Future[JoinOutcome]]]] = {}
+        self._pending: dict[str, list[tuple[Item, asyncio.Future[Outcome]]]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0
-        self.joined = 0
 
-    async def join(self, campaign: str, digest: bytes) -> JoinOutcome:
+    async def _submit(self, campaign: str, item: Item) -> Outcome:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[JoinOutcome] = loop.create_future()
+        future: asyncio.Future[Outcome] = loop.create_future()
         batch = self._pending.setdefault(campaign, [])
-        batch.append((digest, future))
+        batch.append((item, future))
         if len(batch) >= self.max_batch:
             self._flush(campaign)
         elif campaign not in self._timers:
@@ -69,6 +66,35 @@ class JoinBatcher:
             task = asyncio.get_running_loop().create_task(self._run(campaign, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, campaign: str, batch: list[tuple[Item, asyncio.Future[Outcome]]]) -> None:
+        raise NotImplementedError
+
+    async def _drain(self) -> None:
+        """Every batch still gathering made, every call in flight ended."""
+        for campaign in list(self._pending):
+            self._flush(campaign)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class JoinBatcher(TickBatches[bytes, JoinOutcome]):
+    def __init__(
+        self,
+        room: Room,
+        *,
+        window_s: float,
+        max_batch: int,
+        receipts: ReceiptBook | None = None,
+    ):
+        super().__init__(window_s=window_s, max_batch=max_batch)
+        self.room = room
+        self.receipts = receipts
+        self.batches = 0
+        self.joined = 0
+
+    async def join(self, campaign: str, digest: bytes) -> JoinOutcome:
+        return await self._submit(campaign, digest)
 
     async def _run(
         self, campaign: str, batch: list[tuple[bytes, asyncio.Future[JoinOutcome]]]
@@ -135,9 +161,6 @@ class JoinBatcher:
         return out
 
     async def close(self) -> None:
-        for campaign in list(self._pending):
-            self._flush(campaign)
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._drain()
         if self.receipts is not None:
             await self.receipts.flush()

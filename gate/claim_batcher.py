@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from gate.batcher import TickBatches
 from gate.errors import GateError
 from gate.room import ClaimResult, Room
 
@@ -27,14 +28,10 @@ class _Claim:
 _Pending = list[tuple[_Claim, "asyncio.Future[ClaimResult]"]]
 
 
-class ClaimBatcher:
+class ClaimBatcher(TickBatches[_Claim, ClaimResult]):
     def __init__(self, room: Room, *, window_s: float, max_batch: int) -> None:
+        super().__init__(window_s=window_s, max_batch=max_batch)
         self.room = room
-        self.window_s = window_s
-        self.max_batch = max_batch
-        self._pending: dict[str, _Pending] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.claims = 0
 
@@ -42,25 +39,7 @@ class ClaimBatcher:
         self, campaign: str, seq: int, digest: bytes, amount: int, idempotency_key: str
     ) -> ClaimResult:
         """What `Room.claim` would answer (or raise) for this claim alone."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[ClaimResult] = loop.create_future()
-        batch = self._pending.setdefault(campaign, [])
-        batch.append((_Claim(seq, digest, amount, idempotency_key), future))
-        if len(batch) >= self.max_batch:
-            self._flush(campaign)
-        elif campaign not in self._timers:
-            self._timers[campaign] = loop.call_later(self.window_s, self._flush, campaign)
-        return await future
-
-    def _flush(self, campaign: str) -> None:
-        timer = self._timers.pop(campaign, None)
-        if timer is not None:
-            timer.cancel()
-        batch = self._pending.pop(campaign, None)
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._run(campaign, batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        return await self._submit(campaign, _Claim(seq, digest, amount, idempotency_key))
 
     async def _run(self, campaign: str, batch: _Pending) -> None:
         claims = [(c.seq, c.digest, c.amount, c.key) for c, _ in batch]
@@ -87,7 +66,4 @@ class ClaimBatcher:
                 future.set_result(result)
 
     async def close(self) -> None:
-        for campaign in list(self._pending):
-            self._flush(campaign)
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._drain()
