@@ -284,9 +284,18 @@ async def _ended(process: asyncio.subprocess.Process, limit_s: float = 20) -> in
     try:
         return await asyncio.wait_for(process.wait(), limit_s)
     except TimeoutError:
+        # Say whether it hung (running or sleeping) or ended unnoticed (a zombie, or gone):
+        # in two full runs this wait timed out, never when the module ran alone.
+        try:
+            status = await asyncio.to_thread(Path(f"/proc/{process.pid}/status").read_text)
+            state = next(line for line in status.splitlines() if line.startswith("State:"))
+        except (OSError, StopIteration):
+            state = "State: gone"
         process.kill()
         await process.wait()
-        raise AssertionError(f"the process did not end within {limit_s} s of SIGINT") from None
+        raise AssertionError(
+            f"the process did not end within {limit_s} s of SIGINT ({state})"
+        ) from None
 
 
 @pytest.mark.slow
