@@ -127,6 +127,8 @@ async def measure_audit_cost(
             CampaignKeys(campaign).blocked,
             CampaignKeys(campaign).audit,
             CampaignKeys(campaign).prequeue,
+            CampaignKeys(campaign).receipt_signatures,
+            CampaignKeys(campaign).join_entries,
         ]
         for variant, campaign in campaigns.items()
     }
@@ -145,7 +147,9 @@ async def measure_audit_cost(
         # them new (4 + 12 digits of __rand_int__ = the 16 bytes join.lua demands).
         digest = f"r{runs_started:03d}__rand_int__"
         keys = join_keys[variant]
-        command = ["EVALSHA", shas[variant], str(len(keys)), *keys, *([digest] * batch)]
+        # ARGV: no pre-queue seed, no receipt records carried, then the digests
+        digests = [digest] * batch
+        command = ["EVALSHA", shas[variant], str(len(keys)), *keys, "", "0", *digests]
         seq0, log0 = await state(variant)
         await redis.config_resetstat()
         cpu0 = await _process_cpu_s(redis)

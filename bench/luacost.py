@@ -168,7 +168,9 @@ async def measure_lua(
 
     for batch, requests in ((1, join1_requests), (100, join100_requests)):
         before = await seq()
-        command = ["EVALSHA", join_sha, str(len(join_keys)), *join_keys, *([DIGEST] * batch)]
+        # ARGV: no pre-queue seed, no receipt records carried, then the digests
+        digests = [DIGEST] * batch
+        command = ["EVALSHA", join_sha, str(len(join_keys)), *join_keys, "", "0", *digests]
         rps, cpu = await measure(requests, command)
         results[f"join_{batch}"] = {
             **row(rps, cpu, per=batch),
