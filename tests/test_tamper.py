@@ -299,7 +299,9 @@ def alter_receipt(rng: random.Random, export: Export) -> Target:
         receipt["path"] = list(value)
         pos = rng.randrange(len(value))
         receipt["path"][pos] = _flip_hex(rng, value[pos]) if rng.random() < 0.7 else value[0]
-        if rng.random() < 0.3:
+        if rng.random() < 0.3 or receipt["path"] == value:
+            # a sibling moved to where it already was (pos 0) changes nothing: then the
+            # path grows by one instead, so that every case is a real alteration
             receipt["path"].append(value[-1])
     elif fieldname in ("digest", "root"):
         receipt[fieldname] = _flip_hex(rng, value)
