@@ -391,7 +391,21 @@ NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin
 HAPROXY = shutil.which("haproxy") or (
     "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None
 )
+
+
 # The bank's session check (the stand-in login service), as deploy/nginx/nginx.conf has it.
+def nginx_accepts(tmp_path: Path, local: str) -> subprocess.CompletedProcess[str]:
+    """`nginx -t` on `local` (an nginx.conf's text, its pid file put in `tmp_path`)."""
+    assert NGINX is not None
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"pid {tmp_path}/nginx.pid;\n{local}\n")
+    return subprocess.run(
+        [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
+        capture_output=True,
+        text=True,
+    )
+
+
 NGINX_LOGIN_CHECK = """
         location = /_bank_session {
             internal;

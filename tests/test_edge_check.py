@@ -50,6 +50,7 @@ from tests.proxy_support import (
     Front,
     edge_key_file,
     haproxy_conf,
+    nginx_accepts,
     proxied_gate,
     unique,
 )
@@ -456,13 +457,7 @@ def test_the_shipped_edge_example_passes_nginx_t(tmp_path: Path, keys_file: Path
     local = "\n".join(line for line in local.splitlines() if "ssl_certificate" not in line)
     # the maps, the edge's maps and script, the locations and the edge's, as shipped
     assert local.count(str(DEPLOY)) == 5
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"pid {tmp_path}/nginx.pid;\n{local}\n")
-    check = subprocess.run(
-        [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
-        capture_output=True,
-        text=True,
-    )
+    check = nginx_accepts(tmp_path, local)
     assert check.returncode == 0, check.stderr
 
 

@@ -6,7 +6,6 @@ Every scenario (tests/proxy_support.py) runs through each proxy; nginx's own lim
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.proxy_support import (
     SCENARIOS,
     Front,
     gate_down_shows_busy_then_admits,
+    nginx_accepts,
     proxied_gate,
     redis_pause_shows_busy_then_admits,
     unique,
@@ -126,13 +126,7 @@ def test_the_shipped_example_passes_nginx_t(tmp_path: Path) -> None:
     )
     local = "\n".join(line for line in local.splitlines() if "ssl_certificate" not in line)
     assert local.count(str(DEPLOY)) == 2  # the maps and the locations, as shipped
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"pid {tmp_path}/nginx.pid;\n{local}\n")
-    check = subprocess.run(
-        [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
-        capture_output=True,
-        text=True,
-    )
+    check = nginx_accepts(tmp_path, local)
     assert check.returncode == 0, check.stderr
 
 
