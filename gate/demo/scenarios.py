@@ -796,12 +796,17 @@ def _campaign_spec(scenario: Scenario, core_url: str = "") -> dict[str, Any]:
     return spec
 
 
+BALLOT_STORE_S = 300.0  # the longest the demo waits for the ballot's stored allocation
+
+
 async def _close_ballot(admin: aiohttp.ClientSession, admin_url: str, gate: Any) -> int:
     """Close the subscription window now; the allocation stored; the sum allotted."""
     from gate.room.keys import CampaignKeys
 
     await _admin_call(admin, f"{admin_url}/admin/campaigns/{CAMPAIGN}/close", {})
-    deadline = time.monotonic() + 60
+    # The admitter stores the allocation too; each call here that finds a chunk stored
+    # first reads every subscription and allocates again (a few seconds at 1,000,000).
+    deadline = time.monotonic() + BALLOT_STORE_S
     while not await gate.room.finalize_ballot(CAMPAIGN):
         if time.monotonic() > deadline:
             raise GateError("the ballot's allocation was not stored in time", code="demo")
