@@ -72,6 +72,18 @@ def nginx_binary() -> str | None:
     )
 
 
+def shipped_gate_upstreams(port: int, cap: int | None = None) -> str:
+    """The gate's upstream blocks of deploy/nginx/nginx.conf, pointed at `port`; `cap`:
+    the requests in flight the edge lets through to the gate (max_conns) in place of the
+    shipped figure."""
+    shipped = (DEPLOY / "nginx.conf").read_text()
+    blocks = re.findall(r"^[ \t]*upstream fairgate\w*\s*\{[^}]*\}", shipped, re.M)
+    if not blocks:
+        raise RuntimeError("deploy/nginx/nginx.conf has no upstream for the gate")
+    text = "\n".join(blocks).replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    return text if cap is None else re.sub(r"max_conns=\d+", f"max_conns={cap}", text)
+
+
 def njs_installed() -> bool:
     return os.path.exists(NJS_MODULE)
 
@@ -153,6 +165,7 @@ http {{
     upstream core_bank {{ server 127.0.0.1:{upstream}; keepalive 64; }}
     upstream bank {{ server 127.0.0.1:{upstream}; keepalive 64; }}
     upstream fairgate {{ server 127.0.0.1:{gate}; keepalive 64; }}
+    upstream fairgate_admitted {{ server 127.0.0.1:{gate}; keepalive 64; }}
     include {DEPLOY}/fairgate-maps.conf;
     include {DEPLOY}/fairgate-edge-maps.conf;
     js_import fairgate_edge from {DEPLOY}/fairgate-edge.js;

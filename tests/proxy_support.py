@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from yarl import URL
 
+from bench.edge import shipped_gate_upstreams
 from gate.redis_server import free_port
 from tests.helpers import ADMIN_TOKEN, CORE_TOKEN, GateProcess, spec, wait_for
 
@@ -432,10 +433,12 @@ def nginx_conf(
     *,
     jwt: bool,
     edge_keys: Path | None = None,
+    gate_cap: int | None = None,
 ) -> str:
     """deploy/nginx/nginx.conf with test ports, no TLS, the login page a local path, and
-    the shipped maps and locations included as they are; with `edge_keys` (the key file
-    of `gate keys edge`), nginx-edge.conf: the pass checked in nginx (njs)."""
+    the shipped maps, locations and gate upstreams as they are; with `edge_keys` (the key
+    file of `gate keys edge`), nginx-edge.conf: the pass checked in nginx (njs); with
+    `gate_cap`, that many requests in flight to the gate in place of the shipped cap."""
     user = "user root;" if os.geteuid() == 0 else ""
     edge_main = edge_http = edge_server = ""
     if edge_keys is not None:
@@ -449,7 +452,9 @@ def nginx_conf(
         set $fairgate_edge_dir {root}/edge;
         include {DEPLOY}/nginx/fairgate-edge.conf;"""
     servers = "\n".join(
-        f"    upstream {name} {{ server 127.0.0.1:{port}; keepalive 8; }}"
+        shipped_gate_upstreams(port, gate_cap)
+        if name == "fairgate"
+        else f"    upstream {name} {{ server 127.0.0.1:{port}; keepalive 8; }}"
         for name, port in upstreams.items()
     )
     login_check = NGINX_NO_LOGIN_CHECK if jwt else NGINX_LOGIN_CHECK
@@ -516,11 +521,15 @@ def proxied_gate(
     jwt: bool = False,
     campaign_spec: dict[str, Any] | None = None,
     edge: bool = False,
+    gate_cap: int | None = None,
+    gate_settings: dict[str, str] | None = None,
 ) -> Iterator[Front]:
     """A real `gate serve` with `campaign`, the stand-in login, core (and, with `jwt`,
     token issuer), and in front of them the shipped config of `proxy` ("nginx" or
     "haproxy") run by the real binary on a free port; with `edge`, its variant that
-    checks passes itself (the key file written by `gate keys edge`)."""
+    checks passes itself (the key file written by `gate keys edge`). `gate_cap`: the
+    requests in flight the proxy lets through to the gate, in place of the shipped
+    figure; `gate_settings`: more of the gate's environment (GATE_...)."""
     binary = {"nginx": NGINX, "haproxy": HAPROXY}[proxy]
     assert binary is not None, f"{proxy} is not installed"
     root.mkdir(parents=True, exist_ok=True)
@@ -535,6 +544,7 @@ def proxied_gate(
             env = jwt_gate_env(free_port(), jwks)
         else:
             env = gate_env(free_port())
+        env.update(gate_settings or {})
         gate = GateProcess(redis_url, root / "gate", keys_file, extra_env=env)
         gate.start()
         wait_gate_ready(gate)
@@ -546,7 +556,9 @@ def proxied_gate(
             conf = root / "nginx.conf"
             upstreams = {"fairgate": gate.port, "core_bank": core_port, "bank_login": login_port}
             conf.write_text(
-                nginx_conf(root, port, campaign, upstreams, jwt=jwt, edge_keys=edge_keys)
+                nginx_conf(
+                    root, port, campaign, upstreams, jwt=jwt, edge_keys=edge_keys, gate_cap=gate_cap
+                )
             )
             base = [binary, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")]
             check = subprocess.run([*base, "-t"], capture_output=True, text=True)
@@ -569,6 +581,7 @@ def proxied_gate(
                 "FAIRGATE_PROXY_SECRET": PROXY_SECRET,
                 "FAIRGATE_PASS_CHECK": "edge" if edge else "gate",
                 "FAIRGATE_EDGE_KEYS": str(edge_keys),
+                **({"FAIRGATE_GATE_MAXCONN": str(gate_cap)} if gate_cap is not None else {}),
             }
             check = subprocess.run(
                 [binary, "-c", "-f", str(conf)], capture_output=True, text=True, env=proxy_env
