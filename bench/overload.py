@@ -15,6 +15,13 @@ place; a ticket without a 2xx answer is not lost (the customer's retry gets the 
 
 The issue's bounds at 3x: p99 of answered requests ≤ 1 s, excess answered 503 within
 10 ms (p99), 0 lost places, 0 5xx other than those 503s.
+
+Three gates: one that does not shed (`shed_lag_ms` 0, the default), one that sheds from
+20 ms of loop lag, and the first behind real nginx (1 worker) with the shipped
+fairgate-maps.conf, fairgate-locations.conf and the gate's upstreams of
+deploy/nginx/nginx.conf, whose cap on requests in flight (max_conns) answers the excess
+busy at once (docs/proxy.md, "Overload"); the bank's login there is a stand-in nginx that
+names the customer the request names. Its capacity is measured through the same nginx.
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
+from bench.edge import Nginx, _common, _temp_paths, nginx_binary, shipped_gate_upstreams
 from bench.load import LoadResult, Target
 from bench.openloop import run_load
 from bench.servers import GateServer
-from gate.redis_server import RedisServer
+from gate.redis_server import RedisServer, free_port
 from gate.room.keys import CampaignKeys
 from gate.signing import generate_keys_document, write_keys
 
@@ -61,36 +69,114 @@ async def _seq(redis: Redis, campaign: str) -> int:
     return int(await redis.hget(CampaignKeys(campaign).meta, "seq") or 0)
 
 
+def front_conf(root: Path, port: int, login_port: int, gate_port: int) -> str:
+    """nginx in front of the gate with the shipped maps, locations and gate upstreams (its
+    cap included); the login check asks the stand-in at `login_port`."""
+    deploy = Path(__file__).resolve().parent.parent / "deploy" / "nginx"
+    return f"""{_common(root, "front")}
+http {{
+    access_log off;
+{_temp_paths(root, "front")}
+{shipped_gate_upstreams(gate_port)}
+    upstream bank_login {{ server 127.0.0.1:{login_port}; keepalive 64; }}
+    upstream core_bank {{ server 127.0.0.1:{login_port}; keepalive 64; }}
+    include {deploy}/fairgate-maps.conf;
+    server {{
+        listen 127.0.0.1:{port};
+        keepalive_requests 1000000;
+        set $fairgate_campaign "-";
+        set $fairgate_proxy_secret "";
+        location = /_bank_session {{
+            internal;
+            proxy_pass http://bank_login/session;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }}
+        location @bank_login {{ return 302 /login; }}
+        include {deploy}/fairgate-locations.conf;
+    }}
+}}
+"""
+
+
+def login_conf(root: Path, port: int) -> str:
+    """The bank's login stand-in: a session for whoever the request names."""
+    return f"""{_common(root, "login")}
+http {{
+    access_log off;
+{_temp_paths(root, "login")}
+    server {{
+        listen 127.0.0.1:{port};
+        keepalive_requests 1000000;
+        location = /session {{
+            add_header X-Authenticated-Customer $http_x_customer_id;
+            return 204;
+        }}
+    }}
+}}
+"""
+
+
+async def _fronted(root: Path, gate_port: int) -> tuple[list[Nginx], str]:
+    """The login stand-in and the front nginx, started; the front's base URL."""
+    binary = nginx_binary()
+    if binary is None:
+        raise RuntimeError("nginx is not installed")
+    await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+    login_port, port = free_port(), free_port()
+    started: list[Nginx] = []
+    for name, conf, at in (
+        ("login", login_conf(root, login_port), login_port),
+        ("front", front_conf(root, port, login_port, gate_port), port),
+    ):
+        server = Nginx(binary, root, name, conf, at)
+        server.start()
+        started.append(server)
+        await server.wait()
+    return started, f"http://127.0.0.1:{port}"
+
+
 async def _one_gate(
-    redis_server: RedisServer, redis: Redis, work: Path, duration_s: float, shed_lag_ms: int
+    redis_server: RedisServer,
+    redis: Redis,
+    work: Path,
+    duration_s: float,
+    shed_lag_ms: int,
+    front: bool = False,
 ) -> dict[str, Any]:
-    """Capacity, then 3x, for the poll and the join, on a fresh `gate serve`."""
+    """Capacity, then 3x, for the poll and the join, on a fresh `gate serve`; with
+    `front`, through nginx with the shipped configs."""
     from bench.run import prepare  # bench.run imports this module
 
     keys_file = work / "keys.json"
     if not keys_file.exists():
         write_keys(keys_file, generate_keys_document())
     gate = GateServer(redis_server.url, work, keys_file, 1, shed_lag_ms=shed_lag_ms)
+    proxies: list[Nginx] = []
+    tag = f"{shed_lag_ms}{'n' if front else ''}"
     try:
         await gate.start()
         async with aiohttp.ClientSession() as session:
-            fixture = await prepare(session, gate, f"overload-{shed_lag_ms}", 200)
+            fixture = await prepare(session, gate, f"overload-{tag}", 200)
+        base = gate.url
+        if front:
+            proxies, base = await _fronted(work / f"nginx-{tag}", gate.port)
         poll = Target(
-            f"{gate.url}/q/{fixture.poll_campaign}/status?ticket={fixture.ticket}",
+            f"{base}/q/{fixture.poll_campaign}/status?ticket={fixture.ticket}",
             headers=((CUSTOMER_HEADER, fixture.poll_customer),),
         )
         join = Target(
-            f"{gate.url}/q/{fixture.join_campaign}/join",
+            f"{base}/q/{fixture.join_campaign}/join",
             method="POST",
-            unique_customer_prefix=f"o{shed_lag_ms}",
+            unique_customer_prefix=f"o{tag}",
         )
         paths: dict[str, Any] = {}
         for name, target in (("poll", poll), ("join", join)):
             print(f"overload: {name} capacity (closed loop, {duration_s:.0f}s)", flush=True)
             capacity = await run_load(
-                target.with_prefix(f"cap{shed_lag_ms}")
-                if target.unique_customer_prefix
-                else target,
+                target.with_prefix(f"cap{tag}") if target.unique_customer_prefix else target,
                 rate=None,
                 duration_s=duration_s,
                 connections=64,
@@ -120,14 +206,17 @@ async def _one_gate(
             paths[name] = row
         return paths
     finally:
+        for proxy in proxies:
+            proxy.stop()
         gate.stop()
 
 
 async def measure(
-    work: Path, duration_s: float, shed_values: tuple[int, ...] = (0, 20)
+    work: Path, duration_s: float, shed_values: tuple[int, ...] = (0, 20), front: bool = True
 ) -> dict[str, Any]:
-    """Each path at 3x capacity on a gate that does not shed (shed_lag_ms 0) and on one
-    that sheds from 20 ms of loop lag (the production setting, deploy/)."""
+    """Each path at 3x capacity on a gate that does not shed (shed_lag_ms 0), on one that
+    sheds from 20 ms of loop lag, and (`front`, where nginx is installed) on the first
+    behind nginx with the shipped cap."""
     await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
     redis_server = RedisServer(work / "redis")
     redis_server.start()
@@ -138,6 +227,10 @@ async def measure(
         for shed in shed_values:
             runs[f"shed_lag_ms={shed}"] = await _one_gate(
                 redis_server, redis, work, duration_s, shed
+            )
+        if front and nginx_binary() is not None:
+            runs["shed_lag_ms=0 behind nginx (shipped cap)"] = await _one_gate(
+                redis_server, redis, work, duration_s, 0, front=True
             )
     finally:
         await redis.aclose()

@@ -414,10 +414,12 @@ def test_compose_runs_the_whole_stack_from_files_that_exist() -> None:
     # nginx balances over both gates' public port; Prometheus scrapes both; Grafana reads
     # that Prometheus.
     nginx_conf = (DEPLOY / "compose" / "nginx.conf").read_text()
-    upstream = re.search(r"upstream fairgate\s*\{([^}]*)\}", nginx_conf)
-    assert upstream
     port = Config().port
-    assert re.findall(r"server (\S+);", upstream.group(1)) == [f"{g}:{port}" for g in gates]
+    for name in ("fairgate", "fairgate_admitted"):  # capped, and an admitted customer's
+        upstream = re.search(rf"upstream {name}\s*\{{([^}}]*)\}}", nginx_conf)
+        assert upstream, name
+        servers = re.findall(r"server ([^\s;]+)[^;]*;", upstream.group(1))
+        assert servers == [f"{g}:{port}" for g in gates], (name, servers)
     scrape = yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text())
     (job,) = scrape["scrape_configs"]
     assert job["metrics_path"] == "/metrics"

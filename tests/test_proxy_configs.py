@@ -379,10 +379,11 @@ def test_every_proxy_lets_idle_gate_connections_go_before_the_gate_does() -> Non
 
     gate_s = default_config().keepalive_timeout_s
     nginx = (DEPLOY / "nginx" / "nginx.conf").read_text()
-    upstream = re.search(r"upstream fairgate\s*\{([^}]*)\}", nginx)
-    assert upstream is not None
-    nginx_s = re.search(r"keepalive_timeout (\d+)s;", upstream.group(1))
-    assert nginx_s is not None and int(nginx_s.group(1)) < gate_s
+    upstreams = re.findall(r"upstream (fairgate\w*)\s*\{([^}]*)\}", nginx)
+    assert [name for name, _ in upstreams] == ["fairgate", "fairgate_admitted"]
+    for name, block in upstreams:
+        nginx_s = re.search(r"keepalive_timeout (\d+)s;", block)
+        assert nginx_s is not None and int(nginx_s.group(1)) < gate_s, name
     envoy_doc = yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text())
     cluster = next(c for c in envoy_doc["static_resources"]["clusters"] if c["name"] == "fairgate")
     options = cluster["typed_extension_protocol_options"][
