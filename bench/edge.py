@@ -118,8 +118,23 @@ def _temp_paths(root: Path, name: str) -> str:
     )
 
 
-def upstream_conf(root: Path, port: int) -> str:
-    """The core (`return 200`) and the bank's login stand-in (204 naming the customer)."""
+# The bank's session check for auth_request, as deploy/nginx/nginx.conf has it, to the
+# login stand-in (upstream bank_login).
+NGINX_LOGIN_CHECK = """
+        location = /_bank_session {
+            internal;
+            proxy_pass http://bank_login/session;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }
+"""
+
+
+def upstream_conf(root: Path, port: int, customer: str = CUSTOMER) -> str:
+    """The core (`return 200`) and the bank's login stand-in (204 naming `customer`: an
+    nginx value, `$http_x_customer_id` for whoever the request names)."""
     return f"""{_common(root, "upstream")}
 http {{
     access_log off;
@@ -128,7 +143,7 @@ http {{
         listen 127.0.0.1:{port};
         keepalive_requests 1000000;
         location = /session {{
-            add_header X-Authenticated-Customer {CUSTOMER};
+            add_header X-Authenticated-Customer {customer};
             return 204;
         }}
         location / {{
@@ -142,16 +157,7 @@ http {{
 
 def front_conf(root: Path, ports: dict[str, int], upstream: int, gate: int, edge_keys: Path) -> str:
     """The four servers, the edge and gate ones with the shipped fairgate files."""
-    login = """
-        location = /_bank_session {
-            internal;
-            proxy_pass http://bank/session;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-        }
-        location @bank_login { return 302 /login; }"""
+    login = NGINX_LOGIN_CHECK + """        location @bank_login { return 302 /login; }"""
     fairgate = f"""
         set $fairgate_campaign "{CAMPAIGN}";
         set $fairgate_proxy_secret "";{login}
@@ -163,7 +169,7 @@ http {{
     access_log off;
 {_temp_paths(root, "front")}
     upstream core_bank {{ server 127.0.0.1:{upstream}; keepalive 64; }}
-    upstream bank {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    upstream bank_login {{ server 127.0.0.1:{upstream}; keepalive 64; }}
     upstream fairgate {{ server 127.0.0.1:{gate}; keepalive 64; }}
     upstream fairgate_admitted {{ server 127.0.0.1:{gate}; keepalive 64; }}
     include {DEPLOY}/fairgate-maps.conf;

@@ -38,7 +38,15 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from bench.edge import Nginx, _common, _temp_paths, nginx_binary, shipped_gate_upstreams
+from bench.edge import (
+    NGINX_LOGIN_CHECK,
+    Nginx,
+    _common,
+    _temp_paths,
+    nginx_binary,
+    shipped_gate_upstreams,
+    upstream_conf,
+)
 from bench.load import LoadResult, Target
 from bench.openloop import run_load
 from bench.servers import GateServer
@@ -86,34 +94,8 @@ http {{
         keepalive_requests 1000000;
         set $fairgate_campaign "-";
         set $fairgate_proxy_secret "";
-        location = /_bank_session {{
-            internal;
-            proxy_pass http://bank_login/session;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-        }}
-        location @bank_login {{ return 302 /login; }}
+{NGINX_LOGIN_CHECK}        location @bank_login {{ return 302 /login; }}
         include {deploy}/fairgate-locations.conf;
-    }}
-}}
-"""
-
-
-def login_conf(root: Path, port: int) -> str:
-    """The bank's login stand-in: a session for whoever the request names."""
-    return f"""{_common(root, "login")}
-http {{
-    access_log off;
-{_temp_paths(root, "login")}
-    server {{
-        listen 127.0.0.1:{port};
-        keepalive_requests 1000000;
-        location = /session {{
-            add_header X-Authenticated-Customer $http_x_customer_id;
-            return 204;
-        }}
     }}
 }}
 """
@@ -128,7 +110,7 @@ async def _fronted(root: Path, gate_port: int) -> tuple[list[Nginx], str]:
     login_port, port = free_port(), free_port()
     started: list[Nginx] = []
     for name, conf, at in (
-        ("login", login_conf(root, login_port), login_port),
+        ("upstream", upstream_conf(root, login_port, "$http_x_customer_id"), login_port),
         ("front", front_conf(root, port, login_port, gate_port), port),
     ):
         server = Nginx(binary, root, name, conf, at)

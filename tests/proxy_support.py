@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from yarl import URL
 
-from bench.edge import shipped_gate_upstreams
+from bench.edge import NGINX_LOGIN_CHECK, shipped_gate_upstreams
 from gate.redis_server import free_port
 from tests.helpers import ADMIN_TOKEN, CORE_TOKEN, GateProcess, spec, wait_for
 
@@ -394,7 +394,6 @@ HAPROXY = shutil.which("haproxy") or (
 )
 
 
-# The bank's session check (the stand-in login service), as deploy/nginx/nginx.conf has it.
 def nginx_accepts(tmp_path: Path, local: str) -> subprocess.CompletedProcess[str]:
     """`nginx -t` on `local` (an nginx.conf's text, its pid file put in `tmp_path`)."""
     assert NGINX is not None
@@ -407,16 +406,6 @@ def nginx_accepts(tmp_path: Path, local: str) -> subprocess.CompletedProcess[str
     )
 
 
-NGINX_LOGIN_CHECK = """
-        location = /_bank_session {
-            internal;
-            proxy_pass http://bank_login/session;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-        }
-"""
 # With identity = "jwt" the gate checks the bank's token: the login check is a no-op.
 NGINX_NO_LOGIN_CHECK = """
         location = /_bank_session { internal; return 204; }

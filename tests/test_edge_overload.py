@@ -174,7 +174,8 @@ async def test_the_excess_over_the_cap_is_answered_503_at_once_and_no_place_is_l
 def test_the_overload_bench_fronts_the_gate_with_the_shipped_cap(tmp_path: Path) -> None:
     """bench/overload.py's nginx: the shipped maps, locations and gate upstreams, the
     shipped cap included; nginx accepts it."""
-    from bench.overload import front_conf, login_conf
+    from bench.edge import upstream_conf
+    from bench.overload import front_conf
     from tests.proxy_support import nginx_accepts
 
     shipped = re.search(r"max_conns=(\d+)", (DEPLOY / "nginx" / "nginx.conf").read_text())
@@ -182,6 +183,6 @@ def test_the_overload_bench_fronts_the_gate_with_the_shipped_cap(tmp_path: Path)
     conf = front_conf(tmp_path, 8001, 8002, 8003)
     assert f"server 127.0.0.1:8003 max_conns={shipped.group(1)};" in conf
     assert "upstream fairgate_admitted" in conf
-    for text in (conf, login_conf(tmp_path, 8002)):
+    for text in (conf, upstream_conf(tmp_path, 8002, "$http_x_customer_id")):
         checked = nginx_accepts(tmp_path, re.sub(r"^pid .*;$", "", text, flags=re.M))
         assert checked.returncode == 0, checked.stderr
