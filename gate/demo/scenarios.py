@@ -773,8 +773,9 @@ def _adaptive(scenario: Scenario, core_url: str) -> dict[str, Any]:
     }
 
 
-def _campaign_spec(scenario: Scenario, core_url: str = "", customers: int = 0) -> dict[str, Any]:
-    """The campaign; `core_url`: the simulated core, whose health an adaptive rate follows."""
+def _campaign_spec(scenario: Scenario, core_url: str, customers: int) -> dict[str, Any]:
+    """The campaign for `customers`; `core_url`: the simulated core, whose health an
+    adaptive rate follows."""
     now = datetime.now(UTC)
     spec: dict[str, Any] = {
         "id": CAMPAIGN,
@@ -989,19 +990,21 @@ def summary_text(report: dict[str, Any]) -> str:
             "back when told"
         )
     audit = gated["audit"]
-    lines.append(
-        f"  with gate: audit export verified: {audit['entries']} entries, {audit['admitted']} "
-        f"admitted, {audit['claims']} claims, {audit['confirms']} confirmations, "
-        f"{audit['admin_updates']} rate changes (admissions replayed at the logged rates)"
-        + (
+    if audit["verified"]:
+        gaps = (
             f"; {audit['seal_gaps']} seal gaps the gate recorded (entries sealed after the "
             "seal bound while its event loop ran late), accepted as --allow-seal-gaps does"
             if audit.get("seal_gaps")
             else ""
         )
-        if audit["verified"]
-        else f"  with gate: audit export FAILED to verify: {audit['problem']}"
-    )
+        lines.append(
+            f"  with gate: audit export verified: {audit['entries']} entries, "
+            f"{audit['admitted']} admitted, {audit['claims']} claims, {audit['confirms']} "
+            f"confirmations, {audit['admin_updates']} rate changes (admissions replayed at "
+            f"the logged rates){gaps}"
+        )
+    else:
+        lines.append(f"  with gate: audit export FAILED to verify: {audit['problem']}")
     lines.append(
         "  incident without the gate: "
         + ("yes" if report["incident_without_gate"] else "NOT reproduced")
