@@ -47,6 +47,11 @@ class Arrivals:
             raise NotYet(f"this pass is valid in {wait_ms} ms", retry_after_ms=wait_ms)
         self._remember(key, token.exp, now_s)
 
+    def let_in(self, token: Token) -> bool:
+        """Whether the door has let this pass's customer in already (enter() then has
+        nothing to do): the pass checks that need no Redis call (gate/http/fast.py)."""
+        return (token.campaign, token.seq) in self._in
+
     def _remember(self, key: tuple[str, int], exp: int, now_s: float) -> None:
         if len(self._in) >= self.remembered_max:
             self._in = {k: e for k, e in self._in.items() if e > now_s}

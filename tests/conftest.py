@@ -20,7 +20,7 @@ from gate.room import Room
 from gate.room.scripts import Scripts
 from gate.service import Gate, running_gate
 from gate.signing import SigningKeys, generate_keys_document, load_or_create_keys, write_keys
-from tests.helpers import ADMIN_TOKEN, CORE_TOKEN, redis_binaries
+from tests.helpers import ADMIN_TOKEN, CORE_TOKEN, ListenerTestServer, redis_binaries
 
 BINARIES = redis_binaries()
 
@@ -90,7 +90,9 @@ async def gate(config: Config) -> AsyncIterator[Gate]:
 
 @pytest.fixture
 async def public(gate: Gate, aiohttp_client: Any) -> TestClient[web.Request, web.Application]:
-    client: TestClient[web.Request, web.Application] = await aiohttp_client(create_public_app(gate))
+    """The public listener as `gate serve` serves it: its fast path included."""
+    server = ListenerTestServer(create_public_app(gate), gate.config, listener="public")
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(server)
     return client
 
 

@@ -27,10 +27,15 @@ from typing import Any, TypeVar, cast
 import aiohttp
 import msgpack
 import redis as sync_redis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 from hypothesis.stateful import RuleBasedStateMachine
 from redis.asyncio import Redis
 
 from gate.audit.format import decode_entry
+from gate.config import Config
+from gate.http.listener import ListenerRunner
 from gate.redis_client import connect
 from gate.redis_server import free_port
 from gate.room import Room
@@ -708,3 +713,17 @@ class Export:
 
     def fingerprint(self) -> str:
         return json.dumps([self.lines(), self.receipts], sort_keys=True)
+
+
+class ListenerTestServer(TestServer):
+    """An aiohttp test server that serves the app as `gate serve` serves its listeners
+    (gate/http/listener.py): the hardened connections and, on the public listener, the
+    fast path for waiting polls and pass checks (gate/http/fast.py)."""
+
+    def __init__(self, app: web.Application, config: Config, *, listener: str) -> None:
+        super().__init__(app)
+        self.config = config
+        self.listener = listener
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return ListenerRunner(self.app, self.config, listener=self.listener)

@@ -27,6 +27,7 @@ from aiohttp.web_request import BaseRequest
 
 from gate.config import Config
 from gate.http.common import GATE_KEY
+from gate.http.fast import FastPath
 
 log = logging.getLogger("gate.http.listener")
 # Called with a reason ("malformed", "slow_head") each time a connection is refused.
@@ -209,10 +210,15 @@ class ListenerRunner(web.AppRunner):
         )
         self._head_timeout_s = config.header_timeout_ms / 1000
         self._listener = listener
+        self._fast_path = config.http_fast_path
+        self.fast_path: FastPath | None = None  # the public listener's, once serving
         self._refused = counter_of(app, listener)
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
+        if self._listener == "public" and self._fast_path:
+            self.fast_path = FastPath(self._app, plain.request_handler)
+            plain.request_handler = self.fast_path
         return _GuardedServer(
             plain,
             head_timeout_s=self._head_timeout_s,

@@ -62,7 +62,7 @@ from gate.service import Gate
 from gate.tokens import PASS, PREQUEUE_TICKET, TICKET, Token, TokenError
 
 
-def _cached_campaign(request: web.Request, campaign: str) -> LiveCampaign | None:
+def cached_campaign(request: web.Request, campaign: str) -> LiveCampaign | None:
     """The campaign from this process's cache while it answers: the poll's usual case, with
     no coroutine; None when `_campaign` must decide (load it, wait, or refuse)."""
     cache = gate_of(request).cache
@@ -175,7 +175,7 @@ async def join(request: web.Request) -> web.StreamResponse:
             raise BadRequest("the body could not be decoded", code="bad_body_encoding") from None
     else:
         await read_body(request)  # no fields yet, but a malformed body is still refused
-    live = _cached_campaign(request, campaign) or await _campaign(request, campaign)
+    live = cached_campaign(request, campaign) or await _campaign(request, campaign)
     gate.refuse_writes_if_unsafe(campaign, allocates=False)
     digest = campaign_digest(gate, campaign, customer, live.spec)
     outcome = await gate.batcher.join(campaign, digest)
@@ -259,37 +259,35 @@ def set_pass_cookie(
     )
 
 
-async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[str, Any]:
-    """Where a ticket stands (the status answer, and the waiting page's): its position,
-    or a final state, or, once admitted, a freshly signed pass."""
-    gate = gate_of(request)
+def checked_ticket(request: web.Request, campaign: str, text: str) -> Token:
+    """The ticket (or pre-queue ticket) in `text`: signed, for `campaign`, the requesting
+    customer's. Raises the error the client sees."""
     if not text:
         raise BadRequest("the ticket query parameter is missing", code="missing_ticket")
     try:
-        token = gate.signer.verify(text, TICKET, PREQUEUE_TICKET)
+        token = gate_of(request).signer.verify(text, TICKET, PREQUEUE_TICKET)
     except TokenError as exc:
         raise Forbidden(f"invalid ticket: {exc}", code="bad_ticket") from None
     if token.campaign != campaign:
         raise Forbidden("this ticket is for another campaign", code="wrong_campaign")
     check_customer(request, token)
-    live = _cached_campaign(request, campaign) or await _campaign(request, campaign)
-    base: dict[str, Any] = {"campaign": campaign, "seq": token.seq}
+    return token
+
+
+def cached_view(
+    request: web.Request, live: LiveCampaign, token: Token, base: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The status answer when the cache alone decides it (a customer still waiting, or
+    in a pre-queue not yet shuffled, or the campaign closed before their turn); None when
+    Redis must be asked: a shuffled pre-queue's seq, or a pass. Raises for a revoked
+    customer."""
     if token.kind == PREQUEUE_TICKET:
-        if live.state.prequeue_pending:  # answered from the cache, like a waiting poll
-            if live.state.state == "closed":
-                closed = {"state": "closed", "position": None, "eta_s": None}
-                return {**base, **closed, "poll_after_ms": None}
-            return {**base, **_prequeue_view(live, request.app[RNG_KEY], redis_now_us(request))}
-        # Shuffled: one Redis call for the seq, then a ticket that carries it.
-        seq = await gate.room.ticket_seq(campaign, token.digest)
-        if seq is None:
-            raise NotFound("this customer has no ticket in this campaign", code="no_ticket")
-        token = dataclasses.replace(token, kind=TICKET, seq=seq)
-        base = {
-            "campaign": campaign,
-            "seq": seq,
-            "ticket": gate.signer.issue(TICKET, campaign, seq, token.digest),
-        }
+        if not live.state.prequeue_pending:
+            return None
+        if live.state.state == "closed":
+            closed = {"state": "closed", "position": None, "eta_s": None}
+            return {**base, **closed, "poll_after_ms": None}
+        return {**base, **_prequeue_view(live, request.app[RNG_KEY], redis_now_us(request))}
     if token.seq in live.revoked:
         raise Forbidden("this customer's admission was revoked", code="revoked")
     if token.seq > live.state.cursor:
@@ -302,6 +300,33 @@ async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[
                 "poll_after_ms": None,
             }
         return {**base, **_queue_view(live, token.seq, request.app[RNG_KEY], redis_now_us(request))}
+    return None
+
+
+async def ticket_status(request: web.Request, campaign: str, text: str) -> dict[str, Any]:
+    """Where a ticket stands (the status answer, and the waiting page's): its position,
+    or a final state, or, once admitted, a freshly signed pass."""
+    gate = gate_of(request)
+    token = checked_ticket(request, campaign, text)
+    live = cached_campaign(request, campaign) or await _campaign(request, campaign)
+    base: dict[str, Any] = {"campaign": campaign, "seq": token.seq}
+    view = cached_view(request, live, token, base)
+    if view is not None:
+        return view
+    if token.kind == PREQUEUE_TICKET:
+        # Shuffled: one Redis call for the seq, then a ticket that carries it.
+        seq = await gate.room.ticket_seq(campaign, token.digest)
+        if seq is None:
+            raise NotFound("this customer has no ticket in this campaign", code="no_ticket")
+        token = dataclasses.replace(token, kind=TICKET, seq=seq)
+        base = {
+            "campaign": campaign,
+            "seq": seq,
+            "ticket": gate.signer.issue(TICKET, campaign, seq, token.digest),
+        }
+        view = cached_view(request, live, token, base)
+        if view is not None:
+            return view
     if not await gate.cache.wait_fresh():
         # A pass grants access: it is issued only on state proven just now (I7); a cache
         # that is only old (the event loop ran late) is waited for, not failed.
@@ -383,13 +408,25 @@ async def auth(request: web.Request) -> web.Response:
 async def _auth(request: web.Request) -> web.Response:
     gate = gate_of(request)
     fresh = gate.cache.fresh() or await gate.cache.wait_fresh()
+    token = checked_pass(request, fresh)
+    await gate.arrivals.enter(token, gate.cache.redis_now())
+    body, headers = auth_answer(request, token)
+    return respond(request, body, headers=headers)
+
+
+def checked_pass(request: web.Request, fresh: bool) -> Token:
+    """The proxy's pass check up to the door: the pass verified as verified_pass does."""
     try:
         token, _ = verified_pass(request, fresh=fresh)
     except BadRequest as exc:
         # A malformed customer id: refused as one that names nobody. nginx's
         # auth_request turns any status but 2xx, 401 and 403 into a 500 for the customer.
         raise Unauthorized(exc.message, code=exc.code) from None
-    await gate.arrivals.enter(token, gate.cache.redis_now())
+    return token
+
+
+def auth_answer(request: web.Request, token: Token) -> tuple[dict[str, Any], dict[str, str]]:
+    """The 200 of a pass let in: its body and headers."""
     # The customer as the campaign's keyed digest: the core may key its records on it,
     # and never sees the raw id or the pass (proxies drop both upstream).
     customer = token.digest.hex()
@@ -404,11 +441,8 @@ async def _auth(request: web.Request) -> web.Response:
         # headers from this answer onto the upstream request (Traefik's ForwardAuth
         # authResponseHeaders): the core then never sees the pass cookie.
         headers[hdrs.COOKIE] = without_pass_cookie(cookies)
-    return respond(
-        request,
-        {"ok": True, "campaign": token.campaign, "seq": token.seq, "customer": customer},
-        headers=headers,
-    )
+    body = {"ok": True, "campaign": token.campaign, "seq": token.seq, "customer": customer}
+    return body, headers
 
 
 def without_pass_cookie(header: str) -> str:
@@ -430,7 +464,7 @@ async def page(request: web.Request) -> web.StreamResponse:
     a status poll, rendered; once admitted, a 303 to the target with the pass cookie."""
     gate = gate_of(request)
     campaign = campaign_id(request)
-    live = _cached_campaign(request, campaign) or await _campaign(request, campaign)
+    live = cached_campaign(request, campaign) or await _campaign(request, campaign)
     ticket = page_ticket(request)
     view: dict[str, Any] | None = None
     if ticket is not None:
