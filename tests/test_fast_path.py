@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import random
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -116,6 +115,15 @@ async def create(pair: Pair, campaign: str, **admission: Any) -> None:
     await pair.refresh()
 
 
+async def second_waiting(pair: Pair) -> bytes:
+    """A campaign that admits nobody, two customers in it: the second's poll."""
+    await create(pair, "c1", rate_per_s=0.001, burst=1)
+    await join(pair, "c1", "first")
+    ticket = (await join(pair, "c1", "second"))["ticket"]
+    await pair.refresh()
+    return get(f"/q/c1/status?ticket={ticket}", "X-Customer-Id: second")
+
+
 async def test_a_waiting_poll_is_answered_by_the_fast_path_as_the_app_answers_it(
     pair: Pair,
 ) -> None:
@@ -214,11 +222,7 @@ async def test_a_pass_check_is_the_fast_paths_once_the_door_let_the_customer_in(
 
 
 async def test_the_fast_path_counts_as_the_middleware_and_keeps_its_bounds(pair: Pair) -> None:
-    await create(pair, "c1", rate_per_s=0.001, burst=1)  # nobody admitted: all wait
-    await join(pair, "c1", "first")
-    ticket = (await join(pair, "c1", "second"))["ticket"]
-    await pair.refresh()
-    poll = get(f"/q/c1/status?ticket={ticket}", "X-Customer-Id: second")
+    poll = await second_waiting(pair)
     requests = pair.gate.metrics.requests
     key = ("public", "/q/{campaign}/status", "200")
 
@@ -241,14 +245,9 @@ async def test_the_fast_path_counts_as_the_middleware_and_keeps_its_bounds(pair:
 
 async def test_a_different_rng_seed_makes_the_answers_differ(pair: Pair) -> None:
     """The comparison above can fail: the poll's jitter is in the bytes compared."""
-    await create(pair, "c1", rate_per_s=0.001, burst=1)  # nobody admitted: all wait
-    await join(pair, "c1", "first")
-    ticket = (await join(pair, "c1", "second"))["ticket"]
-    await pair.refresh()
-    poll = get(f"/q/c1/status?ticket={ticket}", "X-Customer-Id: second")
+    poll = await second_waiting(pair)
     pair.fast.app[RNG_KEY].seed(1)
     one = await exchange(pair.fast.port, poll)
     pair.fast.app[RNG_KEY].seed(2)
     two = await exchange(pair.fast.port, poll)
     assert one != two
-    assert isinstance(pair.fast.app[RNG_KEY], random.Random)
