@@ -17,13 +17,11 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from gate.config import Config, default_config
 from gate.demo.children import child, loop_factory
@@ -37,7 +35,7 @@ from gate.demo.report import (
     write_outputs,
 )
 from gate.errors import GateError
-from gate.http.app import ADMIN_ADDRESS, create_app
+from gate.http.app import ADMIN_ADDRESS, create_app, serving
 from gate.http.common import GATE_KEY
 from gate.redis_server import RedisServer
 from gate.service import Gate
@@ -85,20 +83,6 @@ def _campaign_spec(customers: int, rate: float) -> dict[str, Any]:
         },
         "prequeue": {"window_s": 0, "shuffle": False},
     }
-
-
-@contextlib.asynccontextmanager
-async def _serving(app: web.Application) -> AsyncIterator[str]:
-    """Serve an app on a free loopback port; yields its base URL; closes the port after."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
-        await site.start()
-        port = int(runner.addresses[0][1])
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 async def _admin_call(
@@ -190,7 +174,7 @@ async def _demo(
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     async with contextlib.AsyncExitStack() as stack:
         app = create_app(config)  # starts the gate and the admin listener, and stops them
-        gate_url = await stack.enter_async_context(_serving(app))
+        gate_url = await stack.enter_async_context(serving(app, config))
         gate = app[GATE_KEY]
         await gate.wait_ready()
         admin_host, admin_port = app[ADMIN_ADDRESS]
@@ -202,7 +186,7 @@ async def _demo(
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         )
         bank = CoreBank(core_session, f"{gate_url}/gate/auth", CAMPAIGN, header)
-        core_url = await stack.enter_async_context(_serving(bank.create_app()))
+        core_url = await stack.enter_async_context(serving(bank.create_app()))
         await _admin_call(admin, "POST", f"{admin_url}/admin/campaigns", spec)
 
         params = CrowdParams(

@@ -37,7 +37,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
 
 from gate.demo import slowdown
 from gate.demo.children import child
@@ -266,18 +265,6 @@ async def run_crowd(
     data: dict[str, Any] = orjson.loads(result_path.read_bytes())  # ~350 MB at 1,000,000
     data["parent_cpu_s"] = round(spent, 2)
     return data
-
-
-@contextlib.asynccontextmanager
-async def _serving(app: web.Application) -> AsyncIterator[str]:
-    """Serve an app on a free loopback port; yields its base URL."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0, backlog=4096).start()
-        yield f"http://127.0.0.1:{int(runner.addresses[0][1])}"
-    finally:
-        await runner.cleanup()
 
 
 async def _admin_call(
@@ -833,7 +820,7 @@ async def run_with(
 ) -> dict[str, Any]:
     from gate.audit.format import decode_entry
     from gate.config import default_config
-    from gate.http.app import ADMIN_ADDRESS, CORE_ADDRESS, create_app
+    from gate.http.app import ADMIN_ADDRESS, CORE_ADDRESS, create_app, serving
     from gate.http.common import GATE_KEY
     from gate.service import store_for
     from gate.signing import generate_digest_document, generate_keys_document, write_keys
@@ -859,7 +846,7 @@ async def run_with(
     )
     async with contextlib.AsyncExitStack() as stack:
         app = create_app(config)
-        gate_url = await stack.enter_async_context(_serving(app))
+        gate_url = await stack.enter_async_context(serving(app, config))
         gate = app[GATE_KEY]
         await gate.wait_ready()
         admin_host, admin_port = app[ADMIN_ADDRESS]

@@ -45,6 +45,25 @@ async def _serve(
     return runner, (str(bound_host), int(bound_port))
 
 
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, config: Config | None = None) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port and yield its base URL; the port is closed
+    after. With `config`, `app` is the gate's public app, served as `gate serve` serves
+    it (ListenerRunner: the connection limits and the fast path); without, plainly (the
+    demo's core bank)."""
+    runner: web.AppRunner = (
+        ListenerRunner(app, config, listener="public")
+        if config is not None
+        else web.AppRunner(app, access_log=None, handle_signals=False)
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, backlog=4096).start()
+        yield f"http://127.0.0.1:{int(runner.addresses[0][1])}"
+    finally:
+        await runner.cleanup()
+
+
 def create_app(config: Config, *, reuse_port: bool = False) -> web.Application:
     """The public app. On startup it starts a Gate and serves the admin and core apps; on
     cleanup it closes those listeners, then stops the Gate (its tasks and Redis
