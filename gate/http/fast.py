@@ -159,9 +159,9 @@ class FastPath:
         Server), or None where the application must answer."""
         web_request: web.Request = request  # type: ignore[assignment]
         if route == AUTH_PATH:
-            if not gate.cache.fresh():
-                return None  # the handler waits for a fresh cache
             await find_identity(web_request)
+            if not gate.cache.fresh():  # after any wait for the identity, as the handler
+                return None  # the handler waits for a fresh cache
             token = checked_pass(web_request, True)
             if not gate.arrivals.let_in(token):
                 return None  # the pass's first use: the door meters it
