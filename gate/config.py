@@ -129,9 +129,10 @@ class Config:
     # Metrics recording (gate/metrics.py); false: /metrics shows only what is read at
     # scrape time (campaign state from Redis), nothing is counted on the request path.
     metrics: bool = True
-    # The public listener's fast path for a waiting customer's poll and a pass check of a
-    # customer already let in (gate/http/fast.py): the same answers, for about half the
-    # CPU. false: every request through the application's router and middleware.
+    # The public listener's fast path for a waiting customer's poll, a pass check of a
+    # customer already let in and an API client's join (gate/http/fast.py): the same
+    # answers for less CPU. false: every request through the application's router and
+    # middleware.
     http_fast_path: bool = True
     # The audit log's sealer (gate/audit/sealer.py): a checkpoint at most this often while
     # there are new entries; the lease one process holds per campaign to seal it; how

@@ -251,3 +251,38 @@ async def test_a_different_rng_seed_makes_the_answers_differ(pair: Pair) -> None
     pair.fast.app[RNG_KEY].seed(2)
     two = await exchange(pair.fast.port, poll)
     assert one != two
+
+
+def post_join(campaign: str, customer: str, *headers: str) -> bytes:
+    lines = [f"POST /q/{campaign}/join HTTP/1.1", "Host: gate.example"]
+    lines += [f"X-Customer-Id: {customer}", "Content-Length: 0", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+async def test_an_api_join_is_the_fast_paths_and_answered_as_the_app_answers(pair: Pair) -> None:
+    await create(pair, "c1", rate_per_s=0.001, burst=1)
+    before = pair.fast_path.answered
+    pair.fast.app[RNG_KEY].seed(7)
+    new = await exchange(pair.fast.port, post_join("c1", "alice"))
+    assert pair.fast_path.answered == before + 1
+    assert new.startswith(b"HTTP/1.1 201 Created\r\n") and b'"seq":1,' in new, new
+    # Joined again, the place is the same and so is the answer, on either listener.
+    fast, slow, answered = await pair.both(post_join("c1", "alice"))
+    assert answered == 1 and fast == slow
+    assert fast.startswith(b"HTTP/1.1 200 OK\r\n") and b'"created":false' in fast, fast
+    first_body, again_body = new.partition(b"\r\n\r\n")[2], fast.partition(b"\r\n\r\n")[2]
+    assert first_body.replace(b'"created":true', b'"created":false') == again_body
+    # A browser's write (an Origin, a cookie, a body), a refusal: the app's, as before.
+    for request in (
+        post_join("c1", "bob", "Origin: http://evil.example"),
+        post_join("c1", "bob", "Cookie: fg_pass=x"),
+        post_join("c1", "bob", "Content-Type: application/x-www-form-urlencoded"),
+        post_join("c2", "bob"),
+    ):
+        fast, slow, answered = await pair.both(request)
+        assert answered == 0 and fast == slow, fast
+        assert fast.startswith((b"HTTP/1.1 303", b"HTTP/1.1 403", b"HTTP/1.1 404")), fast
+    r = await pair.admin.post("/admin/campaigns/c1/block", json={"customer": "carol"})
+    assert r.status == 200, await r.text()
+    fast, slow, answered = await pair.both(post_join("c1", "carol"))
+    assert answered == 0 and fast == slow and b'"code":"blocked"' in fast, fast

@@ -164,7 +164,6 @@ def _waiting_view(
 
 
 async def join(request: web.Request) -> web.StreamResponse:
-    gate = gate_of(request)
     campaign = campaign_id(request)
     customer = identity(request, required=True)
     assert customer is not None
@@ -175,6 +174,17 @@ async def join(request: web.Request) -> web.StreamResponse:
             raise BadRequest("the body could not be decoded", code="bad_body_encoding") from None
     else:
         await read_body(request)  # no fields yet, but a malformed body is still refused
+    body, created = await join_answer(request, campaign, customer)
+    return await _joined(request, campaign, body, created)
+
+
+async def join_answer(
+    request: web.Request, campaign: str, customer: str
+) -> tuple[dict[str, Any], bool]:
+    """The customer's place in `campaign` (new, or the one they hold): the join's answer
+    and whether the place is new. Raises the refusals (closed, not open, blocked, Redis
+    unsafe or away); a refused join takes nothing, so asking again is answered the same."""
+    gate = gate_of(request)
     live = cached_campaign(request, campaign) or await _campaign(request, campaign)
     gate.refuse_writes_if_unsafe(campaign, allocates=False)
     digest = campaign_digest(gate, campaign, customer, live.spec)
@@ -200,7 +210,7 @@ async def join(request: web.Request) -> web.StreamResponse:
             **_prequeue_view(live, request.app[RNG_KEY], redis_now_us(request)),
             "receipt": None,  # the receipt comes with the seq (the `prequeue` audit entry)
         }
-        return await _joined(request, campaign, prequeue_body, outcome.created)
+        return prequeue_body, outcome.created
     ticket = gate.signer.issue(TICKET, campaign, outcome.seq, digest)
     body: dict[str, Any] = {
         "campaign": campaign,
@@ -214,7 +224,7 @@ async def join(request: web.Request) -> web.StreamResponse:
     # Signed with the batch; a retried join gets the receipt it was given the first time
     # (None only when it cannot be had right now: the join stands anyway).
     body["receipt"] = outcome.receipt
-    return await _joined(request, campaign, body, outcome.created)
+    return body, outcome.created
 
 
 async def _joined(
