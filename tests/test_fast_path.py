@@ -59,8 +59,9 @@ class Pair:
         return fast, slow, self.fast_path.answered - before
 
 
-async def exchange(port: int | None, request: bytes) -> bytes:
-    """One request on a new connection; the whole answer, its Date header blanked."""
+async def exchange(port: int | None, request: bytes, *, as_sent: bool = False) -> bytes:
+    """One request on a new connection; the whole answer, its Date header and a page's
+    clock blanked (`as_sent`: as it came)."""
     assert port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -71,6 +72,8 @@ async def exchange(port: int | None, request: bytes) -> bytes:
         body = await asyncio.wait_for(reader.readexactly(length), 5) if length else b""
     finally:
         writer.close()
+    if as_sent:
+        return head + body
     return DATE.sub(b"\r\nDate: -\r\n", head) + PAGE_CLOCK.sub(b'data-now="-"', body)
 
 
@@ -136,6 +139,9 @@ async def test_a_waiting_poll_is_answered_by_the_fast_path_as_the_app_answers_it
         assert answered == 1, "the fast path left a waiting poll to the app"
         assert fast == slow
         assert b'"state":"waiting"' in fast and fast.startswith(b"HTTP/1.1 200 OK\r\n")
+    # The Date header as HTTP writes it (IMF-fixdate), as the application writes it.
+    sent = await exchange(pair.fast.port, poll, as_sent=True)
+    assert re.search(rb"\r\nDate: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} [\d:]{8} GMT\r\n", sent)
 
 
 async def test_what_the_fast_path_leaves_to_the_app_is_answered_as_before(pair: Pair) -> None:
